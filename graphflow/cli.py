@@ -1,0 +1,179 @@
+"""The command line: ``graphflow run | validate | nodes | schema | serve``.
+
+Exit codes: 0 success, 1 a node failed at run time, 2 the input is invalid (bad JSON, bad workflow,
+bad --set), 130 cancelled (Ctrl-C). Errors go to stderr as readable text, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+from .context import CancelToken, Settings
+from .errors import Cancelled, GraphflowError, NodeFailed, WorkflowFormatError, WorkflowInvalid
+from .events import Event, NodeCached, NodeFinished, Progress, RunFailed
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+def parse_assignment(text: str) -> tuple[tuple[str, str], Any]:
+    """``NODE.INPUT=VALUE``; VALUE is read as JSON when it parses (numbers, true, lists), else as a string."""
+    target, sep, raw = text.partition("=")
+    node_id, dot, name = target.partition(".")
+    if not sep or not dot or not node_id or not name:
+        raise WorkflowFormatError(f"--set {text!r}: expected NODE.INPUT=VALUE")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return (node_id, name), value
+
+
+class ProgressPrinter:
+    """Draws a one-line progress bar on stderr for long nodes and a line per finished node."""
+
+    def __init__(self, stream: TextIO = sys.stderr, width: int = 30):
+        self.stream, self.width = stream, width
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Progress):
+            filled = int(self.width * event.value / max(event.max, 1))
+            self.stream.write(f"\r  {event.node} [{'#' * filled}{'.' * (self.width - filled)}] {event.value}/{event.max}")
+            self.stream.flush()
+        elif isinstance(event, NodeFinished):
+            self.stream.write(f"\r  {event.node} ({event.node_type}) {event.seconds:.2f}s{' ' * self.width}\n")
+        elif isinstance(event, NodeCached):
+            self.stream.write(f"  {event.node} ({event.node_type}) cached\n")
+        elif isinstance(event, RunFailed):
+            self.stream.write("\n")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(models_dir=args.models, input_dir=args.inputs, output_dir=args.out)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .execute import Engine
+    from .workflow import load
+
+    workflow = load(args.workflow)
+    workflow = workflow.with_values(dict(parse_assignment(a) for a in args.set or []))
+    engine = Engine(settings=_settings(args))
+    cancel = CancelToken()
+    try:
+        report = engine.run(workflow, outputs=args.output or None, on_event=ProgressPrinter(), cancel=cancel)
+    except KeyboardInterrupt:
+        cancel.cancel()
+        raise
+    for node_id, result in report.outputs.items():
+        for item in result.get("images", []):
+            print(Path(engine.settings.output_dir) / item["filename"])
+        for item in result.get("files", []):
+            print(Path(engine.settings.output_dir) / item["filename"])
+    print(f"done in {report.seconds:.2f}s: {len(report.executed)} executed, {len(report.cached)} cached", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .execute import Engine
+    from .workflow import load
+
+    Engine(settings=_settings(args)).validate(load(args.workflow))
+    print(f"{args.workflow}: valid")
+    return EXIT_OK
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    from .registry import default_registry
+
+    catalog = default_registry().catalog()
+    if args.json:
+        print(json.dumps(catalog, indent=2, default=str))
+        return EXIT_OK
+    for name, info in catalog.items():
+        print(f"{name}  [{info['category']}]  {info['description']}")
+        for input_name, spec in info["inputs"].items():
+            if spec["kind"] == "socket":
+                print(f"    in  {input_name}: {spec['type']}{'' if spec['required'] else ' (optional)'}")
+            else:
+                default = f" = {spec['default']!r}" if "default" in spec else ""
+                print(f"    in  {input_name}: {_literal_text(spec['schema'])}{default}")
+        for output_name, type_name in info["outputs"].items():
+            print(f"    out {output_name}: {type_name}")
+    return EXIT_OK
+
+
+def _literal_text(schema: dict[str, Any]) -> str:
+    from .validate import describe_expected
+
+    return describe_expected(schema)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .workflow import document_schema
+
+    print(json.dumps(document_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve_from_args
+
+    return serve_from_args(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="graphflow", description="Node-graph workflows for Stable Diffusion.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_dirs(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--models", help="models directory (default ./models or $GRAPHFLOW_MODELS_DIR)")
+        p.add_argument("--inputs", help="input images directory (default ./inputs or $GRAPHFLOW_INPUT_DIR)")
+        p.add_argument("--out", help="output directory (default ./outputs or $GRAPHFLOW_OUTPUT_DIR)")
+        return p
+
+    run = with_dirs(sub.add_parser("run", help="run a workflow"))
+    run.add_argument("workflow")
+    run.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="override a literal input (repeatable)")
+    run.add_argument("--output", action="append", metavar="NODE", help="only produce these output nodes (repeatable)")
+    run.set_defaults(handler=cmd_run)
+
+    check = with_dirs(sub.add_parser("validate", help="check a workflow without running it"))
+    check.add_argument("workflow")
+    check.set_defaults(handler=cmd_validate)
+
+    nodes = sub.add_parser("nodes", help="list node types with their inputs and outputs")
+    nodes.add_argument("--json", action="store_true", help="the full catalog with JSON Schemas")
+    nodes.set_defaults(handler=cmd_nodes)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of the workflow format")
+    schema.set_defaults(handler=cmd_schema)
+
+    serve = sub.add_parser("serve", help="start the HTTP server (same options as server.py)", add_help=False)
+    serve.add_argument("rest", nargs=argparse.REMAINDER)
+    serve.set_defaults(handler=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (WorkflowFormatError, WorkflowInvalid) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except NodeFailed as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (Cancelled, KeyboardInterrupt):
+        print("\ncancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    except GraphflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

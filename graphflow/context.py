@@ -1,0 +1,81 @@
+"""What a running node may touch: settings (directories, options), progress, previews, the cancel flag."""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import Cancelled
+from .events import Event, Preview, Progress, Warning_
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where nodes find models and inputs and write outputs, plus free-form options for node packs.
+
+    Every directory can come from the environment (``GRAPHFLOW_MODELS_DIR``, ``GRAPHFLOW_INPUT_DIR``,
+    ``GRAPHFLOW_OUTPUT_DIR``) so the CLI, the server and tests agree without passing flags around."""
+
+    models_dir: Path = Path("models")
+    input_dir: Path = Path("inputs")
+    output_dir: Path = Path("outputs")
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "Settings":
+        env = {
+            "models_dir": os.environ.get("GRAPHFLOW_MODELS_DIR"),
+            "input_dir": os.environ.get("GRAPHFLOW_INPUT_DIR"),
+            "output_dir": os.environ.get("GRAPHFLOW_OUTPUT_DIR"),
+        }
+        values = {k: Path(v) for k, v in env.items() if v}
+        values.update({k: (Path(v) if k.endswith("_dir") else v) for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+class CancelToken:
+    """Cooperative cancellation: whoever owns the run calls ``cancel()``; nodes poll ``ctx.check_cancelled()``."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class RunContext:
+    """Handed to a node function that asks for ``ctx``. One per node execution."""
+
+    run_id: str
+    node_id: str
+    node_type: str
+    settings: Settings
+    workflow: dict[str, Any]
+    emit: Callable[[Event], None]
+    cancel_token: CancelToken
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_token.cancelled
+
+    def check_cancelled(self) -> None:
+        """Call between steps of long work: raises :class:`Cancelled` once the run was cancelled."""
+        if self.cancel_token.cancelled:
+            raise Cancelled(self.node_id)
+
+    def progress(self, value: int, maximum: int) -> None:
+        self.emit(Progress(self.run_id, self.node_id, value, maximum))
+        self.check_cancelled()
+
+    def preview(self, image_png: bytes, step: int | None = None) -> None:
+        self.emit(Preview(self.run_id, self.node_id, image_png, step))
+
+    def warn(self, message: str) -> None:
+        self.emit(Warning_(self.run_id, self.node_id, message))

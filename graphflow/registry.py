@@ -1,0 +1,113 @@
+"""Finds node types and publishes the catalog.
+
+Node types come from modules: every function decorated with ``@node`` in a scanned module is
+registered. The built-in ``nodes`` package is scanned, and so is every package that declares an
+entry point in the ``graphflow.nodes`` group (its value names a module or package), so third-party
+node packs plug in without editing graphflow.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+from importlib.metadata import entry_points
+from types import ModuleType
+from typing import Any, Iterable
+
+from .node import NodeSpec, literal_default, spec_of
+
+ENTRY_POINT_GROUP = "graphflow.nodes"
+
+
+class Registry:
+    def __init__(self, specs: Iterable[NodeSpec] = ()):
+        self._specs: dict[str, NodeSpec] = {}
+        for spec in specs:
+            self.add(spec)
+
+    def add(self, spec: NodeSpec) -> None:
+        known = self._specs.get(spec.name)
+        if known is not None and known.function is not spec.function:
+            raise ValueError(f"two node types are named {spec.name!r}: {_origin(known)} and {_origin(spec)}")
+        self._specs[spec.name] = spec
+
+    def add_module(self, module: ModuleType) -> None:
+        """Register every node in a module, and in its submodules when it is a package."""
+        for value in vars(module).values():
+            spec = spec_of(value)
+            if spec is not None:
+                self.add(spec)
+        if hasattr(module, "__path__"):
+            for info in pkgutil.iter_modules(module.__path__, module.__name__ + "."):
+                self.add_module(importlib.import_module(info.name))
+
+    def get(self, name: str) -> NodeSpec | None:
+        return self._specs.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._specs
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def catalog(self) -> dict[str, Any]:
+        """Every node type with its inputs, outputs, defaults, bounds and a JSON Schema of its literal inputs."""
+        return {name: describe(self._specs[name]) for name in self.names()}
+
+
+def _origin(spec: NodeSpec) -> str:
+    return f"{spec.function.__module__}.{spec.function.__qualname__}"
+
+
+def describe(spec: NodeSpec) -> dict[str, Any]:
+    schema = spec.literals.model_json_schema()
+    inputs: dict[str, Any] = {}
+    for name in spec.input_order:
+        if name in spec.sockets:
+            socket = spec.sockets[name]
+            inputs[name] = {"kind": "socket", "type": socket.type, "required": not socket.optional, "description": socket.description}
+        else:
+            field = spec.literals.model_fields[name]
+            default = literal_default(field)
+            entry = {"kind": "literal", "required": default is ..., "schema": schema.get("properties", {}).get(name, {})}
+            if default is not ...:
+                entry["default"] = default
+            inputs[name] = entry
+    return {
+        "category": spec.category,
+        "description": spec.description,
+        "version": spec.version,
+        "output_node": spec.output_node,
+        "cache": spec.cache,
+        "inputs": inputs,
+        "outputs": dict(spec.outputs),
+        "schema": schema,
+    }
+
+
+def discover(include_entry_points: bool = True, builtin: str | None = "nodes") -> Registry:
+    """The registry of the built-in node library plus every installed node pack.
+
+    ``GRAPHFLOW_NODES=pack_a,pack_b`` replaces that list with exactly these modules (tests, sandboxes)."""
+    registry = Registry()
+    chosen = os.environ.get("GRAPHFLOW_NODES")
+    if chosen:
+        modules = [m.strip() for m in chosen.split(",") if m.strip()]
+    else:
+        modules = [builtin] if builtin else []
+        if include_entry_points:
+            modules += [ep.value for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.value not in modules]
+    for module_name in modules:
+        registry.add_module(importlib.import_module(module_name))
+    return registry
+
+
+_default: Registry | None = None
+
+
+def default_registry() -> Registry:
+    """Discovered once per process and shared (discovery imports the node modules)."""
+    global _default
+    if _default is None:
+        _default = discover()
+    return _default

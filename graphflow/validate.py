@@ -1,0 +1,162 @@
+"""Check a workflow against the registry before anything runs, collecting every problem at once."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import networkx as nx
+from pydantic import ValidationError
+
+from .errors import Issue, WorkflowInvalid
+from .node import NodeSpec
+from .registry import Registry
+from .types import is_compatible
+from .workflow import Link, Workflow
+
+
+@dataclass(frozen=True)
+class CheckedNode:
+    """A node that passed validation: its spec, its literal inputs with defaults filled in, its links."""
+
+    id: str
+    spec: NodeSpec
+    literals: dict[str, Any]
+    links: dict[str, Link]
+
+
+@dataclass(frozen=True)
+class CheckedWorkflow:
+    workflow: Workflow
+    nodes: dict[str, CheckedNode]
+    outputs: tuple[str, ...]  # the output nodes to produce
+
+
+def validate(workflow: Workflow, registry: Registry, outputs: Iterable[str] | None = None) -> CheckedWorkflow:
+    """Return the checked workflow, or raise :class:`WorkflowInvalid` listing every issue found."""
+    issues: list[Issue] = []
+    checked: dict[str, CheckedNode] = {}
+    for node_id, entry in workflow.nodes.items():
+        spec = registry.get(entry.type)
+        if spec is None:
+            close = difflib.get_close_matches(entry.type, registry.names(), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            issues.append(Issue(node_id, None, f"unknown node type{hint}", "a registered node type", entry.type))
+            continue
+        node_issues = _check_inputs(node_id, entry.inputs, spec, workflow, registry)
+        literals = _check_literals(node_id, entry.literals(), spec, node_issues)
+        issues += node_issues
+        if not node_issues:
+            checked[node_id] = CheckedNode(node_id, spec, literals, entry.links())
+    issues += _check_cycles(workflow)
+    requested = _check_outputs(workflow, registry, outputs, issues)
+    if issues:
+        raise WorkflowInvalid(issues)
+    return CheckedWorkflow(workflow, checked, requested)
+
+
+def _check_inputs(node_id: str, inputs: dict[str, Any], spec: NodeSpec, workflow: Workflow, registry: Registry) -> list[Issue]:
+    issues = []
+    known = set(spec.sockets) | set(spec.literal_names)
+    for name in inputs:
+        if name not in known:
+            issues.append(Issue(node_id, name, "unknown input", f"one of {sorted(known)}", name))
+    for name, socket in spec.sockets.items():
+        value = inputs.get(name)
+        if value is None:
+            if not socket.optional:
+                issues.append(Issue(node_id, name, "missing required input", f"a link from a {socket.type} output", None))
+            continue
+        if not isinstance(value, Link):
+            issues.append(Issue(node_id, name, "this input takes a link, not a literal", f'{{"from": NODE, "output": NAME}} of type {socket.type}', value))
+            continue
+        issues += _check_link(node_id, name, value, socket.type, workflow, registry)
+    for name in spec.literal_names:
+        if isinstance(inputs.get(name), Link):
+            issues.append(Issue(node_id, name, "this input takes a literal value, not a link", "a literal", inputs[name].to_json()))
+    return issues
+
+
+def _check_link(node_id: str, name: str, link: Link, want: str, workflow: Workflow, registry: Registry) -> list[Issue]:
+    source = workflow.nodes.get(link.node)
+    if source is None:
+        return [Issue(node_id, name, "link to a node that does not exist", f"one of {sorted(workflow.nodes)}", link.node)]
+    source_spec = registry.get(source.type)
+    if source_spec is None:
+        return []  # already reported on the source node
+    have = source_spec.output_type(link.output)
+    if have is None:
+        return [Issue(node_id, name, f"node {link.node} ({source.type}) has no output {link.output!r}", f"one of {list(source_spec.outputs)}", link.output)]
+    if not is_compatible(have, want):
+        return [Issue(node_id, name, f"type mismatch on link from {link.node}.{link.output}", want, have)]
+    return []
+
+
+def _check_literals(node_id: str, given: dict[str, Any], spec: NodeSpec, issues: list[Issue]) -> dict[str, Any]:
+    values = {k: v for k, v in given.items() if k in spec.literal_names}
+    try:
+        return dict(spec.literals.model_validate(values))
+    except ValidationError as exc:
+        properties = spec.literals.model_json_schema().get("properties", {})
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else None
+            received = values.get(name) if error["type"] != "missing" else None
+            issues.append(Issue(node_id, name, error["msg"], describe_expected(properties.get(name, {})), received))
+        return {}
+
+
+def describe_expected(schema: dict[str, Any]) -> str:
+    """Human text for what a literal input accepts, from its JSON Schema ("integer >= 64, multiple of 8")."""
+    if "enum" in schema:
+        return f"one of {schema['enum']}"
+    if "anyOf" in schema:
+        return " or ".join(describe_expected(s) for s in schema["anyOf"])
+    if "const" in schema:
+        return repr(schema["const"])
+    parts = [schema.get("type", "value")]
+    for key, text in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"),
+                      ("multipleOf", "multiple of"), ("minLength", "length >="), ("maxLength", "length <=")):
+        if key in schema:
+            parts.append(f"{text} {schema[key]}")
+    return ", ".join(parts)
+
+
+def link_graph(workflow: Workflow) -> nx.DiGraph:
+    """Edges run from the source node to the node whose input it feeds."""
+    graph = nx.DiGraph()
+    graph.add_nodes_from(workflow.nodes)
+    for node_id, entry in workflow.nodes.items():
+        for link in entry.links().values():
+            if link.node in workflow.nodes:
+                graph.add_edge(link.node, node_id)
+    return graph
+
+
+def _check_cycles(workflow: Workflow) -> list[Issue]:
+    graph = link_graph(workflow)
+    issues = []
+    for component in nx.strongly_connected_components(graph):
+        loop = graph.subgraph(component)
+        if loop.number_of_edges() == 0:
+            continue
+        cycle = [u for u, _ in nx.find_cycle(loop)]
+        path = " → ".join(cycle + [cycle[0]])
+        issues.append(Issue(cycle[0], None, f"cycle: {path}", "an acyclic graph", path))
+    return issues
+
+
+def _check_outputs(workflow: Workflow, registry: Registry, outputs: Iterable[str] | None, issues: list[Issue]) -> tuple[str, ...]:
+    output_nodes = [i for i, e in workflow.nodes.items() if (s := registry.get(e.type)) is not None and s.output_node]
+    if outputs is None:
+        if not output_nodes and not any(i.message.startswith("unknown node type") for i in issues):
+            issues.append(Issue(None, None, "workflow has no output node", "at least one output node (e.g. SaveImage)", "none"))
+        return tuple(output_nodes)
+    requested = tuple(outputs)
+    for node_id in requested:
+        if node_id not in workflow.nodes:
+            issues.append(Issue(node_id, None, "requested output node does not exist", f"one of {output_nodes}", node_id))
+        elif node_id not in output_nodes and registry.get(workflow.nodes[node_id].type) is not None:
+            issues.append(Issue(node_id, None, "requested output is not an output node", f"one of {output_nodes}", workflow.nodes[node_id].type))
+    if not requested:
+        issues.append(Issue(None, None, "no output nodes requested", "at least one output node", "[]"))
+    return requested

@@ -1,0 +1,129 @@
+"""Built-in models that need no download.
+
+``tiny-sd``: a random-weight model with the real SD 1.x architecture at test-suite size (UNet 32/64
+channels, VAE 32/64, 5-layer CLIP text encoder with the real 49408-token CLIP BPE tokenizer). It is
+built deterministically from a fixed seed the first time it is asked for and written as a diffusers
+folder into the cache directory, so from then on it loads through the same code as any user model.
+Its images are noise: it proves that tensors flow, not that prompts are followed (``toy-shapes`` does).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+PACKAGE_MODELS = Path(__file__).resolve().parent / "models"
+CLIP_BPE = PACKAGE_MODELS / "clip_bpe"
+TINY_SEED = 20241121
+TINY_NAME = "tiny-sd"
+TINY_VERSION = 1
+
+# SD 1.x scheduler settings (the PNDM config every SD 1.5 checkpoint ships with).
+SD_SCHEDULER_CONFIG = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "clip_sample": False,
+    "prediction_type": "epsilon",
+}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("GRAPHFLOW_CACHE_DIR") or Path.home() / ".cache" / "graphflow"
+    return Path(root)
+
+
+def clip_tokenizer(pad_token: str = "<|endoftext|>"):
+    """The real CLIP BPE tokenizer from the shipped vocabulary (SD 1.x pads with <|endoftext|>, SD 2.x with '!')."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(
+        vocab=str(CLIP_BPE / "vocab.json"),
+        merges=str(CLIP_BPE / "merges.txt"),
+        pad_token=pad_token,
+        model_max_length=77,
+    )
+
+
+def build_tiny_components(seed: int = TINY_SEED, in_channels: int = 4, cross_attention_dim: int = 32) -> dict:
+    """Fresh tiny components (UNet, VAE, text encoder, tokenizer, scheduler), identical for the same seed.
+
+    ``in_channels=9`` gives the inpainting variant; ``cross_attention_dim`` is also the text width."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=cross_attention_dim,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            max_position_embeddings=77,
+            projection_dim=cross_attention_dim,
+            hidden_act="quick_gelu",
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
+    return {
+        "unet": unet.eval(),
+        "vae": vae.eval(),
+        "text_encoder": text_encoder.eval(),
+        "tokenizer": clip_tokenizer(),
+        "scheduler": PNDMScheduler.from_config(SD_SCHEDULER_CONFIG),
+    }
+
+
+def save_diffusers_folder(components: dict, folder: Path) -> Path:
+    """Write components as a diffusers StableDiffusionPipeline folder (atomically: no half-written folder)."""
+    from diffusers import StableDiffusionPipeline
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(staging, safe_serialization=True)
+    try:
+        staging.rename(folder)
+    except OSError:  # another process finished first; its copy is identical
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def tiny_sd_folder(in_channels: int = 4) -> Path:
+    """Path of the built-in tiny model's diffusers folder, building it on first use."""
+    name = TINY_NAME if in_channels == 4 else f"{TINY_NAME}-inpainting"
+    folder = cache_dir() / "builtin" / f"{name}-v{TINY_VERSION}"
+    if not (folder / "model_index.json").exists():
+        save_diffusers_folder(build_tiny_components(in_channels=in_channels), folder)
+    return folder

@@ -1,0 +1,239 @@
+"""The values that travel on Stable Diffusion sockets.
+
+Each is a frozen dataclass: nodes build new values and never mutate what they receive (the engine's
+cache hands the same object to every consumer). Tensors stay on the device they were made on.
+
+``nbytes`` lets the engine's byte-budgeted cache size a value; ``__graphflow_digest__`` lets the
+engine's mutation guard (on in tests) prove that a node left its inputs untouched.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+
+# Socket type names used by the node library.
+MODEL, CLIP, VAE = "MODEL", "CLIP", "VAE"
+TOKENS, CONDITIONING = "TOKENS", "CONDITIONING"
+LATENT, IMAGE, MASK = "LATENT", "IMAGE", "MASK"
+SCHEDULE = "SCHEDULE"
+UPSCALE_MODEL = "UPSCALE_MODEL"
+
+
+def tensor_digest(tensor: torch.Tensor, hasher: "hashlib._Hash") -> None:
+    t = tensor.detach().to("cpu").contiguous()
+    hasher.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    hasher.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def module_digest(module: torch.nn.Module, hasher: "hashlib._Hash") -> None:
+    for name, tensor in module.state_dict().items():
+        hasher.update(name.encode())
+        tensor_digest(tensor, hasher)
+
+
+def digest_of(value: Any) -> str:
+    """Content digest of a socket value (tensors by bytes, modules by state dict)."""
+    hasher = hashlib.sha256()
+    _feed(value, hasher)
+    return hasher.hexdigest()
+
+
+def _feed(value: Any, hasher: "hashlib._Hash") -> None:
+    if isinstance(value, torch.Tensor):
+        tensor_digest(value, hasher)
+    elif isinstance(value, torch.nn.Module):
+        module_digest(value, hasher)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _feed(item, hasher)
+    elif isinstance(value, dict):
+        for key in sorted(value, key=str):
+            hasher.update(str(key).encode())
+            _feed(value[key], hasher)
+    elif hasattr(value, "__dataclass_fields__"):
+        for f in fields(value):
+            hasher.update(f.name.encode())
+            _feed(getattr(value, f.name), hasher)
+    else:
+        hasher.update(repr(value).encode())
+
+
+def nbytes_of(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, torch.nn.Module):
+        return sum(t.numel() * t.element_size() for t in value.state_dict().values())
+    if isinstance(value, (list, tuple)):
+        return sum(nbytes_of(v) for v in value)
+    if isinstance(value, dict):
+        return sum(nbytes_of(v) for v in value.values())
+    if hasattr(value, "__dataclass_fields__"):
+        return sum(nbytes_of(getattr(value, f.name)) for f in fields(value))
+    return 0
+
+
+class SocketValue:
+    """Mixin giving socket dataclasses the engine's size and digest hooks."""
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes_of(self)
+
+    def __graphflow_digest__(self) -> str:
+        return digest_of(self)
+
+    def replace(self, **changes: Any):
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, eq=False)
+class Model(SocketValue):
+    """MODEL: the denoising UNet plus the scheduler configuration it was trained with.
+
+    ``family`` is "sd1" / "sd2"; ``prediction_type`` is "epsilon" or "v_prediction";
+    ``patches`` names what was applied on top of the loaded weights (LoRAs, merges), for metadata."""
+
+    unet: torch.nn.Module
+    scheduler_config: dict[str, Any]
+    family: str
+    prediction_type: str
+    name: str
+    patches: tuple[str, ...] = ()
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def is_inpainting(self) -> bool:
+        return self.in_channels == 9
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+
+@dataclass(frozen=True, eq=False)
+class Clip(SocketValue):
+    """CLIP: tokenizer + text encoder. ``embeddings`` maps textual-inversion names to (n_vectors, dim) tensors."""
+
+    tokenizer: Any
+    text_encoder: torch.nn.Module
+    family: str
+    name: str
+    embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
+    patches: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class Vae(SocketValue):
+    """VAE: the autoencoder; latents are stored already multiplied by ``scaling_factor``."""
+
+    vae: torch.nn.Module
+    name: str
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def downscale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+@dataclass(frozen=True, eq=False)
+class Tokens(SocketValue):
+    """TOKENS: token ids (B, 77·k) with a per-token weight of the same shape, and the prompt they came from.
+
+    ``chunks`` is k, the number of 77-token windows; weights are 1.0 for plain prompts."""
+
+    input_ids: torch.Tensor
+    weights: torch.Tensor
+    text: tuple[str, ...]
+    chunks: int = 1
+
+
+@dataclass(frozen=True, eq=False)
+class Conditioning(SocketValue):
+    """CONDITIONING: text embeddings (B, 77·k, C) for the UNet's cross-attention."""
+
+    embeds: torch.Tensor
+    text: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule(SocketValue):
+    """SCHEDULE: a sampler over a fixed number of steps, and where denoising starts.
+
+    ``start_index`` indexes ``timesteps``: 0 for txt2img, later for img2img (strength < 1).
+    ``scheduler_config`` is complete (model config + sampler overrides) so a fresh scheduler can be
+    built from it for every run — diffusers schedulers are stateful."""
+
+    sampler: str
+    steps: int
+    denoise: float
+    scheduler_class: str
+    scheduler_config: dict[str, Any]
+    timesteps: torch.Tensor
+    start_index: int
+
+    @property
+    def remaining_timesteps(self) -> torch.Tensor:
+        return self.timesteps[self.start_index:]
+
+
+@dataclass(frozen=True, eq=False)
+class Latent(SocketValue):
+    """LATENT: latents (B, 4, h, w), already scaled by the VAE's scaling factor.
+
+    After AddNoise a latent also carries the schedule it was noised for (``schedule``), the clean latents
+    it started from (``clean``, used when inpainting), the noise that was added (``noise``), and the
+    random generator state right after drawing that noise (``rng_state``), so a sampler that needs more
+    noise continues the same random stream as diffusers' pipelines do. ``noise_mask`` (B, 1, h, w) is 1
+    where the sampler may repaint; ``masked_image`` holds the masked-image latents for 9-channel UNets."""
+
+    samples: torch.Tensor
+    noise_mask: torch.Tensor | None = None
+    masked_image: torch.Tensor | None = None
+    schedule: Schedule | None = None
+    clean: torch.Tensor | None = None
+    noise: torch.Tensor | None = None
+    rng_state: torch.Tensor | None = None
+    steps_done: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.samples.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class Image(SocketValue):
+    """IMAGE: pixels as a float tensor (B, H, W, 3) in [0, 1], channels last (the layout PIL and PNG use)."""
+
+    pixels: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[2])
+
+
+@dataclass(frozen=True, eq=False)
+class Mask(SocketValue):
+    """MASK: (B, H, W) float in [0, 1]; 1 marks pixels to repaint."""
+
+    mask: torch.Tensor

@@ -1,0 +1,77 @@
+"""The CLI: exit codes distinguish invalid input (2) from runtime failure (1); errors are readable text."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import chain, link, wf
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args, cwd):
+    env = {**os.environ, "GRAPHFLOW_NODES": "tests.engine.toynodes", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "graphflow", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def write(tmp_path):
+    def write(doc, name="w.json"):
+        path = tmp_path / name
+        path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+        return str(path)
+    return write
+
+
+def test_validate_ok_and_invalid(write, tmp_path):
+    assert cli("validate", write(chain()), cwd=tmp_path).returncode == 0
+    doc = chain()
+    doc["nodes"]["x"]["inputs"]["a"] = link("desc")
+    doc["nodes"]["desc"]["inputs"]["value"] = link("show")
+    result = cli("validate", write(doc), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "x.a: unknown input" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_validate_names_the_cycle(write, tmp_path):
+    doc = wf(a=("Add", {"a": link("b")}), b=("Add", {"a": link("a")}), s=("Show", {"value": link("a")}))
+    result = cli("validate", write(doc), cwd=tmp_path)
+    assert result.returncode == 2 and ("cycle: a → b → a" in result.stderr or "cycle: b → a → b" in result.stderr)
+
+
+def test_malformed_json_is_one_line(write, tmp_path):
+    result = cli("validate", write('{"graphflow": 1,,}'), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "line 1, column 17" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_with_set_overrides(write, tmp_path):
+    result = cli("run", write(chain()), "--set", "y.value=40", "--set", "show.label=hi", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "5 executed" in result.stderr
+
+
+def test_run_failure_exits_1_with_node_named(write, tmp_path):
+    doc = wf(n=("Number", {"value": 1.0}), f=("Fail", {"value": link("n")}), s=("Show", {"value": link("f")}))
+    result = cli("run", write(doc), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "node f (Fail) failed: ValueError: boom" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_set_and_missing_file_exit_2(write, tmp_path):
+    assert cli("run", write(chain()), "--set", "nope", cwd=tmp_path).returncode == 2
+    assert cli("run", write(chain()), "--set", "ghost.value=1", cwd=tmp_path).returncode == 2
+    result = cli("run", str(tmp_path / "absent.json"), cwd=tmp_path)
+    assert result.returncode == 2 and "cannot read" in result.stderr
+
+
+def test_nodes_and_schema(tmp_path):
+    listing = cli("nodes", cwd=tmp_path)
+    assert listing.returncode == 0 and "Add  [test]" in listing.stdout
+    catalog = json.loads(cli("nodes", "--json", cwd=tmp_path).stdout)
+    assert catalog["Add"]["inputs"]["bias"]["default"] == 0
+    schema = json.loads(cli("schema", cwd=tmp_path).stdout)
+    assert schema["properties"]["graphflow"]["const"] == 1 and "Link" in schema["$defs"]

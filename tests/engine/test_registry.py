@@ -1,0 +1,59 @@
+"""Node declaration, discovery and the catalog."""
+import pytest
+
+from graphflow.node import Input, node
+from graphflow.registry import Registry, describe, discover
+
+from . import toynodes
+
+
+def test_catalog_lists_inputs_outputs_defaults_bounds_and_schema(registry):
+    entry = registry.catalog()["Add"]
+    assert entry["inputs"]["a"] == {"kind": "socket", "type": "NUMBER", "required": True, "description": ""}
+    assert entry["inputs"]["b"]["required"] is False
+    bias = entry["inputs"]["bias"]
+    assert bias["default"] == 0 and bias["schema"]["maximum"] == 10 and bias["schema"]["multipleOf"] == 2
+    assert entry["outputs"] == {"value": "NUMBER"}
+    assert entry["schema"]["properties"]["bias"]["minimum"] == 0
+    assert entry["description"] == "a + b + bias."
+    assert registry.catalog()["Describe"]["inputs"]["mode"]["schema"]["enum"] == ["plain", "fancy"]
+
+
+def test_discovery_through_environment_selection(monkeypatch):
+    monkeypatch.setenv("GRAPHFLOW_NODES", "tests.engine.toynodes")
+    assert "Add" in discover() and "Show" in discover()
+
+
+def test_two_types_with_one_name_are_refused():
+    @node("Number", outputs={"value": "NUMBER"})
+    def other():
+        return 1
+
+    registry = Registry()
+    registry.add_module(toynodes)
+    with pytest.raises(ValueError, match="two node types are named 'Number'"):
+        registry.add(other.__graphflow_node__)
+
+
+def test_declaration_mistakes_are_caught_early():
+    with pytest.raises(TypeError):
+        node(outputs={})(lambda: 1)
+    with pytest.raises(ValueError):
+        node(outputs={"x": "lower"})(lambda: 1)
+    with pytest.raises(ValueError):
+        Input("latent")
+
+
+def test_version_is_part_of_the_key(registry, engine):
+    from graphflow.plan import make_plan
+    from .conftest import chain
+
+    before = make_plan(engine.validate(chain()), engine.settings).keys["sum"]
+    spec = registry.get("Add")
+    registry._specs["Add"] = type(spec)(**{**spec.__dict__, "version": 2})
+    after = make_plan(engine.validate(chain()), engine.settings).keys["sum"]
+    assert before != after
+
+
+def test_describe_reports_output_nodes():
+    assert describe(toynodes.Show.__graphflow_node__)["output_node"] is True

@@ -1,0 +1,96 @@
+"""Small pure-Python node types for engine tests (no torch). ``CALLS`` counts executions per node type."""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from graphflow.errors import NodeInputError
+from graphflow.node import Input, node
+
+CALLS: Counter = Counter()
+
+
+@node(outputs={"value": "NUMBER"}, category="test")
+def Number(value: float = Field(0.0, ge=-1000, le=1000, description="a constant")):
+    """A constant number."""
+    CALLS["Number"] += 1
+    return value
+
+
+@node(outputs={"value": "NUMBER"}, category="test")
+def Add(a=Input("NUMBER"), b=Input("NUMBER", optional=True), bias: int = Field(0, ge=0, le=10, multiple_of=2)):
+    """a + b + bias."""
+    CALLS["Add"] += 1
+    return a + (b or 0) + bias
+
+
+@node(outputs={"value": "NUMBER", "text": "TEXT"}, category="test")
+def Describe(value=Input("NUMBER"), mode: Literal["plain", "fancy"] = "plain"):
+    """Two outputs: the number and a text about it."""
+    CALLS["Describe"] += 1
+    return value, (f"~{value}~" if mode == "fancy" else str(value))
+
+
+@node(outputs={"items": "LIST"}, category="test")
+def MakeList(value=Input("NUMBER"), length: int = Field(3, ge=1, le=10_000_000)):
+    """A list holding ``value`` ``length`` times (big lists test the cache budget)."""
+    CALLS["MakeList"] += 1
+    return [value] * length
+
+
+@node(outputs={"items": "LIST"}, category="test")
+def AppendInPlace(items=Input("LIST")):
+    """Badly behaved on purpose: mutates its input."""
+    items.append(0)
+    return items
+
+
+@node(outputs={"value": "NUMBER"}, category="test", fingerprint=lambda literals, settings: hashlib.sha256(
+    (Path(settings.input_dir) / literals["name"]).read_bytes()).hexdigest())
+def ReadNumber(name: str, ctx=None):
+    """Reads a number from a file in the input directory; the file's content is its fingerprint."""
+    CALLS["ReadNumber"] += 1
+    return float((Path(ctx.settings.input_dir) / name).read_text())
+
+
+@node(outputs={"value": "NUMBER"}, category="test", cache="never")
+def Clock():
+    """Never cached: a new value every run."""
+    CALLS["Clock"] += 1
+    return time.perf_counter()
+
+
+@node(outputs={"value": "NUMBER"}, category="test")
+def Slow(value=Input("NUMBER"), steps: int = Field(5, ge=1), ctx=None):
+    """Reports progress; stops when cancelled. Hook ``ON_STEP`` lets a test act mid-run."""
+    CALLS["Slow"] += 1
+    for i in range(steps):
+        ON_STEP(i)
+        ctx.progress(i + 1, steps)
+    return value
+
+
+ON_STEP = lambda i: None  # noqa: E731 — replaced by tests
+
+
+@node(outputs={"value": "NUMBER"}, category="test")
+def Fail(value=Input("NUMBER"), when: Literal["always", "never", "input"] = "always"):
+    """Raises on demand."""
+    CALLS["Fail"] += 1
+    if when == "always":
+        raise ValueError("boom")
+    if when == "input":
+        raise NodeInputError("when", "not usable here", expected="never", received="input")
+    return value
+
+
+@node(output=True, category="test")
+def Show(value=Input("*"), label: str = ""):
+    """Output node: reports the value."""
+    CALLS["Show"] += 1
+    return {"value": value if not isinstance(value, list) else len(value), "label": label}
