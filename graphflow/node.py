@@ -121,7 +121,7 @@ def build_spec(function, name, outputs, category, version, output, cache, finger
     literal_fields: dict[str, tuple[Any, Any]] = {}
     wants_context = False
     order = []
-    for param in inspect.signature(function).parameters.values():
+    for param in inspect.signature(function, eval_str=True).parameters.values():
         if param.name == "ctx":
             wants_context = True
             continue

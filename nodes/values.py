@@ -152,12 +152,17 @@ class Vae(SocketValue):
 class Tokens(SocketValue):
     """TOKENS: token ids (B, 77·k) with a per-token weight of the same shape, and the prompt they came from.
 
-    ``chunks`` is k, the number of 77-token windows; weights are 1.0 for plain prompts."""
+    ``chunks`` is k, the number of 77-token windows; weights are 1.0 for plain prompts.
+    ``attention_mask`` (same shape, 1 = real token) is the tokenizer's; only text encoders whose config sets
+    ``use_attention_mask`` read it, as in diffusers."""
 
     input_ids: torch.Tensor
     weights: torch.Tensor
     text: tuple[str, ...]
     chunks: int = 1
+    attention_mask: torch.Tensor | None = None
+    # Textual inversion (nodes/prompt.py): negative ids -1-j in input_ids stand for row j of these (m, C) vectors.
+    embedding_vectors: torch.Tensor | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -166,6 +171,9 @@ class Conditioning(SocketValue):
 
     embeds: torch.Tensor
     text: tuple[str, ...] = ()
+    # The empty prompt encoded the same way (1, 77, C): pads the shorter of positive/negative for CFG
+    # (nodes.prompt.pad_conditionings).
+    empty_chunk: torch.Tensor | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,0 +1,240 @@
+"""Loader nodes: LoadCheckpoint (MODEL, CLIP, VAE) and LoadVAE (VAE).
+
+Models (README section)
+-----------------------
+Checkpoints go in the models directory (``./models``, or ``GRAPHFLOW_MODELS_DIR``) or its ``checkpoints/``
+subfolder; separate VAEs in ``models/vae/`` (the models directory itself is searched too). A name resolves, first
+match wins, to:
+
+1. a built-in model: ``tiny-sd`` (random tiny SD1-architecture model, built on first use, for tests and demos),
+   ``tiny-sd-inpainting`` (its 9-channel variant) and ``toy-shapes`` (a small trained model shipped in the
+   package, when present);
+2. a diffusers folder ``<name>/`` holding ``model_index.json`` (for LoadVAE: an AutoencoderKL folder with
+   ``config.json``, or a pipeline folder's ``vae/``);
+3. a single file ``<name>``, ``<name>.safetensors`` or ``<name>.ckpt`` (LoadVAE also ``.pt``) in the original
+   CompVis / A1111 layout, as published for SD 1.x and 2.x. ``.ckpt`` files are read with
+   ``torch.load(weights_only=True)``: one that needs arbitrary pickled objects is refused — convert it to
+   ``.safetensors``.
+
+Names are relative to those folders (``sub/model`` works); ``..`` and absolute paths are refused. Single files load
+fully offline from the configs shipped in ``nodes/models/configs``; the sizes come from the weights themselves.
+
+Detection: a UNet cross-attention width of 768 is SD 1.x, 1024 is SD 2.x (other widths: an OpenCLIP text encoder
+means SD 2.x); a 9-channel UNet input is an inpainting model. Whether an SD 2.x model predicts velocity cannot be
+read from its weights. With ``prediction_type="auto"`` a diffusers folder's scheduler config decides; for a single
+file, first a sidecar ``<name>.yaml`` (the original inference config: ``parameterization: "v"``), then, for SD 2.x,
+the file name: "768" or "v-pred"/"vpred" in it means v_prediction (the official ``768-v-ema`` and
+``v2-1_768-ema-pruned`` files). Everything else is epsilon; set ``prediction_type`` to override.
+
+``device="auto"`` uses CUDA in float16 when available, else the CPU in float32.
+"""
+# No "from __future__ import annotations": the engine reads the literal inputs' annotations as objects.
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import Field
+
+from graphflow.context import Settings
+from graphflow.errors import NodeInputError
+from graphflow.node import node
+
+from . import checkpoints
+from .builtin_models import PACKAGE_MODELS, TINY_VERSION, tiny_sd_folder
+from .values import CLIP, MODEL, VAE, Clip, Model, Vae
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
+TOY_SHAPES = PACKAGE_MODELS / "toy-shapes"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Annotated descriptions keep plain Python defaults, so the node functions stay directly callable.
+Dtype = Annotated[Literal["auto", "float32", "float16", "bfloat16"],
+                  Field(description="weight precision; auto = float16 on a GPU, float32 on the CPU")]
+Device = Annotated[Literal["auto", "cpu", "cuda", "mps"],
+                   Field(description="where the weights live; auto = CUDA when available, else the CPU")]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Name resolution
+# ---------------------------------------------------------------------------------------------------------------
+
+def builtin_folders() -> dict[str, Any]:
+    """Built-in names → a function giving their diffusers folder (tiny models are built on first use)."""
+    builtins = {"tiny-sd": tiny_sd_folder, "tiny-sd-inpainting": lambda: tiny_sd_folder(in_channels=9)}
+    if (TOY_SHAPES / "model_index.json").is_file():
+        builtins["toy-shapes"] = lambda: TOY_SHAPES
+    return builtins
+
+
+def check_name(name: str) -> None:
+    """A model name is a relative path inside the models directory: never absolute, never with ``..``."""
+    parts = re.split(r"[\\/]", name)
+    if not name.strip() or PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() \
+            or PureWindowsPath(name).drive or ".." in parts:
+        raise NodeInputError("name", "a model name must be a relative path inside the models directory",
+                             expected="a name such as 'v1-5-pruned-emaonly' or 'sub/model.safetensors'", received=name)
+
+
+def is_checkpoint_folder(path: Path) -> bool:
+    return (path / "model_index.json").is_file()
+
+
+def is_vae_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() or (path / "vae" / "config.json").is_file()
+
+
+def find_in(name: str, folders: list[Path], suffixes: tuple[str, ...], is_folder) -> Path | None:
+    for folder in folders:
+        candidate = folder / name
+        if candidate.is_dir() and is_folder(candidate):
+            return candidate
+        for path in [candidate] + [folder / (name + suffix) for suffix in suffixes]:
+            if path.is_file():
+                return path
+    return None
+
+
+def listing(folders: list[Path], suffixes: tuple[str, ...], is_folder) -> list[str]:
+    names: list[str] = []
+    for folder in folders:
+        if folder.is_dir():
+            names += sorted(p.name for p in folder.iterdir()
+                            if (p.is_file() and p.suffix in suffixes) or (p.is_dir() and is_folder(p)))
+    return list(dict.fromkeys(names))
+
+
+def checkpoint_dirs(models_dir: Path) -> list[Path]:
+    return [Path(models_dir), Path(models_dir) / "checkpoints"]
+
+
+def vae_dirs(models_dir: Path) -> list[Path]:
+    return [Path(models_dir) / "vae", Path(models_dir)]
+
+
+def resolve(name: str, folders: list[Path], suffixes: tuple[str, ...], is_folder) -> Path:
+    """Built-in name, then folders in order; a miss lists every name that would work."""
+    check_name(name)
+    builtins = builtin_folders()
+    if name in builtins:
+        return Path(builtins[name]())
+    found = find_in(name, folders, suffixes, is_folder)
+    if found is None:
+        available = list(builtins) + listing(folders, suffixes, is_folder)
+        where = ", ".join(str(f) for f in folders)
+        raise NodeInputError("name", f"no model named {name!r} (looked in {where})", expected=available, received=name)
+    return found
+
+
+def file_identity(path: Path) -> str:
+    """Path, size and modification time of every file that makes up a model (hashing gigabytes would be too slow).
+    A single file's sidecar ``.yaml`` counts: it can change the prediction type."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path, path.with_suffix(".yaml")]
+    parts = [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files if p.is_file()]
+    return "|".join(parts)
+
+
+def model_fingerprint(folders_of, suffixes: tuple[str, ...], is_folder):
+    """A node fingerprint: the identity of the file or folder ``name`` resolves to."""
+
+    def fingerprint(literals: dict[str, Any], settings: Settings | None) -> str:
+        name = literals.get("name", "")
+        if name in ("tiny-sd", "tiny-sd-inpainting"):
+            return f"builtin:{name}:v{TINY_VERSION}"  # deterministic: no need to build it just to fingerprint
+        models_dir = getattr(settings, "models_dir", None) or Settings().models_dir
+        try:
+            return file_identity(resolve(name, folders_of(models_dir), suffixes, is_folder))
+        except NodeInputError:
+            return f"unresolved:{name}"  # the node itself reports the error when it runs
+
+    return fingerprint
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Device and dtype
+# ---------------------------------------------------------------------------------------------------------------
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available[device]:
+        raise NodeInputError("device", f"{device} is not available on this machine",
+                             expected=[d for d, ok in available.items() if ok], received=device)
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float32 if device.type == "cpu" else torch.float16
+    return DTYPES[dtype]
+
+
+def settings_of(ctx) -> Settings:
+    return ctx.settings if ctx is not None else Settings.from_env()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Nodes
+# ---------------------------------------------------------------------------------------------------------------
+
+@node(
+    outputs={"model": MODEL, "clip": CLIP, "vae": VAE},
+    category="loaders",
+    pool="model",
+    fingerprint=model_fingerprint(checkpoint_dirs, CHECKPOINT_SUFFIXES, is_checkpoint_folder),
+)
+def LoadCheckpoint(
+    name: Annotated[str, Field(description="built-in name, or a diffusers folder / file in models/ or models/checkpoints/")] = "tiny-sd",
+    prediction_type: Annotated[Literal["auto", "epsilon", "v_prediction"], Field(
+        description="what the UNet predicts; auto reads the scheduler config, a sidecar .yaml or the file name")] = "auto",
+    dtype: Dtype = "auto",
+    device: Device = "auto",
+    ctx=None,
+):
+    """Load a Stable Diffusion 1.x / 2.x checkpoint: a built-in name, a diffusers folder or a single file.
+
+    ``prediction_type`` overrides what the model is taken to predict (SD 2.x 768 models predict velocity)."""
+    path = resolve(name, checkpoint_dirs(settings_of(ctx).models_dir), CHECKPOINT_SUFFIXES, is_checkpoint_folder)
+    target = pick_device(device)
+    torch_dtype = pick_dtype(dtype, target)
+    try:
+        if path.is_dir():
+            parts = checkpoints.load_diffusers_folder(path, prediction_type, torch_dtype)
+        else:
+            parts = checkpoints.load_single_file(path, prediction_type, torch_dtype)
+    except checkpoints.CheckpointError as error:
+        raise NodeInputError("name", f"{name} cannot be loaded: {error}",
+                             expected="a Stable Diffusion 1.x or 2.x checkpoint", received=path.name) from None
+    model = Model(unet=parts.unet.to(target), scheduler_config=parts.scheduler_config, family=parts.family,
+                  prediction_type=parts.prediction_type, name=name)
+    clip = Clip(tokenizer=parts.tokenizer, text_encoder=parts.text_encoder.to(target), family=parts.family, name=name)
+    return model, clip, Vae(vae=parts.vae.to(target), name=name)
+
+
+@node(
+    outputs={"vae": VAE},
+    category="loaders",
+    pool="model",
+    fingerprint=model_fingerprint(vae_dirs, VAE_SUFFIXES, is_vae_folder),
+)
+def LoadVAE(
+    name: Annotated[str, Field(description="a VAE file or diffusers folder in models/vae/ or models/")],
+    dtype: Dtype = "auto",
+    device: Device = "auto",
+    ctx=None,
+) -> Vae:
+    """Load a separate VAE (e.g. vae-ft-mse-840000-ema-pruned) from models/vae: a single file or a diffusers folder."""
+    path = resolve(name, vae_dirs(settings_of(ctx).models_dir), VAE_SUFFIXES, is_vae_folder)
+    target = pick_device(device)
+    torch_dtype = pick_dtype(dtype, target)
+    try:
+        if path.is_dir():
+            folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+            vae = checkpoints.load_diffusers_vae(folder, torch_dtype)
+        else:
+            vae = checkpoints.load_vae_file(path, torch_dtype)
+    except checkpoints.CheckpointError as error:
+        raise NodeInputError("name", f"{name} cannot be loaded: {error}", expected="a VAE file or folder",
+                             received=path.name) from None
+    return Vae(vae=vae.to(target), name=name)

@@ -1,0 +1,302 @@
+"""Upscaling in pixel space with super-resolution models (ESRGAN, Real-ESRGAN, SwinIR, ... through spandrel).
+
+Model files live in ``<models_dir>/upscale_models``; spandrel reads the state dict (``.pth`` through its
+restricted unpickler, ``.safetensors``), recognises the architecture from the key layout and builds the
+network. A 4× model on a 1024² image would need gigabytes of activations in one pass, so the image is cut
+into overlapping tiles, each tile upscaled on its own and the tiles blended back (see :func:`upscale_tiled`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+from pydantic import Field
+
+from graphflow.context import RunContext
+from graphflow.errors import NodeInputError
+from graphflow.node import Input, node
+
+from .files import resolve_inside
+from .loaders import pick_device
+from .mask import luminance
+from .values import IMAGE, UPSCALE_MODEL, Image, SocketValue, digest_of, nbytes_of
+
+MODEL_FOLDER = "upscale_models"
+MODEL_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")  # what spandrel's loader reads
+
+
+@dataclass(frozen=True, eq=False)
+class UpscaleModel(SocketValue):
+    """UPSCALE_MODEL: a loaded image-to-image model (spandrel ``ImageModelDescriptor``) and its file name."""
+
+    descriptor: Any
+    name: str
+
+    @property
+    def scale(self) -> int:
+        return int(self.descriptor.scale)
+
+    @property
+    def architecture(self) -> str:
+        return str(self.descriptor.architecture.name)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.descriptor.model
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes_of(self.module)
+
+    def __graphflow_digest__(self) -> str:
+        return digest_of((self.name, self.module))
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+def model_folder(models_dir: Path) -> Path:
+    return Path(models_dir) / MODEL_FOLDER
+
+
+def available_models(models_dir: Path) -> list[str]:
+    """Model files under ``<models_dir>/upscale_models`` (sub-folders included), as names LoadUpscaleModel takes."""
+    folder = model_folder(models_dir)
+    if not folder.is_dir():
+        return []
+    files = (p for p in folder.rglob("*") if p.suffix.lower() in MODEL_SUFFIXES and p.is_file())
+    return sorted(p.relative_to(folder).as_posix() for p in files)
+
+
+def model_path(name: str, models_dir: Path) -> Path:
+    """The file ``name`` refers to, or a NodeInputError on ``name`` listing the files that exist."""
+    folder = model_folder(models_dir)
+    path = resolve_inside(folder, name, "name")
+    if not path.is_file():
+        available = available_models(models_dir)
+        listing = ", ".join(available) if available else f"none — put .pth/.safetensors files in {folder}"
+        raise NodeInputError("name", f"no upscale model named {name!r}", f"one of: {listing}", name)
+    if path.suffix.lower() not in MODEL_SUFFIXES:
+        raise NodeInputError("name", "is not a model file spandrel can read",
+                             f"a file ending in {', '.join(MODEL_SUFFIXES)}", name)
+    return path
+
+
+def supported_architectures() -> list[str]:
+    """Names of the architectures the installed spandrel recognises."""
+    import spandrel
+
+    return [support.architecture.name for support in spandrel.MAIN_REGISTRY.architectures()]
+
+
+def model_file_fingerprint(literals: dict[str, Any], settings: Any) -> str:
+    """Changes when the model file is replaced or edited, so the engine reloads it."""
+    try:
+        path = model_path(literals["name"], settings.models_dir)
+    except NodeInputError:
+        return f"unresolved:{literals['name']}"  # the node reports the error itself when it runs
+    stat = path.stat()
+    return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def load_upscale_model(path: Path, name: str, device: torch.device | str = "cpu") -> UpscaleModel:
+    """Read ``path`` with spandrel; every way that can fail becomes a NodeInputError on ``name``."""
+    import spandrel
+
+    try:
+        descriptor = spandrel.ModelLoader(device=device).load_from_file(path)
+    except spandrel.UnsupportedModelError:
+        raise NodeInputError("name", f"spandrel does not recognise the architecture of {name!r}",
+                             f"a model of one of: {', '.join(supported_architectures())}", name) from None
+    except Exception as exc:  # corrupt file, pickle with forbidden objects, not a state dict at all
+        raise NodeInputError("name", f"could not read {name!r} as a model file: {exc}",
+                             "a .pth or .safetensors state dict", name) from None
+    if not isinstance(descriptor, spandrel.ImageModelDescriptor):
+        raise NodeInputError("name", f"{name!r} is a {descriptor.architecture.name} {descriptor.purpose} model, "
+                             "which also needs a mask", "an image-to-image model (super-resolution or restoration)", name)
+    return UpscaleModel(descriptor=descriptor.eval(), name=name)
+
+
+@node(outputs={"upscale_model": UPSCALE_MODEL}, category="upscale", pool="model", fingerprint=model_file_fingerprint)
+def LoadUpscaleModel(
+    name: str = Field(description="file in <models_dir>/upscale_models, e.g. RealESRGAN_x4plus.pth"),
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto",
+    *,
+    ctx: RunContext,
+) -> UpscaleModel:
+    """Load a super-resolution or restoration model (ESRGAN, Real-ESRGAN, SwinIR, HAT, ...) with spandrel.
+
+    The architecture and scale are recognised from the weights; a file spandrel cannot identify is refused
+    with the list of architectures it supports."""
+    return load_upscale_model(model_path(name, ctx.settings.models_dir), name, pick_device(device))
+
+
+# ---------------------------------------------------------------------------------------------- tiling
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Where tiles of ``tile`` pixels start along an axis so consecutive ones overlap by at least ``overlap``.
+
+    The last tile is pushed back to end exactly at the border (it then overlaps its neighbour by more),
+    so every tile has the full size and no tile hangs over the edge."""
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    return list(range(0, length - tile, stride)) + [length - tile]
+
+
+def axis_weights(starts: list[int], index: int, size: int, margin: int, scale: int) -> torch.Tensor:
+    """Blend weights, in output pixels, of tile ``index`` along one axis.
+
+    Where the tile overlaps a neighbour, its weight is 0 for the ``margin`` input pixels nearest its own
+    edge (those pixels saw zero padding instead of the neighbouring image), then ramps linearly to 1.
+    The neighbour's ramp mirrors it, so the two weights add up to 1 across the overlap. At the image
+    border there is no neighbour and the weight stays 1."""
+    weights = torch.ones(size * scale)
+    position = torch.arange(size * scale, dtype=torch.float32) + 0.5
+    edge = margin * scale
+    if index > 0:
+        shared = (starts[index - 1] + size - starts[index]) * scale
+        weights = torch.minimum(weights, _ramp(position, edge, shared))
+    if index < len(starts) - 1:
+        shared = (starts[index] + size - starts[index + 1]) * scale
+        weights = torch.minimum(weights, _ramp(position.flip(0), edge, shared))
+    return weights
+
+
+def _ramp(distance: torch.Tensor, edge: int, shared: int) -> torch.Tensor:
+    """0 up to ``edge`` from the tile's edge, then linear up to 1 at ``shared - edge``."""
+    width = shared - 2 * edge
+    if width <= 0:  # tiles merely touch: nothing to blend
+        return torch.ones_like(distance)
+    return ((distance - edge) / width).clamp(0, 1)
+
+
+def upscale_tiled(run: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, scale: int, tile: int, overlap: int,
+                  on_tile: Callable[[], None] | None = None) -> torch.Tensor:
+    """Upscale one image (1, C, H, W) by ``scale`` with ``run`` applied to overlapping tiles.
+
+    Each output pixel is the weighted mean of the tiles covering it (:func:`axis_weights`), so seams are
+    feathered. The weights leave out ``overlap // 4`` input pixels at every shared tile edge: when the
+    model's receptive field reaches no further than that, the result equals one untiled pass. Memory
+    for the model's activations is bounded by the tile size; ``on_tile`` is called after each tile."""
+    _, _, height, width = image.shape
+    ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    tile_h, tile_w = min(tile, height), min(tile, width)
+    margin = overlap // 4
+    weights_y = [axis_weights(ys, i, tile_h, margin, scale) for i in range(len(ys))]
+    weights_x = [axis_weights(xs, i, tile_w, margin, scale) for i in range(len(xs))]
+    total_y, total_x = torch.zeros(height * scale), torch.zeros(width * scale)
+    for y, w in zip(ys, weights_y):
+        total_y[y * scale:(y + tile_h) * scale] += w
+    for x, w in zip(xs, weights_x):
+        total_x[x * scale:(x + tile_w) * scale] += w
+    output: torch.Tensor | None = None
+    for y, w_y in zip(ys, weights_y):
+        for x, w_x in zip(xs, weights_x):
+            piece = run(image[:, :, y:y + tile_h, x:x + tile_w]).float().cpu()
+            expected = (tile_h * scale, tile_w * scale)
+            if tuple(piece.shape[-2:]) != expected:
+                raise RuntimeError(f"the model returned a {tuple(piece.shape[-2:])} tile for a {(tile_h, tile_w)} input; "
+                                   f"expected {expected} for a {scale}x model")
+            if output is None:
+                output = torch.zeros(1, piece.shape[1], height * scale, width * scale)
+            region = (slice(None), slice(None), slice(y * scale, (y + tile_h) * scale), slice(x * scale, (x + tile_w) * scale))
+            output[region] += piece * (w_y[:, None] * w_x[None, :])
+            if on_tile is not None:
+                on_tile()
+    assert output is not None
+    # the tiles form a grid, so the summed 2-D weight is the product of the per-axis sums
+    return output / (total_y[:, None] * total_x[None, :])
+
+
+def run_model(descriptor: Any, tile: torch.Tensor) -> torch.Tensor:
+    """One forward pass of a spandrel model on a (1, C, h, w) tile in [0, 1] (its own device and dtype)."""
+    return descriptor(tile.to(device=descriptor.device, dtype=descriptor.dtype))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def to_model_channels(pixels: torch.Tensor, channels: int, model_name: str) -> torch.Tensor:
+    """(H, W, 3) image → (1, channels, H, W): RGB as is, grey models get Rec. 601 luminance."""
+    chw = pixels.permute(2, 0, 1)[None]
+    if channels == 3:
+        return chw
+    if channels == 1:
+        return luminance(chw, dim=1)
+    raise NodeInputError("upscale_model", f"{model_name} takes {channels}-channel input, images here are RGB",
+                         "a model with 1 or 3 input channels", channels)
+
+
+def from_model_channels(output: torch.Tensor) -> torch.Tensor:
+    """(1, C, H, W) model output → (H, W, 3); one grey channel is repeated into RGB."""
+    rgb = output[0].expand(3, -1, -1) if output.shape[1] == 1 else output[0, :3]
+    return rgb.permute(1, 2, 0)
+
+
+def upscale_image(model: UpscaleModel, pixels: torch.Tensor, tile: int, overlap: int,
+                  on_tile: Callable[[], None] | None = None) -> torch.Tensor:
+    """(B, H, W, 3) → (B, H·s, W·s, 3), image by image, tile by tile."""
+    descriptor = model.descriptor
+    results = []
+    for picture in pixels:
+        chw = to_model_channels(picture, descriptor.input_channels, model.name)
+        upscaled = upscale_tiled(lambda t: run_model(descriptor, t), chw, model.scale, tile, overlap, on_tile)
+        results.append(from_model_channels(upscaled))
+    return torch.stack(results).clamp(0, 1)
+
+
+@node(outputs={"image": IMAGE}, category="upscale")
+def UpscaleWithModel(
+    upscale_model: UpscaleModel = Input(UPSCALE_MODEL),
+    image: Image = Input(IMAGE),
+    tile_size: int = Field(512, ge=32, le=4096, multiple_of=8,
+                           description="tile side in input pixels; lower it if memory runs out"),
+    overlap: int = Field(32, ge=0, le=1024,
+                         description="input pixels shared by neighbouring tiles; seams are blended across them"),
+    *,
+    ctx: RunContext,
+) -> Image:
+    """Upscale an image with a super-resolution model, tile by tile with blended seams.
+
+    The scale is the model's (4 for RealESRGAN_x4plus). Progress is reported per tile and the node can be
+    cancelled between tiles. If a tile runs out of memory, the image is redone once with tiles of half the
+    size (a warning says so) before the node fails."""
+    if overlap >= tile_size:
+        raise NodeInputError("overlap", "must be smaller than tile_size", f"< {tile_size}", overlap)
+    try:
+        return Image(pixels=upscale_with_progress(upscale_model, image, tile_size, overlap, ctx))
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+    _release_cached_memory()  # outside the except block, so the failed attempt's tensors are already freed
+    half, half_overlap = tile_size // 2, min(overlap, tile_size // 4)
+    ctx.warn(f"out of memory with {tile_size}px tiles; retrying with {half}px tiles (overlap {half_overlap})")
+    try:
+        return Image(pixels=upscale_with_progress(upscale_model, image, half, half_overlap, ctx))
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+    _release_cached_memory()
+    raise NodeInputError("tile_size", f"ran out of memory even with {half}px tiles; lower tile_size or free memory",
+                         f"a tile size below {half}", tile_size)
+
+
+def upscale_with_progress(model: UpscaleModel, image: Image, tile: int, overlap: int, ctx: RunContext) -> torch.Tensor:
+    """:func:`upscale_image` reporting ``ctx.progress(tile, n_tiles)`` after every tile (which also checks cancel)."""
+    per_image = len(tile_starts(image.height, tile, overlap)) * len(tile_starts(image.width, tile, overlap))
+    total, done = image.batch_size * per_image, 0
+
+    def on_tile() -> None:
+        nonlocal done
+        done += 1
+        ctx.progress(done, total)
+
+    return upscale_image(model, image.pixels, tile, overlap, on_tile)
+
+
+def _release_cached_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
