@@ -72,7 +72,7 @@ class NodeSpec:
 
     def call(self, sockets: dict[str, Any], literals: dict[str, Any], ctx: Any) -> tuple[Any, ...] | dict[str, Any]:
         """Run the function and normalise its result to a tuple of outputs (or the UI dict of an output node)."""
-        kwargs = {**literals, **sockets}
+        kwargs = {**literals, **dict.fromkeys(self.sockets), **sockets}  # unlinked optional sockets arrive as None
         if self.wants_context:
             kwargs["ctx"] = ctx
         result = self.function(**kwargs)

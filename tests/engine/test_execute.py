@@ -188,6 +188,11 @@ def test_mutating_an_input_is_caught(engine):
     assert err.value.node == "bad" and err.value.error_type == "MutatedInput"
 
 
+def test_unlinked_optional_socket_arrives_as_none(engine):
+    doc = wf(x=("Number", {"value": 2.0}), sum=("Add", {"a": link("x")}), s=("Show", {"value": link("sum")}))
+    assert engine.run(doc).outputs["s"]["value"] == 2.0
+
+
 def test_only_requested_outputs_run(engine):
     doc = chain()
     doc["nodes"]["other"] = {"type": "Show", "inputs": {"value": link("x")}}

@@ -1,0 +1,142 @@
+"""Textual inversion: embedding files from ``<models_dir>/embeddings`` attached to a CLIP value.
+
+An embedding is a few learned input vectors (n, C) for the text encoder. Its name is the file name
+without extension; a prompt uses it by that name (``easynegative``) or as ``embedding:easynegative``
+(see ``nodes/prompt.py``, which puts the vectors in place of the name when tokenizing).
+
+Formats read:
+- A1111 / original textual-inversion ``.pt``: ``{"string_to_param": {"*": tensor(n, C)}, ...}``;
+- diffusers ``.bin`` / ``.pt``: ``{"<token>": tensor(C)}``;
+- ``.safetensors``: a single tensor, or ``emb_params`` (A1111's safetensors export).
+Pickled files are opened with ``torch.load(weights_only=True)`` only: a file that needs arbitrary
+classes to unpickle is refused, never executed.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from pydantic import Field
+
+from graphflow.errors import NodeInputError
+from graphflow.node import Input, node
+
+from .values import CLIP, Clip
+
+EMBEDDINGS_SUBDIR = "embeddings"
+SUFFIXES = (".safetensors", ".pt", ".bin")  # in order of preference when two files share a name
+
+
+def embeddings_dir(settings) -> Path:
+    return Path(settings.models_dir) / EMBEDDINGS_SUBDIR
+
+
+def list_embeddings(directory: Path) -> dict[str, Path]:
+    """Embedding name → file, for every embedding file directly in ``directory`` (sorted by name)."""
+    found: dict[str, Path] = {}
+    if not directory.is_dir():
+        return found
+    files = [p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES]
+    for path in sorted(files, key=lambda p: (p.stem, SUFFIXES.index(p.suffix.lower()))):
+        found.setdefault(path.stem, path)
+    return found
+
+
+def load_embedding(path: Path) -> torch.Tensor:
+    """The vectors (n, C) of one embedding file, as float32 on the CPU."""
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path), device="cpu")
+        vectors = tensors.get("emb_params")
+        if vectors is None:
+            vectors = _only_tensor(tensors, path)
+    else:
+        try:
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # UnpicklingError for unsafe pickles, RuntimeError for a corrupt file
+            raise ValueError(f"{path.name} could not be read as a weights-only torch file: {exc}") from exc
+        vectors = _vectors_from_pickle(data, path)
+    if vectors.ndim == 1:
+        vectors = vectors.unsqueeze(0)
+    if vectors.ndim != 2 or vectors.shape[0] == 0:
+        raise ValueError(f"{path.name}: expected vectors shaped (n, width), found {tuple(vectors.shape)}")
+    return vectors.detach().to(torch.float32).contiguous()
+
+
+def _vectors_from_pickle(data, path: Path) -> torch.Tensor:
+    if isinstance(data, torch.Tensor):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name}: not an embedding file (found a {type(data).__name__})")
+    if "string_to_param" in data:
+        return _only_tensor(data["string_to_param"], path)
+    if "emb_params" in data:
+        return data["emb_params"]
+    return _only_tensor(data, path)
+
+
+def _only_tensor(tensors, path: Path) -> torch.Tensor:
+    values = [v for v in tensors.values() if isinstance(v, torch.Tensor)] if isinstance(tensors, dict) else []
+    if len(values) != 1:
+        keys = list(tensors) if isinstance(tensors, dict) else type(tensors).__name__
+        raise ValueError(f"{path.name}: expected exactly one tensor (or 'emb_params'/'string_to_param'), found {keys}")
+    return values[0]
+
+
+def text_width(clip: Clip) -> int:
+    return int(clip.text_encoder.get_input_embeddings().embedding_dim)
+
+
+def with_embeddings(clip: Clip, embeddings: dict[str, torch.Tensor], input_name: str = "names") -> Clip:
+    """A new CLIP value whose ``embeddings`` also hold these (shape-checked against the text encoder)."""
+    width = text_width(clip)
+    for name, vectors in embeddings.items():
+        if vectors.shape[-1] != width:
+            raise NodeInputError(input_name, f"embedding {name!r} was trained for a text encoder of width "
+                                 f"{vectors.shape[-1]}, this CLIP ({clip.name}) has width {width}",
+                                 f"(n, {width})", tuple(vectors.shape))
+    return replace(clip, embeddings={**clip.embeddings, **embeddings})
+
+
+def _requested(names: str) -> list[str]:
+    return [n.strip() for n in names.split(",") if n.strip()]
+
+
+def _fingerprint(literals: dict, settings) -> str:
+    """Changes when any embedding file is added, removed or rewritten."""
+    hasher = hashlib.sha256()
+    for name, path in list_embeddings(embeddings_dir(settings)).items():
+        stat = path.stat()
+        hasher.update(f"{name}|{path.name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return hasher.hexdigest()
+
+
+@node(outputs={"clip": CLIP}, category="loaders", fingerprint=_fingerprint, pool="model")
+def LoadEmbeddings(
+    clip: Clip = Input(CLIP),
+    names: str = Field("", description="comma-separated embedding names (file names without extension) from "
+                       "<models_dir>/embeddings; empty loads every file there"),
+    ctx=None,
+) -> Clip:
+    """Attach textual-inversion embeddings to a CLIP so prompts can use them by name.
+
+    The text encoder is not changed: the vectors travel with the CLIP value and the tokenizer puts them
+    in where a prompt says ``name`` or ``embedding:name``."""
+    directory = embeddings_dir(ctx.settings)
+    available = list_embeddings(directory)
+    wanted = _requested(names) or list(available)
+    missing = [n for n in wanted if n not in available]
+    if missing:
+        raise NodeInputError("names", f"no embedding file named {missing[0]!r} in {directory}",
+                             sorted(available) or f"a .safetensors/.pt/.bin file in {directory}", missing[0])
+    loaded = {}
+    for name in wanted:
+        try:
+            loaded[name] = load_embedding(available[name])
+        except ValueError as exc:
+            raise NodeInputError("names", str(exc), "a textual-inversion embedding file", available[name].name) from exc
+    return with_embeddings(clip, loaded)

@@ -1,0 +1,180 @@
+"""Checkpoint merging as in the WebUI's checkpoint merger, one small node per component, and SaveCheckpoint.
+
+``weighted_sum``:   A·(1−α) + B·α
+``add_difference``: A + (B − C)·α   (e.g. A = your model, B = an inpainting model, C = the base B came from)
+
+Every tensor is computed in float32 and stored in A's dtype; the result is a NEW module (A, B and C are
+not touched) whose structure, config, tokenizer, scheduler settings and name come from A. The two (or
+three) inputs must have the same architecture: same state-dict keys with the same shapes; the first
+difference is reported by name. Non-float tensors (integer buffers) must be equal and are taken from A.
+
+MergeModels / MergeClip / MergeVae are separate so a workflow can merge the UNet and keep A's text
+encoder and VAE (the WebUI's "copy config/VAE from A" options), or merge each with its own α.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from graphflow.errors import NodeInputError
+from graphflow.node import Input, node
+
+from .files import relative_name, unique_output_path
+from .patching import clone_with_weights
+from .values import CLIP, MODEL, VAE, Clip, Model, Vae
+
+MergeMode = Literal["weighted_sum", "add_difference"]
+ALPHA = Field(0.5, ge=0.0, le=1.0, description="α: weight of B (weighted_sum) or of the difference B − C (add_difference)")
+MODE = Field("weighted_sum", description="weighted_sum: A·(1−α) + B·α; add_difference: A + (B − C)·α (needs C)")
+
+
+def merge_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], c: dict[str, torch.Tensor] | None,
+                mode: MergeMode, alpha: float, names: tuple[str, str, str] = ("a", "b", "c")) -> dict[str, torch.Tensor]:
+    """The merged state dict (A's dtypes and devices). Raises NodeInputError naming the first mismatch."""
+    check_same_layout(a, b, names[0], names[1])
+    if mode == "add_difference":
+        if c is None:
+            raise NodeInputError(names[2], "add_difference needs a third model C (A + (B − C)·α)", "a link", None)
+        check_same_layout(a, c, names[0], names[2])
+    elif mode != "weighted_sum":
+        raise NodeInputError("mode", "unknown merge mode", "weighted_sum or add_difference", mode)
+    merged = {}
+    for key, ta in a.items():
+        tb = b[key]
+        if not ta.is_floating_point():
+            if not torch.equal(ta, tb.to(ta.device)):
+                raise NodeInputError(names[1], f"non-float tensor {key!r} differs between {names[0]} and {names[1]}")
+            continue
+        fa, fb = ta.float(), tb.to(ta.device).float()
+        if mode == "weighted_sum":
+            value = fa * (1 - alpha) + fb * alpha
+        else:
+            value = fa + (fb - c[key].to(ta.device).float()) * alpha
+        merged[key] = value.to(ta.dtype)
+    return merged
+
+
+def check_same_layout(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], name_a: str, name_b: str) -> None:
+    """Same keys with the same shapes, or a NodeInputError on ``name_b`` naming the first difference."""
+    for key, ta in a.items():
+        if key not in b:
+            raise NodeInputError(name_b, f"incompatible architectures: {name_a} has {key!r}, {name_b} does not",
+                                 f"the keys of {name_a}", f"no {key}")
+        if tuple(ta.shape) != tuple(b[key].shape):
+            raise NodeInputError(name_b, f"incompatible architectures: {key!r} has a different shape",
+                                 f"{tuple(ta.shape)} as in {name_a}", tuple(b[key].shape))
+    extra = next((key for key in b if key not in a), None)
+    if extra is not None:
+        raise NodeInputError(name_b, f"incompatible architectures: {name_b} has {extra!r}, {name_a} does not",
+                             f"the keys of {name_a}", extra)
+
+
+def merge_modules(a: torch.nn.Module, b: torch.nn.Module, c: torch.nn.Module | None, mode: MergeMode, alpha: float,
+                  names: tuple[str, str, str]) -> torch.nn.Module:
+    state = merge_state(a.state_dict(), b.state_dict(), c.state_dict() if c is not None else None, mode, alpha, names)
+    return clone_with_weights(a, state)
+
+
+def _present(value):
+    """An optional socket that is not linked arrives as None (or as its Input marker): treat both as absent."""
+    return None if value is None or isinstance(value, Input) else value
+
+
+def _label(mode: MergeMode, alpha: float, b, c) -> str:
+    """Patch label naming what was merged in, with what had been applied to it (``name[lora:x:1]``)."""
+    def describe(value) -> str:
+        return value.name + (f"[{','.join(value.patches)}]" if value.patches else "")
+
+    return f"merge:{mode}:{alpha:g}:{describe(b)}" + (f"-{describe(c)}" if mode == "add_difference" and c else "")
+
+
+@node(outputs={"model": MODEL}, category="merge", pool="model")
+def MergeModels(
+    model_a: Model = Input(MODEL),
+    model_b: Model = Input(MODEL),
+    model_c: Model = Input(MODEL, optional=True, description="C for add_difference"),
+    mode: MergeMode = MODE,
+    alpha: float = ALPHA,
+    ctx=None,
+) -> Model:
+    """Merge two UNets (or add the difference B − C to A); scheduler settings come from A."""
+    model_c = _present(model_c)
+    if ctx is not None and model_b.prediction_type != model_a.prediction_type:
+        ctx.warn(f"model_a predicts {model_a.prediction_type}, model_b {model_b.prediction_type}; the merge keeps "
+                 f"model_a's {model_a.prediction_type}")
+    unet = merge_modules(model_a.unet, model_b.unet, model_c.unet if model_c else None, mode, alpha,
+                         ("model_a", "model_b", "model_c"))
+    label = _label(mode, alpha, model_b, model_c)
+    return replace(model_a, unet=unet, patches=model_a.patches + (label,))
+
+
+@node(outputs={"clip": CLIP}, category="merge", pool="model")
+def MergeClip(
+    clip_a: Clip = Input(CLIP),
+    clip_b: Clip = Input(CLIP),
+    clip_c: Clip = Input(CLIP, optional=True, description="C for add_difference"),
+    mode: MergeMode = MODE,
+    alpha: float = ALPHA,
+) -> Clip:
+    """Merge two text encoders (or add the difference B − C to A); tokenizer and embeddings come from A."""
+    clip_c = _present(clip_c)
+    encoder = merge_modules(clip_a.text_encoder, clip_b.text_encoder, clip_c.text_encoder if clip_c else None, mode,
+                            alpha, ("clip_a", "clip_b", "clip_c"))
+    label = _label(mode, alpha, clip_b, clip_c)
+    return replace(clip_a, text_encoder=encoder, patches=clip_a.patches + (label,))
+
+
+@node(outputs={"vae": VAE}, category="merge", pool="model")
+def MergeVae(
+    vae_a: Vae = Input(VAE),
+    vae_b: Vae = Input(VAE),
+    vae_c: Vae = Input(VAE, optional=True, description="C for add_difference"),
+    mode: MergeMode = MODE,
+    alpha: float = ALPHA,
+) -> Vae:
+    """Merge two VAEs (or add the difference B − C to A)."""
+    vae_c = _present(vae_c)
+    merged = merge_modules(vae_a.vae, vae_b.vae, vae_c.vae if vae_c else None, mode, alpha, ("vae_a", "vae_b", "vae_c"))
+    return replace(vae_a, vae=merged)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------------------
+
+@node(output=True, category="merge")
+def SaveCheckpoint(
+    model: Model = Input(MODEL),
+    clip: Clip = Input(CLIP),
+    vae: Vae = Input(VAE),
+    filename_prefix: str = Field("checkpoints/merged", description="<output_dir>/<prefix>_NNNNN.safetensors; may "
+                                 "name sub-folders, never leave the output folder"),
+    ctx=None,
+) -> dict:
+    """Write model, text encoder and VAE as one .safetensors checkpoint in the original SD key layout.
+
+    The file goes to the output directory (workflows never write into the models folder); move it into
+    ``<models_dir>/checkpoints`` to load it with LoadCheckpoint. An existing file is never replaced."""
+    from .checkpoints import save_single_file
+
+    output_dir = Path(ctx.settings.output_dir)
+    for _ in range(100):
+        path = unique_output_path(output_dir, filename_prefix, "safetensors")
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        try:
+            save_single_file(model, clip, vae, partial)
+            os.link(partial, path)  # claims the name atomically; fails if someone took it meanwhile
+            break
+        except FileExistsError:
+            continue
+        finally:
+            partial.unlink(missing_ok=True)
+    else:
+        raise FileExistsError(f"no free file name for prefix {filename_prefix!r} in {output_dir}")
+    return {"checkpoints": [{"filename": relative_name(path, output_dir), "path": str(path),
+                             "patches": {"model": list(model.patches), "clip": list(clip.patches)}}]}

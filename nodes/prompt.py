@@ -1,0 +1,469 @@
+"""A1111-style prompts: emphasis syntax, prompts longer than 77 tokens, textual-inversion words.
+
+Three pure stages that ``Tokenize`` / ``CLIPTextEncode`` call:
+
+1. :func:`parse_prompt_attention` turns ``a (red:1.2) [cat] BREAK sky`` into ``(text, weight)`` runs;
+2. :func:`tokenize_prompt` turns the runs into 75-token chunks, each wrapped as BOS + 75 + EOS (padded
+   with the tokenizer's pad token), with a weight per token; textual-inversion names become placeholder
+   positions;
+3. :func:`encode_tokens` runs the text encoder over every 77-token window on its own, puts the
+   textual-inversion vectors in, scales each token's embedding by its weight and concatenates the windows.
+
+A plain prompt of at most 75 tokens goes through all three exactly as diffusers'
+``StableDiffusionPipeline.encode_prompt`` does (same ids, same embeddings, bit for bit).
+
+Textual-inversion positions are marked in ``input_ids`` by NEGATIVE ids: ``-1 - j`` stands for row ``j``
+of ``embedding_vectors``. They carry their vectors with them, so the tokens do not depend on which
+CLIP encodes them, and a text encoder that does not know about them fails loudly instead of reading a
+wrong row.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal, Mapping, Sequence
+
+import torch
+
+from graphflow.errors import NodeInputError
+
+from .values import Clip, Conditioning, Tokens
+
+ROUND_BRACKET = 1.1  # "(x)" multiplies by this, "[x]" divides by it (A1111's numbers)
+BREAK_WEIGHT = -1.0
+BREAK = ("BREAK", BREAK_WEIGHT)  # chunk marker in parse_prompt_attention's output, as in A1111
+DEFAULT_BACKTRACK_WINDOW = 20  # A1111's default "comma padding backtrack"
+EMBEDDING_PREFIX = "embedding:"
+Emphasis = Literal["original", "no_norm", "none"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. Emphasis syntax
+# ---------------------------------------------------------------------------------------------------
+
+# One lexical unit of the emphasis syntax; tried in order at each position.
+_LEXEME = re.compile(
+    r"""
+    (?P<escape>\\[()\[\]\\])              # \( \) \[ \] \\ : the character itself
+    | (?P<backslash>\\)                   # any other backslash is dropped (A1111 does the same)
+    | (?P<weight>:\s*(?P<number>[+-]?(?:\d+\.?\d*|\.\d+))\s*\))   # ":1.3)" closes a round bracket
+    | (?P<open>[(\[])
+    | (?P<close>[)\]])
+    | (?P<text>[^\\()\[\]:]+|:)           # plain text; a colon not followed by a weight is text
+    """,
+    re.VERBOSE,
+)
+_BREAK_WORD = re.compile(r"\s*\bBREAK\b\s*")
+
+
+def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
+    """Split a prompt into ``(text, weight)`` runs following A1111's emphasis rules.
+
+    ``(x)`` ×1.1, ``((x))`` ×1.21, ``(x:1.3)`` ×1.3, ``[x]`` ÷1.1, nesting multiplies; ``\\(`` ``\\)`` ``\\[``
+    ``\\]`` ``\\\\`` are literal characters. Brackets that are never closed weigh everything after them;
+    closing brackets that were never opened are literal text. The word ``BREAK`` (upper case, on its own)
+    becomes the marker :data:`BREAK`. Neighbouring runs with equal weights are merged; empty runs are
+    dropped; the empty prompt gives ``[("", 1.0)]``.
+
+    Differences from A1111: a weight that is not a number (``(x:1.2.3)``) is text (the bracket still
+    closes with ×1.1) instead of an exception, and ``BREAK`` inside brackets still breaks (A1111 turns it into the literal word there)."""
+    runs: list[list] = []  # [text, weight, is_break]; weights are multiplied in place as brackets close
+    open_round: list[int] = []  # index into runs where each still-open bracket started
+    open_square: list[int] = []
+
+    def scale_from(start: int, factor: float) -> None:
+        for run in runs[start:]:
+            if not run[2]:
+                run[1] *= factor
+
+    for match in _LEXEME.finditer(text):
+        kind = match.lastgroup if match.lastgroup != "number" else "weight"
+        piece = match.group(0)
+        if kind == "escape":
+            runs.append([piece[1], 1.0, False])
+        elif kind == "backslash":
+            continue
+        elif kind == "open":
+            (open_round if piece == "(" else open_square).append(len(runs))
+        elif kind == "weight" and open_round:
+            scale_from(open_round.pop(), float(match.group("number")))
+        elif kind == "close" and piece == ")" and open_round:
+            scale_from(open_round.pop(), ROUND_BRACKET)
+        elif kind == "close" and piece == "]" and open_square:
+            scale_from(open_square.pop(), 1 / ROUND_BRACKET)
+        else:  # text, or a closing bracket / weight with nothing open: literal
+            for index, part in enumerate(_BREAK_WORD.split(piece)):
+                if index:
+                    runs.append(["BREAK", BREAK_WEIGHT, True])
+                runs.append([part, 1.0, False])
+
+    # Unclosed brackets weigh the rest of the prompt, innermost first (the order A1111 multiplies in).
+    for start in reversed(open_round):
+        scale_from(start, ROUND_BRACKET)
+    for start in reversed(open_square):
+        scale_from(start, 1 / ROUND_BRACKET)
+    return _merge_runs(runs)
+
+
+def _merge_runs(runs: list[list]) -> list[tuple[str, float]]:
+    merged: list[tuple[str, float]] = []
+    for text, weight, is_break in runs:
+        if is_break:
+            merged.append(BREAK)
+        elif not text:
+            continue
+        elif merged and merged[-1] is not BREAK and merged[-1][1] == weight:
+            merged[-1] = (merged[-1][0] + text, weight)
+        else:
+            merged.append((text, weight))
+    return merged or [("", 1.0)]
+
+
+def is_break(run: tuple[str, float]) -> bool:
+    return run is BREAK or (run[0] == "BREAK" and run[1] == BREAK_WEIGHT)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. Tokens and chunks
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """A tokenized prompt: k windows of 77 tokens side by side.
+
+    ``input_ids`` (1, 77k) long, negative ids mark textual-inversion rows (see the module docstring);
+    ``weights`` (1, 77k) float32, 1.0 on BOS/EOS/padding; ``attention_mask`` (1, 77k), 1 = not padding;
+    ``embedding_vectors`` (m, C) float32 or None when the prompt uses no embedding."""
+
+    input_ids: torch.Tensor
+    weights: torch.Tensor
+    attention_mask: torch.Tensor
+    chunks: int
+    embedding_vectors: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """What chunking places: one text token, or all vectors of one embedding (never split)."""
+
+    ids: tuple[int, ...]
+    weight: float
+    is_comma: bool = False
+
+
+def tokenize_prompt(
+    tokenizer,
+    text: str,
+    embeddings: Mapping[str, torch.Tensor] | None = None,
+    comma_backtrack: bool = False,
+    backtrack_window: int = DEFAULT_BACKTRACK_WINDOW,
+) -> PromptTokens:
+    """Tokenize a prompt with emphasis, ``BREAK`` and textual-inversion names into 77-token windows.
+
+    Tokens fill windows of 75; ``BREAK`` starts a new window. With ``comma_backtrack`` a window that would
+    overflow while a comma sits within its last ``backtrack_window`` tokens ends after that comma instead
+    (A1111's "comma padding backtrack"). An embedding never straddles two windows. Embedding names are
+    matched case-insensitively as whole words, bare (``easynegative``) or as ``embedding:easynegative``;
+    an ``embedding:`` name that is not loaded is an error."""
+    window = int(tokenizer.model_max_length)
+    chunk_length = window - 2
+    lookup = _embedding_lookup(embeddings or {})
+    table = _EmbeddingTable()
+    comma = _comma_id(tokenizer)
+    units: list[_Unit | None] = []  # None = BREAK
+    for run in parse_prompt_attention(text):
+        if is_break(run):
+            units.append(None)
+            continue
+        piece_text, weight = run
+        for piece in _split_embedding_names(piece_text, lookup):
+            if isinstance(piece, str):
+                units.extend(_Unit((t,), weight, t == comma) for t in _text_ids(tokenizer, piece))
+            else:
+                name, vectors = piece
+                if vectors.shape[0] > chunk_length:
+                    raise NodeInputError("text", f"embedding {name!r} has {vectors.shape[0]} vectors, more than a "
+                                         f"window holds", f"at most {chunk_length}", vectors.shape[0])
+                units.append(_Unit(table.slot_ids(name, vectors), weight))
+    window_backtrack = backtrack_window if comma_backtrack else 0
+    chunks = _fill_chunks(units, chunk_length, window_backtrack)
+    ids, weights, mask = [], [], []
+    for chunk_ids, chunk_weights in chunks:
+        padding = chunk_length - len(chunk_ids)
+        ids += [tokenizer.bos_token_id, *chunk_ids, tokenizer.eos_token_id] + [tokenizer.pad_token_id] * padding
+        weights += [1.0, *chunk_weights, 1.0] + [1.0] * padding
+        mask += [1] * (len(chunk_ids) + 2) + [0] * padding
+    return PromptTokens(
+        input_ids=torch.tensor([ids], dtype=torch.long),
+        weights=torch.tensor([weights], dtype=torch.float32),
+        attention_mask=torch.tensor([mask], dtype=torch.long),
+        chunks=len(chunks),
+        embedding_vectors=table.vectors(),
+    )
+
+
+def _text_ids(tokenizer, text: str) -> list[int]:
+    if not text.strip():
+        return []
+    # verbose=False: long prompts are expected here, the "sequence too long" warning is noise
+    return list(tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids)
+
+
+def _comma_id(tokenizer) -> int:
+    return tokenizer(",", add_special_tokens=False, verbose=False).input_ids[-1]
+
+
+def _fill_chunks(units: Sequence[_Unit | None], chunk_length: int, backtrack_window: int):
+    """Distribute units over chunks of ``chunk_length`` token positions (BOS/EOS not included)."""
+    chunks: list[tuple[list[int], list[float]]] = []
+    ids: list[int] = []
+    weights: list[float] = []
+    last_comma = -1  # position of the last comma in the current chunk
+
+    def close() -> None:
+        nonlocal ids, weights, last_comma
+        chunks.append((ids, weights))
+        ids, weights, last_comma = [], [], -1
+
+    for unit in units:
+        if unit is None:
+            close()
+            continue
+        if unit.is_comma:
+            last_comma = len(ids)
+        elif backtrack_window and len(ids) == chunk_length and last_comma >= 0 \
+                and len(ids) - last_comma <= backtrack_window:
+            # the chunk is full mid-phrase: end it after the comma and carry the phrase over
+            cut = last_comma + 1
+            moved_ids, moved_weights = ids[cut:], weights[cut:]
+            ids, weights = ids[:cut], weights[:cut]
+            close()
+            ids, weights = moved_ids, moved_weights
+        if len(ids) + len(unit.ids) > chunk_length:
+            close()
+        ids.extend(unit.ids)
+        weights.extend([unit.weight] * len(unit.ids))
+    if ids or not chunks:
+        close()
+    return chunks
+
+
+# -- textual-inversion names ---------------------------------------------------------------------
+
+
+def _embedding_lookup(embeddings: Mapping[str, torch.Tensor]) -> dict[str, tuple[str, torch.Tensor]]:
+    lookup: dict[str, tuple[str, torch.Tensor]] = {}
+    for name, vectors in embeddings.items():
+        key = name.lower()
+        if key in lookup:
+            raise NodeInputError("clip", f"two embeddings differ only in case: {lookup[key][0]!r} and {name!r}")
+        lookup[key] = (name, vectors if vectors.ndim == 2 else vectors.reshape(1, -1))
+    return lookup
+
+
+def _split_embedding_names(text: str, lookup: dict[str, tuple[str, torch.Tensor]]):
+    """Yield text pieces and (name, vectors) for every embedding name in ``text``."""
+    names = sorted(lookup, key=len, reverse=True)  # longest first: "bad-hands-5" before "bad"
+    bare = "|".join(re.escape(n) for n in names)
+    # explicit names may hold inner dots and dashes; a sentence's final "." is not part of the name
+    pattern = rf"(?<![\w:]){re.escape(EMBEDDING_PREFIX)}(?P<explicit>[\w\-]+(?:\.[\w\-]+)*)"
+    if bare:
+        pattern += rf"|(?<![\w:])(?P<bare>{bare})(?![\w])"
+    position = 0
+    for match in re.finditer(pattern, text, flags=re.IGNORECASE):
+        name = (match.group("explicit") or match.group("bare")).lower()
+        if name not in lookup:
+            raise NodeInputError("text", f"the prompt uses {EMBEDDING_PREFIX}{name} but no such embedding is loaded "
+                                 "(load it with LoadEmbeddings)", sorted(v[0] for v in lookup.values()) or "an embedding",
+                                 name)
+        yield text[position:match.start()]
+        yield lookup[name]
+        position = match.end()
+    yield text[position:]
+
+
+class _EmbeddingTable:
+    """Rows of textual-inversion vectors used by one prompt; each embedding stored once."""
+
+    def __init__(self) -> None:
+        self.rows: list[torch.Tensor] = []
+        self.start: dict[str, int] = {}
+        self.count = 0
+
+    def slot_ids(self, name: str, vectors: torch.Tensor) -> tuple[int, ...]:
+        if name not in self.start:
+            self.start[name] = self.count
+            self.rows.append(vectors.detach().to("cpu", torch.float32))
+            self.count += vectors.shape[0]
+        first = self.start[name]
+        return tuple(-1 - row for row in range(first, first + vectors.shape[0]))
+
+    def vectors(self) -> torch.Tensor | None:
+        return torch.cat(self.rows) if self.rows else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. Encoding
+# ---------------------------------------------------------------------------------------------------
+
+
+def encode_tokens(
+    text_encoder: torch.nn.Module,
+    input_ids: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    clip_skip: int = 1,
+    emphasis: Emphasis = "original",
+    embedding_vectors: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Text embeddings (B, 77k, C) for token ids (B, 77k): every 77-token window encoded on its own.
+
+    ``clip_skip`` counts from the end as A1111 does: 1 = the last layer, n = the n-th layer from the end
+    followed by the final layer norm (diffusers' ``clip_skip = n - 1``). ``emphasis``: "original" scales
+    each token's embedding by its weight and then rescales the window so its mean is what it was before
+    (A1111's default), "no_norm" scales without restoring the mean, "none" ignores the weights.
+    ``attention_mask`` is only read by text encoders whose config sets ``use_attention_mask``."""
+    core = getattr(text_encoder, "text_model", text_encoder)  # CLIPTextModelWithProjection wraps one
+    window = int(core.embeddings.position_embedding.num_embeddings)
+    layers = len(core.encoder.layers)
+    if not 1 <= clip_skip <= layers:
+        raise NodeInputError("clip_skip", f"this text encoder has {layers} layers", f"1..{layers}", clip_skip)
+    if input_ids.ndim != 2 or input_ids.shape[1] % window:
+        raise NodeInputError("tokens", f"token ids must be (batch, {window}·k)", f"(B, {window}·k)", tuple(input_ids.shape))
+    if weights is not None and weights.shape != input_ids.shape:
+        raise NodeInputError("tokens", "weights must match token ids", tuple(input_ids.shape), tuple(weights.shape))
+    use_mask = bool(getattr(text_encoder.config, "use_attention_mask", False))
+    device = core.embeddings.token_embedding.weight.device
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, input_ids.shape[1], window):
+            ids = input_ids[:, start:start + window].to(device)
+            mask = attention_mask[:, start:start + window].to(device) if use_mask and attention_mask is not None else None
+            hidden = _run_text_encoder(core, _input_embeddings(core, ids, embedding_vectors), clip_skip, mask)
+            if weights is not None and emphasis != "none":
+                hidden = apply_emphasis(hidden, weights[:, start:start + window], emphasis)
+            outputs.append(hidden)
+    return torch.cat(outputs, dim=1)
+
+
+def _input_embeddings(core, ids: torch.Tensor, embedding_vectors: torch.Tensor | None) -> torch.Tensor:
+    """Token-embedding lookup, with textual-inversion rows written into the negative-id positions.
+
+    Done on a fresh tensor, so the shared text encoder's embedding table is never touched."""
+    table = core.embeddings.token_embedding
+    slots = ids < 0
+    if not slots.any():
+        return table(ids)
+    if embedding_vectors is None:
+        raise NodeInputError("tokens", "tokens mark textual-inversion positions but carry no embedding vectors")
+    rows = -1 - ids[slots]
+    if int(rows.max()) >= embedding_vectors.shape[0]:
+        raise NodeInputError("tokens", "a textual-inversion position points past the tokens' embedding vectors",
+                             f"< {embedding_vectors.shape[0]}", int(rows.max()))
+    if embedding_vectors.shape[1] != table.embedding_dim:
+        raise NodeInputError("clip", f"the prompt's textual-inversion vectors have width {embedding_vectors.shape[1]}, "
+                             f"this text encoder {table.embedding_dim}", f"width {table.embedding_dim}",
+                             f"width {embedding_vectors.shape[1]}")
+    embeds = table(ids.clamp(min=0))
+    embeds[slots] = embedding_vectors.to(embeds.device, embeds.dtype)[rows]
+    return embeds
+
+
+def _run_text_encoder(core, inputs_embeds: torch.Tensor, clip_skip: int, attention_mask: torch.Tensor | None):
+    """The CLIP text transformer from input embeddings up to layer ``-clip_skip``, then the final layer norm.
+
+    transformers' CLIPTextModel.forward only takes token ids, so this replays its steps (position
+    embeddings, causal mask, layers, final norm) with the same modules and the same calls."""
+    from transformers.masking_utils import create_causal_mask
+
+    hidden = core.embeddings(inputs_embeds=inputs_embeds)
+    mask = create_causal_mask(config=core.config, inputs_embeds=hidden, attention_mask=attention_mask,
+                              past_key_values=None)
+    for layer in core.encoder.layers[: len(core.encoder.layers) - clip_skip + 1]:
+        hidden = layer(hidden, mask, is_causal=True)
+    return core.final_layer_norm(hidden)
+
+
+def apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor, emphasis: Emphasis = "original") -> torch.Tensor:
+    """Scale one window's embeddings (B, 77, C) by per-token weights (B, 77).
+
+    "original" then restores the mean the window had before scaling (A1111: taken over the whole
+    window batch). Weights that are all 1.0 return the embeddings unchanged, bit for bit."""
+    if emphasis == "none" or bool((weights == 1.0).all()):
+        return hidden
+    scaled_dtype = hidden.dtype
+    values = hidden.float()
+    weighted = values * weights.to(values.device, torch.float32).unsqueeze(-1)
+    if emphasis == "original":
+        weighted = weighted * (values.mean() / weighted.mean())
+    elif emphasis != "no_norm":
+        raise NodeInputError("emphasis", "unknown emphasis mode", "original, no_norm or none", emphasis)
+    return weighted.to(scaled_dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Positive/negative of different lengths
+# ---------------------------------------------------------------------------------------------------
+
+
+def encode_empty_chunk(tokenizer, text_encoder: torch.nn.Module, clip_skip: int = 1) -> torch.Tensor:
+    """The empty prompt encoded once (1, 77, C): what a shorter conditioning is padded with."""
+    empty = tokenize_prompt(tokenizer, "")
+    return encode_tokens(text_encoder, empty.input_ids, empty.weights, clip_skip, attention_mask=empty.attention_mask)
+
+
+def pad_to_same_chunks(a: torch.Tensor, b: torch.Tensor, empty_a: torch.Tensor,
+                       empty_b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Make two conditionings (B, 77·k, C) the same length by appending empty-prompt windows to the shorter.
+
+    Classifier-free guidance batches positive and negative together, so their lengths must agree (A1111
+    pads the same way). ``empty_a`` / ``empty_b`` (1, 77, C) are each side's encoded empty prompt;
+    ``empty_b`` defaults to ``empty_a``."""
+    empty_b = empty_a if empty_b is None else empty_b
+    window = empty_a.shape[1]
+    if a.shape[1] % window or b.shape[1] % window:
+        raise ValueError(f"conditioning lengths {a.shape[1]} and {b.shape[1]} are not multiples of {window}")
+    return _pad_with(a, empty_a, b.shape[1]), _pad_with(b, empty_b, a.shape[1])
+
+
+def _pad_with(embeds: torch.Tensor, empty: torch.Tensor, length: int) -> torch.Tensor:
+    missing = (length - embeds.shape[1]) // empty.shape[1]
+    if missing <= 0:
+        return embeds
+    filler = empty.to(embeds.device, embeds.dtype).expand(embeds.shape[0], -1, -1).repeat(1, missing, 1)
+    return torch.cat([embeds, filler], dim=1)
+
+
+def pad_conditionings(positive, negative) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pad_to_same_chunks` for two CONDITIONING values, each padded with its own ``empty_chunk``."""
+    if positive.embeds.shape[1] == negative.embeds.shape[1]:
+        return positive.embeds, negative.embeds
+    shorter = positive if positive.embeds.shape[1] < negative.embeds.shape[1] else negative
+    if shorter.empty_chunk is None:
+        raise ValueError("positive and negative conditioning differ in length and the shorter one carries no "
+                         "encoded empty prompt to pad with")
+    empty_pos = positive.empty_chunk if positive.empty_chunk is not None else negative.empty_chunk
+    empty_neg = negative.empty_chunk if negative.empty_chunk is not None else positive.empty_chunk
+    return pad_to_same_chunks(positive.embeds, negative.embeds, empty_pos, empty_neg)
+
+
+
+# ---------------------------------------------------------------------------------------------------
+# Socket values: what the Tokenize / CLIPTextEncode nodes call
+# ---------------------------------------------------------------------------------------------------
+
+
+def prompt_tokens(clip: Clip, text: str, comma_backtrack: bool = False) -> Tokens:
+    """TOKENS for a prompt, with the CLIP's textual-inversion embeddings available by name."""
+    tokens = tokenize_prompt(clip.tokenizer, text, clip.embeddings, comma_backtrack)
+    return Tokens(input_ids=tokens.input_ids, weights=tokens.weights, text=(text,), chunks=tokens.chunks,
+                  attention_mask=tokens.attention_mask, embedding_vectors=tokens.embedding_vectors)
+
+
+def prompt_conditioning(clip: Clip, tokens: Tokens, clip_skip: int = 1, emphasis: Emphasis = "original") -> Conditioning:
+    """CONDITIONING for TOKENS, carrying the encoded empty prompt that pads it against a longer one."""
+    embeds = encode_tokens(clip.text_encoder, tokens.input_ids, tokens.weights, clip_skip, emphasis,
+                           tokens.embedding_vectors, tokens.attention_mask)
+    empty = encode_empty_chunk(clip.tokenizer, clip.text_encoder, clip_skip)
+    return Conditioning(embeds=embeds, text=tokens.text, empty_chunk=empty)

@@ -1,0 +1,123 @@
+"""nodes.embeddings: textual-inversion files in A1111 .pt, diffusers .bin and .safetensors formats, and the
+LoadEmbeddings node that attaches them to a CLIP value without touching the text encoder."""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from graphflow.errors import NodeInputError
+from nodes.builtin_models import build_tiny_components
+from nodes.embeddings import LoadEmbeddings, list_embeddings, load_embedding
+from nodes.prompt import encode_tokens, tokenize_prompt
+from nodes.tiny_assets import ensure_assets, save_embedding
+from nodes.values import Clip, digest_of
+
+from .runctx import make_ctx
+
+
+@pytest.fixture(scope="module")
+def clip():
+    parts = build_tiny_components()
+    return Clip(parts["tokenizer"], parts["text_encoder"], "sd1", "tiny-sd")
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    return make_ctx(tmp_path)[0]
+
+
+@pytest.fixture
+def emb_dir(ctx):
+    directory = ctx.settings.models_dir / "embeddings"
+    directory.mkdir(parents=True)
+    return directory
+
+
+class NotAllowed:
+    """Unpickling this needs arbitrary code: weights_only loading must refuse it."""
+
+
+def test_a1111_pt_format(tmp_path):
+    vectors = torch.randn(2, 32)
+    path = save_embedding(vectors, tmp_path / "neg.pt")
+    assert torch.equal(load_embedding(path), vectors)
+
+
+def test_safetensors_formats(tmp_path):
+    vectors = torch.randn(3, 32)
+    save_embedding(vectors, tmp_path / "a.safetensors")  # emb_params
+    save_file({"whatever": vectors[0].contiguous()}, str(tmp_path / "b.safetensors"))  # one key, one vector
+    assert torch.equal(load_embedding(tmp_path / "a.safetensors"), vectors)
+    assert load_embedding(tmp_path / "b.safetensors").shape == (1, 32)
+    save_file({"clip_l": vectors, "clip_g": torch.randn(3, 64)}, str(tmp_path / "sdxl.safetensors"))
+    with pytest.raises(ValueError, match="exactly one tensor"):
+        load_embedding(tmp_path / "sdxl.safetensors")
+
+
+def test_diffusers_bin_format(tmp_path):
+    vectors = torch.randn(32)
+    torch.save({"<cat-toy>": vectors}, tmp_path / "learned_embeds.bin")
+    assert torch.equal(load_embedding(tmp_path / "learned_embeds.bin"), vectors.unsqueeze(0))
+
+
+def test_unsafe_pickle_is_refused(tmp_path):
+    torch.save({"string_to_param": {"*": torch.randn(1, 32)}, "extra": NotAllowed()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="weights-only"):
+        load_embedding(tmp_path / "evil.pt")
+
+
+def test_listing_prefers_safetensors(tmp_path):
+    save_embedding(torch.randn(1, 32), tmp_path / "x.pt")
+    save_embedding(torch.randn(1, 32), tmp_path / "x.safetensors")
+    save_embedding(torch.randn(1, 32), tmp_path / "y.pt")
+    (tmp_path / "notes.txt").write_text("not an embedding")
+    assert {n: p.name for n, p in list_embeddings(tmp_path).items()} == {"x": "x.safetensors", "y": "y.pt"}
+
+
+def test_load_embeddings_node_adds_to_a_new_clip(clip, ctx, emb_dir):
+    paths = ensure_assets(ctx.settings.models_dir)
+    before = digest_of(clip)
+    loaded = LoadEmbeddings(clip, "", ctx)  # empty: every file in the folder
+    assert set(loaded.embeddings) == {"tinyneg", "tinystyle"}
+    assert loaded.embeddings["tinyneg"].shape == (2, 32) and loaded.embeddings["tinystyle"].shape == (3, 32)
+    assert torch.equal(loaded.embeddings["tinyneg"], load_embedding(paths["tinyneg"]))
+    assert loaded is not clip and clip.embeddings == {}
+    assert loaded.text_encoder is clip.text_encoder  # weights are shared, not copied
+    assert digest_of(clip) == before
+    only = LoadEmbeddings(clip, " tinystyle ", ctx)
+    assert set(only.embeddings) == {"tinystyle"}
+    both = LoadEmbeddings(only, "tinyneg", ctx)  # chained loads accumulate
+    assert set(both.embeddings) == {"tinyneg", "tinystyle"}
+
+
+def test_loaded_embedding_changes_the_encoding(clip, ctx, emb_dir):
+    ensure_assets(ctx.settings.models_dir)
+    loaded = LoadEmbeddings(clip, "tinyneg", ctx)
+    with_emb = tokenize_prompt(loaded.tokenizer, "a cat, tinyneg", embeddings=loaded.embeddings)
+    without = tokenize_prompt(clip.tokenizer, "a cat, tinyneg")
+    a = encode_tokens(loaded.text_encoder, with_emb.input_ids, with_emb.weights,
+                      embedding_vectors=with_emb.embedding_vectors)
+    b = encode_tokens(clip.text_encoder, without.input_ids, without.weights)
+    assert with_emb.input_ids[0].lt(0).sum() == 2
+    assert not torch.allclose(a, b)
+
+
+def test_unknown_name_lists_what_is_there(clip, ctx, emb_dir):
+    save_embedding(torch.randn(1, 32), emb_dir / "present.pt")
+    with pytest.raises(NodeInputError) as error:
+        LoadEmbeddings(clip, "present, absent", ctx)
+    assert error.value.input == "names" and "absent" in error.value.message
+    assert error.value.expected == ["present"]
+
+
+def test_wrong_width_is_a_clear_error(clip, ctx, emb_dir):
+    save_embedding(torch.randn(2, 768), emb_dir / "sd15only.safetensors")
+    with pytest.raises(NodeInputError) as error:
+        LoadEmbeddings(clip, "sd15only", ctx)
+    assert "768" in error.value.message and "32" in error.value.message
+
+
+def test_unreadable_file_names_the_input(clip, ctx, emb_dir):
+    torch.save({"string_to_param": {"*": torch.randn(1, 32)}, "extra": NotAllowed()}, emb_dir / "evil.pt")
+    with pytest.raises(NodeInputError) as error:
+        LoadEmbeddings(clip, "evil", ctx)
+    assert error.value.input == "names"
