@@ -1,0 +1,95 @@
+"""Latent-space nodes that need no model: empty latents and resizing.
+
+Latents are 1/f the image size, where f is the VAE's downscale factor (``2 ** (len(block_out_channels) - 1)``,
+as diffusers' ``vae_scale_factor``): 8 for every Stable Diffusion VAE, 2 for the built-in tiny one. Nodes that
+convert between pixel sizes and latent sizes take an optional VAE input for f and assume 8 without one.
+"""
+# No `from __future__ import annotations` here: the node decorator hands annotations to pydantic as they
+# are, and an enum alias (a Literal bound to a name) must reach it as an object, not as a string.
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from graphflow.errors import NodeInputError
+from graphflow.node import Input, node
+
+from .values import LATENT, VAE, Latent, Vae
+
+SD_LATENT_CHANNELS = 4
+SD_DOWNSCALE = 8
+
+UpscaleMethod = Literal["nearest-exact", "bilinear", "bicubic", "bilinear-antialiased", "bicubic-antialiased"]
+
+
+def latent_geometry(vae: Vae | None) -> tuple[int, int]:
+    """(downscale factor, latent channels) of a VAE, or Stable Diffusion's (8, 4) when none is connected.
+
+    An unconnected optional socket arrives as None or as its ``Input`` marker; both mean "no VAE"."""
+    if isinstance(vae, Vae):
+        return vae.downscale, int(vae.vae.config.latent_channels)
+    return SD_DOWNSCALE, SD_LATENT_CHANNELS
+
+
+@node(outputs={"latent": LATENT}, category="latent")
+def EmptyLatent(
+    width: int = Field(512, ge=64, le=8192, multiple_of=8, description="image width in pixels"),
+    height: int = Field(512, ge=64, le=8192, multiple_of=8, description="image height in pixels"),
+    batch_size: int = Field(1, ge=1, le=64),
+    vae: Vae | None = Input(VAE, optional=True, description="gives the latent scale; without it 8 (every SD VAE)"),
+) -> Latent:
+    """An all-zero latent batch for a width × height image; AddNoise turns it into the starting noise.
+
+    The latent is (batch, 4, height/f, width/f) with f the VAE's downscale factor (8 unless a VAE with a
+    different factor is connected, like the built-in tiny model's 2)."""
+    factor, channels = latent_geometry(vae)
+    for name, side in (("width", width), ("height", height)):
+        if side % factor:
+            raise NodeInputError(name, f"must be a multiple of the VAE's downscale factor {factor}", f"a multiple of {factor}", side)
+    return Latent(samples=torch.zeros(batch_size, channels, height // factor, width // factor))
+
+
+@node(outputs={"latent": LATENT}, category="latent")
+def LatentUpscale(
+    latent: Latent = Input(LATENT),
+    method: UpscaleMethod = "nearest-exact",
+    scale_by: float = Field(2.0, ge=0.05, le=8.0, description="used when width and height are both 0"),
+    width: int = Field(0, ge=0, le=16384, multiple_of=8, description="target image width in pixels; 0 = from height's ratio (or scale_by)"),
+    height: int = Field(0, ge=0, le=16384, multiple_of=8, description="target image height in pixels; 0 = from width's ratio (or scale_by)"),
+    vae: Vae | None = Input(VAE, optional=True, description="gives the latent scale for width/height; without it 8"),
+) -> Latent:
+    """Resize latents (the first step of a latent hires fix); the result is a clean latent to re-noise.
+
+    Width and height are in image pixels: give both, one (the other keeps the aspect ratio), or neither
+    (then ``scale_by`` scales both sides). A noise mask and masked-image latents are resized with it."""
+    factor, _ = latent_geometry(vae)
+    h, w = latent.samples.shape[-2:]
+    new_w, new_h = scaled_size(w, h, width // factor, height // factor, scale_by)
+    size = (new_h, new_w)
+    return Latent(
+        samples=resize_latents(latent.samples, size, method),
+        noise_mask=None if latent.noise_mask is None else resize_latents(latent.noise_mask, size, method).clamp(0, 1),
+        masked_image=None if latent.masked_image is None else resize_latents(latent.masked_image, size, method),
+    )
+
+
+def scaled_size(w: int, h: int, width: int, height: int, scale_by: float) -> tuple[int, int]:
+    """(width, height) for resizing a w × h picture or latent: a 0 side follows the other side's aspect ratio,
+    both 0 means ``scale_by`` times the current size. Shared by LatentUpscale and ImageScale."""
+    if width == 0 and height == 0:
+        width, height = round(w * scale_by), round(h * scale_by)
+    elif width == 0:
+        width = round(w * height / h)
+    elif height == 0:
+        height = round(h * width / w)
+    return max(1, width), max(1, height)
+
+
+def resize_latents(samples: torch.Tensor, size: tuple[int, int], method: str) -> torch.Tensor:
+    """Interpolate (B, C, h, w) tensors to ``size``; "-antialiased" methods low-pass first when shrinking."""
+    if method == "nearest-exact":
+        return F.interpolate(samples, size=size, mode="nearest-exact")
+    mode = method.removesuffix("-antialiased")
+    return F.interpolate(samples, size=size, mode=mode, align_corners=False, antialias=method.endswith("-antialiased"))

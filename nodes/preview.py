@@ -1,0 +1,144 @@
+"""Looking at work in progress: cheap latent previews, latent channel views and animations.
+
+A sampler can show its progress without running the VAE: Stable Diffusion's four latent channels map
+to RGB almost linearly, so a fixed 4×3 matrix gives a blurry but recognisable picture at latent
+resolution (:func:`latent_to_rgb`). :func:`preview_png` turns latents or images into the small PNG that
+``ctx.preview`` sends to clients.
+"""
+from __future__ import annotations
+
+import io
+import math
+from typing import Literal
+
+import torch
+from PIL import Image as PILImage
+from PIL import features
+from pydantic import Field
+
+from graphflow.context import RunContext
+from graphflow.errors import NodeInputError
+from graphflow.node import Input, node
+
+from .files import relative_name, write_new_output
+from .image import pixels_to_pil
+from .values import IMAGE, LATENT, Image, Latent
+
+# Linear map from scaled SD 1.x/2.x latents to decoded RGB in [-1, 1]: the factors published with ComfyUI's
+# latent previews (rows are latent channels, columns R, G, B). The SD VAE's map has no offset.
+SD_LATENT_RGB_FACTORS = (
+    (0.3512, 0.2297, 0.3227),
+    (0.3250, 0.4974, 0.2350),
+    (-0.2829, 0.1762, 0.2721),
+    (-0.2120, -0.2616, -0.7177),
+)
+SD_LATENT_RGB_BIAS = (0.0, 0.0, 0.0)
+PNG_COMPRESS_LEVEL = 1  # previews are sent every few steps: speed over size
+
+
+def latent_to_rgb(latents: torch.Tensor | Latent) -> torch.Tensor:
+    """Approximate pixels (B, h, w, 3) in [0, 1] of latents (B, C, h, w) scaled as the sampler sees them.
+
+    Four-channel latents use the SD linear map (``rgb = latents·F + b`` in [-1, 1], then to [0, 1]).
+    Latents with another channel count (other VAEs) have no known map: their channel mean is shown as
+    grey, normalised per image, so a preview still shows structure instead of failing."""
+    samples = latents.samples if isinstance(latents, Latent) else latents
+    samples = samples.detach().float().cpu()
+    if samples.dim() != 4:
+        raise ValueError(f"latents must be (batch, channels, height, width), got shape {tuple(samples.shape)}")
+    if samples.shape[1] == len(SD_LATENT_RGB_FACTORS):
+        factors = torch.tensor(SD_LATENT_RGB_FACTORS)
+        bias = torch.tensor(SD_LATENT_RGB_BIAS)
+        rgb = torch.einsum("bchw,cr->bhwr", samples, factors) + bias
+        return ((rgb + 1.0) / 2.0).clamp(0, 1)
+    grey = normalise(samples.mean(1), dims=(1, 2))
+    return grey[..., None].expand(-1, -1, -1, 3).contiguous()
+
+
+def normalise(values: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Stretch ``values`` to [0, 1] over ``dims`` (a constant becomes 0.5)."""
+    low, high = values.amin(dims, keepdim=True), values.amax(dims, keepdim=True)
+    span = high - low
+    return torch.where(span > 0, (values - low) / span.clamp(min=1e-12), torch.full_like(values, 0.5))
+
+
+def image_grid(pixels: torch.Tensor, columns: int | None = None) -> torch.Tensor:
+    """Lay (N, H, W, C) pictures out row by row in a (rows·H, columns·W, C) grid; empty cells are black.
+
+    ``columns`` defaults to ceil(sqrt(N)), the squarest grid."""
+    count, height, width, channels = pixels.shape
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    cells = torch.zeros(rows * columns, height, width, channels, dtype=pixels.dtype, device=pixels.device)
+    cells[:count] = pixels
+    by_row = cells.view(rows, columns, height, width, channels).permute(0, 2, 1, 3, 4)  # rows, H, columns, W, C
+    return by_row.reshape(rows * height, columns * width, channels)
+
+
+def preview_png(source: torch.Tensor | Latent | Image, max_size: int = 256) -> bytes:
+    """A small PNG of latents or pixels for live previews; a batch is shown as a grid.
+
+    ``source`` is a LATENT/IMAGE value or a tensor: (B, H, W, 3) pixels, or (B, C, h, w) latents.
+    The picture is shrunk to fit ``max_size`` on its longer side, never enlarged."""
+    if isinstance(source, Image):
+        pixels = source.pixels
+    elif isinstance(source, Latent):
+        pixels = latent_to_rgb(source)
+    elif isinstance(source, torch.Tensor) and source.dim() == 4:
+        pixels = source if source.shape[-1] == 3 else latent_to_rgb(source)
+    else:
+        raise ValueError("preview_png needs latents (B, C, h, w), pixels (B, H, W, 3), a Latent or an Image; "
+                         f"got {type(source).__name__}")
+    picture = pixels_to_pil(image_grid(pixels.detach().float().cpu())[None])[0]
+    picture.thumbnail((max_size, max_size), PILImage.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+@node(outputs={"image": IMAGE}, category="latent")
+def LatentChannels(latent: Latent = Input(LATENT)) -> Image:
+    """Show each latent channel as a grey picture, side by side in a grid (2×2 for SD's four channels).
+
+    Every channel is stretched to the full black-to-white range on its own, so the picture shows where
+    each channel varies, not how the channels compare."""
+    samples = latent.samples.detach().float().cpu()
+    channels = normalise(samples, dims=(2, 3))[..., None].expand(-1, -1, -1, -1, 3)
+    return Image(pixels=torch.stack([image_grid(per_image) for per_image in channels]))
+
+
+def animation_writer(frames: list[PILImage.Image], fmt: str, fps: float, loop: int, lossless: bool):
+    """A file writer (for :func:`write_new_output`) saving ``frames`` as one animated GIF or WebP."""
+    frame_ms = max(1, round(1000.0 / fps))
+    options = {"save_all": True, "append_images": frames[1:], "duration": frame_ms, "loop": loop}
+    if fmt == "webp":
+        options.update(lossless=lossless, quality=100 if lossless else 90)
+
+    def write(file) -> None:
+        frames[0].save(file, format=fmt.upper(), **options)
+
+    return write
+
+
+@node(output=True, category="image")
+def SaveAnimation(
+    images: Image = Input(IMAGE, description="the frames, in order"),
+    format: Literal["gif", "webp"] = "webp",
+    fps: float = Field(8.0, gt=0, le=100, description="frames per second (GIF stores 1/100 s steps)"),
+    filename_prefix: str = Field("graphflow", min_length=1, description="file name start; may include sub-folders"),
+    loop: int = Field(0, ge=0, le=65535, description="loop count stored in the file; 0 = forever"),
+    lossless: bool = Field(False, description="WebP only: lossless frames (larger files)"),
+    *,
+    ctx: RunContext,
+) -> dict:
+    """Save an image batch as an animated GIF or WebP in the output folder, one frame per image.
+
+    Files are numbered ``<prefix>_00001.webp``, ... and never overwritten. GIF has 256 colours per frame
+    and merges identical consecutive frames; WebP keeps full colour."""
+    if format == "webp" and not features.check("webp"):
+        raise NodeInputError("format", "this Pillow build cannot write WebP", "gif", format)
+    frames = pixels_to_pil(images.pixels)
+    output_dir = ctx.settings.output_dir
+    path = write_new_output(output_dir, filename_prefix, format, animation_writer(frames, format, fps, loop, lossless))
+    return {"images": [{"filename": relative_name(path, output_dir), "width": images.width, "height": images.height,
+                        "frames": len(frames), "format": format}]}

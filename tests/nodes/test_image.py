@@ -1,0 +1,252 @@
+"""LoadImage, SaveImage (files, names, PNG metadata), ImageScale and ImageGrid."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+from pydantic import ValidationError
+
+from graphflow.errors import NodeInputError
+from graphflow.node import spec_of
+from nodes.image import ImageGrid, ImageScale, LoadImage, SaveImage, a1111_parameters
+from nodes.values import Image
+from tests.nodes.stage_helpers import call
+
+
+def link(node, output):
+    return {"from": node, "output": output}
+
+
+def random_pixels(batch=1, height=16, width=24, seed=0):
+    return torch.rand(batch, height, width, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def write_png(path, array):
+    PILImage.fromarray(array).save(path)
+
+
+# ----------------------------------------------------------------------------------------------- LoadImage
+
+
+def test_load_image_reads_rgb_pixels(stage_ctx):
+    ctx, _ = stage_ctx
+    array = np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    write_png(ctx.settings.input_dir / "photo.png", array)
+    image = call(LoadImage, ctx=ctx, name="photo.png")
+    assert image.pixels.shape == (1, 12, 20, 3) and image.pixels.dtype == torch.float32
+    assert torch.equal(image.pixels[0], torch.from_numpy(array).float() / 255)
+
+
+def test_load_image_drops_alpha_and_reads_subfolders(stage_ctx):
+    ctx, _ = stage_ctx
+    (ctx.settings.input_dir / "sub").mkdir()
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 0
+    PILImage.fromarray(rgba).save(ctx.settings.input_dir / "sub" / "cut.png")
+    image = call(LoadImage, ctx=ctx, name="sub/cut.png")
+    assert image.pixels.shape == (1, 8, 8, 3)
+    assert torch.allclose(image.pixels[0, 0, 0], torch.tensor([200 / 255, 0.0, 0.0]))
+
+
+def test_a_file_that_is_not_an_image_is_an_input_error(stage_ctx):
+    ctx, _ = stage_ctx
+    (ctx.settings.input_dir / "notes.png").write_text("not a picture")
+    with pytest.raises(NodeInputError) as error:
+        call(LoadImage, ctx=ctx, name="notes.png")
+    assert error.value.input == "name" and "not a readable image" in error.value.message
+
+
+def test_a_missing_file_lists_what_is_there(stage_ctx):
+    ctx, _ = stage_ctx
+    write_png(ctx.settings.input_dir / "there.png", np.zeros((2, 2, 3), dtype=np.uint8))
+    with pytest.raises(NodeInputError) as error:
+        call(LoadImage, ctx=ctx, name="gone.png")
+    assert error.value.expected == ["there.png"] and error.value.received == "gone.png"
+
+
+@pytest.mark.parametrize("name", ["../secret.png", "sub/../../secret.png", "/etc/passwd", "..\\secret.png", ""])
+def test_names_leaving_the_input_folder_are_refused(stage_ctx, name):
+    ctx, _ = stage_ctx
+    write_png(ctx.settings.input_dir.parent / "secret.png", np.zeros((2, 2, 3), dtype=np.uint8))
+    with pytest.raises(NodeInputError) as error:
+        call(LoadImage, ctx=ctx, name=name)
+    assert error.value.input == "name"
+
+
+def test_a_symlink_pointing_out_is_refused(stage_ctx):
+    ctx, _ = stage_ctx
+    outside = ctx.settings.input_dir.parent / "outside.png"
+    write_png(outside, np.zeros((2, 2, 3), dtype=np.uint8))
+    os.symlink(outside, ctx.settings.input_dir / "link.png")
+    with pytest.raises(NodeInputError):
+        call(LoadImage, ctx=ctx, name="link.png")
+
+
+def test_fingerprint_is_the_file_content(stage_ctx):
+    ctx, _ = stage_ctx
+    fingerprint = spec_of(LoadImage).fingerprint
+    path = ctx.settings.input_dir / "a.png"
+    write_png(path, np.zeros((4, 4, 3), dtype=np.uint8))
+    first = fingerprint({"name": "a.png"}, ctx.settings)
+    assert fingerprint({"name": "a.png"}, ctx.settings) == first
+    write_png(path, np.full((4, 4, 3), 9, dtype=np.uint8))
+    assert fingerprint({"name": "a.png"}, ctx.settings) != first
+    with pytest.raises(NodeInputError):
+        fingerprint({"name": "../a.png"}, ctx.settings)
+
+
+# ----------------------------------------------------------------------------------------------- SaveImage
+
+
+def test_save_image_writes_numbered_pngs_and_reports_them(stage_ctx):
+    ctx, _ = stage_ctx
+    pixels = random_pixels(batch=2)
+    result = call(SaveImage, ctx=ctx, images=Image(pixels=pixels), filename_prefix="shot")
+    assert result == {"images": [{"filename": "shot_00001.png", "width": 24, "height": 16},
+                                 {"filename": "shot_00002.png", "width": 24, "height": 16}]}
+    saved = np.asarray(PILImage.open(ctx.settings.output_dir / "shot_00002.png"))
+    assert np.array_equal(saved, (pixels[1].numpy() * 255).round().astype(np.uint8))
+    again = call(SaveImage, ctx=ctx, images=Image(pixels=pixels[:1]), filename_prefix="shot")
+    assert again["images"][0]["filename"] == "shot_00003.png"
+
+
+def test_save_image_never_overwrites(stage_ctx):
+    ctx, _ = stage_ctx
+    out = ctx.settings.output_dir
+    (out / "keep_00007.png").write_bytes(b"someone else's file")
+    result = call(SaveImage, ctx=ctx, images=Image(pixels=random_pixels()), filename_prefix="keep")
+    assert result["images"][0]["filename"] == "keep_00008.png"
+    assert (out / "keep_00007.png").read_bytes() == b"someone else's file"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temporary files left behind"
+
+
+def test_save_image_refuses_prefixes_leaving_the_output_folder(stage_ctx):
+    ctx, _ = stage_ctx
+    with pytest.raises(NodeInputError) as error:
+        call(SaveImage, ctx=ctx, images=Image(pixels=random_pixels()), filename_prefix="../escape")
+    assert error.value.input == "filename_prefix"
+
+
+TXT2IMG = {"graphflow": 1, "nodes": {
+    "ckpt": {"type": "LoadCheckpoint", "inputs": {"name": "tiny-sd"}},
+    "pos": {"type": "TextEncode", "inputs": {"clip": link("ckpt", "clip"), "text": "a red fox"}},
+    "neg_tok": {"type": "Tokenize", "inputs": {"clip": link("ckpt", "clip"), "text": "blurry"}},
+    "neg": {"type": "CLIPTextEncode", "inputs": {"clip": link("ckpt", "clip"), "tokens": link("neg_tok", "tokens")}},
+    "empty": {"type": "EmptyLatent", "inputs": {"width": 64, "height": 64}},
+    "sched": {"type": "Schedule", "inputs": {"model": link("ckpt", "model"), "sampler": "euler_a", "steps": 12}},
+    "noise": {"type": "AddNoise", "inputs": {"latent": link("empty", "latent"), "schedule": link("sched", "schedule"),
+                                             "seed": 1234}},
+    "sample": {"type": "Sample", "inputs": {"model": link("ckpt", "model"), "positive": link("pos", "conditioning"),
+                                            "negative": link("neg", "conditioning"), "latent": link("noise", "latent"),
+                                            "cfg": 6.5}},
+    "decode": {"type": "VAEDecode", "inputs": {"vae": link("ckpt", "vae"), "latent": link("sample", "latent")}},
+    "save": {"type": "SaveImage", "inputs": {"images": link("decode", "image")}},
+}}
+
+
+def test_png_carries_workflow_and_a1111_parameters(stage_ctx):
+    ctx, _ = stage_ctx
+    ctx.workflow, ctx.node_id = TXT2IMG, "save"
+    result = call(SaveImage, ctx=ctx, images=Image(pixels=random_pixels(height=64, width=64)))
+    png = PILImage.open(ctx.settings.output_dir / result["images"][0]["filename"])
+    assert json.loads(png.text["workflow"]) == TXT2IMG
+    assert png.text["parameters"] == (
+        "a red fox\nNegative prompt: blurry\n"
+        "Steps: 12, Sampler: Euler a, CFG scale: 6.5, Seed: 1234, Size: 64x64, Model: tiny-sd")
+
+
+def test_parameters_fill_defaults_and_omit_what_is_missing():
+    doc = json.loads(json.dumps(TXT2IMG))
+    del doc["nodes"]["sched"]["inputs"]["steps"]  # default 20
+    doc["nodes"]["sample"]["inputs"]["seed"] = 99  # a seed on Sample replaces AddNoise's stream
+    del doc["nodes"]["sample"]["inputs"]["negative"]
+    doc["nodes"]["sched"]["inputs"]["denoise"] = 0.5
+    text = a1111_parameters(doc, "save", 32, 48)
+    assert text == ("a red fox\nSteps: 20, Sampler: Euler a, CFG scale: 6.5, Seed: 99, Size: 32x48, Model: tiny-sd, "
+                    "Denoising strength: 0.5")
+    assert a1111_parameters({"graphflow": 1, "nodes": {}}, "save", 8, 8) == "Size: 8x8"
+    assert a1111_parameters(None, None, 8, 8) == "Size: 8x8"
+
+
+def test_parameters_follow_the_nearest_sample_upstream():
+    # hires fix: the saved image comes from the second Sample, whose latent went through LatentUpscale
+    doc = json.loads(json.dumps(TXT2IMG))
+    nodes = doc["nodes"]
+    nodes["up"] = {"type": "LatentUpscale", "inputs": {"latent": link("sample", "latent"), "scale_by": 2.0}}
+    nodes["sched2"] = {"type": "Schedule", "inputs": {"model": link("ckpt", "model"), "steps": 8, "denoise": 0.5}}
+    nodes["noise2"] = {"type": "AddNoise", "inputs": {"latent": link("up", "latent"), "schedule": link("sched2", "schedule"),
+                                                      "seed": 5}}
+    nodes["sample2"] = {"type": "Sample", "inputs": {**nodes["sample"]["inputs"], "latent": link("noise2", "latent")}}
+    nodes["decode"]["inputs"]["latent"] = link("sample2", "latent")
+    text = a1111_parameters(doc, "save", 128, 128)
+    assert "Steps: 8, Sampler: Euler, CFG scale: 6.5, Seed: 5, Size: 128x128" in text
+    assert "Denoising strength: 0.5" in text
+
+
+# ----------------------------------------------------------------------------------------------- ImageScale
+
+
+def test_scale_to_width_keeps_aspect_ratio():
+    image = Image(pixels=random_pixels(height=16, width=24))
+    assert call(ImageScale, image=image, width=48).pixels.shape == (1, 32, 48, 3)
+    assert call(ImageScale, image=image, height=8).pixels.shape == (1, 8, 12, 3)
+    assert call(ImageScale, image=image, width=10, height=10).pixels.shape == (1, 10, 10, 3)
+    assert call(ImageScale, image=image, scale_by=1.5).pixels.shape == (1, 24, 36, 3)
+
+
+def test_lanczos_is_pils_lanczos_on_float_channels():
+    pixels = random_pixels(batch=2)
+    out = call(ImageScale, image=Image(pixels=pixels), method="lanczos", width=40, height=30).pixels
+    channel = PILImage.fromarray(pixels[1, :, :, 2].numpy()).resize((40, 30), PILImage.Resampling.LANCZOS)
+    assert torch.equal(out[1, :, :, 2], torch.from_numpy(np.asarray(channel)).clamp(0, 1))
+    assert out.min() >= 0 and out.max() <= 1  # lanczos overshoots; the result is clipped back
+
+
+def test_nearest_doubling_repeats_pixels():
+    pixels = random_pixels(height=4, width=4)
+    out = call(ImageScale, image=Image(pixels=pixels), method="nearest", scale_by=2.0).pixels
+    assert torch.equal(out, pixels.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2))
+
+
+def test_scale_rejects_bad_literals():
+    literals = spec_of(ImageScale).literals
+    for bad in ({"method": "area"}, {"width": -1}, {"scale_by": 0.0}):
+        with pytest.raises(ValidationError):
+            literals.model_validate(bad)
+
+
+# ----------------------------------------------------------------------------------------------- ImageGrid
+
+
+def test_grid_of_four_is_two_by_two_row_major():
+    pixels = random_pixels(batch=4, height=6, width=5)
+    grid = call(ImageGrid, images=Image(pixels=pixels)).pixels
+    assert grid.shape == (1, 12, 10, 3)
+    assert torch.equal(grid[0, :6, :5], pixels[0]) and torch.equal(grid[0, :6, 5:], pixels[1])
+    assert torch.equal(grid[0, 6:, :5], pixels[2]) and torch.equal(grid[0, 6:, 5:], pixels[3])
+
+
+def test_grid_columns_and_black_leftover_cells():
+    pixels = random_pixels(batch=3, height=6, width=5)
+    grid = call(ImageGrid, images=Image(pixels=pixels)).pixels  # auto: 2 columns, 2 rows
+    assert grid.shape == (1, 12, 10, 3) and not torch.any(grid[0, 6:, 5:])
+    row = call(ImageGrid, images=Image(pixels=pixels), columns=3).pixels
+    assert row.shape == (1, 6, 15, 3) and torch.equal(row[0, :, 10:], pixels[2])
+    assert call(ImageGrid, images=Image(pixels=pixels), columns=10).pixels.shape == (1, 6, 15, 3)
+
+
+# ----------------------------------------------------------------------------------------------- all
+
+
+def test_image_nodes_leave_inputs_untouched_and_repeat(stage_ctx):
+    ctx, _ = stage_ctx
+    image = Image(pixels=random_pixels(batch=3))
+    before = image.__graphflow_digest__()
+    for method in ("lanczos", "bicubic", "bilinear", "nearest"):
+        first = call(ImageScale, image=image, method=method, scale_by=1.7).pixels
+        assert torch.equal(first, call(ImageScale, image=image, method=method, scale_by=1.7).pixels)
+    call(ImageGrid, images=image)
+    call(SaveImage, ctx=ctx, images=image)
+    assert image.__graphflow_digest__() == before

@@ -1,0 +1,118 @@
+"""EmptyLatent and LatentUpscale."""
+import pytest
+import torch
+import torch.nn.functional as F
+from pydantic import ValidationError
+
+from graphflow.errors import NodeInputError
+from graphflow.node import spec_of
+from nodes.latent import EmptyLatent, LatentUpscale
+from nodes.sampling import AddNoise, Schedule
+from nodes.values import Latent
+from tests.nodes.stage_helpers import call
+
+
+def test_empty_latent_uses_the_vae_downscale_factor(sd_vae):
+    latent = call(EmptyLatent, width=96, height=64, batch_size=3, vae=sd_vae)  # the tiny VAE halves each side
+    assert latent.samples.shape == (3, 4, 32, 48)
+    assert not torch.any(latent.samples)
+    assert latent.schedule is None and latent.noise_mask is None
+
+
+def test_empty_latent_without_vae_assumes_stable_diffusions_factor_8():
+    latent = call(EmptyLatent, width=512, height=768)
+    assert latent.samples.shape == (1, 4, 96, 64)
+
+
+@pytest.mark.parametrize("bad", [{"width": 100}, {"height": 60}, {"width": 0}, {"width": 8200}, {"batch_size": 0},
+                                 {"batch_size": 65}, {"width": 64.0}])
+def test_empty_latent_rejects_bad_sizes(bad):
+    with pytest.raises(ValidationError):
+        spec_of(EmptyLatent).literals.model_validate(bad)
+
+
+def noisy_latent(shape=(2, 4, 8, 12), seed=0):
+    return Latent(samples=torch.randn(shape, generator=torch.Generator().manual_seed(seed)))
+
+
+def test_upscale_by_factor(sd_vae):
+    latent = noisy_latent()
+    up = call(LatentUpscale, latent=latent, scale_by=2.0, vae=sd_vae)
+    assert up.samples.shape == (2, 4, 16, 24)
+    assert torch.equal(up.samples, F.interpolate(latent.samples, size=(16, 24), mode="nearest-exact"))
+
+
+def test_upscale_to_width_keeps_aspect_ratio(sd_vae):
+    # 12 × 8 latent = 24 × 16 pixels with the tiny VAE; 48 pixels wide → 24 × 16 latent.
+    up = call(LatentUpscale, latent=noisy_latent(), width=48, vae=sd_vae)
+    assert up.samples.shape[-2:] == (16, 24)
+    both = call(LatentUpscale, latent=noisy_latent(), width=64, height=32, vae=sd_vae)
+    assert both.samples.shape[-2:] == (16, 32)
+    sd_factor = call(LatentUpscale, latent=noisy_latent(), height=128)  # no VAE: 8 pixels per latent
+    assert sd_factor.samples.shape[-2:] == (16, 24)
+
+
+@pytest.mark.parametrize("method,mode,antialias", [
+    ("bilinear", "bilinear", False), ("bicubic", "bicubic", False),
+    ("bilinear-antialiased", "bilinear", True), ("bicubic-antialiased", "bicubic", True),
+])
+def test_upscale_methods_are_torch_interpolation(method, mode, antialias):
+    latent = noisy_latent()
+    out = call(LatentUpscale, latent=latent, method=method, scale_by=0.5)  # shrinking shows the antialias
+    expected = F.interpolate(latent.samples, size=(4, 6), mode=mode, align_corners=False, antialias=antialias)
+    assert torch.equal(out.samples, expected)
+
+
+def test_antialiasing_changes_a_downscale():
+    latent = noisy_latent()
+    plain = call(LatentUpscale, latent=latent, method="bilinear", scale_by=0.5)
+    smooth = call(LatentUpscale, latent=latent, method="bilinear-antialiased", scale_by=0.5)
+    assert not torch.allclose(plain.samples, smooth.samples)
+
+
+def test_noise_mask_is_resized_and_stays_in_range():
+    mask = torch.zeros(2, 1, 8, 12)
+    mask[:, :, 2:6, 3:9] = 1.0
+    latent = Latent(samples=noisy_latent().samples, noise_mask=mask)
+    up = call(LatentUpscale, latent=latent, method="bicubic", scale_by=2.0)
+    assert up.noise_mask.shape == (2, 1, 16, 24)
+    assert up.noise_mask.min() >= 0 and up.noise_mask.max() <= 1
+    assert up.noise_mask[0, 0, 8, 12] == 1 and up.noise_mask[0, 0, 0, 0] == 0
+
+
+def test_upscaled_latent_is_clean_even_from_a_noised_one(sd_model):
+    schedule = call(Schedule, model=sd_model, steps=4)
+    noised = call(AddNoise, latent=noisy_latent(), schedule=schedule, seed=1)
+    up = call(LatentUpscale, latent=noised, scale_by=1.5)
+    assert up.schedule is None and up.noise is None and up.rng_state is None and up.clean is None
+
+
+def test_upscale_bounds_are_validated():
+    literals = spec_of(LatentUpscale).literals
+    for bad in ({"scale_by": 0.0}, {"scale_by": 9.0}, {"width": -8}, {"width": 100}, {"method": "lanczos"}):
+        with pytest.raises(ValidationError):
+            literals.model_validate(bad)
+
+
+def test_size_must_fit_the_vae_factor():
+    from nodes.values import Vae
+
+    class Config:  # a VAE with 5 blocks downscales by 16, which 8-pixel steps do not always fit
+        block_out_channels = (1, 1, 1, 1, 1)
+        latent_channels = 4
+        scaling_factor = 1.0
+
+    module = torch.nn.Module()
+    module.config = Config()
+    with pytest.raises(NodeInputError) as error:
+        call(EmptyLatent, width=72, height=64, vae=Vae(module, name="odd"))
+    assert error.value.input == "width"
+
+
+def test_latent_nodes_leave_inputs_untouched(sd_vae):
+    latent = Latent(samples=noisy_latent().samples, noise_mask=torch.rand(2, 1, 8, 12))
+    before, vae_before = latent.__graphflow_digest__(), sd_vae.__graphflow_digest__()
+    call(LatentUpscale, latent=latent, method="bicubic-antialiased", scale_by=0.7, vae=sd_vae)
+    call(EmptyLatent, width=64, height=64, vae=sd_vae)
+    assert latent.__graphflow_digest__() == before
+    assert sd_vae.__graphflow_digest__() == vae_before

@@ -1,0 +1,60 @@
+"""Every example workflow in workflows/ runs through the Engine, and a hires fix reruns only its second pass.
+
+Settings for the runs: ``input_dir`` is ``workflows/assets`` (img2img.json loads ``input.png`` from there,
+as ``graphflow run workflows/img2img.json --inputs workflows/assets`` does), ``models_dir`` a temporary folder
+holding the tiny LoRA / embedding assets some examples use, ``output_dir`` a temporary folder.
+"""
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image as PILImage
+
+from graphflow import Engine, Settings
+from graphflow.workflow import load
+
+WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+ALL = sorted(WORKFLOWS.glob("*.json"))
+# Saved sizes of the examples this file knows; other examples only have to run and save PNGs.
+EXPECTED_SIZES = {
+    "txt2img.json": (64, 64), "txt2img_negative.json": (64, 64), "img2img.json": (64, 64),
+    "hires_fix.json": (128, 128), "hires_fix_pixel.json": (128, 128), "batch_grid.json": (128, 128),
+}
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    from nodes.tiny_assets import ensure_assets
+
+    root = tmp_path_factory.mktemp("workflows")
+    ensure_assets(root / "models")
+    settings = Settings(models_dir=root / "models", input_dir=WORKFLOWS / "assets", output_dir=root / "outputs")
+    return Engine(settings=settings, check_mutations=True)
+
+
+def test_the_examples_are_there():
+    assert set(EXPECTED_SIZES) <= {p.name for p in ALL}
+    assert (WORKFLOWS / "assets" / "input.png").is_file()
+
+
+@pytest.mark.parametrize("path", ALL, ids=[p.name for p in ALL])
+def test_example_runs_and_saves_pngs(engine, path):
+    report = engine.run(path)
+    saved = [image for output in report.outputs.values() for image in output.get("images", [])]
+    assert saved, f"{path.name} saved no image"
+    for image in saved:
+        file = engine.settings.output_dir / image["filename"]
+        with PILImage.open(file) as png:
+            assert png.format == "PNG" and png.size == (image["width"], image["height"])
+            if path.name in EXPECTED_SIZES:
+                assert png.size == EXPECTED_SIZES[path.name]
+            assert json.loads(png.text["workflow"])["nodes"].keys() == json.loads(path.read_text())["nodes"].keys()
+            assert "Size: " in png.text["parameters"]
+
+
+def test_hires_fix_second_seed_reruns_only_the_second_pass(engine):
+    workflow = load(WORKFLOWS / "hires_fix.json")
+    engine.run(workflow)
+    report = engine.run(workflow.with_values({("noise2", "seed"): 4321}))
+    assert set(report.executed) == {"noise2", "sample2", "decode2", "save2"}
+    assert {"ckpt", "sample", "upscale", "schedule2"} <= set(report.cached)
