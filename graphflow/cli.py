@@ -60,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     workflow = load(args.workflow)
     workflow = workflow.with_values(dict(parse_assignment(a) for a in args.set or []))
-    engine = Engine(settings=_settings(args))
+    engine = Engine(settings=_settings(args).with_asset_dir(Path(args.workflow).resolve().parent / "assets"))
     cancel = CancelToken()
     try:
         report = engine.run(workflow, outputs=args.output or None, on_event=ProgressPrinter(), cancel=cancel)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +21,15 @@ class Settings:
     models_dir: Path = Path("models")
     input_dir: Path = Path("inputs")
     output_dir: Path = Path("outputs")
+    # Read-only folders searched after models_dir / input_dir: shipped example assets (the CLI adds the
+    # `assets/` folder next to the workflow file it runs, so shipped workflows run as-is).
+    asset_dirs: tuple[Path, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
+
+    def with_asset_dir(self, folder: Path) -> "Settings":
+        if folder in self.asset_dirs or not folder.is_dir():
+            return self
+        return replace(self, asset_dirs=(*self.asset_dirs, folder))
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Settings":

@@ -65,6 +65,12 @@ class NodeInputError(GraphflowError):
         self.input, self.message, self.expected, self.received = input, message, expected, received
         super().__init__(message)
 
+    def describe(self) -> str:
+        """The message with what was expected and received, as reports show it."""
+        if self.expected is None and self.received is None:
+            return self.message
+        return f"{self.message} (expected {self.expected}, received {self.received})"
+
 
 class NodeFailed(GraphflowError):
     """A node raised while running. The run stopped; the engine stays usable."""

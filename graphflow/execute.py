@@ -124,10 +124,7 @@ class Engine:
         except Cancelled:
             raise
         except NodeInputError as exc:
-            message = exc.message
-            if exc.expected is not None or exc.received is not None:
-                message += f" (expected {exc.expected}, received {exc.received})"
-            raise NodeFailed(node.id, spec.name, message, "NodeInputError", exc.input) from exc
+            raise NodeFailed(node.id, spec.name, exc.describe(), "NodeInputError", exc.input) from exc
         except Exception as exc:
             log.debug("node %s (%s) raised", node.id, spec.name, exc_info=True)
             raise NodeFailed(node.id, spec.name, str(exc) or repr(exc), type(exc).__name__) from exc

@@ -47,6 +47,6 @@ def _fingerprint(node_id: str, spec: Any, literals: dict[str, Any], settings: An
     try:
         return str(spec.fingerprint(literals, settings))
     except NodeInputError as exc:
-        raise NodeFailed(node_id, spec.name, exc.message, "NodeInputError", exc.input) from None
+        raise NodeFailed(node_id, spec.name, exc.describe(), "NodeInputError", exc.input) from None
     except Exception as exc:  # a fingerprint that cannot be taken means the input is unusable
         raise NodeFailed(node_id, spec.name, str(exc), type(exc).__name__) from None

@@ -1,0 +1,97 @@
+"""graphflow's HTTP server: submit workflows as jobs, follow them over a WebSocket, download their images.
+
+    python server.py [--host 127.0.0.1] [--port 8188] [--data-dir DIR] [--token TOKEN]
+    graphflow serve  [same options]
+
+Modules: ``store`` (SQLite job queue and history), ``worker`` (the one thread that runs jobs), ``hub``
+(WebSocket fan-out), ``files`` (safe output paths, verified uploads), ``limits`` (request limits), ``app``
+(routes and middlewares). Like the rest of the engine this package knows nothing of Stable Diffusion.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .app import LOOPBACK_HOSTS, ServerConfig, create_app
+from .limits import DEFAULT_MAX_LITERAL, Limits
+
+__all__ = ["ServerConfig", "Limits", "create_app", "build_parser", "config_from_args", "serve_from_args", "main"]
+
+
+def build_parser(prog: str = "server.py") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Run the graphflow job server.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8188)
+    parser.add_argument("--data-dir", type=Path, default=Path("graphflow-data"),
+                        help="jobs.sqlite, outputs/ and uploads/ live here (default ./graphflow-data)")
+    parser.add_argument("--token", default=None,
+                        help="require 'Authorization: Bearer TOKEN' on every route but /health (default $GRAPHFLOW_TOKEN)")
+    parser.add_argument("--models-dir", type=Path, default=None, help="models directory (default $GRAPHFLOW_MODELS_DIR or ./models)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="also accept this Host header name (e.g. behind a reverse proxy); repeatable")
+    defaults = Limits()
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-body", type=int, default=defaults.max_body_bytes, metavar="BYTES", help="JSON request body")
+    limits.add_argument("--max-upload", type=int, default=defaults.max_upload_bytes, metavar="BYTES", help="one uploaded image")
+    limits.add_argument("--max-upload-pixels", type=int, default=defaults.max_upload_pixels, metavar="N",
+                        help="width × height of one uploaded image")
+    limits.add_argument("--max-nodes", type=int, default=defaults.max_nodes, metavar="N", help="nodes in one workflow")
+    limits.add_argument("--max-queued", type=int, default=defaults.max_queued, metavar="N", help="jobs waiting to run")
+    limits.add_argument("--max-pixels", type=int, default=defaults.max_pixels, metavar="N",
+                        help="width × height × batch_size of any node with width and height inputs")
+    limits.add_argument("--max-literal", action="append", default=[], metavar="NAME=MAX", type=literal_limit,
+                        help=f"upper bound for every literal input with this name; repeatable (defaults {DEFAULT_MAX_LITERAL})")
+    parser.add_argument("--verbose", action="store_true", help="log every request")
+    return parser
+
+
+def literal_limit(text: str) -> tuple[str, float]:
+    """``steps=150`` → ("steps", 150.0), for --max-literal."""
+    name, sep, value = text.partition("=")
+    try:
+        if not sep or not name.strip():
+            raise ValueError
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER (e.g. steps=150), got {text!r}") from None
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    max_literal = {**DEFAULT_MAX_LITERAL, **dict(args.max_literal)}
+    limits = Limits(max_body_bytes=args.max_body, max_upload_bytes=args.max_upload,
+                    max_upload_pixels=args.max_upload_pixels, max_nodes=args.max_nodes,
+                    max_queued=args.max_queued, max_pixels=args.max_pixels, max_literal=max_literal)
+    token = args.token if args.token is not None else os.environ.get("GRAPHFLOW_TOKEN") or None
+    loopback = args.host in LOOPBACK_HOSTS
+    allowed_hosts = LOOPBACK_HOSTS | {h.lower() for h in args.allow_host} if loopback else None
+    return ServerConfig(data_dir=args.data_dir, token=token or None, models_dir=args.models_dir,
+                        limits=limits, allowed_hosts=allowed_hosts)
+
+
+def serve_from_args(argv: Sequence[str] | None = None, prog: str = "graphflow serve") -> int:
+    from aiohttp import web
+
+    args = build_parser(prog).parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    config = config_from_args(args)
+    if args.host not in LOOPBACK_HOSTS and not config.token:
+        print(f"warning: listening on {args.host} without --token: anyone who can reach this port can run jobs",
+              file=sys.stderr)
+    try:
+        app = create_app(config)  # discovers the node modules: a broken node pack stops us here
+    except Exception as exc:
+        print(f"error: cannot start the server: {exc if isinstance(exc, RuntimeError) else f'{type(exc).__name__}: {exc}'}",
+              file=sys.stderr)
+        return 1
+    url_host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"graphflow server on http://{url_host}:{args.port} (data in {config.data_dir.resolve()})", file=sys.stderr)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=logging.getLogger("aiohttp.access") if args.verbose else None)
+    return 0
+
+
+def main() -> int:
+    return serve_from_args(sys.argv[1:], prog="server.py")

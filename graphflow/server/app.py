@@ -1,0 +1,276 @@
+"""The HTTP API: one handler per route, and the :class:`Server` that owns what they share.
+
+Handlers stay thin: the store keeps jobs, the worker runs them, the hub streams events, ``files`` guards paths,
+``limits`` bounds requests, ``middleware`` answers errors as JSON and keeps foreign pages and token-less
+clients out.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import mimetypes
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from ..context import Settings
+from ..errors import WorkflowFormatError, WorkflowInvalid
+from ..execute import Engine
+from ..registry import Registry, default_registry
+from ..workflow import parse
+from .files import Rejected, resolve_inside, store_image
+from .hub import Hub
+from .limits import Limits, check_literals, check_size, issue
+from .middleware import ApiError, dumps, guard_host_and_origin, json_errors, json_response, require_token
+from .store import STATUSES, JobStore
+from .worker import Worker
+
+log = logging.getLogger("graphflow.server")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path = Path("graphflow-data")
+    token: str | None = None  # when set, every route but /health needs "Authorization: Bearer TOKEN"
+    models_dir: Path | None = None  # None: $GRAPHFLOW_MODELS_DIR or ./models
+    limits: Limits = field(default_factory=Limits)
+    allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS  # Host header names accepted; None accepts any
+
+
+SERVER = web.AppKey("server", "Server")
+
+
+class Server:
+    """Everything one running server owns: data directories, job store, engine (and its cache), worker, hub."""
+
+    def __init__(self, config: ServerConfig, registry: Registry | None = None):
+        self.config, self.limits = config, config.limits
+        self.outputs_dir = config.data_dir / "outputs"
+        self.uploads_dir = config.data_dir / "uploads"
+        for directory in (self.outputs_dir, self.uploads_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _lock_data_dir(config.data_dir)
+        self.store = JobStore(config.data_dir / "jobs.sqlite")
+        interrupted = self.store.recover()
+        if interrupted:
+            log.warning("%d job(s) were running when the server last stopped; marked failed", interrupted)
+        settings = Settings.from_env(models_dir=config.models_dir, input_dir=self.uploads_dir, output_dir=self.outputs_dir)
+        self.engine = Engine(registry or default_registry(), settings)
+        self.hub = Hub()
+        self.worker = Worker(self.engine, self.store, self._publish_from_thread)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._catalog: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    async def start(self, app: web.Application) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.worker.start()
+
+    async def shutdown(self, app: web.Application) -> None:
+        await self.hub.close_all()
+
+    async def cleanup(self, app: web.Application) -> None:
+        await asyncio.to_thread(self.worker.stop)
+        self.store.close()
+        self._lock_file.close()
+
+    def _publish_from_thread(self, message: dict[str, Any]) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self.hub.publish, message)
+        except (AttributeError, RuntimeError):  # no loop yet, or it has closed during shutdown
+            pass
+
+    # -- jobs ------------------------------------------------------------------------------------------------
+    async def submit(self, request: web.Request) -> web.Response:
+        if request.content_type not in ("application/json", "application/octet-stream"):  # the latter: no header
+            # Refusing form/text bodies stops a web page from posting jobs here without a CORS preflight.
+            raise ApiError(415, f"send the job as JSON (Content-Type: application/json), not {request.content_type}")
+        text = await request.text()  # aiohttp answers 413 past limits.max_body_bytes
+        try:
+            body = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ApiError(400, f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        document, outputs, priority = _job_request(body)
+        try:
+            workflow = parse(document)
+        except WorkflowFormatError as exc:
+            raise ApiError(400, str(exc), node_errors={"": [issue(None, str(exc), "a graphflow workflow", None)]}) from None
+        too_big = check_size(len(workflow.nodes), self.limits)
+        if too_big:
+            raise ApiError(400, "workflow exceeds this server's limits", node_errors=too_big)
+        try:
+            checked = self.engine.validate(workflow, outputs)
+        except WorkflowInvalid as exc:
+            raise ApiError(400, f"{len(exc.issues)} problem(s) in workflow", node_errors=exc.by_node()) from None
+        over = check_literals(checked, self.limits)
+        if over:
+            raise ApiError(400, "workflow exceeds this server's limits", node_errors=over)
+        if self.store.count("queued") >= self.limits.max_queued:
+            raise ApiError(429, f"the queue is full ({self.limits.max_queued} jobs waiting); try again later")
+        job_id = self.store.add(workflow.to_json(), outputs, priority)
+        self.hub.publish({"type": "queued", "job": job_id, "priority": priority})
+        self.worker.wake()
+        return json_response({"id": job_id, "status": "queued"}, status=202, headers={"Location": f"/jobs/{job_id}"})
+
+    async def job(self, request: web.Request) -> web.Response:
+        return json_response(self._job_or_404(request.match_info["id"], with_workflow=True))
+
+    def _job_or_404(self, job_id: str, with_workflow: bool = False) -> dict[str, Any]:
+        job = self.store.get(job_id, with_workflow)
+        if job is None:
+            raise ApiError(404, f"no job {job_id!r}")
+        if job["status"] == "running":
+            job["progress"] = self.worker.progress(job_id) or job["progress"]
+        return job
+
+    async def jobs(self, request: web.Request) -> web.Response:
+        status = request.query.get("status") or None
+        if status is not None and status not in STATUSES:
+            raise ApiError(400, f"status must be one of {', '.join(STATUSES)}, not {status!r}")
+        limit = _int_query(request, "limit", 50, 1, 500)
+        offset = _int_query(request, "offset", 0, 0, 2**62)
+        return json_response({"jobs": self.store.list(status, limit, offset), "limit": limit, "offset": offset})
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        self._job_or_404(job_id)
+        outcome = self.worker.cancel(job_id)
+        if outcome == "cancelled":
+            return json_response({"id": job_id, "status": "cancelled"})
+        if outcome == "cancelling":  # the worker records "cancelled" when the run stops at its next check
+            return json_response({"id": job_id, "status": "running", "cancelling": True}, status=202)
+        status = self._job_or_404(job_id)["status"]
+        raise ApiError(409, f"job {job_id} has already {'finished' if status != 'cancelled' else 'been cancelled'}", status=status)
+
+    # -- files -----------------------------------------------------------------------------------------------
+    async def output(self, request: web.Request) -> web.StreamResponse:
+        try:
+            path = resolve_inside(self.outputs_dir, request.match_info["name"])
+        except Rejected as exc:
+            raise ApiError(exc.status, exc.message) from None
+        if path is None:
+            raise ApiError(404, "no such output")
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return web.FileResponse(path, headers={"Content-Type": content_type, "X-Content-Type-Options": "nosniff"})
+
+    async def upload(self, request: web.Request) -> web.Response:
+        limit = self.limits.max_upload_bytes
+        if request.content_type != "multipart/form-data":
+            raise ApiError(415, "send the image as multipart/form-data with the field 'image'")
+        if request.content_length is not None and request.content_length > limit + 64 * 1024:
+            raise ApiError(413, f"upload too large: {request.content_length} bytes, the limit is {limit}")
+        data = None
+        async for part in await request.multipart():
+            if isinstance(part, BodyPartReader) and part.name == "image":
+                data = await _read_at_most(part, limit)
+                break
+        if data is None:
+            raise ApiError(400, "multipart field 'image' is missing")
+        try:
+            stored = await asyncio.to_thread(store_image, data, self.uploads_dir, self.limits.max_upload_pixels)
+        except Rejected as exc:
+            raise ApiError(exc.status, exc.message) from None
+        return json_response(stored, status=201)
+
+    # -- the rest --------------------------------------------------------------------------------------------
+    async def nodes(self, request: web.Request) -> web.Response:
+        if self._catalog is None:
+            self._catalog = dumps(self.engine.registry.catalog())
+        return web.Response(text=self._catalog, content_type="application/json")
+
+    async def health(self, request: web.Request) -> web.Response:
+        return json_response({"status": "ok", "queue": self.store.count("queued"), "running": self.worker.running})
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        job_id = request.query.get("job") or None
+        first = None
+        if job_id is not None:  # start with the job's current state, so a late subscriber is never left waiting
+            snapshot = self._job_or_404(job_id)
+            first = {**snapshot, "type": "status", "job": snapshot.pop("id")}
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=64 * 1024)
+        await ws.prepare(request)
+        await self.hub.serve(ws, job_id, first)
+        return ws
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/jobs", self.submit),
+            web.get("/jobs", self.jobs),
+            web.get("/jobs/{id}", self.job),
+            web.delete("/jobs/{id}", self.cancel),
+            web.get("/outputs/{name:.+}", self.output),
+            web.post("/uploads", self.upload),
+            web.get("/nodes", self.nodes),
+            web.get("/health", self.health),
+            web.get("/ws", self.websocket),
+        ]
+
+
+def create_app(config: ServerConfig, registry: Registry | None = None) -> web.Application:
+    server = Server(config, registry)
+    app = web.Application(client_max_size=config.limits.max_body_bytes,
+                          middlewares=[json_errors, guard_host_and_origin(config.allowed_hosts), require_token(config.token)])
+    app[SERVER] = server
+    app.add_routes(server.routes())
+    app.on_startup.append(server.start)
+    app.on_shutdown.append(server.shutdown)
+    app.on_cleanup.append(server.cleanup)
+    return app
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+def _job_request(body: Any) -> tuple[Any, list[str] | None, int]:
+    """Check the shape of a POST /jobs body: {"workflow": {...}, "outputs": [ids], "priority": int}."""
+    if not isinstance(body, dict) or "workflow" not in body:
+        raise ApiError(400, 'the body must be a JSON object {"workflow": {...}, "outputs": [...], "priority": 0}')
+    unknown = sorted(set(body) - {"workflow", "outputs", "priority"})
+    if unknown:
+        raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; expected workflow, outputs, priority")
+    outputs = body.get("outputs")
+    if outputs is not None and not (isinstance(outputs, list) and all(isinstance(o, str) for o in outputs)):
+        raise ApiError(400, f"outputs must be a list of node ids, not {outputs!r}")
+    priority = body.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 2**31:
+        raise ApiError(400, f"priority must be an integer (higher runs first), not {priority!r}")
+    return body["workflow"], outputs, priority
+
+
+def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise ApiError(400, f"{name} must be an integer from {low} to {high}, not {raw!r}")
+    return value
+
+
+async def _read_at_most(part: BodyPartReader, limit: int) -> bytes:
+    data = bytearray()
+    while chunk := await part.read_chunk(64 * 1024):
+        data += chunk
+        if len(data) > limit:
+            raise ApiError(413, f"upload too large: more than {limit} bytes")
+    return bytes(data)
+
+
+def _lock_data_dir(data_dir: Path):
+    """Hold an exclusive lock on the data directory: two servers on one job store would steal each other's jobs."""
+    handle = open(data_dir / "server.lock", "a+")
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here; one server per data dir is then up to the user
+        return handle
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise RuntimeError(f"another graphflow server is using {data_dir}") from None
+    return handle

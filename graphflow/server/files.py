@@ -1,0 +1,79 @@
+"""The two places the server touches files for clients: serving outputs and storing uploads.
+
+Outputs are served only from inside the outputs directory (no ``..``, no absolute paths, no symlink that leads
+out). Uploads are stored under a name derived from their content (sha256 + the extension of the format Pillow
+found), never from the client's filename, and only after Pillow decoded them completely.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+
+# Formats we accept from clients, with the extension their stored name gets.
+IMAGE_EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tiff"}
+
+
+class Rejected(Exception):
+    """A client file request we refuse; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def resolve_inside(root: Path, name: str) -> Path | None:
+    """The regular file ``name`` (a relative path) refers to inside ``root``; None when there is no such file or
+    it is a symlink leading out. Names that could only be an escape attempt raise :class:`Rejected` (400)."""
+    relative = PurePosixPath(name)
+    if not name or "\x00" in name or "\\" in name or relative.is_absolute() or ".." in relative.parts:
+        raise Rejected(400, f"invalid file name {name!r}: expected a path inside the directory, without '..'")
+    base = root.resolve()
+    try:
+        path = (base / relative).resolve(strict=True)  # follows symlinks, so one pointing outside is caught below
+    except (OSError, RuntimeError):
+        return None
+    return path if path.is_relative_to(base) and path.is_file() else None
+
+
+def store_image(data: bytes, directory: Path, max_pixels: int) -> dict[str, object]:
+    """Check that ``data`` is a whole image of an accepted format and store it; returns {name, width, height}."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            kind, (width, height) = image.format, image.size
+            if width * height > max_pixels:
+                raise Rejected(400, f"image too large: {width}x{height} is {width * height} pixels, the limit is {max_pixels}")
+            image.load()  # decode every pixel: truncated or corrupt files fail here
+    except Rejected:
+        raise
+    except Exception as exc:
+        raise Rejected(400, f"field 'image' is not a readable image ({type(exc).__name__}: {exc})") from None
+    extension = IMAGE_EXTENSIONS.get(kind or "")
+    if extension is None:
+        raise Rejected(400, f"unsupported image format {kind}; expected one of {', '.join(IMAGE_EXTENSIONS)}")
+    name = hashlib.sha256(data).hexdigest() + extension
+    _write_new(directory / name, data)
+    return {"name": name, "width": width, "height": height}
+
+
+def _write_new(target: Path, data: bytes) -> None:
+    """Write ``target`` completely or not at all, and never replace an existing file (same name = same bytes)."""
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            os.link(temporary, target)  # fails instead of overwriting if another request just stored it
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(temporary)

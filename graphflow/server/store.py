@@ -1,0 +1,163 @@
+"""The job queue and history: one SQLite file, every state change one transaction.
+
+A job moves queued → running → succeeded | failed | cancelled (or queued → cancelled). Claiming the next job and
+cancelling a queued one are single conditional UPDATEs inside a transaction, so the worker and the API can never
+both win the same job. One connection is shared by the event loop and the worker thread behind a lock; each call is
+a few milliseconds at most.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+RESTART_REASON = "interrupted by server restart"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,  -- submission order (FIFO within a priority)
+    id        TEXT NOT NULL UNIQUE,
+    status    TEXT NOT NULL,
+    priority  INTEGER NOT NULL,
+    workflow  TEXT NOT NULL,                      -- the workflow document (JSON)
+    requested TEXT,                               -- JSON list of output node ids; NULL = all output nodes
+    created   REAL NOT NULL,                      -- Unix seconds
+    started   REAL,
+    finished  REAL,
+    progress  TEXT,                               -- JSON {node, value, max}: the last progress seen
+    outputs   TEXT,                               -- JSON {node id: output-node result}
+    executed  TEXT,                               -- JSON list of node ids
+    cached    TEXT,
+    error     TEXT                                -- JSON {node, type, message}
+);
+CREATE INDEX IF NOT EXISTS jobs_by_queue_order ON jobs (status, priority DESC, seq);
+"""
+_SUMMARY = "id, status, priority, created, started, finished, progress, outputs, executed, cached, error"
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the worker needs to run a claimed job."""
+
+    id: str
+    workflow: dict[str, Any]
+    outputs: list[str] | None
+
+
+class JobStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly one `with` block.
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def add(self, workflow: dict[str, Any], outputs: list[str] | None = None, priority: int = 0) -> str:
+        job_id = uuid.uuid4().hex
+        with self._transaction() as db:
+            db.execute("INSERT INTO jobs (id, status, priority, workflow, requested, created) VALUES (?, 'queued', ?, ?, ?, ?)",
+                       (job_id, priority, json.dumps(workflow), _dump(outputs), time.time()))
+        return job_id
+
+    def recover(self) -> int:
+        """Mark jobs left 'running' by a process that died as failed; returns how many.
+
+        We fail them rather than re-queue them: a job that crashed the process could otherwise crash it again on
+        every start, and a user who wants it again can resubmit (its finished nodes may still be cheap)."""
+        error = {"node": None, "type": "Interrupted", "message": RESTART_REASON}
+        with self._transaction() as db:
+            return db.execute("UPDATE jobs SET status='failed', finished=?, error=? WHERE status='running'",
+                              (time.time(), json.dumps(error))).rowcount
+
+    def claim_next(self) -> Job | None:
+        """Mark the highest-priority, oldest queued job running and return it (None when the queue is empty)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT id, workflow, requested FROM jobs WHERE status='queued' "
+                             "ORDER BY priority DESC, seq LIMIT 1").fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET status='running', started=? WHERE id=?", (time.time(), row["id"]))
+        return Job(row["id"], json.loads(row["workflow"]), json.loads(row["requested"]) if row["requested"] else None)
+
+    def finish(self, job_id: str, status: str, *, progress: dict | None = None, outputs: dict | None = None,
+               executed: list[str] | None = None, cached: list[str] | None = None, error: dict | None = None) -> bool:
+        if status not in FINISHED:
+            raise ValueError(f"finish() needs one of {sorted(FINISHED)}, not {status!r}")
+        with self._transaction() as db:
+            return db.execute(
+                "UPDATE jobs SET status=?, finished=?, progress=?, outputs=?, executed=?, cached=?, error=? "
+                "WHERE id=? AND status='running'",
+                (status, time.time(), _dump(progress), _dump(outputs), _dump(executed), _dump(cached), _dump(error), job_id),
+            ).rowcount == 1
+
+    def cancel_queued(self, job_id: str) -> bool:
+        """Cancel a job that has not started; False if it is not (or no longer) queued."""
+        with self._transaction() as db:
+            return db.execute("UPDATE jobs SET status='cancelled', finished=? WHERE id=? AND status='queued'",
+                              (time.time(), job_id)).rowcount == 1
+
+    def get(self, job_id: str, with_workflow: bool = False) -> dict[str, Any] | None:
+        extra = ", workflow, requested" if with_workflow else ""
+        rows = self._query(f"SELECT {_SUMMARY}{extra} FROM jobs WHERE id=?", (job_id,))
+        return _public(rows[0]) if rows else None
+
+    def list(self, status: str | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        """Jobs newest first, optionally only those with one status."""
+        where, params = ("WHERE status=?", (status,)) if status else ("", ())
+        rows = self._query(f"SELECT {_SUMMARY} FROM jobs {where} ORDER BY seq DESC LIMIT ? OFFSET ?", (*params, limit, offset))
+        return [_public(row) for row in rows]
+
+    def count(self, status: str) -> int:
+        return self._query("SELECT COUNT(*) FROM jobs WHERE status=?", (status,))[0][0]
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _public(row: sqlite3.Row) -> dict[str, Any]:
+    job = {key: row[key] for key in ("id", "status", "priority", "created", "started", "finished")}
+    job["progress"] = _load(row["progress"], None)
+    job["outputs"] = _load(row["outputs"], {})
+    job["executed"] = _load(row["executed"], [])
+    job["cached"] = _load(row["cached"], [])
+    job["error"] = _load(row["error"], None)
+    if "workflow" in row.keys():
+        job["workflow"] = json.loads(row["workflow"])
+        job["requested_outputs"] = _load(row["requested"], None)
+    return job
+
+
+def _load(text: str | None, default: Any) -> Any:
+    return default if text is None else json.loads(text)

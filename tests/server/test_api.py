@@ -1,0 +1,112 @@
+"""Request checking and the read-only routes: bad submissions queue nothing, unknown ids are 404, listing, catalog."""
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from .conftest import gray_workflow, link, submit, wait_for_status
+
+
+async def queued_count(session: aiohttp.ClientSession, url: str) -> int:
+    async with session.get(f"{url}/jobs") as response:
+        return len((await response.json())["jobs"])
+
+
+async def test_invalid_workflow_is_400_with_errors_per_node_and_nothing_is_queued(server):
+    broken = gray_workflow()
+    broken["nodes"]["sum"]["inputs"]["bias"] = 3  # must be a multiple of 2
+    broken["nodes"]["y"]["type"] = "Numbr"
+    broken["nodes"]["save"]["inputs"]["value"] = link("nowhere")
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{server.url}/jobs", json={"workflow": broken}) as response:
+            assert response.status == 400
+            body = await response.json()
+        assert "3 problem(s)" in body["error"]
+        errors = body["node_errors"]
+        assert set(errors) == {"sum", "y", "save"}
+        [bias] = errors["sum"]
+        assert bias["input"] == "bias" and bias["received"] == 3 and "multiple of 2" in bias["expected"]
+        assert "Number" in errors["y"][0]["message"] and errors["y"][0]["received"] == "Numbr"
+        assert errors["save"][0]["input"] == "value" and errors["save"][0]["received"] == "nowhere"
+        assert set(bias) == {"input", "message", "expected", "received"}
+        assert await queued_count(session, server.url) == 0
+
+
+async def test_document_level_problems_are_listed_under_the_empty_key(server):
+    no_output = {"graphflow": 1, "nodes": {"x": {"type": "Number", "inputs": {}}}}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{server.url}/jobs", json={"workflow": no_output}) as response:
+            assert response.status == 400
+            assert (await response.json())["node_errors"][""][0]["message"] == "workflow has no output node"
+        async with session.post(f"{server.url}/jobs", json={"workflow": {"graphflow": 2, "nodes": {}}}) as response:
+            assert response.status == 400
+            body = await response.json()
+            assert "not a graphflow workflow" in body["error"] and list(body["node_errors"]) == [""]
+        async with session.post(f"{server.url}/jobs", json={"workflow": gray_workflow(), "outputs": ["sum"]}) as response:
+            assert response.status == 400
+            assert "not an output node" in (await response.json())["node_errors"]["sum"][0]["message"]
+        assert await queued_count(session, server.url) == 0
+
+
+@pytest.mark.parametrize("body, message", [
+    ('{"workflow": {"graphflow": 1,', "invalid JSON at line 1, column 30"),
+    ("[1, 2]", "must be a JSON object"),
+    ('{"workflow": {}, "prio": 1}', "unknown field(s) prio"),
+    ('{"workflow": {}, "priority": "high"}', "priority must be an integer"),
+    ('{"workflow": {}, "outputs": "save"}', "outputs must be a list"),
+])
+async def test_malformed_requests_get_a_one_line_400(server, body, message):
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{server.url}/jobs", data=body, headers={"Content-Type": "application/json"}) as response:
+            assert response.status == 400
+            error = (await response.json())["error"]
+        assert message in error and "\n" not in error
+        assert await queued_count(session, server.url) == 0
+
+
+async def test_unknown_jobs_are_404(server):
+    async with aiohttp.ClientSession() as session:
+        for method in ("GET", "DELETE"):
+            async with session.request(method, f"{server.url}/jobs/no-such-job") as response:
+                assert response.status == 404
+                assert "no-such-job" in (await response.json())["error"]
+        async with session.get(f"{server.url}/ws", params={"job": "no-such-job"}) as response:
+            assert response.status == 404
+        async with session.get(f"{server.url}/nowhere") as response:
+            assert response.status == 404 and "error" in await response.json()
+
+
+async def test_job_detail_keeps_the_workflow_and_requested_outputs(server):
+    async with aiohttp.ClientSession() as session:
+        job_id = await submit(session, server.url, gray_workflow(value=4.0), outputs=["save"])
+        job = await wait_for_status(session, server.url, job_id, "succeeded")
+    assert job["workflow"]["nodes"]["x"]["inputs"]["value"] == 4.0
+    assert job["requested_outputs"] == ["save"] and job["priority"] == 0
+
+
+async def test_list_is_newest_first_with_status_filter_and_paging(server):
+    async with aiohttp.ClientSession() as session:
+        ids = [await submit(session, server.url, gray_workflow(value=float(i))) for i in range(3)]
+        for job_id in ids:
+            await wait_for_status(session, server.url, job_id, "succeeded")
+        async with session.get(f"{server.url}/jobs") as response:
+            assert [job["id"] for job in (await response.json())["jobs"]] == ids[::-1]
+        async with session.get(f"{server.url}/jobs", params={"limit": "1", "offset": "1"}) as response:
+            assert [job["id"] for job in (await response.json())["jobs"]] == [ids[1]]
+        async with session.get(f"{server.url}/jobs", params={"status": "failed"}) as response:
+            assert (await response.json())["jobs"] == []
+        async with session.get(f"{server.url}/jobs", params={"status": "succeeded"}) as response:
+            assert len((await response.json())["jobs"]) == 3
+        for bad in ({"status": "done"}, {"limit": "0"}, {"limit": "x"}, {"offset": "-1"}):
+            async with session.get(f"{server.url}/jobs", params=bad) as response:
+                assert response.status == 400, bad
+
+
+async def test_nodes_and_health(server):
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{server.url}/nodes") as response:
+            catalog = await response.json()
+        assert catalog["Slow"]["inputs"]["steps"]["kind"] == "literal"
+        assert catalog["SaveGray"]["output_node"] is True
+        async with session.get(f"{server.url}/health") as response:
+            assert await response.json() == {"status": "ok", "queue": 0, "running": None}

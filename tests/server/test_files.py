@@ -1,0 +1,45 @@
+"""Path resolution for /outputs and storage of uploads, without a server."""
+from __future__ import annotations
+
+import pytest
+
+from graphflow.server.files import Rejected, resolve_inside, store_image
+
+from .toyimages import png_bytes
+
+
+def test_resolve_inside_finds_files_and_refuses_ways_out(tmp_path):
+    root = tmp_path / "outputs"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a.png").write_bytes(b"x")
+    (tmp_path / "secret").write_text("s")
+    (root / "out").symlink_to(tmp_path / "secret")
+    (root / "in").symlink_to(root / "sub" / "a.png")
+    assert resolve_inside(root, "sub/a.png") == (root / "sub" / "a.png").resolve()
+    assert resolve_inside(root, "in") == (root / "sub" / "a.png").resolve()  # a symlink that stays inside is fine
+    assert resolve_inside(root, "out") is None
+    assert resolve_inside(root, "sub") is None  # a directory is not a file
+    assert resolve_inside(root, "missing.png") is None
+    for name in ("../secret", "sub/../../secret", "/etc/passwd", "", "a\x00b", "..\\secret"):
+        with pytest.raises(Rejected) as caught:
+            resolve_inside(root, name)
+        assert caught.value.status == 400
+
+
+def test_store_image_is_content_addressed_and_never_overwrites(tmp_path):
+    first = store_image(png_bytes(3, 3, 1), tmp_path, max_pixels=100)
+    path = tmp_path / first["name"]
+    path.write_bytes(b"changed by someone")
+    assert store_image(png_bytes(3, 3, 1), tmp_path, max_pixels=100) == first
+    assert path.read_bytes() == b"changed by someone"
+    assert [p.name for p in tmp_path.iterdir()] == [first["name"]]  # no temporary files left
+
+
+def test_store_image_refuses_unsupported_formats(tmp_path):
+    from PIL import Image
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="ICO")
+    with pytest.raises(Rejected, match="unsupported image format ICO"):
+        store_image(buffer.getvalue(), tmp_path, max_pixels=100)
