@@ -1,5 +1,8 @@
 """Textual inversion: embedding files from ``<models_dir>/embeddings`` attached to a CLIP value.
 
+Files are looked up in ``<models_dir>/embeddings`` first, then in ``embeddings/`` of each read-only asset
+folder (``Settings.asset_dirs``, see ``nodes/search.py``); the first folder holding a name wins.
+
 An embedding is a few learned input vectors (n, C) for the text encoder. Its name is the file name
 without extension; a prompt uses it by that name (``easynegative``) or as ``embedding:easynegative``
 (see ``nodes/prompt.py``, which puts the vectors in place of the name when tokenizing).
@@ -23,14 +26,17 @@ from pydantic import Field
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
+from .files import resolve_inside
+from .search import file_fingerprint, search_folders
 from .values import CLIP, Clip
 
 EMBEDDINGS_SUBDIR = "embeddings"
 SUFFIXES = (".safetensors", ".pt", ".bin")  # in order of preference when two files share a name
 
 
-def embeddings_dir(settings) -> Path:
-    return Path(settings.models_dir) / EMBEDDINGS_SUBDIR
+def embedding_folders(settings) -> list[Path]:
+    """``<models_dir>/embeddings``, then ``embeddings/`` in every asset folder (see nodes/search.py)."""
+    return search_folders(settings, EMBEDDINGS_SUBDIR)
 
 
 def list_embeddings(directory: Path) -> dict[str, Path]:
@@ -42,6 +48,23 @@ def list_embeddings(directory: Path) -> dict[str, Path]:
     for path in sorted(files, key=lambda p: (p.stem, SUFFIXES.index(p.suffix.lower()))):
         found.setdefault(path.stem, path)
     return found
+
+
+def available_embeddings(folders: list[Path]) -> list[str]:
+    """Every embedding name in the folders, sorted."""
+    return sorted({name for folder in folders for name in list_embeddings(folder)})
+
+
+def find_embedding(folders: list[Path], name: str) -> Path | None:
+    """The file for an embedding name, from the first folder that lists it (.safetensors preferred).
+
+    Only files directly in a folder have names, so a name cannot climb out; a symlink leading out of
+    the folder is refused (NodeInputError on ``names``)."""
+    for folder in folders:
+        path = list_embeddings(folder).get(name)
+        if path is not None:
+            return resolve_inside(folder, path.name, "names")
+    return None
 
 
 def load_embedding(path: Path) -> torch.Tensor:
@@ -106,37 +129,43 @@ def _requested(names: str) -> list[str]:
     return [n.strip() for n in names.split(",") if n.strip()]
 
 
+def _resolve(names: str, folders: list[Path]) -> dict[str, Path]:
+    """Name → file for the requested names (all available ones when ``names`` is empty)."""
+    wanted = _requested(names) or available_embeddings(folders)
+    found = {name: find_embedding(folders, name) for name in wanted}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        where = ", ".join(str(f) for f in folders)
+        raise NodeInputError("names", f"no embedding file named {missing[0]!r} (looked in {where})",
+                             available_embeddings(folders) or f"a .safetensors/.pt/.bin file in {folders[0]}",
+                             missing[0])
+    return found
+
+
 def _fingerprint(literals: dict, settings) -> str:
-    """Changes when any embedding file is added, removed or rewritten."""
-    hasher = hashlib.sha256()
-    for name, path in list_embeddings(embeddings_dir(settings)).items():
-        stat = path.stat()
-        hasher.update(f"{name}|{path.name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return hasher.hexdigest()
+    """The identity of every file the node would load: changes when one is rewritten, shadowed or added."""
+    try:
+        files = _resolve(literals.get("names", ""), embedding_folders(settings))
+    except NodeInputError:
+        return "missing"  # the node reports the error when it runs
+    return hashlib.sha256("\n".join(f"{n}|{file_fingerprint(p)}" for n, p in files.items()).encode()).hexdigest()
 
 
 @node(outputs={"clip": CLIP}, category="loaders", fingerprint=_fingerprint, pool="model")
 def LoadEmbeddings(
     clip: Clip = Input(CLIP),
     names: str = Field("", description="comma-separated embedding names (file names without extension) from "
-                       "<models_dir>/embeddings; empty loads every file there"),
+                       "<models_dir>/embeddings or an asset folder's embeddings/; empty loads every one found"),
     ctx=None,
 ) -> Clip:
     """Attach textual-inversion embeddings to a CLIP so prompts can use them by name.
 
     The text encoder is not changed: the vectors travel with the CLIP value and the tokenizer puts them
     in where a prompt says ``name`` or ``embedding:name``."""
-    directory = embeddings_dir(ctx.settings)
-    available = list_embeddings(directory)
-    wanted = _requested(names) or list(available)
-    missing = [n for n in wanted if n not in available]
-    if missing:
-        raise NodeInputError("names", f"no embedding file named {missing[0]!r} in {directory}",
-                             sorted(available) or f"a .safetensors/.pt/.bin file in {directory}", missing[0])
     loaded = {}
-    for name in wanted:
+    for name, path in _resolve(names, embedding_folders(ctx.settings)).items():
         try:
-            loaded[name] = load_embedding(available[name])
+            loaded[name] = load_embedding(path)
         except ValueError as exc:
-            raise NodeInputError("names", str(exc), "a textual-inversion embedding file", available[name].name) from exc
+            raise NodeInputError("names", str(exc), "a textual-inversion embedding file", path.name) from exc
     return with_embeddings(clip, loaded)

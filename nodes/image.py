@@ -1,15 +1,15 @@
 """Image files in and out, and pixel-space resizing and grids.
 
-Files are read only from ``settings.input_dir`` and written only to ``settings.output_dir``, under the
-rules of :mod:`nodes.files`: a name that would leave its folder (``..``, an absolute path, a symlink
-pointing out) is refused, and a saved image never replaces an existing file.
+Files are read from ``settings.input_dir``, then from the read-only asset folders (``settings.asset_dirs``,
+see :mod:`nodes.search`), and written only to ``settings.output_dir``, under the rules of :mod:`nodes.files`:
+a name that would leave its folder (``..``, an absolute path, a symlink pointing out) is refused, and a
+saved image never replaces an existing file.
 """
 # No `from __future__ import annotations` here: the node decorator hands annotations to pydantic as they
 # are, and an enum alias (a Literal bound to a name) must reach it as an object, not as a string.
 
 import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,9 +23,11 @@ from pydantic import Field
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node, spec_of
 
-from .files import relative_name, resolve_inside, write_new_output
+from .files import relative_name, write_new_output
 from .latent import scaled_size
-from .values import IMAGE, Image
+from .mask import load_mask_from_rgba, luminance, match_mask_to_image
+from .search import find_file, search_folders
+from .values import IMAGE, MASK, Image, Mask
 
 # ---------------------------------------------------------------------------------------------- conversions
 
@@ -44,39 +46,72 @@ def pil_to_pixels(images: list[PILImage.Image]) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- LoadImage
 
 
-def input_file(name: str, input_dir: Path) -> Path:
-    """The existing file ``name`` inside ``input_dir`` (names leaving the folder are refused by resolve_inside)."""
-    path = resolve_inside(input_dir, name, "name")
-    if not path.is_file():
-        raise NodeInputError("name", f"no such file in the input folder {Path(input_dir).resolve()}", _available(input_dir), name)
+def input_folders(settings: Any) -> list[Path]:
+    """Where input files are looked up, in order: the input folder, then every asset folder."""
+    return search_folders(settings, "", first=Path(settings.input_dir))
+
+
+def input_file(name: str, settings: Any, input_name: str = "name") -> Path:
+    """The existing file ``name`` in the first input folder holding it (names leaving a folder are refused)."""
+    folders = input_folders(settings)
+    path = find_file(folders, [name], input_name)
+    if path is None:
+        where = ", ".join(str(Path(f).resolve()) for f in folders)
+        raise NodeInputError(input_name, f"no such file in the input folders ({where})", _available(folders), name)
     return path
 
 
-def _available(input_dir: Path, limit: int = 20) -> list[str]:
-    root = Path(input_dir).resolve()
-    if not root.is_dir():
-        return []
-    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+def _available(folders: list[Path], limit: int = 20) -> list[str]:
+    names: list[str] = []
+    for folder in map(Path, folders):
+        root = folder.resolve()
+        if root.is_dir():
+            names += [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    names = sorted(set(names))
     return names[:limit] + ([f"... {len(names) - limit} more"] if len(names) > limit else [])
 
 
 def _file_fingerprint(literals: dict[str, Any], settings: Any) -> str:
-    """sha256 of the file's bytes: editing or replacing the file reruns LoadImage."""
-    return hashlib.sha256(input_file(literals["name"], settings.input_dir).read_bytes()).hexdigest()
+    """sha256 of the bytes of the files read (the image, and the mask file if named): editing or replacing
+    either, or a file in the input folder shadowing an asset, reruns LoadImage."""
+    hasher = hashlib.sha256()
+    for input_name in ("name", "mask"):
+        name = literals.get(input_name)
+        if name:
+            hasher.update(input_name.encode() + b"\0" + input_file(name, settings, input_name).read_bytes())
+    return hasher.hexdigest()
 
 
-@node(outputs={"image": IMAGE}, category="image", fingerprint=_file_fingerprint)
-def LoadImage(name: str = Field(..., description="file name inside the input folder (sub-folders allowed)"), ctx=None) -> Image:
-    """Load an image file from the input folder as RGB (EXIF rotation applied, alpha dropped)."""
-    path = input_file(name, ctx.settings.input_dir)
+def open_picture(path: Path, input_name: str, name: str) -> PILImage.Image:
+    """A loaded picture, EXIF rotation applied; anything unreadable is a NodeInputError on ``input_name``."""
     try:
         with PILImage.open(path) as opened:
             opened.load()
-            picture = ImageOps.exif_transpose(opened)
+            return ImageOps.exif_transpose(opened)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, PILImage.DecompressionBombError) as exc:
-        raise NodeInputError("name", f"not a readable image: {exc}", "a PNG, JPEG, WebP, ... file", name) from None
-    # MASK output (later): a picture with an alpha channel also gives a MASK, via nodes.mask.load_mask_from_rgba.
-    return Image(pixels=pil_to_pixels([picture]))
+        raise NodeInputError(input_name, f"not a readable image: {exc}", "a PNG, JPEG, WebP, ... file", name) from None
+
+
+@node(outputs={"image": IMAGE, "mask": MASK}, category="image", fingerprint=_file_fingerprint, version=2)
+def LoadImage(
+    name: str = Field(..., description="file name inside the input folder (sub-folders allowed)"),
+    mask: str = Field("", description="optional mask file in the input folder: white repaints, black keeps; "
+                      "empty = the image's transparency (transparent repaints)"),
+    ctx=None,
+) -> tuple[Image, Mask]:
+    """Load an image file as RGB (EXIF rotation applied, alpha dropped) and its inpainting mask.
+
+    Files are looked up in the input folder, then in the asset folders (e.g. ``assets/`` next to the
+    workflow run by the CLI). The mask comes from the ``mask`` file if one is named (its luminance, so
+    white = 1 = repaint; a mask of another size is resized to the image with a warning), otherwise from the
+    image's alpha channel (transparent = repaint); an image without either gives an all-zero mask."""
+    picture = open_picture(input_file(name, ctx.settings), "name", name)
+    image = Image(pixels=pil_to_pixels([picture]))
+    if mask:
+        mask_picture = open_picture(input_file(mask, ctx.settings, "mask"), "mask", mask)
+        drawn = Mask(mask=luminance(pil_to_pixels([mask_picture]))[..., 0].clamp(0, 1))
+        return image, match_mask_to_image(drawn, image.height, image.width, ctx.warn)
+    return image, load_mask_from_rgba(picture)
 
 
 # ---------------------------------------------------------------------------------------------- SaveImage

@@ -16,7 +16,8 @@ from pydantic import Field
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
-from .values import LATENT, VAE, Latent, Vae
+from .mask import latent_noise_mask, masks_for_batch, match_mask_to_image
+from .values import LATENT, MASK, VAE, Latent, Mask, Vae
 
 SD_LATENT_CHANNELS = 4
 SD_DOWNSCALE = 8
@@ -73,6 +74,29 @@ def LatentUpscale(
         noise_mask=None if latent.noise_mask is None else resize_latents(latent.noise_mask, size, method).clamp(0, 1),
         masked_image=None if latent.masked_image is None else resize_latents(latent.masked_image, size, method),
     )
+
+
+@node(outputs={"latent": LATENT}, category="latent")
+def SetLatentNoiseMask(
+    latent: Latent = Input(LATENT),
+    mask: Mask = Input(MASK, description="at image size; 1 = repaint"),
+    vae: Vae | None = Input(VAE, optional=True, description="gives the latent scale; without it 8"),
+    ctx=None,
+) -> Latent:
+    """Limit sampling to the masked area: outside it, Sample keeps this latent (re-noised step by step).
+
+    The mask is meant for the image this latent decodes to (latent size × the VAE's downscale factor):
+    one of another size is resized to it with a warning, then brought to latent size with nearest
+    neighbour as diffusers' inpainting pipeline does. Set the mask on the clean latent, before AddNoise.
+    Any masked-image latents (from InpaintEncode) are kept as they are."""
+    if latent.schedule is not None:
+        raise NodeInputError("latent", "set the noise mask before AddNoise, on the clean latent", "a latent without noise", f"a latent noised for {latent.schedule.sampler}")
+    factor, _ = latent_geometry(vae)
+    h, w = latent.samples.shape[-2:]
+    fitted = match_mask_to_image(mask, h * factor, w * factor, ctx.warn if ctx is not None else None)
+    noise_mask = latent_noise_mask(fitted, (h, w))
+    masks_for_batch(noise_mask, latent.batch_size)  # refuses mask counts that fit neither 1 nor the batch
+    return latent.replace(noise_mask=noise_mask.to(latent.samples.device))
 
 
 def scaled_size(w: int, h: int, width: int, height: int, scale_by: float) -> tuple[int, int]:

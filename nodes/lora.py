@@ -1,5 +1,8 @@
 """LoRA: low-rank weight updates from ``<models_dir>/loras`` merged into new UNet / text-encoder modules.
 
+Files are looked up in ``<models_dir>/loras`` first, then in ``loras/`` of each read-only asset folder
+(``Settings.asset_dirs``, see ``nodes/search.py``).
+
 File formats (``.safetensors`` only):
 - Kohya / A1111: ``lora_unet_<module>`` and ``lora_te_<module>`` (``lora_te1_`` too) with
   ``.lora_down.weight``, ``.lora_up.weight`` and optionally ``.alpha``; ``<module>`` is either the diffusers
@@ -19,7 +22,6 @@ shared with the input, which stays exactly as it was. Strength 0 returns the inp
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,8 +33,8 @@ from pydantic import Field
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
-from .files import resolve_inside
 from .patching import clone_with_weights
+from .search import file_fingerprint, find_file, search_folders
 from .values import CLIP, MODEL, Clip, Model
 
 LORAS_SUBDIR = "loras"
@@ -243,41 +245,44 @@ def apply_lora(module: torch.nn.Module, loras: Mapping[str, LoraModule], strengt
 # ---------------------------------------------------------------------------------------------------
 
 
-def loras_dir(settings) -> Path:
-    return Path(settings.models_dir) / LORAS_SUBDIR
+def lora_folders(settings) -> list[Path]:
+    """``<models_dir>/loras``, then ``loras/`` in every asset folder (see nodes/search.py)."""
+    return search_folders(settings, LORAS_SUBDIR)
 
 
-def list_loras(directory: Path) -> list[str]:
-    """LoRA names (paths relative to the loras directory, without .safetensors), sorted."""
-    if not directory.is_dir():
-        return []
-    return sorted(p.relative_to(directory).with_suffix("").as_posix() for p in directory.rglob("*.safetensors"))
+def list_loras(folders: list[Path]) -> list[str]:
+    """LoRA names (paths relative to their loras folder, without .safetensors) in all folders, sorted."""
+    names = set()
+    for folder in folders:
+        if folder.is_dir():
+            names.update(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.safetensors"))
+    return sorted(names)
 
 
-def find_lora(directory: Path, name: str) -> Path:
-    """The file for a LoRA name; names cannot leave the loras folder (see nodes/files.py)."""
+def find_lora(folders: list[Path], name: str) -> Path:
+    """The file for a LoRA name, from the first folder that has it; names cannot leave a loras folder."""
     relative = name if name.endswith(".safetensors") else f"{name}.safetensors"
-    path = resolve_inside(directory, relative, "name")
-    if not path.is_file():
-        raise NodeInputError("name", f"no LoRA named {name!r} in {directory}",
-                             list_loras(directory) or f"a .safetensors file in {directory}", name)
+    path = find_file(folders, [relative], "name")
+    if path is None:
+        where = ", ".join(str(f) for f in folders)
+        raise NodeInputError("name", f"no LoRA named {name!r} (looked in {where})",
+                             list_loras(folders) or f"a .safetensors file in {folders[0]}", name)
     return path
 
 
 def _fingerprint(literals: dict, settings) -> str:
     try:
-        path = find_lora(loras_dir(settings), literals.get("name", ""))
+        return file_fingerprint(find_lora(lora_folders(settings), literals.get("name", "")))
     except NodeInputError:
-        return "missing"
-    stat = path.stat()
-    return hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+        return "missing"  # the node reports the error when it runs
 
 
 @node(outputs={"model": MODEL, "clip": CLIP}, category="loaders", fingerprint=_fingerprint, pool="model")
 def LoraLoader(
     model: Model = Input(MODEL),
     clip: Clip = Input(CLIP),
-    name: str = Field(..., description="LoRA file in <models_dir>/loras (with or without .safetensors)"),
+    name: str = Field(..., description="LoRA file in <models_dir>/loras or an asset folder's loras/ "
+                      "(with or without .safetensors; may name sub-folders)"),
     strength_model: float = Field(1.0, ge=-10.0, le=10.0, description="multiplier of the UNet update (0 = off)"),
     strength_clip: float = Field(1.0, ge=-10.0, le=10.0, description="multiplier of the text-encoder update (0 = off)"),
     ctx=None,
@@ -286,7 +291,7 @@ def LoraLoader(
 
     Returns new MODEL and CLIP values with the update merged into their weights; chain several
     LoraLoaders for a stack, each with its own strengths. The inputs stay untouched."""
-    path = find_lora(loras_dir(ctx.settings), name)
+    path = find_lora(lora_folders(ctx.settings), name)
     try:
         tensors, metadata = read_lora_file(path)
     except Exception as exc:  # safetensors raises its own error type for a damaged or foreign file

@@ -1,8 +1,9 @@
 """Masks: which pixels inpainting may repaint (1) and which it keeps (0), with soft values in between.
 
-A MASK is (B, H, W) float in [0, 1] at image resolution. Masks come from an image's alpha channel
-(:func:`load_mask_from_rgba`, used by LoadImage), from one of its colour channels (MaskFromImage) or from
-PadImageForOutpaint, and are reshaped by GrowMask, FeatherMask, BlurMask and InvertMask.
+A MASK is (B, H, W) float in [0, 1] at image resolution. Masks come from LoadImage (a mask file, or the
+picture's alpha channel via :func:`load_mask_from_rgba`), from one of an image's colour channels
+(MaskFromImage) or from PadImageForOutpaint, and are reshaped by GrowMask, FeatherMask, BlurMask and
+InvertMask. InpaintEncode and SetLatentNoiseMask bring them to latent size (:func:`latent_noise_mask`).
 """
 from __future__ import annotations
 
@@ -59,6 +60,24 @@ def match_mask_to_image(mask: Mask, height: int, width: int, warn: Callable[[str
     resized = F.interpolate(mask.mask[:, None].float(), size=(height, width), mode="bilinear", align_corners=False,
                             antialias=height < h or width < w)
     return Mask(mask=resized[:, 0].clamp(0, 1))
+
+
+def latent_noise_mask(mask: Mask, size: tuple[int, int]) -> torch.Tensor:
+    """A mask at image size → the (B, 1, h, w) noise mask of a latent of ``size`` (h, w).
+
+    Nearest neighbour, as diffusers' inpainting pipeline resizes its mask in ``prepare_mask_latents``
+    (``F.interpolate``'s default mode). The pipeline first binarizes the mask at 0.5; soft values are kept
+    here so feathered masks blend gradually — for a 0/1 mask the two are the same."""
+    return F.interpolate(mask.mask[:, None].float(), size=tuple(int(s) for s in size))
+
+
+def masks_for_batch(masks: torch.Tensor, batch: int, input_name: str = "mask") -> torch.Tensor:
+    """Masks (b, ...) for a batch of ``batch``: one mask serves every item, otherwise the counts must agree."""
+    if masks.shape[0] == batch:
+        return masks
+    if masks.shape[0] == 1:
+        return masks.expand(batch, *masks.shape[1:])
+    raise NodeInputError(input_name, f"{masks.shape[0]} masks cannot be matched to a batch of {batch}", f"1 or {batch} masks", masks.shape[0])
 
 
 @node(outputs={"mask": MASK}, category="mask")

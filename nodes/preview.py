@@ -3,7 +3,8 @@
 A sampler can show its progress without running the VAE: Stable Diffusion's four latent channels map
 to RGB almost linearly, so a fixed 4×3 matrix gives a blurry but recognisable picture at latent
 resolution (:func:`latent_to_rgb`). :func:`preview_png` turns latents or images into the small PNG that
-``ctx.preview`` sends to clients.
+``ctx.preview`` sends to clients. :class:`StepPreviews` is what Sample uses to show its steps and keep them
+as the frames of a denoising animation.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from PIL import Image as PILImage
 from PIL import features
 from pydantic import Field
@@ -22,7 +24,11 @@ from graphflow.node import Input, node
 
 from .files import relative_name, write_new_output
 from .image import pixels_to_pil
-from .values import IMAGE, LATENT, Image, Latent
+from .latent import latent_geometry
+from .vae import decode_latents
+from .values import IMAGE, LATENT, Image, Latent, Vae
+
+PreviewMode = Literal["latent_rgb", "vae"]
 
 # Linear map from scaled SD 1.x/2.x latents to decoded RGB in [-1, 1]: the factors published with ComfyUI's
 # latent previews (rows are latent channels, columns R, G, B). The SD VAE's map has no offset.
@@ -94,6 +100,54 @@ def preview_png(source: torch.Tensor | Latent | Image, max_size: int = 256) -> b
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
+
+
+def upscaled_latent_rgb(latents: torch.Tensor, factor: int) -> torch.Tensor:
+    """:func:`latent_to_rgb` enlarged ``factor`` times (bilinear) to the size the latents decode to."""
+    rgb = latent_to_rgb(latents).permute(0, 3, 1, 2)
+    enlarged = F.interpolate(rgb, scale_factor=factor, mode="bilinear", align_corners=False)
+    return enlarged.clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+
+
+class StepPreviews:
+    """A sampler's work in progress: shown through ``ctx.preview`` every ``every`` steps and kept as frames.
+
+    A frame is a picture of the latents at image size — their latent_rgb colours enlarged by the VAE's
+    downscale factor (8 without a VAE), or ``mode="vae"``: decoded by the VAE — with a batch tiled into
+    one grid, so the frames make one animation. Frames stay in memory until :meth:`frames` returns them
+    (an image's worth of floats each)."""
+
+    def __init__(self, every: int, mode: PreviewMode, vae: Vae | None, ctx: RunContext | None):
+        if mode == "vae" and every > 0 and not isinstance(vae, Vae):
+            raise NodeInputError("vae", 'preview_mode "vae" decodes the previews with a VAE; connect one',
+                                 "a VAE link", "nothing connected")
+        self.every, self.mode, self.ctx = every, mode, ctx
+        self.vae = vae if isinstance(vae, Vae) else None
+        self.factor, _ = latent_geometry(self.vae)
+        self._frames: list[torch.Tensor] = []
+
+    def due(self, step: int, total: int) -> bool:
+        """Whether ``step`` (1-based) gets a preview: every ``every`` steps, and always the last one."""
+        return self.every > 0 and (step % self.every == 0 or step == total)
+
+    def add(self, latents: torch.Tensor, step: int) -> None:
+        frame = self.frame(latents, self.mode)
+        self._frames.append(frame)
+        if self.ctx is not None:
+            self.ctx.preview(preview_png(frame), step)
+
+    def frame(self, latents: torch.Tensor, mode: PreviewMode) -> torch.Tensor:
+        if mode == "vae":
+            pixels = decode_latents(self.vae, latents)
+        else:
+            pixels = upscaled_latent_rgb(latents, self.factor)
+        return image_grid(pixels)[None]
+
+    def frames(self, final_latents: torch.Tensor) -> Image:
+        """The frames shown so far as an IMAGE batch; none shown (previews off, no step run): one latent_rgb
+        frame of ``final_latents``, so the output always holds a picture."""
+        frames = self._frames or [self.frame(final_latents, "latent_rgb")]
+        return Image(pixels=torch.cat(frames))
 
 
 @node(outputs={"image": IMAGE}, category="latent")

@@ -6,7 +6,9 @@
 
 Run with the same components, seed and settings, Tokenize → CLIPTextEncode → EmptyLatent → Schedule →
 AddNoise → Sample → VAEDecode gives the pixels ``StableDiffusionPipeline`` gives, and VAEEncode → ... gives
-``StableDiffusionImg2ImgPipeline``'s (tests/nodes/test_parity.py holds both to 1e-5).
+``StableDiffusionImg2ImgPipeline``'s (tests/nodes/test_parity.py holds both to 1e-5). A latent with a noise
+mask (InpaintEncode, SetLatentNoiseMask) is inpainted as ``StableDiffusionInpaintPipeline`` does, for
+4-channel and 9-channel UNets alike (tests/nodes/test_inpaint.py).
 
 diffusers schedulers are stateful (step counters, multistep history), so a Schedule stores the complete
 scheduler config, and every node that needs a scheduler builds a fresh one from it.
@@ -24,7 +26,9 @@ from pydantic import Field
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
-from .values import CONDITIONING, LATENT, MODEL, SCHEDULE, Conditioning, Latent, Model
+from .preview import PreviewMode, StepPreviews
+from .prompt import pad_conditionings
+from .values import CONDITIONING, IMAGE, LATENT, MODEL, SCHEDULE, VAE, Conditioning, Image, Latent, Model, Vae
 from .values import Schedule as ScheduleValue
 
 MAX_SEED = 2**64 - 1
@@ -133,7 +137,7 @@ def Schedule(
     )
 
 
-@node(outputs={"latent": LATENT}, category="sampling")
+@node(outputs={"latent": LATENT}, category="sampling", version=2)
 def AddNoise(
     latent: Latent = Input(LATENT),
     schedule: ScheduleValue = Input(SCHEDULE),
@@ -143,10 +147,12 @@ def AddNoise(
 
     The noise is ``randn_tensor`` from ``torch.Generator("cpu").manual_seed(seed)``, as in the pipelines.
     An all-zero latent (EmptyLatent) with denoise 1 becomes ``noise * init_noise_sigma`` (txt2img's
-    ``prepare_latents``). Any other latent — an encoded image, an upscaled one, or zeros with denoise < 1 —
-    is noised to the schedule's first remaining timestep with ``scheduler.add_noise``, as in img2img (so a
-    non-empty latent at denoise 1 is img2img at strength 1, not txt2img). With no step left (denoise too
-    small for the step count) the latent passes unchanged and Sample returns it as it is.
+    ``prepare_latents``), and so does a latent with a noise mask at denoise 1 (the inpainting pipeline at
+    strength 1: outside the mask Sample puts the image back anyway). Any other latent — an encoded image,
+    an upscaled one, or zeros with denoise < 1 — is noised to the schedule's first remaining timestep with
+    ``scheduler.add_noise``, as in img2img (so a non-empty latent at denoise 1 is img2img at strength 1, not
+    txt2img). With no step left (denoise too small for the step count) the latent passes unchanged and
+    Sample returns it as it is.
 
     The result remembers the clean latent, the noise and the generator state after drawing it, so an
     ancestral or SDE sampler continues the same random stream as a pipeline reusing one generator."""
@@ -159,7 +165,7 @@ def AddNoise(
     generator = torch.Generator("cpu").manual_seed(seed)
     noise = randn_tensor(tuple(clean.shape), generator=generator, device=clean.device, dtype=clean.dtype)
     timesteps = scheduler.timesteps[schedule.start_index:]
-    if schedule.start_index == 0 and not torch.any(clean):
+    if schedule.start_index == 0 and (latent.noise_mask is not None or not torch.any(clean)):
         noisy = noise * scheduler.init_noise_sigma
     elif len(timesteps) == 0:
         noisy = clean
@@ -176,7 +182,7 @@ def AddNoise(
     )
 
 
-@node(outputs={"latent": LATENT}, category="sampling")
+@node(outputs={"latent": LATENT, "previews": IMAGE}, category="sampling", version=2)
 def Sample(
     model: Model = Input(MODEL),
     positive: Conditioning = Input(CONDITIONING),
@@ -185,25 +191,30 @@ def Sample(
     cfg: float = Field(7.5, ge=0.0, le=100.0, description="classifier-free guidance scale; ≤ 1 = no guidance, negative unused"),
     eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM's η (other samplers ignore it)"),
     seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 = continue AddNoise's random stream; ≥ 0 = a new generator"),
+    preview_every: int = Field(0, ge=0, le=1000, description="show (and keep as a `previews` frame) the work in progress every N steps; 0 = off"),
+    preview_mode: PreviewMode = Field("latent_rgb", description="latent_rgb: fast approximate colours; vae: decode with the connected VAE (slower, exact)"),
+    vae: Vae | None = Input(VAE, optional=True, description="decodes the previews when preview_mode is vae; sizes latent_rgb frames"),
     ctx=None,
-) -> Latent:
+) -> tuple[Latent, Image]:
     """Denoise a noised latent with the UNet and classifier-free guidance; returns the clean result.
 
     The loop is diffusers' StableDiffusionPipeline's: for each remaining timestep, batch [negative, positive],
     scale the input, predict noise, guide (``uncond + cfg * (cond - uncond)``, only when cfg > 1), step the
-    scheduler. Conditioning of batch 1 serves every latent in the batch."""
+    scheduler. Conditioning of batch 1 serves every latent in the batch; a positive and a negative of
+    different lengths (prompts over 75 tokens) are evened out with empty-prompt chunks.
+
+    A latent with a noise mask is inpainted as StableDiffusionInpaintPipeline does: a 4-channel UNet's
+    result is put back to the original (re-noised to the next step's level) outside the mask after every
+    step; a 9-channel inpainting UNet gets the mask and the masked-image latents beside its input instead.
+
+    ``previews`` holds the frames shown every ``preview_every`` steps, the last step included (feed it to
+    SaveAnimation for a denoising animation); with previews off it holds one frame, the result's latent_rgb
+    picture, so the output is always a valid image."""
     schedule = _noised_schedule(latent)
-    _reject_inpainting(model, latent)
+    inpaint = _inpainting(model, latent)
+    embeds = _guidance_embeds(model, positive, negative, cfg, latent.batch_size)
     guidance = cfg > 1
-    batch = latent.batch_size
-    embeds = _conditioning_for_batch(model, positive, batch, "positive")
-    if guidance:
-        if not isinstance(negative, Conditioning):
-            raise NodeInputError("negative", f"cfg {cfg} > 1 needs a negative conditioning (encode \"\" for none)", "a CONDITIONING link", "nothing connected")
-        uncond = _conditioning_for_batch(model, negative, batch, "negative")
-        if uncond.shape != embeds.shape:
-            raise NodeInputError("negative", "negative and positive conditioning differ in shape", tuple(embeds.shape), tuple(uncond.shape))
-        embeds = torch.cat([uncond, embeds])
+    previews = StepPreviews(preview_every, preview_mode, vae, ctx)
 
     scheduler = fresh_scheduler(schedule)
     generator = _generator(seed, latent)
@@ -214,17 +225,55 @@ def Sample(
         for i, t in enumerate(timesteps):
             model_input = torch.cat([latents] * 2) if guidance else latents
             model_input = scheduler.scale_model_input(model_input, t)
-            # HOOK(inpainting): a 9-channel UNet gets [model_input, noise_mask, masked_image] concatenated here.
+            if inpaint is not None and inpaint.concatenated:
+                model_input = torch.cat([model_input, *inpaint.unet_extras(model_input.shape[0])], dim=1)
             noise_pred = model.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
             if guidance:
                 noise_uncond, noise_cond = noise_pred.chunk(2)
                 noise_pred = noise_uncond + cfg * (noise_cond - noise_uncond)
-            latents = scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
-            # HOOK(inpainting): outside noise_mask, put back latent.clean re-noised to the next timestep.
-            # HOOK(previews): ctx.preview(<fast decode of latents>, i + 1).
+            step = scheduler.step(noise_pred, t, latents, **extra_step_kwargs)
+            latents = step.prev_sample
+            if inpaint is not None and not inpaint.concatenated:
+                latents = inpaint.keep_unmasked(scheduler, latents, next_timestep=timesteps[i + 1:i + 2])
+            if previews.due(i + 1, len(timesteps)):
+                previews.add(_finished_guess(step, latents), i + 1)
             if ctx is not None:
                 ctx.progress(i + 1, len(timesteps))
-    return Latent(samples=latents)
+    return Latent(samples=latents), previews.frames(latents)
+
+
+@dataclass(frozen=True)
+class Inpainting:
+    """A masked latent's extra inputs, on the model's device and dtype, as Sample's loop uses them.
+
+    ``concatenated``: a 9-channel UNet that takes mask and masked image as input; otherwise the result is
+    blended back to ``clean`` outside the mask after every step."""
+
+    mask: torch.Tensor  # (1 or B, 1, h, w), 1 = repaint
+    clean: torch.Tensor  # the latent before AddNoise
+    noise: torch.Tensor  # the noise AddNoise drew, reused to re-noise `clean` at each step
+    masked_image: torch.Tensor | None
+    concatenated: bool
+
+    def unet_extras(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """[mask, masked-image latents] for a UNet input batch (CFG doubles it), the pipeline's concat order."""
+        per_image = self.clean.shape[0]
+        repeat = batch // per_image
+        mask = self.mask.expand(per_image, -1, -1, -1).repeat(repeat, 1, 1, 1)
+        masked_image = self.masked_image.expand(per_image, -1, -1, -1).repeat(repeat, 1, 1, 1)
+        return mask, masked_image
+
+    def keep_unmasked(self, scheduler, latents: torch.Tensor, next_timestep: torch.Tensor) -> torch.Tensor:
+        """Outside the mask, the clean latent noised to the level the next step expects (clean after the last)."""
+        kept = self.clean if len(next_timestep) == 0 else scheduler.add_noise(self.clean, self.noise, next_timestep)
+        return (1 - self.mask) * kept + self.mask * latents
+
+
+def _finished_guess(step, latents: torch.Tensor) -> torch.Tensor:
+    """What a preview shows: the scheduler's prediction of the finished latent where its step returns one
+    (Euler, DDIM, LMS, ...), else the current noisy latent (DPM++ multistep, UniPC, PNDM)."""
+    predicted = getattr(step, "pred_original_sample", None)
+    return latents if predicted is None else predicted
 
 
 def _noised_schedule(latent: Latent) -> ScheduleValue:
@@ -233,22 +282,60 @@ def _noised_schedule(latent: Latent) -> ScheduleValue:
     return latent.schedule
 
 
-def _reject_inpainting(model: Model, latent: Latent) -> None:
-    # Until inpainting lands (see the HOOK lines in Sample), refuse its inputs rather than ignore them.
-    if latent.noise_mask is not None or latent.masked_image is not None:
-        raise NodeInputError("latent", "inpainting (a latent with a noise mask) is not supported yet", "a latent without noise_mask", "a masked latent")
+def _inpainting(model: Model, latent: Latent) -> Inpainting | None:
+    """The latent's inpainting inputs checked against the UNet, or None for plain sampling."""
     channels = int(latent.samples.shape[1])
-    if model.in_channels != channels:
-        raise NodeInputError("model", f"the UNet takes {model.in_channels} input channels, the latent has {channels}", f"a {channels}-channel UNet", f"{model.in_channels} channels")
+    batch, size = latent.batch_size, tuple(latent.samples.shape[-2:])
+    if latent.noise_mask is not None:
+        mask = latent.noise_mask
+        if tuple(mask.shape[-2:]) != size or mask.shape[0] not in (1, batch):
+            raise NodeInputError("latent", "the noise mask does not fit the latent", f"(1 or {batch}, 1, {size[0]}, {size[1]})", tuple(mask.shape))
+    if model.in_channels == channels:
+        if latent.noise_mask is None:
+            return None
+        return Inpainting(_on(model, latent.noise_mask), _on(model, latent.clean), _on(model, latent.noise), None, concatenated=False)
+    masked = latent.masked_image
+    extra = 1 + (int(masked.shape[1]) if masked is not None else channels)
+    if model.in_channels != channels + extra:
+        raise NodeInputError("model", f"the UNet takes {model.in_channels} input channels, the latent has {channels}", f"a {channels}-channel UNet, or a {channels + extra}-channel inpainting UNet", f"{model.in_channels} channels")
+    if latent.noise_mask is None or masked is None:
+        raise NodeInputError("latent", f"this {model.in_channels}-channel inpainting UNet needs a mask and the masked image's latents", "a latent from InpaintEncode", "a latent without them")
+    if tuple(masked.shape[-2:]) != size or masked.shape[0] not in (1, batch):
+        raise NodeInputError("latent", "the masked-image latents do not fit the latent", f"(1 or {batch}, {masked.shape[1]}, {size[0]}, {size[1]})", tuple(masked.shape))
+    return Inpainting(_on(model, latent.noise_mask), _on(model, latent.clean), _on(model, latent.noise), _on(model, masked), concatenated=True)
 
 
-def _conditioning_for_batch(model: Model, conditioning: Conditioning, batch: int, name: str) -> torch.Tensor:
+def _on(model: Model, tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to(device=model.device, dtype=model.dtype)
+
+
+def _guidance_embeds(model: Model, positive: Conditioning, negative: Conditioning | None, cfg: float, batch: int) -> torch.Tensor:
+    """The UNet's text embeddings: [negative, positive] stacked for CFG (cfg > 1), else positive alone."""
+    _check_width(model, positive, "positive")
+    if cfg <= 1:
+        return _conditioning_for_batch(model, positive.embeds, batch, "positive")
+    if not isinstance(negative, Conditioning):
+        raise NodeInputError("negative", f"cfg {cfg} > 1 needs a negative conditioning (encode \"\" for none)", "a CONDITIONING link", "nothing connected")
+    _check_width(model, negative, "negative")
+    try:
+        cond, uncond = pad_conditionings(positive, negative)
+    except ValueError as exc:
+        raise NodeInputError("negative", str(exc), f"{positive.embeds.shape[1]} tokens like the positive", negative.embeds.shape[1]) from None
+    cond = _conditioning_for_batch(model, cond, batch, "positive")
+    uncond = _conditioning_for_batch(model, uncond, batch, "negative")
+    return torch.cat([uncond, cond])
+
+
+def _check_width(model: Model, conditioning: Conditioning, name: str) -> None:
+    width, expected = int(conditioning.embeds.shape[-1]), int(model.unet.config.cross_attention_dim)
+    if width != expected:
+        raise NodeInputError(name, "conditioning width does not fit this model (text encoder and UNet from different models?)", expected, width)
+
+
+def _conditioning_for_batch(model: Model, embeds: torch.Tensor, batch: int, name: str) -> torch.Tensor:
     """Embeddings for ``batch`` latents: each prompt repeated batch/prompts times, as num_images_per_prompt does."""
-    embeds = conditioning.embeds.to(device=model.device, dtype=model.dtype)
+    embeds = embeds.to(device=model.device, dtype=model.dtype)
     prompts, seq_len, width = embeds.shape
-    expected_width = int(model.unet.config.cross_attention_dim)
-    if width != expected_width:
-        raise NodeInputError(name, "conditioning width does not fit this model (text encoder and UNet from different models?)", expected_width, width)
     if batch % prompts:
         raise NodeInputError(name, f"{prompts} prompts cannot be spread over a latent batch of {batch}", f"a divisor of {batch}", prompts)
     per_prompt = batch // prompts

@@ -1,6 +1,7 @@
 """Upscaling in pixel space with super-resolution models (ESRGAN, Real-ESRGAN, SwinIR, ... through spandrel).
 
-Model files live in ``<models_dir>/upscale_models``; spandrel reads the state dict (``.pth`` through its
+Model files live in ``<models_dir>/upscale_models``, then ``upscale_models/`` in the read-only asset folders
+(``settings.asset_dirs``, see :mod:`nodes.search`); spandrel reads the state dict (``.pth`` through its
 restricted unpickler, ``.safetensors``), recognises the architecture from the key layout and builds the
 network. A 4× model on a 1024² image would need gigabytes of activations in one pass, so the image is cut
 into overlapping tiles, each tile upscaled on its own and the tiles blended back (see :func:`upscale_tiled`).
@@ -18,9 +19,9 @@ from graphflow.context import RunContext
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
-from .files import resolve_inside
 from .loaders import pick_device
 from .mask import luminance
+from .search import file_fingerprint, find_file, search_folders
 from .values import IMAGE, UPSCALE_MODEL, Image, SocketValue, digest_of, nbytes_of
 
 MODEL_FOLDER = "upscale_models"
@@ -56,26 +57,27 @@ class UpscaleModel(SocketValue):
 
 # ---------------------------------------------------------------------------------------------- loading
 
-def model_folder(models_dir: Path) -> Path:
-    return Path(models_dir) / MODEL_FOLDER
+def model_folders(settings: Any) -> list[Path]:
+    """Where upscale models are looked up, in order: ``<models_dir>/upscale_models``, then every asset folder's."""
+    return search_folders(settings, MODEL_FOLDER)
 
 
-def available_models(models_dir: Path) -> list[str]:
-    """Model files under ``<models_dir>/upscale_models`` (sub-folders included), as names LoadUpscaleModel takes."""
-    folder = model_folder(models_dir)
-    if not folder.is_dir():
-        return []
-    files = (p for p in folder.rglob("*") if p.suffix.lower() in MODEL_SUFFIXES and p.is_file())
-    return sorted(p.relative_to(folder).as_posix() for p in files)
+def available_models(settings: Any) -> list[str]:
+    """Model files in the upscale model folders (sub-folders included), as names LoadUpscaleModel takes."""
+    names: set[str] = set()
+    for folder in map(Path, model_folders(settings)):
+        if folder.is_dir():
+            files = (p for p in folder.rglob("*") if p.suffix.lower() in MODEL_SUFFIXES and p.is_file())
+            names.update(p.relative_to(folder).as_posix() for p in files)
+    return sorted(names)
 
 
-def model_path(name: str, models_dir: Path) -> Path:
+def model_path(name: str, settings: Any) -> Path:
     """The file ``name`` refers to, or a NodeInputError on ``name`` listing the files that exist."""
-    folder = model_folder(models_dir)
-    path = resolve_inside(folder, name, "name")
-    if not path.is_file():
-        available = available_models(models_dir)
-        listing = ", ".join(available) if available else f"none — put .pth/.safetensors files in {folder}"
+    path = find_file(model_folders(settings), [name], "name")
+    if path is None:
+        available = available_models(settings)
+        listing = ", ".join(available) if available else f"none — put .pth/.safetensors files in {model_folders(settings)[0]}"
         raise NodeInputError("name", f"no upscale model named {name!r}", f"one of: {listing}", name)
     if path.suffix.lower() not in MODEL_SUFFIXES:
         raise NodeInputError("name", "is not a model file spandrel can read",
@@ -91,13 +93,13 @@ def supported_architectures() -> list[str]:
 
 
 def model_file_fingerprint(literals: dict[str, Any], settings: Any) -> str:
-    """Changes when the model file is replaced or edited, so the engine reloads it."""
+    """Changes when the model file is replaced or edited, or a file in the models folder shadows an asset,
+    so the engine reloads it."""
     try:
-        path = model_path(literals["name"], settings.models_dir)
+        path = model_path(literals["name"], settings)
     except NodeInputError:
         return f"unresolved:{literals['name']}"  # the node reports the error itself when it runs
-    stat = path.stat()
-    return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    return file_fingerprint(path)
 
 
 def load_upscale_model(path: Path, name: str, device: torch.device | str = "cpu") -> UpscaleModel:
@@ -120,16 +122,17 @@ def load_upscale_model(path: Path, name: str, device: torch.device | str = "cpu"
 
 @node(outputs={"upscale_model": UPSCALE_MODEL}, category="upscale", pool="model", fingerprint=model_file_fingerprint)
 def LoadUpscaleModel(
-    name: str = Field(description="file in <models_dir>/upscale_models, e.g. RealESRGAN_x4plus.pth"),
+    name: str = Field(description="file in <models_dir>/upscale_models (or an asset folder's upscale_models), e.g. RealESRGAN_x4plus.pth"),
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto",
     *,
     ctx: RunContext,
 ) -> UpscaleModel:
     """Load a super-resolution or restoration model (ESRGAN, Real-ESRGAN, SwinIR, HAT, ...) with spandrel.
 
-    The architecture and scale are recognised from the weights; a file spandrel cannot identify is refused
-    with the list of architectures it supports."""
-    return load_upscale_model(model_path(name, ctx.settings.models_dir), name, pick_device(device))
+    The file is looked up in ``<models_dir>/upscale_models``, then in ``upscale_models/`` of each asset
+    folder. The architecture and scale are recognised from the weights; a file spandrel cannot identify is
+    refused with the list of architectures it supports."""
+    return load_upscale_model(model_path(name, ctx.settings), name, pick_device(device))
 
 
 # ---------------------------------------------------------------------------------------------- tiling

@@ -1,4 +1,9 @@
-"""Between pixels and latents: the VAE's decoder and encoder, scaled the way diffusers' pipelines scale them."""
+"""Between pixels and latents: the VAE's decoder and encoder, scaled the way diffusers' pipelines scale them.
+
+InpaintEncode is VAEEncode for inpainting: besides the image's latents it gives the latent-size noise
+mask and the latents of the image with the repainted area blanked out, which 9-channel inpainting
+UNets take as extra input (``StableDiffusionInpaintPipeline``'s ``prepare_mask_latents``).
+"""
 from __future__ import annotations
 
 import torch
@@ -6,7 +11,38 @@ import torch
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
-from .values import IMAGE, LATENT, VAE, Image, Latent, Vae
+from .mask import latent_noise_mask, match_mask_to_image, masks_for_batch
+from .values import IMAGE, LATENT, MASK, VAE, Image, Latent, Mask, Vae
+
+BLANK = 0.5  # grey in [0, 1] is 0 in the VAE's [-1, 1]: what the pipeline's `image * (mask < 0.5)` leaves
+
+
+def decode_latents(vae: Vae, samples: torch.Tensor) -> torch.Tensor:
+    """Latents (B, 4, h, w) scaled by the scaling factor → pixels (B, H, W, 3) float32 in [0, 1] on the CPU."""
+    model = vae.vae
+    latents = samples.to(device=model.device, dtype=model.dtype)
+    with torch.no_grad():
+        decoded = model.decode(latents / vae.scaling_factor, return_dict=False)[0]
+    pixels = (decoded * 0.5 + 0.5).clamp(0, 1)  # VaeImageProcessor.denormalize
+    return pixels.permute(0, 2, 3, 1).float().cpu()
+
+
+def encode_pixels(vae: Vae, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels (B, H, W, 3) in [0, 1] → the mode of the VAE's latent distribution, times the scaling factor."""
+    model = vae.vae
+    chw = pixels.permute(0, 3, 1, 2).to(device=model.device, dtype=model.dtype)
+    with torch.no_grad():
+        latents = model.encode(2.0 * chw - 1.0).latent_dist.mode()  # VaeImageProcessor.normalize, then encode
+    # channels-last pixels give channels-last latents; the usual layout keeps the UNet's arithmetic the same
+    # as for latents made any other way (convolutions sum in a layout-dependent order)
+    return (vae.scaling_factor * latents).contiguous()
+
+
+def check_encodable(vae: Vae, image: Image) -> None:
+    factor = vae.downscale
+    for name, side in (("width", image.width), ("height", image.height)):
+        if side % factor:
+            raise NodeInputError("image", f"image {name} must be a multiple of the VAE's downscale factor {factor} (resize it with ImageScale)", f"a multiple of {factor}", side)
 
 
 @node(outputs={"image": IMAGE}, category="latent")
@@ -15,12 +51,7 @@ def VAEDecode(vae: Vae = Input(VAE), latent: Latent = Input(LATENT)) -> Image:
 
     The same float pixels diffusers' pipelines return with ``output_type="pt"`` (before any uint8 rounding),
     channels last."""
-    model = vae.vae
-    latents = latent.samples.to(device=model.device, dtype=model.dtype)
-    with torch.no_grad():
-        decoded = model.decode(latents / vae.scaling_factor, return_dict=False)[0]
-    pixels = (decoded * 0.5 + 0.5).clamp(0, 1)  # VaeImageProcessor.denormalize
-    return Image(pixels=pixels.permute(0, 2, 3, 1).float().cpu())
+    return Image(pixels=decode_latents(vae, latent.samples))
 
 
 @node(outputs={"latent": LATENT}, category="latent")
@@ -30,12 +61,27 @@ def VAEEncode(vae: Vae = Input(VAE), image: Image = Input(IMAGE)) -> Latent:
     Pipelines sample the distribution with their generator instead; the mode keeps an encoded image the
     same on every run so it caches, and differs from a sample by the VAE's tiny posterior noise. The width
     and height must be multiples of the VAE's downscale factor (8 for SD)."""
-    factor = vae.downscale
-    for name, side in (("width", image.width), ("height", image.height)):
-        if side % factor:
-            raise NodeInputError("image", f"image {name} must be a multiple of the VAE's downscale factor {factor} (resize it with ImageScale)", f"a multiple of {factor}", side)
-    model = vae.vae
-    pixels = image.pixels.permute(0, 3, 1, 2).to(device=model.device, dtype=model.dtype)
-    with torch.no_grad():
-        latents = model.encode(2.0 * pixels - 1.0).latent_dist.mode()  # VaeImageProcessor.normalize, then encode
-    return Latent(samples=vae.scaling_factor * latents)
+    check_encodable(vae, image)
+    return Latent(samples=encode_pixels(vae, image.pixels))
+
+
+@node(outputs={"latent": LATENT}, category="latent")
+def InpaintEncode(vae: Vae = Input(VAE), image: Image = Input(IMAGE), mask: Mask = Input(MASK, description="1 = repaint"), ctx=None) -> Latent:
+    """Encode an image for inpainting: its latents, the noise mask, and the masked-image latents.
+
+    The latents are VAEEncode's. The mask is fitted to the image (resized with a warning if its size
+    differs) and brought to latent size as diffusers' inpainting pipeline does (nearest neighbour). The
+    masked image keeps the pixels where the mask is below 0.5 and blanks the rest to grey (0 in the VAE's
+    range), then is encoded too: 9-channel inpainting UNets see it beside the mask. Works for 4-channel
+    models as well, which only use the noise mask. A mask of batch 1 serves every image."""
+    check_encodable(vae, image)
+    fitted = match_mask_to_image(mask, image.height, image.width, ctx.warn if ctx is not None else None)
+    masks = masks_for_batch(fitted.mask, image.batch_size).to(image.pixels.device)
+    keep = (masks < 0.5)[..., None]
+    masked_pixels = torch.where(keep, image.pixels, torch.full_like(image.pixels, BLANK))
+    samples = encode_pixels(vae, image.pixels)
+    return Latent(
+        samples=samples,
+        noise_mask=latent_noise_mask(fitted, samples.shape[-2:]).to(samples.device),
+        masked_image=encode_pixels(vae, masked_pixels),
+    )

@@ -1,10 +1,13 @@
 """nodes.embeddings: textual-inversion files in A1111 .pt, diffusers .bin and .safetensors formats, and the
 LoadEmbeddings node that attaches them to a CLIP value without touching the text encoder."""
+from dataclasses import replace
+
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from graphflow.errors import NodeInputError
+from graphflow.node import spec_of
 from nodes.builtin_models import build_tiny_components
 from nodes.embeddings import LoadEmbeddings, list_embeddings, load_embedding
 from nodes.prompt import encode_tokens, tokenize_prompt
@@ -120,4 +123,46 @@ def test_unreadable_file_names_the_input(clip, ctx, emb_dir):
     torch.save({"string_to_param": {"*": torch.randn(1, 32)}, "extra": NotAllowed()}, emb_dir / "evil.pt")
     with pytest.raises(NodeInputError) as error:
         LoadEmbeddings(clip, "evil", ctx)
+    assert error.value.input == "names"
+
+
+def test_asset_folders_are_searched_after_the_models_folder(clip, ctx, emb_dir, tmp_path):
+    first, second = tmp_path / "assets1", tmp_path / "assets2"
+    ctx.settings = replace(ctx.settings, asset_dirs=(first, second))
+    vectors = {key: torch.randn(1, 32) for key in ("first", "second", "user", "other")}
+    save_embedding(vectors["first"], first / "embeddings" / "shiny.pt")
+    save_embedding(vectors["second"], second / "embeddings" / "shiny.safetensors")
+    save_embedding(vectors["other"], second / "embeddings" / "dull.safetensors")
+    fingerprint = spec_of(LoadEmbeddings).fingerprint
+    from_asset = fingerprint({"names": "shiny"}, ctx.settings)
+    loaded = LoadEmbeddings(clip, "shiny, dull", ctx)
+    assert torch.equal(loaded.embeddings["shiny"], vectors["first"]), "the first folder holding the name wins"
+    assert torch.equal(loaded.embeddings["dull"], vectors["other"])
+    assert set(LoadEmbeddings(clip, "", ctx).embeddings) == {"shiny", "dull"}, "empty: every name in every folder"
+    save_embedding(vectors["user"], emb_dir / "shiny.pt")
+    assert torch.equal(LoadEmbeddings(clip, "shiny", ctx).embeddings["shiny"], vectors["user"]), "the models folder first"
+    assert fingerprint({"names": "shiny"}, ctx.settings) != from_asset, "a shadowing file changes the cache key"
+    with pytest.raises(NodeInputError) as error:
+        LoadEmbeddings(clip, "absent", ctx)
+    assert error.value.expected == ["dull", "shiny"] and str(second / "embeddings") in error.value.message
+
+
+def test_fingerprint_covers_the_files_it_loads(ctx, emb_dir):
+    fingerprint = spec_of(LoadEmbeddings).fingerprint
+    save_embedding(torch.randn(1, 32), emb_dir / "a.pt")
+    save_embedding(torch.randn(1, 32), emb_dir / "b.pt")
+    only_a, everything = fingerprint({"names": "a"}, ctx.settings), fingerprint({"names": ""}, ctx.settings)
+    save_embedding(torch.randn(2, 32), emb_dir / "b.pt")  # rewritten: b only
+    assert fingerprint({"names": "a"}, ctx.settings) == only_a
+    assert fingerprint({"names": ""}, ctx.settings) != everything
+    save_embedding(torch.randn(1, 32), emb_dir / "c.pt")  # a new file joins "every embedding"
+    assert fingerprint({"names": ""}, ctx.settings) not in (everything, only_a)
+    assert fingerprint({"names": "missing"}, ctx.settings) == "missing"
+
+
+def test_symlink_leading_out_is_refused(clip, ctx, emb_dir, tmp_path):
+    secret = save_embedding(torch.randn(1, 32), tmp_path / "elsewhere" / "secret.pt")
+    (emb_dir / "secret.pt").symlink_to(secret)
+    with pytest.raises(NodeInputError) as error:
+        LoadEmbeddings(clip, "secret", ctx)
     assert error.value.input == "names"

@@ -34,20 +34,91 @@ def test_load_image_reads_rgb_pixels(stage_ctx):
     ctx, _ = stage_ctx
     array = np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8)
     write_png(ctx.settings.input_dir / "photo.png", array)
-    image = call(LoadImage, ctx=ctx, name="photo.png")
+    image, mask = call(LoadImage, ctx=ctx, name="photo.png")
     assert image.pixels.shape == (1, 12, 20, 3) and image.pixels.dtype == torch.float32
+    assert mask.mask.shape == (1, 12, 20) and not mask.mask.any()  # no alpha, no mask file: nothing to repaint
     assert torch.equal(image.pixels[0], torch.from_numpy(array).float() / 255)
 
 
-def test_load_image_drops_alpha_and_reads_subfolders(stage_ctx):
+def test_load_image_turns_alpha_into_the_mask_and_reads_subfolders(stage_ctx):
     ctx, _ = stage_ctx
     (ctx.settings.input_dir / "sub").mkdir()
     rgba = np.zeros((8, 8, 4), dtype=np.uint8)
-    rgba[..., 0], rgba[..., 3] = 200, 0
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    rgba[2:5, 3:7, 3] = 0  # erased: repaint
     PILImage.fromarray(rgba).save(ctx.settings.input_dir / "sub" / "cut.png")
-    image = call(LoadImage, ctx=ctx, name="sub/cut.png")
+    image, mask = call(LoadImage, ctx=ctx, name="sub/cut.png")
     assert image.pixels.shape == (1, 8, 8, 3)
     assert torch.allclose(image.pixels[0, 0, 0], torch.tensor([200 / 255, 0.0, 0.0]))
+    expected = torch.zeros(1, 8, 8)
+    expected[:, 2:5, 3:7] = 1
+    assert torch.equal(mask.mask, expected)
+
+
+def test_a_mask_file_white_repaints_and_wins_over_alpha(stage_ctx):
+    ctx, recorder = stage_ctx
+    rgba = np.full((8, 8, 4), 255, dtype=np.uint8)
+    rgba[0, 0, 3] = 0
+    PILImage.fromarray(rgba).save(ctx.settings.input_dir / "photo.png")
+    drawn = np.zeros((8, 8), dtype=np.uint8)
+    drawn[4:, :] = 255
+    drawn[0, 7] = 128
+    PILImage.fromarray(drawn, mode="L").save(ctx.settings.input_dir / "photo_mask.png")
+    _, mask = call(LoadImage, ctx=ctx, name="photo.png", mask="photo_mask.png")
+    assert mask.mask.shape == (1, 8, 8) and mask.mask[0, 0, 0] == 0
+    assert torch.all(mask.mask[0, 4:] == 1) and not mask.mask[0, :4, :7].any()
+    assert abs(mask.mask[0, 0, 7].item() - 128 / 255) < 1e-6  # grey blends
+    assert not recorder.warnings
+
+
+def test_a_mask_file_of_another_size_is_resized_with_a_warning(stage_ctx):
+    ctx, recorder = stage_ctx
+    write_png(ctx.settings.input_dir / "photo.png", np.zeros((16, 24, 3), dtype=np.uint8))
+    PILImage.fromarray(np.full((8, 12), 255, dtype=np.uint8), mode="L").save(ctx.settings.input_dir / "small.png")
+    _, mask = call(LoadImage, ctx=ctx, name="photo.png", mask="small.png")
+    assert mask.mask.shape == (1, 16, 24) and torch.all(mask.mask == 1)
+    assert len(recorder.warnings) == 1 and "resized" in recorder.warnings[0]
+
+
+def test_a_missing_mask_file_is_an_error_on_mask(stage_ctx):
+    ctx, _ = stage_ctx
+    write_png(ctx.settings.input_dir / "photo.png", np.zeros((4, 4, 3), dtype=np.uint8))
+    with pytest.raises(NodeInputError) as error:
+        call(LoadImage, ctx=ctx, name="photo.png", mask="nope.png")
+    assert error.value.input == "mask" and error.value.received == "nope.png"
+    with pytest.raises(NodeInputError) as error:
+        call(LoadImage, ctx=ctx, name="photo.png", mask="../photo.png")
+    assert error.value.input == "mask"
+
+
+def with_assets(ctx, *folders):
+    """The same context with ``folders`` as read-only asset folders searched after the input folder."""
+    from dataclasses import replace
+
+    return replace(ctx, settings=replace(ctx.settings, asset_dirs=tuple(folders)))
+
+
+def test_asset_folders_are_searched_after_the_input_folder(stage_ctx, tmp_path):
+    ctx, _ = stage_ctx
+    first, second = tmp_path / "assets1", tmp_path / "assets2"
+    for folder, value in ((first, 10), (second, 20)):
+        folder.mkdir()
+        write_png(folder / "shared.png", np.full((2, 2, 3), value, dtype=np.uint8))
+    write_png(second / "only_here.png", np.full((2, 2, 3), 30, dtype=np.uint8))
+    ctx = with_assets(ctx, first, second)
+
+    def value(name):
+        return round(call(LoadImage, ctx=ctx, name=name)[0].pixels[0, 0, 0, 0].item() * 255)
+
+    assert value("shared.png") == 10  # the first asset folder wins
+    assert value("only_here.png") == 30
+    write_png(ctx.settings.input_dir / "shared.png", np.full((2, 2, 3), 40, dtype=np.uint8))
+    assert value("shared.png") == 40  # the user's input folder wins over every asset
+    with pytest.raises(NodeInputError) as error:
+        call(LoadImage, ctx=ctx, name="gone.png")
+    assert error.value.expected == ["only_here.png", "shared.png"]
+    with pytest.raises(NodeInputError):
+        call(LoadImage, ctx=ctx, name="../assets2/only_here.png")
 
 
 def test_a_file_that_is_not_an_image_is_an_input_error(stage_ctx):
@@ -89,12 +160,30 @@ def test_fingerprint_is_the_file_content(stage_ctx):
     fingerprint = spec_of(LoadImage).fingerprint
     path = ctx.settings.input_dir / "a.png"
     write_png(path, np.zeros((4, 4, 3), dtype=np.uint8))
-    first = fingerprint({"name": "a.png"}, ctx.settings)
-    assert fingerprint({"name": "a.png"}, ctx.settings) == first
+    first = fingerprint({"name": "a.png", "mask": ""}, ctx.settings)
+    assert fingerprint({"name": "a.png", "mask": ""}, ctx.settings) == first
     write_png(path, np.full((4, 4, 3), 9, dtype=np.uint8))
-    assert fingerprint({"name": "a.png"}, ctx.settings) != first
+    assert fingerprint({"name": "a.png", "mask": ""}, ctx.settings) != first
     with pytest.raises(NodeInputError):
-        fingerprint({"name": "../a.png"}, ctx.settings)
+        fingerprint({"name": "../a.png", "mask": ""}, ctx.settings)
+
+
+def test_fingerprint_covers_the_mask_file_and_the_resolved_file(stage_ctx, tmp_path):
+    ctx, _ = stage_ctx
+    fingerprint = spec_of(LoadImage).fingerprint
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    write_png(assets / "a.png", np.zeros((4, 4, 3), dtype=np.uint8))
+    write_png(assets / "m.png", np.zeros((4, 4, 3), dtype=np.uint8))
+    settings = with_assets(ctx, assets).settings
+    literals = {"name": "a.png", "mask": "m.png"}
+    first = fingerprint(literals, settings)
+    assert first != fingerprint({"name": "a.png", "mask": ""}, settings)
+    write_png(assets / "m.png", np.full((4, 4, 3), 255, dtype=np.uint8))
+    second = fingerprint(literals, settings)
+    assert second != first
+    write_png(ctx.settings.input_dir / "a.png", np.full((4, 4, 3), 7, dtype=np.uint8))  # shadows the asset
+    assert fingerprint(literals, settings) != second
 
 
 # ----------------------------------------------------------------------------------------------- SaveImage

@@ -1,6 +1,8 @@
 """nodes.lora: Kohya/A1111 and diffusers/peft LoRA files merged into NEW UNet / text-encoder modules.
 
 Every test uses tiny LoRAs written in the real key layouts for the built-in tiny model."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -11,7 +13,8 @@ from nodes import lora as lora_module
 from nodes.builtin_models import SD_SCHEDULER_CONFIG, build_tiny_components
 from nodes.lora import LoraLoader, apply_lora, parse_lora
 from nodes.prompt import encode_tokens, tokenize_prompt
-from nodes.tiny_assets import LORA_ALPHA, LORA_RANK, ensure_assets, make_kohya_lora, save_lora
+from nodes.tiny_assets import (LORA_ALPHA, LORA_RANK, LORA_RELATIVE_SIZE, TINY_LORAS, ensure_assets, make_asset_lora,
+                               make_kohya_lora, save_lora)
 from nodes.values import CLIP, MODEL, Clip, Model, digest_of
 
 from .runctx import make_ctx
@@ -91,17 +94,29 @@ def test_only_patched_weights_are_new_tensors(model, clip, ctx):
 
 
 def test_merged_weight_follows_the_formula(tiny, model, clip, ctx):
-    state = make_kohya_lora(tiny["unet"], tiny["text_encoder"], seed=1)  # what tiny-lora-a holds
+    state = make_asset_lora(tiny["unet"], tiny["text_encoder"], seed=TINY_LORAS["tiny-lora-a"])  # what the file holds
     key = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
-    down, up = state[f"{key}.lora_down.weight"], state[f"{key}.lora_up.weight"]
+    down, up = state[f"{key}.lora_down.weight"].float(), state[f"{key}.lora_up.weight"].float()
     new_model, new_clip = LoraLoader(model, clip, "tiny-lora-a", 0.7, 1.0, ctx)
     name = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"
     expected = model.unet.get_parameter(name) + 0.7 * (LORA_ALPHA / LORA_RANK) * (up @ down)
     assert torch.allclose(new_model.unet.get_parameter(name), expected, atol=1e-6)
-    te_key = "lora_te_text_model_encoder_layers_2_mlp_fc1"
-    te_expected = (clip.text_encoder.get_parameter("encoder.layers.2.mlp.fc1.weight")
-                   + (LORA_ALPHA / LORA_RANK) * (state[f"{te_key}.lora_up.weight"] @ state[f"{te_key}.lora_down.weight"]))
-    assert torch.allclose(new_clip.text_encoder.get_parameter("encoder.layers.2.mlp.fc1.weight"), te_expected, atol=1e-6)
+    te_key = "lora_te_text_model_encoder_layers_2_self_attn_q_proj"
+    te_delta = state[f"{te_key}.lora_up.weight"].float() @ state[f"{te_key}.lora_down.weight"].float()
+    te_name = "encoder.layers.2.self_attn.q_proj.weight"
+    te_expected = clip.text_encoder.get_parameter(te_name) + (LORA_ALPHA / LORA_RANK) * te_delta
+    assert torch.allclose(new_clip.text_encoder.get_parameter(te_name), te_expected, atol=1e-6)
+
+
+def test_update_size_follows_the_weight_size(tiny):
+    """The generated LoRAs move a weight by about LORA_RELATIVE_SIZE of its spread, whatever the model's scale."""
+    unet = tiny["unet"]
+    state = make_kohya_lora(unet, None, seed=3, rank=8)
+    layer = unet.get_submodule("down_blocks.1.attentions.0.transformer_blocks.0.ff.net.0.proj")  # 512 × 64
+    key = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_ff_net_0_proj"
+    delta = (LORA_ALPHA / 8) * state[f"{key}.lora_up.weight"] @ state[f"{key}.lora_down.weight"]
+    ratio = float(delta.std() / layer.weight.detach().std())
+    assert ratio == pytest.approx(LORA_RELATIVE_SIZE, rel=0.15)
 
 
 def test_strength_zero_is_no_lora_bit_for_bit(model, clip, ctx):
@@ -180,10 +195,11 @@ def kohya_to_peft(tiny, state, prefix_text_model=True):
 
 
 def test_peft_format_matches_kohya(tiny, model, clip, ctx):
-    state = make_kohya_lora(tiny["unet"], tiny["text_encoder"], seed=1)
+    state = make_kohya_lora(tiny["unet"], tiny["text_encoder"], seed=1)  # every layer type, the 3×3 conv included
+    save_lora(state, loras(ctx) / "kohya.safetensors")
     save_lora(kohya_to_peft(tiny, state), loras(ctx) / "peft.safetensors", metadata={})
     save_lora(kohya_to_peft(tiny, state, prefix_text_model=False), loras(ctx) / "peft2.safetensors", metadata={})
-    kohya = LoraLoader(model, clip, "tiny-lora-a", 1.0, 1.0, ctx)
+    kohya = LoraLoader(model, clip, "kohya", 1.0, 1.0, ctx)
     for name in ("peft", "peft2"):
         peft = LoraLoader(model, clip, name, 1.0, 1.0, ctx)
         assert digest_of(peft[0].unet) == digest_of(kohya[0].unet)
@@ -239,6 +255,49 @@ def test_missing_file_lists_available(model, clip, ctx):
     outside.write_bytes((loras(ctx) / "tiny-lora-a.safetensors").read_bytes())
     with pytest.raises(NodeInputError):  # names cannot leave the loras folder
         LoraLoader(model, clip, "../outside", 1.0, 1.0, ctx)
+
+
+# ------------------------------------------------------------------------------------------------ asset folders
+
+def test_asset_folders_are_searched_after_the_models_folder(tiny, model, clip, ctx, tmp_path):
+    first, second = tmp_path / "assets1", tmp_path / "assets2"
+    ctx.settings = replace(ctx.settings, asset_dirs=(first, second))
+    states = {seed: make_kohya_lora(tiny["unet"], None, seed=seed) for seed in (11, 12, 13, 14)}
+    save_lora(states[11], first / "loras" / "style.safetensors")
+    save_lora(states[12], second / "loras" / "style.safetensors")
+    save_lora(states[13], second / "loras" / "packs" / "extra.safetensors")
+
+    def applied(name):
+        return digest_of(LoraLoader(model, clip, name, 1.0, 1.0, ctx)[0].unet)
+
+    def expected(seed):
+        return digest_of(apply_lora(model.unet, parse_lora(states[seed], {}, model.unet.config)["unet"], 1.0))
+
+    fingerprint = spec_of(LoraLoader).fingerprint
+    from_asset = fingerprint({"name": "style"}, ctx.settings)
+    assert applied("style") == expected(11), "the first asset folder holding the name wins"
+    assert applied("packs/extra") == expected(13)
+    save_lora(states[14], loras(ctx) / "style.safetensors")
+    assert applied("style") == expected(14), "the user's models folder comes before every asset folder"
+    assert fingerprint({"name": "style"}, ctx.settings) != from_asset, "a shadowing file changes the cache key"
+    with pytest.raises(NodeInputError) as error:
+        LoraLoader(model, clip, "nope", 1.0, 1.0, ctx)
+    assert error.value.expected == ["packs/extra", "style", "tiny-lora-a", "tiny-lora-b"]
+    assert str(first / "loras") in error.value.message
+    (second / "outside.safetensors").write_bytes((second / "loras" / "style.safetensors").read_bytes())
+    with pytest.raises(NodeInputError):  # an asset folder is no way out either
+        LoraLoader(model, clip, "../outside", 1.0, 1.0, ctx)
+
+
+def test_fingerprint_covers_the_resolved_file(ctx):
+    fingerprint = spec_of(LoraLoader).fingerprint
+    before = fingerprint({"name": "tiny-lora-a"}, ctx.settings)
+    assert before == fingerprint({"name": "tiny-lora-a.safetensors"}, ctx.settings)
+    assert before != fingerprint({"name": "tiny-lora-b"}, ctx.settings)
+    path = loras(ctx) / "tiny-lora-a.safetensors"
+    path.write_bytes(path.read_bytes() + b" ")  # rewritten: another size
+    assert fingerprint({"name": "tiny-lora-a"}, ctx.settings) != before
+    assert fingerprint({"name": "nope"}, ctx.settings) == "missing"
 
 
 # ------------------------------------------------------------------------------------------------ in a workflow

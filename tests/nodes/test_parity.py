@@ -36,7 +36,8 @@ def run_nodes(model, clip, vae, sampler, seed, latent=None, denoise=1.0, batch_s
     inputs = dict(model=model, positive=positive, latent=noised, cfg=cfg, eta=eta)
     if negative is not None:
         inputs["negative"] = negative
-    return call(VAEDecode, vae=vae, latent=call(Sample, **inputs)).pixels
+    latent, _previews = call(Sample, **inputs)
+    return call(VAEDecode, vae=vae, latent=latent).pixels
 
 
 def generator(seed):

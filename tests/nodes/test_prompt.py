@@ -184,6 +184,22 @@ def test_clip_skip_uses_the_earlier_layer_and_the_final_norm(tiny):
     assert error.value.input == "clip_skip"
 
 
+@pytest.mark.parametrize("clip_skip", [1, 2])
+def test_encoders_wrapping_a_text_model_encode_the_same(tiny, clip_skip):
+    """CLIPTextModelWithProjection keeps its transformer under ``.text_model`` (transformers 5's CLIPTextModel
+    does not): both layouts go through the same layers and the same final layer norm."""
+    from transformers import CLIPTextModelWithProjection
+
+    encoder = tiny["text_encoder"]
+    wrapped = CLIPTextModelWithProjection(encoder.config).eval()
+    missing, unexpected = wrapped.load_state_dict({f"text_model.{k}": v for k, v in encoder.state_dict().items()},
+                                                  strict=False)
+    assert not unexpected and all(k.startswith("text_projection") for k in missing)
+    tokens = tokenize_prompt(tiny["tokenizer"], "a red car")
+    assert torch.equal(encode_tokens(wrapped, tokens.input_ids, clip_skip=clip_skip),
+                       encode_tokens(encoder, tokens.input_ids, clip_skip=clip_skip))
+
+
 def test_weights_scale_the_embeddings(tiny):
     encoder, tokenizer = tiny["text_encoder"], tiny["tokenizer"]
     plain = tokenize_prompt(tokenizer, "cat dog")

@@ -150,8 +150,9 @@ def test_seed_changes_noise_and_same_seed_repeats(sd_model, empty):
 
 
 def sample(model, prompts, latent, ctx=None, **literals):
+    """Sample's `latent` output (the `previews` output has its own tests below)."""
     positive, negative = prompts
-    return call(Sample, ctx=ctx, model=model, positive=positive, negative=negative, latent=latent, **literals)
+    return call(Sample, ctx=ctx, model=model, positive=positive, negative=negative, latent=latent, **literals)[0]
 
 
 def test_sample_needs_a_noised_latent(sd_model, prompts, empty):
@@ -165,7 +166,7 @@ def test_guidance_needs_a_negative_but_cfg_1_does_not(sd_model, prompts, empty):
     with pytest.raises(NodeInputError) as error:
         call(Sample, model=sd_model, positive=prompts[0], latent=noised, cfg=7.0)
     assert error.value.input == "negative"
-    out = call(Sample, model=sd_model, positive=prompts[0], latent=noised, cfg=1.0)
+    out, _ = call(Sample, model=sd_model, positive=prompts[0], latent=noised, cfg=1.0)
     assert out.samples.shape == empty.samples.shape
 
 
@@ -232,14 +233,6 @@ def test_conditioning_from_another_model_is_refused(sd_model, prompts, empty):
     assert error.value.input == "positive" and error.value.expected == 32
 
 
-def test_masked_latents_are_refused_until_inpainting_lands(sd_model, prompts, empty):
-    masked = empty.replace(noise_mask=torch.ones(1, 1, 32, 32))
-    noised = call(AddNoise, latent=masked, schedule=call(Schedule, model=sd_model, steps=1), seed=0)
-    with pytest.raises(NodeInputError) as error:
-        sample(sd_model, prompts, noised)
-    assert error.value.input == "latent"
-
-
 def test_sampling_nodes_leave_inputs_untouched(sd_model, prompts, sd_vae):
     for sampler in ("euler_a", "dpmpp_2m", "pndm", "heun"):
         latent = clean_latent()
@@ -252,3 +245,99 @@ def test_sampling_nodes_leave_inputs_untouched(sd_model, prompts, sd_vae):
         assert [v.__graphflow_digest__() for v in (sd_model, latent, *prompts)] == digests
         assert schedule.__graphflow_digest__() == schedule_digest
         assert noised.__graphflow_digest__() == noised_digest, sampler
+
+
+# ----------------------------------------------------------------------------------------------- uneven CFG lengths
+
+
+LONG_PROMPT = ", ".join(f"a lighthouse number {i} at dusk" for i in range(20))  # well over 75 tokens
+
+
+def test_a_long_positive_is_guided_against_a_padded_negative(sd_model, sd_clip, empty):
+    positive = call(TextEncode, clip=sd_clip, text=LONG_PROMPT)
+    negative = call(TextEncode, clip=sd_clip, text="")
+    assert positive.embeds.shape[1] == 2 * negative.embeds.shape[1]
+    padded = Conditioning(embeds=torch.cat([negative.embeds, negative.empty_chunk], dim=1))
+    noised = call(AddNoise, latent=empty, schedule=call(Schedule, model=sd_model, steps=2), seed=0)
+    uneven = sample(sd_model, (positive, negative), noised).samples
+    by_hand = sample(sd_model, (positive, padded), noised).samples
+    assert torch.equal(uneven, by_hand)
+    assert torch.equal(sample(sd_model, (negative, positive), noised).samples,
+                       sample(sd_model, (Conditioning(embeds=padded.embeds), positive), noised).samples)
+
+
+def test_uneven_lengths_without_an_empty_chunk_are_an_input_error(sd_model, sd_clip, empty):
+    positive = call(TextEncode, clip=sd_clip, text=LONG_PROMPT)
+    bare_negative = Conditioning(embeds=call(TextEncode, clip=sd_clip, text="").embeds)
+    noised = call(AddNoise, latent=empty, schedule=call(Schedule, model=sd_model, steps=1), seed=0)
+    with pytest.raises(NodeInputError) as error:
+        sample(sd_model, (positive, bare_negative), noised)
+    assert error.value.input == "negative"
+
+
+# ----------------------------------------------------------------------------------------------- previews
+
+
+def sample_with_previews(model, prompts, latent, ctx=None, **literals):
+    positive, negative = prompts
+    return call(Sample, ctx=ctx, model=model, positive=positive, negative=negative, latent=latent, **literals)
+
+
+def test_previews_every_n_steps_and_the_last(sd_model, prompts, empty, sd_vae, tmp_path):
+    from PIL import Image as PILImage
+    import io
+
+    ctx, recorder = make_ctx(tmp_path)
+    noised = call(AddNoise, latent=empty, schedule=call(Schedule, model=sd_model, sampler="euler", steps=5), seed=0)
+    _, previews = sample_with_previews(sd_model, prompts, noised, ctx=ctx, preview_every=2, vae=sd_vae)
+    assert [event.step for event in recorder.previews] == [2, 4, 5]
+    assert previews.pixels.shape == (3, 64, 64, 3)  # latent_rgb enlarged by the VAE's factor (2 for the tiny one)
+    for event in recorder.previews:
+        assert PILImage.open(io.BytesIO(event.image_png)).format == "PNG"
+    assert len({frame.sum().item() for frame in previews.pixels}) == 3, "every frame shows a different step"
+
+
+def test_the_last_frame_is_the_result(sd_model, prompts, empty, sd_vae):
+    # DPM++ 2M offers no prediction of the finished latent, so its frames show the latents themselves
+    from nodes.preview import upscaled_latent_rgb
+    from nodes.vae import VAEDecode
+
+    noised = call(AddNoise, latent=empty, schedule=call(Schedule, model=sd_model, sampler="dpmpp_2m", steps=4), seed=0)
+    result, rgb = sample_with_previews(sd_model, prompts, noised, preview_every=3, vae=sd_vae)
+    assert rgb.batch_size == 2 and torch.equal(rgb.pixels[-1:], upscaled_latent_rgb(result.samples, 2))
+    result, decoded = sample_with_previews(sd_model, prompts, noised, preview_every=3, preview_mode="vae", vae=sd_vae)
+    assert decoded.batch_size == 2 and torch.equal(decoded.pixels[-1:], call(VAEDecode, vae=sd_vae, latent=result).pixels)
+
+
+def test_previews_off_give_one_frame_of_the_result(sd_model, prompts, empty, tmp_path):
+    from nodes.preview import upscaled_latent_rgb
+
+    ctx, recorder = make_ctx(tmp_path)
+    noised = call(AddNoise, latent=empty, schedule=call(Schedule, model=sd_model, steps=2), seed=0)
+    result, previews = sample_with_previews(sd_model, prompts, noised, ctx=ctx)
+    assert not recorder.previews
+    assert torch.equal(previews.pixels, upscaled_latent_rgb(result.samples, 8))  # no VAE: SD's factor 8
+    nothing_to_do = call(AddNoise, latent=clean_latent(), schedule=call(Schedule, model=sd_model, steps=4, denoise=0.0), seed=0)
+    _, previews = sample_with_previews(sd_model, prompts, nothing_to_do, preview_every=1)
+    assert previews.batch_size == 1
+
+
+def test_a_batch_is_one_grid_per_frame(sd_model, prompts, sd_vae):
+    batch = call(EmptyLatent, width=64, height=64, batch_size=2, vae=sd_vae)
+    noised = call(AddNoise, latent=batch, schedule=call(Schedule, model=sd_model, steps=2), seed=0)
+    _, previews = sample_with_previews(sd_model, prompts, noised, preview_every=1, vae=sd_vae)
+    assert previews.pixels.shape == (2, 64, 128, 3)
+
+
+def test_vae_previews_need_a_vae(sd_model, prompts, empty):
+    noised = call(AddNoise, latent=empty, schedule=call(Schedule, model=sd_model, steps=2), seed=0)
+    with pytest.raises(NodeInputError) as error:
+        sample_with_previews(sd_model, prompts, noised, preview_every=1, preview_mode="vae")
+    assert error.value.input == "vae"
+
+
+def test_previews_do_not_change_the_result(sd_model, prompts, empty, sd_vae):
+    noised = call(AddNoise, latent=empty, schedule=call(Schedule, model=sd_model, sampler="euler_a", steps=3), seed=0)
+    plain = sample(sd_model, prompts, noised).samples
+    watched = sample(sd_model, prompts, noised, preview_every=1, preview_mode="vae", vae=sd_vae).samples
+    assert torch.equal(plain, watched)

@@ -1,4 +1,4 @@
-"""Tokenize, CLIPTextEncode and TextEncode: diffusers' encode_prompt, split into nodes."""
+"""Tokenize, CLIPTextEncode and TextEncode: diffusers' encode_prompt for plain prompts, A1111 syntax on top."""
 import copy
 
 import pytest
@@ -34,15 +34,57 @@ def test_empty_prompt_is_start_token_then_padding(sd_clip):
     assert torch.all(ids[1:] == tokenizer.pad_token_id)
 
 
-def test_long_prompt_is_cut_to_the_window_with_a_warning(sd_clip, stage_ctx):
-    ctx, recorder = stage_ctx
+def test_long_prompt_takes_more_windows_instead_of_being_cut(sd_clip):
     long_prompt = " ".join(["castle"] * 100)
-    tokens = call(Tokenize, ctx=ctx, clip=sd_clip, text=long_prompt)
-    assert tokens.input_ids.shape == (1, 77)
-    assert tokens.input_ids[0, -1] == sd_clip.tokenizer.eos_token_id
-    assert len(recorder.warnings) == 1 and "castle" in recorder.warnings[0]
-    call(Tokenize, ctx=ctx, clip=sd_clip, text=PROMPT)
-    assert len(recorder.warnings) == 1, "a prompt that fits raises no warning"
+    tokens = call(Tokenize, clip=sd_clip, text=long_prompt)
+    assert tokens.chunks == 2 and tokens.input_ids.shape == tokens.weights.shape == (1, 154)
+    castle = sd_clip.tokenizer("castle", add_special_tokens=False).input_ids[0]
+    assert (tokens.input_ids[0] == castle).sum() == 100, "no token was dropped"
+    conditioning = call(CLIPTextEncode, clip=sd_clip, tokens=tokens)
+    assert conditioning.embeds.shape == (1, 154, 32)
+    assert conditioning.empty_chunk.shape == (1, 77, 32), "carries the empty prompt to pad against a shorter one"
+
+
+def test_comma_backtrack_is_a_tokenize_option(sd_clip):
+    text = " ".join(["castle"] * 70) + ", " + " ".join(["tower"] * 10)
+    plain = call(Tokenize, clip=sd_clip, text=text)
+    backtracked = call(Tokenize, clip=sd_clip, text=text, comma_backtrack=True)
+    assert plain.chunks == backtracked.chunks == 2
+    tower = sd_clip.tokenizer("tower", add_special_tokens=False).input_ids[0]
+    assert (plain.input_ids[0, 77:] == tower).sum() == 6
+    assert (backtracked.input_ids[0, 77:] == tower).sum() == 10, "the whole phrase moved to the next window"
+
+
+def test_emphasis_modes(sd_clip):
+    plain = call(TextEncode, clip=sd_clip, text="a red car")
+    weighted = call(Tokenize, clip=sd_clip, text="a (red:1.5) car")
+    original = call(CLIPTextEncode, clip=sd_clip, tokens=weighted)
+    no_norm = call(CLIPTextEncode, clip=sd_clip, tokens=weighted, emphasis="no_norm")
+    ignored = call(CLIPTextEncode, clip=sd_clip, tokens=weighted, emphasis="none")
+    assert torch.equal(ignored.embeds, plain.embeds)
+    assert torch.allclose(no_norm.embeds[0, 2], plain.embeds[0, 2] * 1.5)  # BOS, "a", "red"
+    assert not torch.allclose(original.embeds, no_norm.embeds)
+    # "original" is no_norm rescaled so the mean is the unweighted one again
+    rescale = plain.embeds.mean() / no_norm.embeds.mean()
+    assert torch.allclose(original.embeds, no_norm.embeds * rescale, atol=1e-6)
+
+
+def test_text_encode_passes_every_option_on(sd_clip):
+    text = " ".join(["castle"] * 70) + ", (tower:1.3) " + " ".join(["tower"] * 10)
+    chained = call(CLIPTextEncode, clip=sd_clip, tokens=call(Tokenize, clip=sd_clip, text=text, comma_backtrack=True),
+                   clip_skip=2, emphasis="no_norm")
+    one_node = call(TextEncode, clip=sd_clip, text=text, clip_skip=2, emphasis="no_norm", comma_backtrack=True)
+    assert torch.equal(one_node.embeds, chained.embeds)
+    assert not torch.equal(one_node.embeds, call(TextEncode, clip=sd_clip, text=text, clip_skip=2).embeds)
+
+
+def test_embedding_names_in_prompts(sd_clip):
+    vectors = torch.randn(2, 32, generator=torch.Generator().manual_seed(0))
+    clip = Clip(sd_clip.tokenizer, sd_clip.text_encoder, family="sd1", name="tiny-sd", embeddings={"shiny": vectors})
+    tokens = call(Tokenize, clip=clip, text="a shiny car")
+    assert tokens.input_ids[0, 2:4].tolist() == [-1, -2] and torch.equal(tokens.embedding_vectors, vectors)
+    assert not torch.equal(call(CLIPTextEncode, clip=clip, tokens=tokens).embeds,
+                           call(TextEncode, clip=sd_clip, text="a shiny car").embeds)
 
 
 def test_encode_equals_encode_prompt(sd_clip, sd_pipe):
@@ -121,3 +163,5 @@ def test_clip_skip_bounds_are_validated():
     for bad in (0, 13):
         with pytest.raises(ValidationError):
             literals.model_validate({"clip_skip": bad})
+    with pytest.raises(ValidationError):
+        literals.model_validate({"emphasis": "louder"})

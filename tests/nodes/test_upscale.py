@@ -101,6 +101,33 @@ def test_fingerprint_follows_the_file(tmp_path):
     assert model_file_fingerprint({"name": "missing.pth"}, settings) == "unresolved:missing.pth"
 
 
+def test_asset_folders_are_searched_after_the_models_folder(tmp_path):
+    from dataclasses import replace
+
+    assets = tmp_path / "assets"
+    write_tiny_esrgan(assets / "upscale_models" / "shipped.pth", scale=2)
+    write_tiny_esrgan(assets / "upscale_models" / "both.pth", scale=2)
+    write_tiny_esrgan(tmp_path / "models" / "upscale_models" / "both.pth", scale=4)
+    ctx, _ = make_ctx(tmp_path)
+    ctx = replace(ctx, settings=replace(ctx.settings, asset_dirs=(assets,)))
+    assert LoadUpscaleModel("shipped.pth", device="cpu", ctx=ctx).scale == 2
+    assert LoadUpscaleModel("both.pth", device="cpu", ctx=ctx).scale == 4  # the user's models folder wins
+    with pytest.raises(NodeInputError) as info:
+        LoadUpscaleModel("nope.pth", device="cpu", ctx=ctx)
+    assert "shipped.pth" in info.value.expected and "both.pth" in info.value.expected
+
+
+def test_fingerprint_follows_the_resolved_file(tmp_path):
+    from dataclasses import replace
+
+    assets = tmp_path / "assets"
+    write_tiny_esrgan(assets / "upscale_models" / "m.pth", scale=2)
+    settings = replace(Settings(models_dir=tmp_path / "models"), asset_dirs=(assets,))
+    from_assets = model_file_fingerprint({"name": "m.pth"}, settings)
+    write_tiny_esrgan(tmp_path / "models" / "upscale_models" / "m.pth", scale=2)  # same bytes, shadows the asset
+    assert model_file_fingerprint({"name": "m.pth"}, settings) != from_assets
+
+
 # ---------------------------------------------------------------------------------------------- tiling
 
 def test_tile_starts_cover_the_axis_with_full_tiles():

@@ -1,0 +1,43 @@
+"""Where nodes look for a named file: the user's folder first, then the read-only asset folders.
+
+``Settings.asset_dirs`` holds folders of shipped example files (the CLI adds the ``assets/`` folder next to
+the workflow it runs), so ``graphflow run workflows/lora.json`` finds ``workflows/assets/loras/*.safetensors``
+without copying anything into the models folder. A file in the user's folder wins over an asset of the
+same name. Names never leave the folder they are looked up in (:func:`nodes.files.resolve_inside`).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterable
+
+from .files import resolve_inside
+
+
+def search_folders(settings, subdir: str, first: Path | None = None) -> list[Path]:
+    """The folders to look in, in order: ``first`` (default ``<models_dir>/<subdir>``), then
+    ``<asset_dir>/<subdir>`` for every asset folder. ``subdir`` may be "" (files directly in the folders)."""
+    first = Path(settings.models_dir) / subdir if first is None else Path(first)
+    return [first] + [Path(asset) / subdir for asset in getattr(settings, "asset_dirs", ())]
+
+
+def find_file(folders: Iterable[Path], candidates: Iterable[str], input_name: str) -> Path | None:
+    """The first existing file among ``candidates`` (relative names, in order of preference) in the first
+    folder that holds one; None if no folder does. A candidate that would leave its folder (``..``, an
+    absolute path, a symlink pointing out) raises a NodeInputError on ``input_name``."""
+    candidates = list(candidates)
+    for folder in folders:
+        for candidate in candidates:
+            path = resolve_inside(folder, candidate, input_name)
+            if path.is_file():
+                return path
+    return None
+
+
+def file_fingerprint(path: Path | None) -> str:
+    """Identity of a resolved file (where it is, its size and modification time) for a node's cache key:
+    editing the file, or a new file shadowing it from an earlier folder, changes it."""
+    if path is None:
+        return "missing"
+    stat = path.stat()
+    return hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
