@@ -13,34 +13,23 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
-from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import BinaryIO, Callable
+from pathlib import Path
 
+from graphflow import paths
 from graphflow.errors import NodeInputError
+from graphflow.paths import Writer, atomic_write  # noqa: F401  (re-exported for node modules)
 
-Writer = Callable[[BinaryIO], None]
 COUNTER_DIGITS = 5
 
 
 def resolve_inside(root: Path, name: str, input_name: str) -> Path:
     """The absolute path of ``name`` inside ``root``, or a NodeInputError on ``input_name``.
 
-    ``name`` may contain sub-folders ("portraits/face.png"). Refused: empty names, absolute paths
-    (POSIX or Windows, drive letters included), any ``..`` component, and names that resolve outside
-    ``root`` through a symlink. The file itself need not exist."""
-    expected = f"a relative path inside {root}"
-    if not isinstance(name, str) or not name.strip() or "\x00" in name:
-        raise NodeInputError(input_name, "needs a file name", expected, repr(name))
-    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
-        raise NodeInputError(input_name, "must be relative to its folder, not an absolute path", expected, name)
-    if ".." in re.split(r"[\\/]", name):
-        raise NodeInputError(input_name, "must not climb out of its folder with '..'", expected, name)
-    base = Path(root).resolve()
-    target = (base / name).resolve()
-    if not target.is_relative_to(base):
-        raise NodeInputError(input_name, "leads outside its folder through a symlink", expected, name)
-    return target
+    ``name`` may contain sub-folders ("portraits/face.png"); the rules are :func:`graphflow.paths.resolve_inside`'s."""
+    try:
+        return paths.resolve_inside(root, name)
+    except paths.UnsafePath as exc:
+        raise NodeInputError(input_name, exc.reason, f"a relative path inside {root}", name) from None
 
 
 def unique_output_path(directory: Path, prefix: str, ext: str) -> Path:
@@ -57,33 +46,6 @@ def unique_output_path(directory: Path, prefix: str, ext: str) -> Path:
     used = [int(m.group(1)) for entry in os.listdir(target.parent) if (m := pattern.fullmatch(entry))]
     counter = max(used, default=0) + 1
     return target.parent / f"{target.name}_{counter:0{COUNTER_DIGITS}d}.{ext.lstrip('.')}"
-
-
-def atomic_write(path: Path, writer: Writer) -> Path:
-    """Write a new file at ``path`` through ``writer(binary_file)``; raise FileExistsError if it exists.
-
-    The bytes go to a hidden temporary file in the same folder (so the final step is a same-file-system
-    operation); then the file is linked to its name, which is atomic and exclusive. On file systems
-    without hard links the name is reserved with an exclusive create and the finished file renamed onto
-    that reservation — still never replacing anyone else's file."""
-    path = Path(path)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            writer(file)
-            file.flush()
-            os.fsync(file.fileno())
-        try:
-            os.link(temp, path)
-        except FileExistsError:
-            raise
-        except OSError:  # no hard links here (FAT, some network shares): reserve the name, then rename onto it
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    return path
 
 
 def write_new_output(directory: Path, prefix: str, ext: str, writer: Writer, attempts: int = 100) -> Path:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+
+from .. import paths
 
 # Formats we accept from clients, with the extension their stored name gets.
 IMAGE_EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tiff"}
@@ -25,17 +25,17 @@ class Rejected(Exception):
 
 
 def resolve_inside(root: Path, name: str) -> Path | None:
-    """The regular file ``name`` (a relative path) refers to inside ``root``; None when there is no such file or
-    it is a symlink leading out. Names that could only be an escape attempt raise :class:`Rejected` (400)."""
-    relative = PurePosixPath(name)
-    if not name or "\x00" in name or "\\" in name or relative.is_absolute() or ".." in relative.parts:
+    """The regular file ``name`` (a relative path) refers to inside ``root``; None when there is no such file.
+    Names that could only be an escape attempt raise :class:`Rejected` (400)."""
+    if "\\" in name:
         raise Rejected(400, f"invalid file name {name!r}: expected a path inside the directory, without '..'")
-    base = root.resolve()
     try:
-        path = (base / relative).resolve(strict=True)  # follows symlinks, so one pointing outside is caught below
-    except (OSError, RuntimeError):
-        return None
-    return path if path.is_relative_to(base) and path.is_file() else None
+        path = paths.resolve_inside(root, name)
+    except paths.UnsafePath as exc:
+        if exc.via_symlink:  # a link that leads out is, to the client, just not there
+            return None
+        raise Rejected(400, f"invalid file name {name!r}: expected a path inside the directory, without '..'") from None
+    return path if path.is_file() else None
 
 
 def store_image(data: bytes, directory: Path, max_pixels: int) -> dict[str, object]:
@@ -62,18 +62,8 @@ def store_image(data: bytes, directory: Path, max_pixels: int) -> dict[str, obje
 
 def _write_new(target: Path, data: bytes) -> None:
     """Write ``target`` completely or not at all, and never replace an existing file (same name = same bytes)."""
-    if target.exists():
-        return
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
     try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        try:
-            os.link(temporary, target)  # fails instead of overwriting if another request just stored it
-        except FileExistsError:
-            pass
-    finally:
-        os.unlink(temporary)
+        paths.atomic_write(target, lambda file: file.write(data))
+    except FileExistsError:
+        pass
