@@ -18,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 
 
 def node_catalog() -> str:

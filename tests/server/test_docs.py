@@ -1,4 +1,4 @@
-"""The Python client printed in docs/server.md works against a real server."""
+"""The Python client printed in the README's server section works against a real server."""
 from __future__ import annotations
 
 import re
@@ -8,12 +8,19 @@ from PIL import Image
 
 from .conftest import gray_workflow
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "server.md"
+DOC = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def server_section() -> str:
+    text = DOC.read_text(encoding="utf-8")
+    start = text.index("## HTTP server")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else None]
 
 
 def documented_client() -> dict:
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
-    assert len(blocks) == 1, "docs/server.md should show exactly one Python client"
+    blocks = re.findall(r"```python\n(.*?)```", server_section(), flags=re.S)
+    assert len(blocks) == 1, "the README's server section should show exactly one Python client"
     namespace = {"__name__": "documented_client"}
     exec(compile(blocks[0], str(DOC), "exec"), namespace)
     return namespace
