@@ -51,12 +51,47 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>"):
     )
 
 
+def clip_text_encoder(width: int, layers: int, intermediate: int, heads: int = 4):
+    """A fresh CLIPTextModel over the full CLIP BPE vocabulary with SD's special-token ids.
+
+    transformers pools at the first ``eos_token_id``, so the ids must be the real tokenizer's."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=width,
+            intermediate_size=intermediate,
+            num_attention_heads=heads,
+            num_hidden_layers=layers,
+            max_position_embeddings=77,
+            projection_dim=width,
+            hidden_act="quick_gelu",
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
+
+
+def pipeline_components(unet, vae, text_encoder) -> dict:
+    """The five parts of an SD 1.x pipeline folder: the given models, the CLIP tokenizer, SD 1.5's scheduler."""
+    from diffusers import PNDMScheduler
+
+    return {
+        "unet": unet.eval(),
+        "vae": vae.eval(),
+        "text_encoder": text_encoder.eval(),
+        "tokenizer": clip_tokenizer(),
+        "scheduler": PNDMScheduler.from_config(SD_SCHEDULER_CONFIG),
+    }
+
+
 def build_tiny_components(seed: int = TINY_SEED, in_channels: int = 4, cross_attention_dim: int = 32) -> dict:
     """Fresh tiny components (UNet, VAE, text encoder, tokenizer, scheduler), identical for the same seed.
 
     ``in_channels=9`` gives the inpainting variant; ``cross_attention_dim`` is also the text width."""
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -79,28 +114,8 @@ def build_tiny_components(seed: int = TINY_SEED, in_channels: int = 4, cross_att
         latent_channels=4,
     )
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=cross_attention_dim,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=5,
-            max_position_embeddings=77,
-            projection_dim=cross_attention_dim,
-            hidden_act="quick_gelu",
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
-    return {
-        "unet": unet.eval(),
-        "vae": vae.eval(),
-        "text_encoder": text_encoder.eval(),
-        "tokenizer": clip_tokenizer(),
-        "scheduler": PNDMScheduler.from_config(SD_SCHEDULER_CONFIG),
-    }
+    text_encoder = clip_text_encoder(cross_attention_dim, layers=5, intermediate=37)
+    return pipeline_components(unet, vae, text_encoder)
 
 
 def save_diffusers_folder(components: dict, folder: Path) -> Path:

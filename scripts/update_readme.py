@@ -59,7 +59,11 @@ def performance_table() -> str:
     results = ROOT / "bench" / "RESULTS.md"
     if not results.exists():
         return "No benchmark results yet: run `python bench/run.py`.\n"
-    return results.read_text(encoding="utf-8").strip() + "\n"
+    text = results.read_text(encoding="utf-8")
+    summary = text.split("## What each row measures")[0]  # the table, the verdict and the machine
+    lines = [line for line in summary.splitlines() if not line.startswith("# ")]
+    body = "\n".join(lines).replace("## Machine and run", "**Machine and run**").strip()
+    return f"From `python bench/run.py` ([bench/RESULTS.md](bench/RESULTS.md) explains every row):\n\n{body}\n"
 
 
 SECTIONS = {"nodes": node_catalog, "samplers": sampler_table, "performance": performance_table}
