@@ -59,3 +59,16 @@ def test_hires_fix_second_seed_reruns_only_the_second_pass(engine):
     report = engine.run(workflow.with_values({("noise2", "seed"): 4321}))
     assert set(report.executed) == {"noise2", "sample2", "decode2", "save2"}
     assert {"ckpt", "sample", "upscale", "schedule2"} <= set(report.cached)
+
+
+def test_same_workflow_twice_gives_byte_identical_pixels(tmp_path):
+    """Two engines (nothing cached between them) running txt2img.json write the same pixels."""
+    pixels = []
+    for run in ("first", "second"):
+        settings = Settings(models_dir=tmp_path / "models", input_dir=tmp_path / "inputs",
+                            output_dir=tmp_path / run, asset_dirs=(WORKFLOWS / "assets",))
+        report = Engine(settings=settings).run(WORKFLOWS / "txt2img.json")
+        [image] = report.outputs["save"]["images"]
+        with PILImage.open(settings.output_dir / image["filename"]) as png:
+            pixels.append(png.tobytes())
+    assert pixels[0] == pixels[1]
