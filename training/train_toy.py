@@ -34,7 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nodes.builtin_models import SD_SCHEDULER_CONFIG, clip_tokenizer, save_diffusers_folder
+from nodes.builtin_models import (SD_SCHEDULER_CONFIG, clip_text_encoder, clip_tokenizer, pipeline_components,
+                                  save_diffusers_folder)
 from training.shapes import make_dataset
 
 TEXT_WIDTH = 32  # CLIP hidden size = UNet cross-attention width; keeps the 49408-row embedding at 6 MB
@@ -99,23 +100,7 @@ def build_vae(cfg: Config):
 
 
 def build_text_encoder(cfg: Config):
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=TEXT_WIDTH,
-            intermediate_size=4 * TEXT_WIDTH,
-            num_attention_heads=4,
-            num_hidden_layers=cfg.text_layers,
-            max_position_embeddings=77,
-            projection_dim=TEXT_WIDTH,
-            hidden_act="quick_gelu",
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
+    return clip_text_encoder(TEXT_WIDTH, layers=cfg.text_layers, intermediate=4 * TEXT_WIDTH)
 
 
 def build_unet(cfg: Config, latent_size: int):
@@ -301,15 +286,7 @@ def train_unet(cfg: Config, latent_mean, latent_std, captions: list[str], scalin
 
 def save(out: Path, vae, unet, text_encoder, cfg: Config, log: Log) -> None:
     """Write the pipeline folder next to ``out`` and swap it in (keeping an existing README.md model card)."""
-    from diffusers import PNDMScheduler
-
-    components = {
-        "unet": unet,
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "tokenizer": clip_tokenizer(),
-        "scheduler": PNDMScheduler.from_config(SD_SCHEDULER_CONFIG),
-    }
+    components = pipeline_components(unet, vae, text_encoder)
     fresh = out.with_name(out.name + ".new")
     shutil.rmtree(fresh, ignore_errors=True)
     save_diffusers_folder(components, fresh)
