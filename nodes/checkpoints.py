@@ -362,19 +362,22 @@ def vae_rules(config: dict[str, Any]) -> list[Rule]:
     return rules
 
 
+def swap_prefix(name: str, pairs) -> str:
+    """``name`` with the first matching ``old`` prefix of ``pairs`` (old, new) replaced by ``new``."""
+    for old, new in pairs:
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
 def rename(key: str, rules: list[Rule], to_original: bool) -> str:
     """Translate one key with the first rule whose prefix matches; keys no rule covers keep their name
     (so a strict load reports them by the name they have in the file)."""
     for diffusers_prefix, original_prefix, suffixes in rules:
         source, target = (diffusers_prefix, original_prefix) if to_original else (original_prefix, diffusers_prefix)
         if key.startswith(source):
-            rest = key[len(source):]
-            for diffusers_suffix, original_suffix in suffixes.items():
-                old, new = (diffusers_suffix, original_suffix) if to_original else (original_suffix, diffusers_suffix)
-                if rest.startswith(old):
-                    rest = new + rest[len(old):]
-                    break
-            return target + rest
+            pairs = suffixes.items() if to_original else [(o, d) for d, o in suffixes.items()]
+            return target + swap_prefix(key[len(source):], pairs)
     return key
 
 
@@ -444,11 +447,7 @@ def openclip_from_original(weights: dict[str, torch.Tensor]) -> dict[str, torch.
             for name, part in zip("qkv", value.chunk(3, dim=0)):
                 out[f"{layer}self_attn.{name}_proj.{kind}"] = part
             continue
-        for hf_name, oc_name in OPENCLIP_NAMES:
-            if rest.startswith(oc_name):
-                rest = hf_name + rest[len(oc_name):]
-                break
-        out[layer + rest] = value
+        out[layer + swap_prefix(rest, [(oc, hf) for hf, oc in OPENCLIP_NAMES])] = value
     return out
 
 
@@ -474,11 +473,7 @@ def openclip_to_original(weights: dict[str, torch.Tensor]) -> dict[str, torch.Te
                 parts = [weights[f"encoder.layers.{match[1]}.self_attn.{n}_proj.{kind}"] for n in "qkv"]
                 out[f"{layer}attn.in_proj_{kind}"] = torch.cat(parts, dim=0)
             continue
-        for hf_name, oc_name in OPENCLIP_NAMES:
-            if rest.startswith(hf_name):
-                rest = oc_name + rest[len(hf_name):]
-                break
-        out[layer + rest] = value
+        out[layer + swap_prefix(rest, OPENCLIP_NAMES)] = value
     if layers:
         template, identity = f"transformer.resblocks.{layers[0]}.", f"transformer.resblocks.{layers[-1] + 1}."
         for key in [k for k in out if k.startswith(template)]:
