@@ -36,11 +36,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     outputs   TEXT,                               -- JSON {node id: output-node result}
     executed  TEXT,                               -- JSON list of node ids
     cached    TEXT,
-    error     TEXT                                -- JSON {node, type, message}
+    error     TEXT,                               -- JSON {node, type, message}
+    seconds   REAL,                               -- the engine's run time (NULL if it never ran)
+    timings   TEXT                                -- JSON {node id: seconds} of the executed nodes
 );
 CREATE INDEX IF NOT EXISTS jobs_by_queue_order ON jobs (status, priority DESC, seq);
 """
-_SUMMARY = "id, status, priority, created, started, finished, progress, outputs, executed, cached, error"
+# Columns added after the first release, with their types: a queue file written by an older version gains them
+# when it is opened (ALTER TABLE ... ADD COLUMN keeps every row; old jobs read them as NULL).
+_ADDED_COLUMNS = {"seconds": "REAL", "timings": "TEXT"}
+_SUMMARY = "id, status, priority, created, started, finished, progress, outputs, executed, cached, error, seconds, timings"
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,10 @@ class JobStore:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            for name, sql_type in _ADDED_COLUMNS.items():
+                if name not in present:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}")
 
     def close(self) -> None:
         with self._lock:
@@ -111,14 +120,16 @@ class JobStore:
         return Job(row["id"], json.loads(row["workflow"]), json.loads(row["requested"]) if row["requested"] else None)
 
     def finish(self, job_id: str, status: str, *, progress: dict | None = None, outputs: dict | None = None,
-               executed: list[str] | None = None, cached: list[str] | None = None, error: dict | None = None) -> bool:
+               executed: list[str] | None = None, cached: list[str] | None = None, error: dict | None = None,
+               seconds: float | None = None, timings: dict[str, float] | None = None) -> bool:
         if status not in FINISHED:
             raise ValueError(f"finish() needs one of {sorted(FINISHED)}, not {status!r}")
         with self._transaction() as db:
             return db.execute(
-                "UPDATE jobs SET status=?, finished=?, progress=?, outputs=?, executed=?, cached=?, error=? "
-                "WHERE id=? AND status='running'",
-                (status, time.time(), _dump(progress), _dump(outputs), _dump(executed), _dump(cached), _dump(error), job_id),
+                "UPDATE jobs SET status=?, finished=?, progress=?, outputs=?, executed=?, cached=?, error=?, "
+                "seconds=?, timings=? WHERE id=? AND status='running'",
+                (status, time.time(), _dump(progress), _dump(outputs), _dump(executed), _dump(cached), _dump(error),
+                 seconds, _dump(timings), job_id),
             ).rowcount == 1
 
     def cancel_queued(self, job_id: str) -> bool:
@@ -153,6 +164,8 @@ def _public(row: sqlite3.Row) -> dict[str, Any]:
     job["executed"] = _load(row["executed"], [])
     job["cached"] = _load(row["cached"], [])
     job["error"] = _load(row["error"], None)
+    job["seconds"] = row["seconds"]
+    job["timings"] = _load(row["timings"], {})
     if "workflow" in row.keys():
         job["workflow"] = json.loads(row["workflow"])
         job["requested_outputs"] = _load(row["requested"], None)

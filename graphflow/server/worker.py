@@ -16,8 +16,9 @@ from urllib.parse import quote
 
 from ..context import CancelToken
 from ..errors import Cancelled, GraphflowError, NodeFailed
-from ..events import Event, Preview, Progress, RunCancelled, RunFailed, RunSucceeded
+from ..events import Event, Preview, Progress, RunCancelled, RunFailed, RunSucceeded, Warning_
 from ..execute import Engine
+from ..paths import hide_folders
 from .store import Job, JobStore
 
 log = logging.getLogger("graphflow.server")
@@ -146,11 +147,13 @@ class Worker:
                 log.exception("job %s failed unexpectedly", job.id)
             report, status = getattr(exc, "report", None), "failed"
             error = {"node": None, "type": type(exc).__name__, "message": str(exc) or repr(exc)}
+        error = self._private(error)
         outputs = public_outputs(report.outputs) if report is not None else {}
         executed = list(report.executed) if report is not None else []
         cached = list(report.cached) if report is not None else []
         self.store.finish(job.id, status, progress=running.progress, outputs=outputs, executed=executed,
-                          cached=cached, error=error)
+                          cached=cached, error=error, seconds=report.seconds if report is not None else None,
+                          timings=dict(report.timings) if report is not None else None)
         message: dict[str, Any] = {"type": status, "job": job.id}
         if status == "succeeded":
             message.update(outputs=outputs, executed=executed, cached=cached)
@@ -170,7 +173,16 @@ class Worker:
             running.last_preview = now
         message = event.to_json()
         message["job"] = message.pop("run_id")
+        if isinstance(event, Warning_):
+            message = self._private(message)
         self._send(message)
+
+    def _private(self, value: Any) -> Any:
+        """Error and warning texts with the server's folders shown as <models>, <inputs>, <outputs>, <assets>."""
+        settings = self.engine.settings
+        folders = {"<models>": settings.models_dir, "<inputs>": settings.input_dir, "<outputs>": settings.output_dir}
+        folders.update({f"<assets {i}>" if i else "<assets>": folder for i, folder in enumerate(settings.asset_dirs)})
+        return hide_folders(value, folders)
 
     def _send(self, message: dict[str, Any]) -> None:
         try:

@@ -1,6 +1,7 @@
 """The SQLite job store on its own: queue order, atomic claim/cancel, history, recovery."""
 from __future__ import annotations
 
+import sqlite3
 import threading
 
 import pytest
@@ -55,12 +56,14 @@ def test_finish_records_results_and_only_applies_to_running_jobs(store):
     assert not store.finish(job_id, "succeeded")  # still queued
     store.claim_next()
     assert store.finish(job_id, "succeeded", progress={"node": "n", "value": 3, "max": 3},
-                        outputs={"show": {"value": 1}}, executed=["n", "show"], cached=[])
+                        outputs={"show": {"value": 1}}, executed=["n", "show"], cached=[],
+                        seconds=0.25, timings={"n": 0.125, "show": 0.0625})
     assert not store.finish(job_id, "failed")  # already finished
     job = store.get(job_id, with_workflow=True)
     assert job["status"] == "succeeded" and job["outputs"] == {"show": {"value": 1}}
     assert job["executed"] == ["n", "show"] and job["progress"]["value"] == 3 and job["error"] is None
     assert job["workflow"] == doc(1) and job["requested_outputs"] == ["show"] and job["priority"] == 2
+    assert job["seconds"] == 0.25 and job["timings"] == {"n": 0.125, "show": 0.0625}
     assert not store.cancel_queued(job_id)
     with pytest.raises(ValueError):
         store.finish(job_id, "running")
@@ -84,3 +87,21 @@ def test_a_failed_transaction_is_rolled_back_and_the_store_stays_usable(store):
         store.add({"not": object()})  # the workflow cannot be stored: no half-written row
     assert store.list() == []
     assert store.get(store.add(doc(1)))["status"] == "queued"
+
+
+def test_a_queue_file_from_before_the_timing_columns_opens_with_its_jobs(tmp_path):
+    path = tmp_path / "jobs.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, status TEXT NOT NULL,
+            priority INTEGER NOT NULL, workflow TEXT NOT NULL, requested TEXT, created REAL NOT NULL, started REAL,
+            finished REAL, progress TEXT, outputs TEXT, executed TEXT, cached TEXT, error TEXT);
+        INSERT INTO jobs (id, status, priority, workflow, created) VALUES ('old', 'queued', 0, '{"graphflow": 1, "nodes": {}}', 1.0);
+    """)
+    old.close()
+    store = JobStore(path)
+    assert store.get("old")["seconds"] is None and store.get("old")["timings"] == {}
+    assert store.claim_next().id == "old"
+    assert store.finish("old", "succeeded", seconds=1.5, timings={"n": 1.0})
+    assert store.get("old")["seconds"] == 1.5
+    store.close()
