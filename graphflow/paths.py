@@ -64,3 +64,27 @@ def atomic_write(path: Path, writer: Writer) -> Path:
     finally:
         temp.unlink(missing_ok=True)
     return path
+
+
+def hide_folders(value: object, folders: dict[str, Path]) -> object:
+    """``value`` (a string, or JSON-like lists and dicts of them) with each folder's path replaced by its label.
+
+    The server uses it on error messages, which name the folder a missing file was looked for in: useful on the
+    command line, but the server's own layout is none of a remote client's business."""
+    # Absolute forms only: a relative folder like "models" would also match the plain word.
+    forms = {(str(form), label) for label, folder in folders.items()
+             for form in (Path(folder), Path(folder).resolve()) if form.is_absolute()}
+    pairs = sorted(forms, key=lambda pair: -len(pair[0]))
+    return _replace_strings(value, pairs)
+
+
+def _replace_strings(value: object, pairs: list[tuple[str, str]]) -> object:
+    if isinstance(value, str):
+        for path, label in pairs:
+            value = value.replace(path, label)
+        return value
+    if isinstance(value, list):
+        return [_replace_strings(item, pairs) for item in value]
+    if isinstance(value, dict):
+        return {key: _replace_strings(item, pairs) for key, item in value.items()}
+    return value

@@ -169,6 +169,11 @@ async def test_a_missing_input_file_fails_the_job_with_a_readable_error(sd_serve
     assert end["type"] == "failed"
     assert {k: end["error"][k] for k in ("node", "input", "type")} == {"node": "load", "input": "name", "type": "NodeInputError"}
     assert "no such file" in end["error"]["message"] and "Traceback" not in end["error"]["message"]
+    # the message names the folder by its label, not by where this server keeps it
+    assert "<inputs>" in end["error"]["message"] and str(sd_server.config.data_dir) not in json.dumps(end["error"])
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{sd_server.url}/jobs/{job_id}") as response:
+            assert (await response.json())["error"] == end["error"]
 
 
 @pytest.mark.timeout(SECONDS)
