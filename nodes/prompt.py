@@ -20,6 +20,7 @@ wrong row.
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
 
@@ -407,10 +408,21 @@ def apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor, emphasis: Emphas
 # ---------------------------------------------------------------------------------------------------
 
 
+# text encoder -> {(tokenizer id, clip_skip): encoded empty prompt}. Text encoders are never changed in place
+# (LoRA and merges make new modules), so the encoding of "" is a pure function of the module; the entry goes
+# when the module does.
+_EMPTY_CHUNKS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[int, int], torch.Tensor]]" = weakref.WeakKeyDictionary()
+
+
 def encode_empty_chunk(tokenizer, text_encoder: torch.nn.Module, clip_skip: int = 1) -> torch.Tensor:
-    """The empty prompt encoded once (1, 77, C): what a shorter conditioning is padded with."""
-    empty = tokenize_prompt(tokenizer, "")
-    return encode_tokens(text_encoder, empty.input_ids, empty.weights, clip_skip, attention_mask=empty.attention_mask)
+    """The empty prompt encoded (1, 77, C): what a shorter conditioning is padded with. Encoded once per text
+    encoder and clip_skip, since every CLIPTextEncode carries it."""
+    known = _EMPTY_CHUNKS.setdefault(text_encoder, {})
+    key = (id(tokenizer), clip_skip)
+    if key not in known:
+        empty = tokenize_prompt(tokenizer, "")
+        known[key] = encode_tokens(text_encoder, empty.input_ids, empty.weights, clip_skip, attention_mask=empty.attention_mask)
+    return known[key]
 
 
 def pad_to_same_chunks(a: torch.Tensor, b: torch.Tensor, empty_a: torch.Tensor,

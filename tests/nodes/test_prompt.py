@@ -261,6 +261,22 @@ def test_empty_chunk_is_the_empty_prompt(tiny, pipe):
     assert torch.equal(encode_empty_chunk(tiny["tokenizer"], tiny["text_encoder"]), uncond)
 
 
+def test_the_empty_prompt_is_encoded_once_per_text_encoder_and_clip_skip(tiny):
+    encoder, tokenizer = tiny["text_encoder"], tiny["tokenizer"]
+    calls = []
+    embeddings = getattr(encoder, "text_model", encoder).embeddings  # encode_tokens runs the layers itself
+    hook = embeddings.register_forward_hook(lambda module, args, output: calls.append(1))
+    try:
+        first = encode_empty_chunk(tokenizer, encoder, clip_skip=3)
+        again = encode_empty_chunk(tokenizer, encoder, clip_skip=3)
+        assert again is first
+        assert len(calls) == 1
+        assert not torch.equal(encode_empty_chunk(tokenizer, encoder, clip_skip=1), first)
+        assert len(calls) == 2
+    finally:
+        hook.remove()
+
+
 # ------------------------------------------------------------------------------------------------ textual inversion
 
 def token_vectors(encoder, ids):
