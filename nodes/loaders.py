@@ -185,7 +185,7 @@ def settings_of(ctx) -> Settings:
     fingerprint=model_fingerprint(checkpoint_dirs, CHECKPOINT_SUFFIXES, is_checkpoint_folder),
 )
 def LoadCheckpoint(
-    name: Annotated[str, Field(description="built-in name, or a diffusers folder / file in models/ or models/checkpoints/")] = "tiny-sd",
+    name: Annotated[str, Field(description="built-in name, or a diffusers folder / file in models/ or models/checkpoints/")] = "toy-shapes",
     prediction_type: Annotated[Literal["auto", "epsilon", "v_prediction"], Field(
         description="what the UNet predicts; auto reads the scheduler config, a sidecar .yaml or the file name")] = "auto",
     dtype: Dtype = "auto",

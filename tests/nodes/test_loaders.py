@@ -151,7 +151,7 @@ def test_catalog_describes_the_inputs():
     registry.add_module(loaders)
     inputs = registry.catalog()["LoadCheckpoint"]["inputs"]
     assert inputs["prediction_type"]["schema"]["enum"] == ["auto", "epsilon", "v_prediction"]
-    assert inputs["name"]["default"] == "tiny-sd" and "models/checkpoints" in inputs["name"]["schema"]["description"]
+    assert inputs["name"]["default"] == "toy-shapes" and "models/checkpoints" in inputs["name"]["schema"]["description"]
     assert registry.catalog()["LoadVAE"]["inputs"]["name"]["required"]
 
 
