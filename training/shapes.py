@@ -40,7 +40,7 @@ CAPTION_FORMS = (
 
 @dataclass(frozen=True)
 class Sample:
-    image: Image.Image  # 64x64 RGB
+    image: Image.Image  # size x size RGB (64 unless asked otherwise)
     caption: str
     colour: str
     shape: str
@@ -77,27 +77,32 @@ def caption_for(colour: str, shape: str, background: str, rng: np.random.Generat
     return _pick(rng, CAPTION_FORMS).format(colour=colour, shape=shape, background=background)
 
 
-def random_sample(rng: np.random.Generator) -> Sample:
-    """A random shape of random colour, size and position, and its caption."""
+def random_sample(rng: np.random.Generator, size: int = SIZE) -> Sample:
+    """A random shape of random colour, size and position, and its caption.
+
+    Side and margin scale with ``size``: a 128-pixel sample looks like a 64-pixel one enlarged, which is
+    what the second pass of a hires fix sees."""
+    scale = size / SIZE
     shape = SHAPES[rng.integers(len(SHAPES))]
     colour = list(COLOURS)[rng.integers(len(COLOURS))]
     background = _pick(rng, BACKGROUND_WEIGHTS)
-    side = int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
-    left = int(rng.integers(MARGIN, SIZE - MARGIN - side + 1))
-    top = int(rng.integers(MARGIN, SIZE - MARGIN - side + 1))
+    side = int(rng.integers(round(MIN_SIDE * scale), round(MAX_SIDE * scale) + 1))
+    margin = round(MARGIN * scale)
+    left = int(rng.integers(margin, size - margin - side + 1))
+    top = int(rng.integers(margin, size - margin - side + 1))
     box = (left, top, left + side, top + side)
-    image = draw_shape(shape, colour, background, box)
+    image = draw_shape(shape, colour, background, box, size)
     return Sample(image, caption_for(colour, shape, background, rng), colour, shape, background, box)
 
 
-def make_samples(count: int, seed: int) -> list[Sample]:
-    """``count`` samples, identical for the same seed."""
+def make_samples(count: int, seed: int, size: int = SIZE) -> list[Sample]:
+    """``count`` samples of ``size`` x ``size`` pixels, identical for the same seed and size."""
     rng = np.random.default_rng(seed)
-    return [random_sample(rng) for _ in range(count)]
+    return [random_sample(rng, size) for _ in range(count)]
 
 
-def make_dataset(count: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    """Images as one uint8 array (count, 64, 64, 3) and their captions; identical for the same seed."""
-    samples = make_samples(count, seed)
+def make_dataset(count: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, list[str]]:
+    """Images as one uint8 array (count, size, size, 3) and their captions; identical for the same seed."""
+    samples = make_samples(count, seed, size)
     images = np.stack([np.asarray(s.image, dtype=np.uint8) for s in samples])
     return images, [s.caption for s in samples]

@@ -1,21 +1,24 @@
 """Train ``toy-shapes``: a few-megabyte Stable Diffusion (real SD 1.x classes) that draws what its prompt says.
 
-Run (from the repository root; about 23 minutes on a free 2-core CPU, one torch thread):
+Run (from the repository root; about 30 minutes on a free 2-core CPU):
 
     python -m training.train_toy --out nodes/models/toy-shapes
     python -m training.train_toy --out /tmp/toy-smoke --smoke     # 1-2 minute check of the whole path
+    python -m training.train_toy --out /tmp/toy --set caption_dropout=0.2   # any Config field
+    python -m training.evaluate --model /tmp/toy                   # its checks of meaning, as the card's table
 
-Stages, all seeded from ``--seed`` (same seed and steps -> same weights on the same torch build):
-1. data: ``training.shapes.make_dataset`` (64x64 flat shapes with captions);
+Stages, all seeded from ``--seed`` (same seed, config and thread count -> same weights on the same torch build):
+1. data: ``training.shapes.make_dataset`` (64x64 flat shapes with captions, and a smaller 128x128 set);
 2. VAE (AutoencoderKL, 3 blocks, 64x64 RGB -> 16x16x4): L1 + MSE reconstruction of a posterior sample
    plus a small KL term; then ``scaling_factor`` = 1 / std of the latent means, so diffusion sees unit-std latents;
-3. the whole dataset encoded once (posterior mean and std kept; each UNet step draws a fresh sample);
+3. both datasets encoded once (posterior mean and std kept; each UNet step draws a fresh sample);
 4. UNet2DConditionModel + CLIPTextModel trained jointly with SD's objective: epsilon prediction on the
    scaled_linear DDPM schedule (``SD_SCHEDULER_CONFIG``, 1000 steps), uniform timesteps, min-SNR-5 loss
    weights (faster convergence), offset noise 0.1 (so colours far from the latent mean can be drawn),
-   10% empty captions so classifier-free guidance works, EMA of the weights;
-5. saved as a StableDiffusionPipeline folder (safetensors) with the real CLIP BPE tokenizer and
-   SD 1.5's PNDM scheduler settings, plus ``training.json`` (config, losses, wall times).
+   10% empty captions so classifier-free guidance works, every third step on 128x128 pictures (16x16 and
+   32x32 latents, so a hires fix's second pass is familiar ground), EMA of the weights;
+5. saved as a StableDiffusionPipeline folder (safetensors) with the real CLIP BPE tokenizer and an Euler
+   scheduler on SD 1.5's noise schedule, plus ``training.json`` (config, losses, wall times).
 
 Hyperparameters are the fields of ``Config`` below (defaults = the shipped model).
 """
@@ -45,9 +48,9 @@ TEXT_WIDTH = 32  # CLIP hidden size = UNet cross-attention width; keeps the 4940
 class Config:
     seed: int = 0
     dataset_size: int = 12000
-    # One thread: on a shared 2-core machine two OpenMP threads per process thrash (measured 3-10x slower
-    # per step than one thread while other jobs ran); on an idle machine two threads are ~1.5x faster.
-    threads: int = 1
+    # Two threads on a free 2-core machine (0.21 s per UNet step against 0.29 s with one). When other jobs
+    # share the CPU use --threads 1: two OpenMP threads per process then thrash (measured 3-10x slower).
+    threads: int = 2
     # VAE
     vae_channels: tuple = (32, 32, 64)
     vae_steps: int = 500
@@ -58,12 +61,18 @@ class Config:
     unet_channels: tuple = (32, 64, 64)
     unet_layers_per_block: int = 1
     text_layers: int = 3
-    unet_steps: int = 3500
+    unet_steps: int = 7000
     unet_batch: int = 32
     unet_lr: float = 1e-3
     text_lr: float = 2e-3  # the text encoder starts from random too; a faster pace teaches colour words sooner
     warmup_steps: int = 100
     caption_dropout: float = 0.1
+    # Hires fix: its second pass denoises latents twice the native size. A UNet that never saw them drifts in
+    # colour there (measured 5/10 kept), so every ``hires_every``-th step trains on 128x128 pictures instead,
+    # with a quarter of the batch (the same number of latent pixels, so about the same step time).
+    hires_size: int = 128
+    hires_dataset_size: int = 3000
+    hires_every: int = 3
     min_snr_gamma: float = 5.0
     # Offset noise: SD's schedule leaves 7% of the image at t=999, so a model trained on plain noise reads the
     # colour from the zero-mean starting noise and never makes strongly off-mean colours (measured: red
@@ -72,11 +81,13 @@ class Config:
     ema_decay: float = 0.999
     # wall-time guard per stage (minutes): a stage stops early, with a warning, if the machine is too slow
     vae_max_minutes: float = 8.0
-    unet_max_minutes: float = 20.0
+    unet_max_minutes: float = 30.0
     log_every: int = 50
 
     def smoke(self) -> "Config":
-        return dataclasses.replace(self, dataset_size=512, vae_steps=30, unet_steps=40, warmup_steps=5, log_every=10)
+        return dataclasses.replace(
+            self, dataset_size=512, hires_dataset_size=64, vae_steps=30, unet_steps=40, warmup_steps=5, log_every=10
+        )
 
 
 # ---------------------------------------------------------------- models
@@ -207,15 +218,23 @@ def train_vae(cfg: Config, images: np.ndarray, log: Log):
     return vae.eval()
 
 
+@dataclass
+class LatentSet:
+    """A dataset encoded once: posterior means and stds (unscaled) and each picture's caption."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    captions: list[str]
+
+
 @torch.no_grad()
-def encode_dataset(vae, images: np.ndarray, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior means and stds of every image, unscaled."""
+def encode_dataset(vae, images: np.ndarray, captions: list[str], batch: int = 256) -> LatentSet:
     means, stds = [], []
     for start in range(0, len(images), batch):
         dist = vae.encode(to_model_pixels(images[start : start + batch])).latent_dist
         means.append(dist.mean)
         stds.append(dist.std)
-    return torch.cat(means), torch.cat(stds)
+    return LatentSet(torch.cat(means), torch.cat(stds), captions)
 
 
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
@@ -230,18 +249,20 @@ def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.T
     return torch.clamp(snr, max=gamma) / snr
 
 
-def train_unet(cfg: Config, latent_mean, latent_std, captions: list[str], scaling: float, log: Log):
+def train_unet(cfg: Config, native: LatentSet, hires: LatentSet, scaling: float, log: Log):
     from diffusers import DDPMScheduler
 
     tokenizer = clip_tokenizer()
-    unique = sorted(set(captions) | {""})
+    unique = sorted(set(native.captions) | set(hires.captions) | {""})
     unique_ids = tokenize(tokenizer, unique)
-    caption_index = torch.tensor([unique.index(c) for c in captions])
-    empty_index = unique.index("")
+    position = {caption: i for i, caption in enumerate(unique)}
+    caption_index = {id(s): torch.tensor([position[c] for c in s.captions]) for s in (native, hires)}
+    empty_index = position[""]
+    hires_batch = max(1, cfg.unet_batch * native.mean.shape[-1] ** 2 // hires.mean.shape[-1] ** 2)
 
     torch.manual_seed(cfg.seed + 3)
     text_encoder = build_text_encoder(cfg).train()
-    unet = build_unet(cfg, latent_mean.shape[-1]).train()
+    unet = build_unet(cfg, native.mean.shape[-1]).train()
     noise_schedule = DDPMScheduler.from_config(SD_SCHEDULER_CONFIG)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(
@@ -255,13 +276,14 @@ def train_unet(cfg: Config, latent_mean, latent_std, captions: list[str], scalin
     for step in range(cfg.unet_steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg.unet_steps, group["peak"], cfg.warmup_steps)
-        index = torch.randint(len(latent_mean), (cfg.unet_batch,), generator=rng)
-        latents = (latent_mean[index] + latent_std[index] * torch.randn(latent_mean[index].shape, generator=rng)) * scaling
-        which = caption_index[index].clone()
-        which[torch.rand(cfg.unet_batch, generator=rng) < cfg.caption_dropout] = empty_index
+        data, batch = (hires, hires_batch) if cfg.hires_every and step % cfg.hires_every == cfg.hires_every - 1 else (native, cfg.unet_batch)
+        index = torch.randint(len(data.mean), (batch,), generator=rng)
+        latents = (data.mean[index] + data.std[index] * torch.randn(data.mean[index].shape, generator=rng)) * scaling
+        which = caption_index[id(data)][index].clone()
+        which[torch.rand(batch, generator=rng) < cfg.caption_dropout] = empty_index
         noise = torch.randn(latents.shape, generator=rng)
-        noise += cfg.offset_noise * torch.randn((cfg.unet_batch, latents.shape[1], 1, 1), generator=rng)
-        timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (cfg.unet_batch,), generator=rng)
+        noise += cfg.offset_noise * torch.randn((batch, latents.shape[1], 1, 1), generator=rng)
+        timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (batch,), generator=rng)
         noisy = noise_schedule.add_noise(latents, noise, timesteps)
         text = text_encoder(unique_ids[which])[0]
         prediction = unet(noisy, timesteps, text).sample
@@ -286,7 +308,13 @@ def train_unet(cfg: Config, latent_mean, latent_std, captions: list[str], scalin
 
 def save(out: Path, vae, unet, text_encoder, cfg: Config, log: Log) -> None:
     """Write the pipeline folder next to ``out`` and swap it in (keeping an existing README.md model card)."""
+    from diffusers import EulerDiscreteScheduler
+
     components = pipeline_components(unet, vae, text_encoder)
+    # The folder names Euler (SD 1.5's betas), graphflow's default sampler: with PNDM, diffusers' own default,
+    # this model's colours overshoot at cfg 7 (measured: "a red circle" drawn red 0/10, against 10/10 with Euler).
+    # "leading" spacing as SD 1.5's own scheduler has it (Euler's default would be "linspace").
+    components["scheduler"] = EulerDiscreteScheduler.from_config(SD_SCHEDULER_CONFIG, timestep_spacing="leading")
     fresh = out.with_name(out.name + ".new")
     shutil.rmtree(fresh, ignore_errors=True)
     save_diffusers_folder(components, fresh)
@@ -296,6 +324,19 @@ def save(out: Path, vae, unet, text_encoder, cfg: Config, log: Log) -> None:
         shutil.copy2(out / "README.md", fresh / "README.md")
     shutil.rmtree(out, ignore_errors=True)
     fresh.rename(out)
+
+
+def with_overrides(cfg: Config, assignments: list[str]) -> Config:
+    """``cfg`` with ``FIELD=VALUE`` strings applied; values are parsed as JSON (so 0.2, 4, [32, 64])."""
+    fields = {f.name for f in dataclasses.fields(Config)}
+    changes = {}
+    for assignment in assignments:
+        name, sep, value = assignment.partition("=")
+        if not sep or name not in fields:
+            raise SystemExit(f"--set expects FIELD=VALUE with FIELD one of {sorted(fields)}, got {assignment!r}")
+        parsed = json.loads(value)
+        changes[name] = tuple(parsed) if isinstance(parsed, list) else parsed
+    return dataclasses.replace(cfg, **changes)
 
 
 def main(argv=None) -> None:
@@ -309,6 +350,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, help="torch threads (1 is faster when other jobs share the CPU)")
     parser.add_argument("--vae", type=Path, help="reuse the VAE of an earlier run (a pipeline folder) instead of stage 2")
     parser.add_argument("--unet-minutes", type=float, help="wall-time guard of the UNet stage")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override any Config field")
     args = parser.parse_args(argv)
 
     cfg = Config(seed=args.seed)
@@ -324,6 +366,7 @@ def main(argv=None) -> None:
         cfg = dataclasses.replace(cfg, dataset_size=args.dataset_size)
     if args.unet_minutes is not None:
         cfg = dataclasses.replace(cfg, unet_max_minutes=args.unet_minutes)
+    cfg = with_overrides(cfg, args.set)
     torch.set_num_threads(cfg.threads)
     print(json.dumps(dataclasses.asdict(cfg)), flush=True)
 
@@ -337,11 +380,12 @@ def main(argv=None) -> None:
         log("vae-reused", 0, folder=str(args.vae))
     else:
         vae = train_vae(cfg, images, log)
-    mean, std = encode_dataset(vae, images)
-    scaling = 1.0 / mean.std().item()
+    native = encode_dataset(vae, images, captions)
+    hires = encode_dataset(vae, *make_dataset(cfg.hires_dataset_size, cfg.seed + 100, cfg.hires_size))
+    scaling = 1.0 / native.mean.std().item()
     vae.register_to_config(scaling_factor=scaling)
-    log("latents", 0, scaling_factor=scaling, posterior_std=std.mean().item())
-    unet, text_encoder = train_unet(cfg, mean, std, captions, scaling, log)
+    log("latents", 0, scaling_factor=scaling, posterior_std=native.std.mean().item(), hires=len(hires.mean))
+    unet, text_encoder = train_unet(cfg, native, hires, scaling, log)
     save(args.out, vae, unet, text_encoder, cfg, log)
     log("saved", 0, folder=str(args.out))
 

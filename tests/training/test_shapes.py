@@ -49,3 +49,14 @@ def test_shape_pixels_have_the_named_colour_and_stay_inside_the_box():
 def test_unknown_shape_is_refused():
     with pytest.raises(ValueError, match="hexagon"):
         draw_shape("hexagon", "red", "white", (0, 0, 10, 10))
+
+
+def test_larger_samples_are_the_native_layout_enlarged():
+    """128-pixel samples (the hires-fix size the UNet also trains on) keep shapes' share of the picture."""
+    native, large = make_samples(200, seed=5), make_samples(200, seed=5, size=128)
+    assert all(s.image.size == (128, 128) for s in large)
+    for s, big in zip(native, large):
+        assert (big.shape, big.colour, big.caption) == (s.shape, s.colour, s.caption)  # same draws, scaled
+        side = big.box[2] - big.box[0]
+        assert 44 <= side <= 92 and big.box[3] - big.box[1] == side
+        assert min(big.box[:2]) >= 6 and max(big.box[2:]) <= 128 - 6
