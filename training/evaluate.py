@@ -19,12 +19,12 @@ from PIL import Image as PILImage
 from graphflow import Engine, Settings
 from graphflow.builder import Graph
 from training.measure import classify
-from training.shapes import draw_shape
+from training.shapes import COLOURS, SHAPES, draw_shape
 
 STEPS = 20
 CFG = 7.0
-SAMPLER = "pndm"  # the scheduler the toy model's folder names, as StableDiffusionPipeline would use it
-PAIRS = [("red", "circle"), ("blue", "square"), ("yellow", "triangle")]
+SAMPLER = "euler"  # Schedule's default: what a new workflow samples with
+PAIRS = [(colour, shape) for colour in COLOURS for shape in SHAPES]  # all twelve
 BLUE_SQUARE = "blue_square.png"  # written into the input folder: a blue square on white, 36 px wide
 Result = tuple[str, str]  # (colour, shape)
 
@@ -34,7 +34,7 @@ class ToyRuns:
 
     ``model`` is a LoadCheckpoint name (``toy-shapes``) or a diffusers folder anywhere on disk."""
 
-    def __init__(self, root: Path, model: str | Path = "toy-shapes", seeds=range(10)):
+    def __init__(self, root: Path, model: str | Path = "toy-shapes", seeds=range(10), sampler: str = SAMPLER):
         folder = Path(model)
         models_dir, self.model = (folder.parent, folder.name) if folder.is_dir() else (root / "models", str(model))
         settings = Settings(models_dir=models_dir, input_dir=root / "inputs", output_dir=root / "outputs")
@@ -42,6 +42,7 @@ class ToyRuns:
         draw_shape("square", "blue", "white", (14, 14, 50, 50)).save(settings.input_dir / BLUE_SQUARE)
         self.engine = Engine(settings=settings)
         self.seeds = list(seeds)
+        self.sampler = sampler
         self._measured: dict[tuple, list[Result]] = {}
 
     def picture(self, prompt, negative="", seed=0, cfg=CFG, steps=STEPS, image=None, strength=1.0,
@@ -54,7 +55,7 @@ class ToyRuns:
         negative = g.add("TextEncode", clip=ckpt.clip, text=negative).conditioning
 
         def denoise(latent, share):
-            schedule = g.add("Schedule", model=ckpt.model, sampler=SAMPLER, steps=steps, denoise=share).schedule
+            schedule = g.add("Schedule", model=ckpt.model, sampler=self.sampler, steps=steps, denoise=share).schedule
             noised = g.add("AddNoise", latent=latent, schedule=schedule, seed=seed).latent
             return g.add("Sample", model=ckpt.model, positive=positive, negative=negative, latent=noised, cfg=cfg).latent
 
@@ -93,12 +94,12 @@ def card_rows(runs: ToyRuns) -> list[tuple[str, str]]:
         return sum(wanted(r) for r in results)
 
     rows = []
-    for colour, shape in PAIRS + [("green", "circle")]:
+    for colour, shape in PAIRS:
         prompt = f"a {colour} {shape} on a white background"
         rows.append((f'"{prompt}"', f"{count(runs.measured(prompt), lambda r: r == (colour, shape))}/{n} {colour} {shape}"))
     for cfg in (1.0, CFG):
         right = sum(count(runs.measured(f"a {c} {s} on a white background", cfg=cfg), lambda r, c=c: r[0] == c) for c, s in PAIRS)
-        rows.append((f"right colour at cfg {cfg:g} (first three prompts)", f"{right}/{len(PAIRS) * n}"))
+        rows.append((f"right colour at cfg {cfg:g} (the twelve prompts above)", f"{right}/{len(PAIRS) * n}"))
     rows.append(('"a circle", no negative prompt', f"red in {count(runs.measured('a circle'), lambda r: r[0] == 'red')}/{n}"))
     rows.append(('"a circle", negative prompt "red"', f"red in {count(runs.measured('a circle', 'red'), lambda r: r[0] == 'red')}/{n}"))
     for prompt, strength in (("a blue square", 0.3), ("a yellow triangle", 0.3), ("a yellow triangle", 0.9)):
@@ -116,9 +117,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="toy-shapes", help="LoadCheckpoint name or a diffusers folder")
     parser.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1")
+    parser.add_argument("--sampler", default=SAMPLER, help="a Schedule sampler name")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as root:
-        runs = ToyRuns(Path(root), args.model, range(args.seeds))
+        runs = ToyRuns(Path(root), args.model, range(args.seeds), args.sampler)
         print("| check | result |\n| --- | --- |")
         for check, result in card_rows(runs):
             print(f"| {check} | {result} |", flush=True)
