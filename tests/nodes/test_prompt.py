@@ -261,8 +261,9 @@ def test_empty_chunk_is_the_empty_prompt(tiny, pipe):
     assert torch.equal(encode_empty_chunk(tiny["tokenizer"], tiny["text_encoder"]), uncond)
 
 
-def test_the_empty_prompt_is_encoded_once_per_text_encoder_and_clip_skip(tiny):
-    encoder, tokenizer = tiny["text_encoder"], tiny["tokenizer"]
+def test_the_empty_prompt_is_encoded_once_per_text_encoder_and_clip_skip():
+    fresh = build_tiny_components()  # an encoder no other test has used
+    encoder, tokenizer = fresh["text_encoder"], fresh["tokenizer"]
     calls = []
     embeddings = getattr(encoder, "text_model", encoder).embeddings  # encode_tokens runs the layers itself
     hook = embeddings.register_forward_hook(lambda module, args, output: calls.append(1))
