@@ -11,7 +11,7 @@ import json
 import pytest
 
 from nodes.builtin_models import PACKAGE_MODELS
-from training.evaluate import BLUE_SQUARE, CFG, PAIRS, ToyRuns
+from training.evaluate import BLUE_SQUARE, CFG, PAIRS, ToyRuns, card_rows
 
 TOY = PACKAGE_MODELS / "toy-shapes"
 
@@ -84,3 +84,9 @@ def test_hires_fix_keeps_colour_and_shape(toy):
     assert toy.picture(prompt, steps=2, hires_strength=0.5).size == (128, 128)
     kept = toy.hires_kept(prompt)
     assert sum(kept) >= 8, f"hires changed colour/shape in {kept.count(False)}/10: {toy.measured(prompt, hires_strength=0.5)} vs {toy.measured(prompt)}"
+
+
+def test_the_model_card_reports_what_is_measured(toy):
+    card = (TOY / "README.md").read_text(encoding="utf-8")
+    for check, result in card_rows(toy):
+        assert f"| {check} | {result} |" in card, f"model card out of date: {check} now measures {result}"
