@@ -289,7 +289,7 @@ def test_lanczos_is_pils_lanczos_on_float_channels():
     pixels = random_pixels(batch=2)
     out = call(ImageScale, image=Image(pixels=pixels), method="lanczos", width=40, height=30).pixels
     channel = PILImage.fromarray(pixels[1, :, :, 2].numpy()).resize((40, 30), PILImage.Resampling.LANCZOS)
-    assert torch.equal(out[1, :, :, 2], torch.from_numpy(np.asarray(channel)).clamp(0, 1))
+    assert torch.equal(out[1, :, :, 2], torch.from_numpy(np.array(channel)).clamp(0, 1))
     assert out.min() >= 0 and out.max() <= 1  # lanczos overshoots; the result is clipped back
 
 

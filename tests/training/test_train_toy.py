@@ -43,3 +43,14 @@ def test_a_micro_run_trains_on_both_sizes_and_saves_a_loadable_pipeline(tmp_path
     save = g.add("SaveImage", images=g.add("VAEDecode", vae=ckpt.vae, latent=latent).image)
     (image,) = g.run(Engine(settings=settings)).outputs[save.id]["images"]
     assert (image["width"], image["height"]) == (128, 128)
+
+
+def test_the_same_seed_and_config_give_the_same_weights(tmp_path, capsys):
+    runs = [tmp_path / "a", tmp_path / "b", tmp_path / "other-seed"]
+    for out, seed in zip(runs, ("0", "0", "1")):
+        main(["--out", str(out), "--threads", "1", "--seed", seed, *sum((["--set", item] for item in MICRO), [])])
+    weights = [sorted(p.relative_to(out).as_posix() for p in out.rglob("*.safetensors")) for out in runs]
+    assert weights[0] == weights[1] == weights[2] and len(weights[0]) == 3
+    same = [(runs[0] / name).read_bytes() == (runs[1] / name).read_bytes() for name in weights[0]]
+    other = [(runs[0] / name).read_bytes() == (runs[2] / name).read_bytes() for name in weights[0]]
+    assert all(same) and not any(other)
