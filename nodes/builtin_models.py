@@ -74,16 +74,19 @@ def clip_text_encoder(width: int, layers: int, intermediate: int, heads: int = 4
     )
 
 
-def pipeline_components(unet, vae, text_encoder) -> dict:
-    """The five parts of an SD 1.x pipeline folder: the given models, the CLIP tokenizer, SD 1.5's scheduler."""
-    from diffusers import PNDMScheduler
+def pipeline_components(unet, vae, text_encoder, scheduler=None) -> dict:
+    """The five parts of an SD 1.x pipeline folder: the given models, the CLIP tokenizer, and ``scheduler``
+    (SD 1.5's own PNDM scheduler if none is given)."""
+    if scheduler is None:
+        from diffusers import PNDMScheduler
 
+        scheduler = PNDMScheduler.from_config(SD_SCHEDULER_CONFIG)
     return {
         "unet": unet.eval(),
         "vae": vae.eval(),
         "text_encoder": text_encoder.eval(),
         "tokenizer": clip_tokenizer(),
-        "scheduler": PNDMScheduler.from_config(SD_SCHEDULER_CONFIG),
+        "scheduler": scheduler,
     }
 
 
