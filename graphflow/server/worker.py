@@ -148,12 +148,13 @@ class Worker:
             report, status = getattr(exc, "report", None), "failed"
             error = {"node": None, "type": type(exc).__name__, "message": str(exc) or repr(exc)}
         error = self._private(error)
-        outputs = public_outputs(report.outputs) if report is not None else {}
-        executed = list(report.executed) if report is not None else []
-        cached = list(report.cached) if report is not None else []
+        if report is None:
+            outputs, executed, cached, seconds, timings = {}, [], [], None, None
+        else:
+            outputs, executed, cached = public_outputs(report.outputs), list(report.executed), list(report.cached)
+            seconds, timings = report.seconds, dict(report.timings)
         self.store.finish(job.id, status, progress=running.progress, outputs=outputs, executed=executed,
-                          cached=cached, error=error, seconds=report.seconds if report is not None else None,
-                          timings=dict(report.timings) if report is not None else None)
+                          cached=cached, error=error, seconds=seconds, timings=timings)
         message: dict[str, Any] = {"type": status, "job": job.id}
         if status == "succeeded":
             message.update(outputs=outputs, executed=executed, cached=cached)
