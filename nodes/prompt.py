@@ -408,19 +408,19 @@ def apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor, emphasis: Emphas
 # ---------------------------------------------------------------------------------------------------
 
 
-# text encoder -> {(tokenizer id, clip_skip): encoded empty prompt}. Text encoders are never changed in place
-# (LoRA and merges make new modules), so the encoding of "" is a pure function of the module; the entry goes
-# when the module does.
-_EMPTY_CHUNKS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[int, int], torch.Tensor]]" = weakref.WeakKeyDictionary()
+# text encoder -> {(token ids of "", clip_skip): encoded empty prompt}. Text encoders are never changed in place
+# (LoRA and merges make new modules), so the encoding is a pure function of the module and those ids; the entry
+# goes when the module does. Keyed by the ids, not the tokenizer object, so no tokenizer can be mistaken for another.
+_EMPTY_CHUNKS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, torch.Tensor]]" = weakref.WeakKeyDictionary()
 
 
 def encode_empty_chunk(tokenizer, text_encoder: torch.nn.Module, clip_skip: int = 1) -> torch.Tensor:
     """The empty prompt encoded (1, 77, C): what a shorter conditioning is padded with. Encoded once per text
     encoder and clip_skip, since every CLIPTextEncode carries it."""
+    empty = tokenize_prompt(tokenizer, "")
     known = _EMPTY_CHUNKS.setdefault(text_encoder, {})
-    key = (id(tokenizer), clip_skip)
+    key = (tuple(empty.input_ids.flatten().tolist()), clip_skip)
     if key not in known:
-        empty = tokenize_prompt(tokenizer, "")
         known[key] = encode_tokens(text_encoder, empty.input_ids, empty.weights, clip_skip, attention_mask=empty.attention_mask)
     return known[key]
 
