@@ -11,10 +11,8 @@ import re
 
 import pytest
 
-from nodes.builtin_models import PACKAGE_MODELS
+from nodes.loaders import TOY_SHAPES as TOY
 from training.evaluate import BLUE_SQUARE, CFG, PAIRS, ToyRuns, card_rows
-
-TOY = PACKAGE_MODELS / "toy-shapes"
 
 pytestmark = pytest.mark.skipif(not (TOY / "model_index.json").exists(), reason="toy-shapes weights not built")
 
