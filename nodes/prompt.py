@@ -386,18 +386,31 @@ def _run_text_encoder(core, inputs_embeds: torch.Tensor, clip_skip: int, attenti
     return core.final_layer_norm(hidden)
 
 
+MEAN_NOISE_FLOOR = 1e-4  # relative: far above float32 noise (~1e-7), far below a real encoder's mean
+
+
 def apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor, emphasis: Emphasis = "original") -> torch.Tensor:
     """Scale one window's embeddings (B, 77, C) by per-token weights (B, 77).
 
     "original" then restores the mean the window had before scaling (A1111: taken over the whole
-    window batch). Weights that are all 1.0 return the embeddings unchanged, bit for bit."""
+    window batch). Weights that are all 1.0 return the embeddings unchanged, bit for bit.
+
+    A1111 multiplies by ``mean_before / mean_after`` unconditionally. Where either mean is float noise (a
+    LayerNorm without bias leaves every token with mean zero) that factor is noise too — on the tiny CLIP it
+    came out as -6.5 and flipped every embedding's sign — and a negative factor always inverts the prompt.
+    So the mean is restored only when both means stand out of the noise (above ``MEAN_NOISE_FLOOR`` of
+    the mean absolute value) and share a sign; otherwise "original" leaves the weighted values as
+    "no_norm" does. Real SD text encoders (LayerNorm with bias) are never near that floor."""
     if emphasis == "none" or bool((weights == 1.0).all()):
         return hidden
     scaled_dtype = hidden.dtype
     values = hidden.float()
     weighted = values * weights.to(values.device, torch.float32).unsqueeze(-1)
     if emphasis == "original":
-        weighted = weighted * (values.mean() / weighted.mean())
+        before, after = values.mean(), weighted.mean()
+        floor = MEAN_NOISE_FLOOR * values.abs().mean()
+        if bool(before.abs() > floor) and bool(after.abs() > floor) and bool(before * after > 0):
+            weighted = weighted * (before / after)
     elif emphasis != "no_norm":
         raise NodeInputError("emphasis", "unknown emphasis mode", "original, no_norm or none", emphasis)
     return weighted.to(scaled_dtype)
