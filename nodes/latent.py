@@ -99,6 +99,27 @@ def SetLatentNoiseMask(
     return latent.replace(noise_mask=noise_mask.to(latent.samples.device))
 
 
+@node(outputs={"latent": LATENT}, category="latent")
+def RepeatLatent(
+    latent: Latent = Input(LATENT),
+    amount: int = Field(2, ge=1, le=64, description="copies of the batch, one after the other"),
+) -> Latent:
+    """The batch repeated ``amount`` times, e.g. an img2img batch from one encoded image. Repeat the clean
+    latent, before AddNoise, so every copy gets noise of its own. A noise mask or masked-image latents with
+    one entry per image repeat with it; a single one keeps serving the whole batch."""
+    if latent.schedule is not None:
+        raise NodeInputError("latent", "repeat the clean latent, before AddNoise", "a latent without noise", f"a latent noised for {latent.schedule.sampler}")
+    batch = latent.batch_size
+
+    def repeated(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        if tensor is None or (tensor.shape[0] == 1 and batch > 1):
+            return tensor
+        return tensor.repeat(amount, *([1] * (tensor.dim() - 1)))
+
+    return Latent(samples=repeated(latent.samples), noise_mask=repeated(latent.noise_mask),
+                  masked_image=repeated(latent.masked_image))
+
+
 def scaled_size(w: int, h: int, width: int, height: int, scale_by: float) -> tuple[int, int]:
     """(width, height) for resizing a w × h picture or latent: a 0 side follows the other side's aspect ratio,
     both 0 means ``scale_by`` times the current size. Shared by LatentUpscale and ImageScale."""

@@ -32,6 +32,7 @@ from .values import CONDITIONING, IMAGE, LATENT, MODEL, SCHEDULE, VAE, Condition
 from .values import Schedule as ScheduleValue
 
 MAX_SEED = 2**64 - 1
+BatchSeeds = Literal["one_stream", "seed_plus_index"]
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ def AddNoise(
     latent: Latent = Input(LATENT),
     schedule: ScheduleValue = Input(SCHEDULE),
     seed: int = Field(0, ge=0, le=MAX_SEED),
+    batch_seeds: BatchSeeds = Field("one_stream", description="one_stream: one random stream for the whole batch (diffusers, ComfyUI); seed_plus_index: image i gets seed + i, as in AUTOMATIC1111's batches, so any image of a batch can be redone alone"),
 ) -> Latent:
     """Add seeded noise for a schedule: the starting point of Sample.
 
@@ -155,15 +157,23 @@ def AddNoise(
     Sample returns it as it is.
 
     The result remembers the clean latent, the noise and the generator state after drawing it, so an
-    ancestral or SDE sampler continues the same random stream as a pipeline reusing one generator."""
+    ancestral or SDE sampler continues the same random stream as a pipeline reusing one generator. With
+    ``seed_plus_index`` each image has its own generator (and state), so image i of a batch is exactly the
+    image that seed + i gives at batch size 1, whatever the sampler."""
     if latent.schedule is not None:
         raise NodeInputError("latent", "this latent is already noised; connect the clean latent", "a latent without noise (EmptyLatent, VAEEncode, LatentUpscale, Sample)", f"a latent noised for {latent.schedule.sampler}")
     from diffusers.utils.torch_utils import randn_tensor
 
     scheduler = fresh_scheduler(schedule)
     clean = latent.samples
-    generator = torch.Generator("cpu").manual_seed(seed)
-    noise = randn_tensor(tuple(clean.shape), generator=generator, device=clean.device, dtype=clean.dtype)
+    if batch_seeds == "seed_plus_index":
+        generators = [torch.Generator("cpu").manual_seed((seed + i) % 2**64) for i in range(clean.shape[0])]
+        noise = randn_tensor(tuple(clean.shape), generator=generators, device=clean.device, dtype=clean.dtype)
+        rng_state = torch.stack([g.get_state() for g in generators])  # (B, state): one stream per image
+    else:
+        generator = torch.Generator("cpu").manual_seed(seed)
+        noise = randn_tensor(tuple(clean.shape), generator=generator, device=clean.device, dtype=clean.dtype)
+        rng_state = generator.get_state()
     timesteps = scheduler.timesteps[schedule.start_index:]
     if schedule.start_index == 0 and (latent.noise_mask is not None or not torch.any(clean)):
         noisy = noise * scheduler.init_noise_sigma
@@ -178,7 +188,7 @@ def AddNoise(
         schedule=schedule,
         clean=clean,
         noise=noise,
-        rng_state=generator.get_state(),
+        rng_state=rng_state,
     )
 
 
@@ -342,15 +352,18 @@ def _conditioning_for_batch(model: Model, embeds: torch.Tensor, batch: int, name
     return embeds.repeat(1, per_prompt, 1).view(prompts * per_prompt, seq_len, width)
 
 
-def _generator(seed: int, latent: Latent) -> torch.Generator:
-    generator = torch.Generator("cpu")
+def _generator(seed: int, latent: Latent) -> torch.Generator | list[torch.Generator]:
+    """A new generator for seed ≥ 0; else AddNoise's stream continued: one generator, or one per image
+    (a list, which diffusers' schedulers draw from image by image)."""
     if seed >= 0:
-        return generator.manual_seed(seed)
-    generator.set_state(latent.rng_state)
-    return generator
+        return torch.Generator("cpu").manual_seed(seed)
+    states = latent.rng_state
+    # clone: torch's set_state crashes on a row view of the (B, state) stack
+    generators = [torch.Generator("cpu").set_state(state.clone()) for state in (states if states.dim() == 2 else [states])]
+    return generators if states.dim() == 2 else generators[0]
 
 
-def _extra_step_kwargs(scheduler, generator: torch.Generator, eta: float) -> dict[str, Any]:
+def _extra_step_kwargs(scheduler, generator, eta: float) -> dict[str, Any]:
     """eta and generator for the schedulers whose ``step`` accepts them (the pipeline's prepare_extra_step_kwargs)."""
     accepted = inspect.signature(scheduler.step).parameters
     kwargs: dict[str, Any] = {}

@@ -204,7 +204,8 @@ class Latent(SocketValue):
     After AddNoise a latent also carries the schedule it was noised for (``schedule``), the clean latents
     it started from (``clean``, used when inpainting), the noise that was added (``noise``), and the
     random generator state right after drawing that noise (``rng_state``), so a sampler that needs more
-    noise continues the same random stream as diffusers' pipelines do. ``noise_mask`` (B, 1, h, w) is 1
+    noise continues the same random stream as diffusers' pipelines do (one state, or a (B, state) stack when
+    each image has its own stream). ``noise_mask`` (B, 1, h, w) is 1
     where the sampler may repaint; ``masked_image`` holds the masked-image latents for 9-channel UNets."""
 
     samples: torch.Tensor

@@ -1,4 +1,4 @@
-"""EmptyLatent and LatentUpscale."""
+"""EmptyLatent, LatentUpscale and RepeatLatent."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,7 +6,7 @@ from pydantic import ValidationError
 
 from graphflow.errors import NodeInputError
 from graphflow.node import spec_of
-from nodes.latent import EmptyLatent, LatentUpscale
+from nodes.latent import EmptyLatent, LatentUpscale, RepeatLatent
 from nodes.sampling import AddNoise, Schedule
 from nodes.values import Latent
 from tests.nodes.stage_helpers import call
@@ -116,3 +116,21 @@ def test_latent_nodes_leave_inputs_untouched(sd_vae):
     call(EmptyLatent, width=64, height=64, vae=sd_vae)
     assert latent.__graphflow_digest__() == before
     assert sd_vae.__graphflow_digest__() == vae_before
+
+
+def test_repeat_latent_repeats_the_batch_and_its_per_image_masks():
+    samples = torch.arange(2 * 4 * 2 * 2, dtype=torch.float32).view(2, 4, 2, 2)
+    per_image_mask = torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)])
+    out = call(RepeatLatent, latent=Latent(samples=samples, noise_mask=per_image_mask), amount=3)
+    assert out.batch_size == 6
+    assert torch.equal(out.samples, torch.cat([samples] * 3))  # the batch one after the other: 0 1 0 1 0 1
+    assert torch.equal(out.noise_mask, torch.cat([per_image_mask] * 3))
+    shared_mask = torch.ones(1, 1, 2, 2)
+    assert call(RepeatLatent, latent=Latent(samples=samples, noise_mask=shared_mask), amount=3).noise_mask is shared_mask
+
+
+def test_repeat_latent_refuses_a_noised_latent(sd_model):
+    schedule = call(Schedule, model=sd_model, steps=4)
+    noised = call(AddNoise, latent=Latent(samples=torch.zeros(1, 4, 8, 8)), schedule=schedule, seed=0)
+    with pytest.raises(NodeInputError, match="before AddNoise"):
+        call(RepeatLatent, latent=noised, amount=2)

@@ -341,3 +341,25 @@ def test_previews_do_not_change_the_result(sd_model, prompts, empty, sd_vae):
     plain = sample(sd_model, prompts, noised).samples
     watched = sample(sd_model, prompts, noised, preview_every=1, preview_mode="vae", vae=sd_vae).samples
     assert torch.equal(plain, watched)
+
+
+# one sampler per scheduler class whose step draws from the generator, and a deterministic one
+@pytest.mark.parametrize("sampler", ["euler", "euler_a", "dpm2_a", "dpmpp_2m_sde", "ddim"])
+def test_seed_plus_index_batch_gives_each_image_its_own_seeds_picture(sd_model, prompts, sd_vae, sampler):
+    """AUTOMATIC1111's batches: image i of a batch is the image seed + i gives alone — for the ancestral and
+    SDE samplers too (and DDIM at eta 0.5), which draw fresh noise at each step from the image's own stream."""
+    positive, negative = prompts
+    schedule = call(Schedule, model=sd_model, sampler=sampler, steps=4)
+
+    def sampled(batch_size, seed, batch_seeds):
+        empty = call(EmptyLatent, width=64, height=64, batch_size=batch_size, vae=sd_vae)
+        noised = call(AddNoise, latent=empty, schedule=schedule, seed=seed, batch_seeds=batch_seeds)
+        latent, _ = call(Sample, model=sd_model, positive=positive, negative=negative, latent=noised, cfg=5.0, eta=0.5)
+        return latent.samples
+
+    batch = sampled(3, 11, "seed_plus_index")
+    for i in range(3):
+        alone = sampled(1, 11 + i, "seed_plus_index")
+        assert torch.allclose(batch[i:i + 1], alone, atol=1e-4), f"image {i} differs from seed {11 + i} alone"
+    one_stream = sampled(3, 11, "one_stream")
+    assert not torch.allclose(one_stream[1:2], batch[1:2], atol=1e-2)  # one stream for the batch is not seed + i
