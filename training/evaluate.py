@@ -45,10 +45,20 @@ class ToyRuns:
         self.sampler = sampler
         self._measured: dict[tuple, list[Result]] = {}
 
-    def picture(self, prompt, negative="", seed=0, cfg=CFG, steps=STEPS, image=None, strength=1.0,
-                hires_strength=None) -> PILImage.Image:
+    def picture(self, prompt, negative="", seed=0, **options) -> PILImage.Image:
+        """One picture: ``pictures`` for a single seed."""
+        return self.pictures(prompt, negative, [seed], **options)[0]
+
+    def pictures(self, prompt, negative="", seeds=(0,), cfg=CFG, steps=STEPS, image=None, strength=1.0,
+                 hires_strength=None) -> list[PILImage.Image]:
         """txt2img at 64x64, or img2img from an input file at ``strength``; ``hires_strength`` adds a hires
-        fix (latents x2 nearest-exact, then that share of the steps again at 128x128)."""
+        fix (latents x2 nearest-exact, then that share of the steps again at 128x128).
+
+        The seeds (consecutive) run as one batch with AddNoise's ``seed_plus_index``: picture i is exactly
+        the picture seed i gives alone, at a fraction of the time of one run per seed."""
+        seeds = list(seeds)
+        if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+            raise ValueError(f"seeds must be consecutive to run as one batch, got {seeds}")
         g = Graph(self.engine.registry)
         ckpt = g.add("LoadCheckpoint", name=self.model)
         positive = g.add("TextEncode", clip=ckpt.clip, text=prompt).conditioning
@@ -56,27 +66,30 @@ class ToyRuns:
 
         def denoise(latent, share):
             schedule = g.add("Schedule", model=ckpt.model, sampler=self.sampler, steps=steps, denoise=share).schedule
-            noised = g.add("AddNoise", latent=latent, schedule=schedule, seed=seed).latent
+            noised = g.add("AddNoise", latent=latent, schedule=schedule, seed=seeds[0], batch_seeds="seed_plus_index").latent
             return g.add("Sample", model=ckpt.model, positive=positive, negative=negative, latent=noised, cfg=cfg).latent
 
         if image is None:
-            start = g.add("EmptyLatent", width=64, height=64, vae=ckpt.vae).latent
+            start = g.add("EmptyLatent", width=64, height=64, batch_size=len(seeds), vae=ckpt.vae).latent
         else:
-            start = g.add("VAEEncode", vae=ckpt.vae, image=g.add("LoadImage", name=image).image).latent
+            encoded = g.add("VAEEncode", vae=ckpt.vae, image=g.add("LoadImage", name=image).image).latent
+            start = g.add("RepeatLatent", latent=encoded, amount=len(seeds)).latent
         latent = denoise(start, strength)
         if hires_strength is not None:
             upscaled = g.add("LatentUpscale", latent=latent, method="nearest-exact", scale_by=2.0).latent
             latent = denoise(upscaled, hires_strength)
         save = g.add("SaveImage", images=g.add("VAEDecode", vae=ckpt.vae, latent=latent).image, filename_prefix="meaning")
-        (saved,) = g.run(self.engine).outputs[save.id]["images"]
-        with PILImage.open(self.engine.settings.output_dir / saved["filename"]) as png:
-            return png.convert("RGB")
+        pictures = []
+        for saved in g.run(self.engine).outputs[save.id]["images"]:
+            with PILImage.open(self.engine.settings.output_dir / saved["filename"]) as png:
+                pictures.append(png.convert("RGB"))
+        return pictures
 
     def measured(self, prompt, negative="", cfg=CFG, **options) -> list[Result]:
         """(colour, shape) for each seed; remembered, since several checks share runs."""
         key = (prompt, negative, cfg, tuple(sorted(options.items())))
         if key not in self._measured:
-            self._measured[key] = [classify(self.picture(prompt, negative, seed, cfg, **options)) for seed in self.seeds]
+            self._measured[key] = [classify(p) for p in self.pictures(prompt, negative, self.seeds, cfg, **options)]
         return self._measured[key]
 
     def hires_kept(self, prompt: str, hires_strength: float = 0.5) -> list[bool]:

@@ -1,8 +1,9 @@
 """Checks of meaning for the built-in ``toy-shapes`` model: the picture follows the prompt.
 
 Pictures come from graphflow workflows (``training.evaluate.ToyRuns``: builder, Engine, SaveImage) over the
-fixed seeds 0..9; colour and shape are read back from the saved PNGs. Model and seeds are fixed, so the
-counts are deterministic.
+fixed seeds 0..9, made once per session as one batch per prompt (AddNoise's ``seed_plus_index``: each picture
+is the one its seed gives alone) and shared by every check that reads them; colour and shape are read back
+from the saved PNGs. Model and seeds are fixed, so the counts are deterministic.
 """
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ import pytest
 from nodes.loaders import TOY_SHAPES as TOY
 from training.evaluate import BLUE_SQUARE, CFG, PAIRS, ToyRuns, card_rows
 
-pytestmark = pytest.mark.skipif(not (TOY / "model_index.json").exists(), reason="toy-shapes weights not built")
+pytestmark = [
+    pytest.mark.skipif(not (TOY / "model_index.json").exists(), reason="toy-shapes weights not built"),
+    # The first check that reads the twelve prompts makes their 240 pictures (seconds on a quiet machine,
+    # 806 s measured at load average 15 on 2 cores): a limit for a hang, not for a busy machine.
+    pytest.mark.timeout(2400),
+]
 
 
 @pytest.fixture(scope="module")
