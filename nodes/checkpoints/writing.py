@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from graphflow.paths import atomic_save
 
 from .common import METADATA_PREFIX
 from .families import family_named
@@ -30,7 +31,8 @@ def original_state_dict(model, clip, vae) -> dict[str, torch.Tensor]:
 
 
 def save_single_file(model, clip, vae, path: Path) -> Path:
-    """Write MODEL + CLIP + VAE as one original-layout ``.safetensors`` (written atomically). The diffusers /
+    """Write MODEL + CLIP + VAE as one original-layout ``.safetensors``, atomically and never over an existing file
+    (FileExistsError: :func:`graphflow.paths.atomic_save`). The diffusers /
     transformers configs go into the metadata, so graphflow restores exactly what shapes cannot show (attention
     head counts, scheduler); other tools ignore it."""
     from safetensors.torch import save_file
@@ -45,7 +47,4 @@ def save_single_file(model, clip, vae, path: Path) -> Path:
         METADATA_PREFIX + "text_encoder_config": json.dumps(public_config(clip.text_encoder.config.to_dict())),
         METADATA_PREFIX + "scheduler_config": json.dumps({**public_config(model.scheduler_config), "prediction_type": model.prediction_type}),
     }
-    temporary = path.with_name(path.name + ".partial")
-    save_file(tensors, str(temporary), metadata=metadata)
-    os.replace(temporary, path)
-    return path
+    return atomic_save(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
