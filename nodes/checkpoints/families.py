@@ -63,6 +63,10 @@ def family_of(cross_attention_dim: int, text_layout: str | None) -> str:
     return next((f.name for f in FAMILIES if f.text.name == text_layout), FAMILIES[0].name)
 
 
+def text_layout_named(name: str) -> TextLayout:
+    return next(f.text for f in FAMILIES if f.text.name == name)
+
+
 def text_layout_of(hidden_act: str) -> str | None:
     """The layout of a transformers text encoder, told by its activation (OpenCLIP: exact GELU, OpenAI CLIP: quick_gelu)."""
     return next((f.text.name for f in FAMILIES if f.text.hidden_act == hidden_act), None)
@@ -82,7 +86,8 @@ def detect(state_dict: dict[str, torch.Tensor]) -> Detected:
     """Family, inpainting and text-encoder layout of an original-layout state dict (shapes only: meta tensors do)."""
     for prefix, title in NOT_LOADABLE:
         if any(k.startswith(prefix) for k in state_dict):
-            loadable = " and ".join(f.title for f in FAMILIES)
+            titles = [f.title for f in FAMILIES]
+            loadable = " and ".join([", ".join(titles[:-1]), titles[-1]] if len(titles) > 1 else titles)
             raise CheckpointError(f"this is an {title} checkpoint; graphflow loads {loadable} checkpoints")
     parts = split_components(state_dict)
     unet = parts["unet"]

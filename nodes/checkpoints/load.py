@@ -10,8 +10,8 @@ from ..builtin_models import clip_tokenizer
 from .build import cast, checked, text_encoder_from_weights, unet_from_weights, vae_from_weights
 from .common import CONFIGS, CheckpointError, Components, read_json, take_prefix
 from .configs import assemble_config, stored_config
-from .families import (FAMILIES, config_folder, detect, family_of, guess_prediction_type,
-                       split_components, text_layout_of)
+from .families import (config_folder, detect, family_of, guess_prediction_type, split_components,
+                       text_layout_named, text_layout_of)
 from .reading import read_state_dict
 from .text import derive_text_config
 from .unet import derive_unet_config, unet_from_original
@@ -34,7 +34,7 @@ def load_single_file(path: Path, prediction_type: str = "auto", dtype: torch.dty
     def config(component: str, derived: dict[str, Any]) -> dict[str, Any]:
         return assemble_config(component, read_json(base / component / "config.json"), derived, metadata)
 
-    text_layout = next(f.text for f in FAMILIES if f.text.name == detected.text_layout)
+    text_layout = text_layout_named(detected.text_layout)
     text_weights = text_layout.from_original(parts[text_layout.name])
     unet_config = config("unet", derive_unet_config(parts["unet"]))
     vae_config = config("vae", derive_vae_config(parts["vae"]))
