@@ -18,7 +18,7 @@ from typing import Callable
 
 from graphflow import paths
 from graphflow.errors import NodeInputError
-from graphflow.paths import PathWriter, Writer, atomic_save, atomic_write  # noqa: F401  (re-exported for node modules)
+from graphflow.paths import Writer, atomic_write  # noqa: F401  (re-exported for node modules)
 
 COUNTER_DIGITS = 5
 
@@ -56,8 +56,8 @@ def write_new_output(directory: Path, prefix: str, ext: str, writer: Writer, att
 
 def new_output(directory: Path, prefix: str, ext: str, create: Callable[[Path], Path], attempts: int = 100) -> Path:
     """Make a new numbered output file with ``create(path)`` and return its path. ``create`` writes atomically and
-    refuses an existing file with FileExistsError (:func:`atomic_write` and :func:`atomic_save` do): if another
-    writer claims the chosen number first, the next free number is taken instead."""
+    refuses an existing file with FileExistsError (as :func:`atomic_write` and :func:`graphflow.paths.atomic_save`
+    do): if another writer claims the chosen number first, the next free number is taken instead."""
     for _ in range(attempts):
         path = unique_output_path(directory, prefix, ext)
         try:
