@@ -17,7 +17,7 @@ import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from .workflow import canonical_json
 
@@ -29,30 +29,64 @@ def content_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(parts).encode("utf-8")).hexdigest()
 
 
-def sizeof(value: Any) -> int:
-    """Bytes a value holds: its ``nbytes`` if it has one (tensors, arrays, socket values), else a shallow estimate."""
-    nbytes = getattr(value, "nbytes", None)
-    if isinstance(nbytes, int):
-        return nbytes
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return sys.getsizeof(value) + sum(sizeof(v) for v in value)
+def is_container(value: Any) -> bool:
+    """Whether :func:`walk` looks inside ``value``: lists, tuples, sets, dicts and dataclass instances."""
+    return isinstance(value, (list, tuple, set, frozenset, dict)) or (is_dataclass(value) and not isinstance(value, type))
+
+
+def walk(value: Any, is_leaf: Callable[[Any], bool] = lambda part: False, path: str = "") -> Iterator[tuple[str, Any]]:
+    """``(path, part)`` for ``value`` and every part inside it, depth first: items of lists, tuples and sets
+    (``[0]``), entries of dicts (``['key']``, keys in sorted order) and fields of dataclass instances (``.name``).
+    Parts that ``is_leaf`` accepts are yielded but not looked into.
+
+    The one walk over values: the cache's sizes and digests use it, and node packs build theirs on it."""
+    yield path, value
+    if is_leaf(value) or not is_container(value):
+        return
     if isinstance(value, dict):
-        return sys.getsizeof(value) + sum(sizeof(k) + sizeof(v) for k, v in value.items())
-    if is_dataclass(value) and not isinstance(value, type):
-        return sum(sizeof(getattr(value, f.name)) for f in fields(value))
-    return sys.getsizeof(value)
+        children = [(f"{path}[{key!r}]", value[key]) for key in sorted(value, key=str)]
+    elif isinstance(value, (set, frozenset)):
+        children = [(f"{path}[{i}]", item) for i, item in enumerate(sorted(value, key=repr))]
+    elif isinstance(value, (list, tuple)):
+        children = [(f"{path}[{i}]", item) for i, item in enumerate(value)]
+    else:
+        children = [(f"{path}.{f.name}", getattr(value, f.name)) for f in fields(value)]
+    for child_path, child in children:
+        yield from walk(child, is_leaf, child_path)
+
+
+def _nbytes(value: Any) -> int | None:
+    nbytes = getattr(value, "nbytes", None)
+    return nbytes if isinstance(nbytes, int) else None
+
+
+def sizeof(value: Any) -> int:
+    """Bytes a value holds: each part's ``nbytes`` where it has one (tensors, arrays, socket values), else a shallow
+    estimate (``sys.getsizeof`` of each container and item; a dataclass instance counts only through its fields)."""
+    total = 0
+    for _, part in walk(value, is_leaf=lambda part: _nbytes(part) is not None):
+        nbytes = _nbytes(part)
+        if nbytes is not None:
+            total += nbytes
+        elif not (is_dataclass(part) and not isinstance(part, type)):
+            total += sys.getsizeof(part)
+    return total
+
+
+def _own_digest(value: Any) -> Callable[[], str] | None:
+    own = getattr(value, "__graphflow_digest__", None)
+    return own if callable(own) else None
 
 
 def digest(value: Any) -> str:
-    """Content digest used by the mutation guard: a value's own ``__graphflow_digest__`` or its canonical JSON."""
-    own = getattr(value, "__graphflow_digest__", None)
-    if callable(own):
-        return own()
-    if isinstance(value, (list, tuple)):
-        return content_key({"items": [digest(v) for v in value]})
-    if isinstance(value, dict):
-        return content_key({str(k): digest(v) for k, v in value.items()})
-    return content_key({"repr": repr(value)})
+    """Content digest used by the mutation guard: each part's own ``__graphflow_digest__`` where it has one, the
+    shape of the containers around them, and the ``repr`` of everything else."""
+    hasher = hashlib.sha256()
+    for path, part in walk(value, is_leaf=lambda part: _own_digest(part) is not None):
+        own = _own_digest(part)
+        content = own() if own is not None else type(part).__name__ if is_container(part) else repr(part)
+        hasher.update(f"{path}\0{content}\0".encode("utf-8", "backslashreplace"))
+    return hasher.hexdigest()
 
 
 @dataclass

@@ -1,16 +1,20 @@
-"""File-name safety and atomic, never-overwriting writes — shared by node packs and the server.
+"""File-name safety and atomic writes — the one implementation of each, shared by node packs and the server.
 
 Names in a workflow or a URL may come from the network, so resolving them is a security boundary:
 a name can only ever point inside its root folder."""
 from __future__ import annotations
 
+import errno
 import os
 import re
-import tempfile
+import secrets
+import shutil
+import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO, Callable
 
-Writer = Callable[[BinaryIO], None]
+Writer = Callable[[BinaryIO], None]  # writes a file's bytes into the open file it is given
+PathWriter = Callable[[Path], None]  # writes a complete file (or folder) at the path it is given
 
 
 class UnsafePath(ValueError):
@@ -40,30 +44,106 @@ def resolve_inside(root: Path, name: str) -> Path:
     return target
 
 
-def atomic_write(path: Path, writer: Writer) -> Path:
-    """Write a new file at ``path`` through ``writer(binary_file)``; raise FileExistsError if it exists.
-
-    The bytes go to a hidden temporary file in the same folder, then the file is hard-linked to its name,
-    which is atomic and exclusive: readers never see half a file and nobody's file is replaced. Where hard
-    links are unavailable the name is reserved with an exclusive create and the finished file renamed onto it."""
-    path = Path(path)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(handle, "wb") as file:
+def atomic_write(path: Path, writer: Writer, *, replace: bool = False) -> Path:
+    """Write the file ``path`` through ``writer(binary_file)``, as :func:`atomic_save` does."""
+    def fill(temporary: Path) -> None:
+        with open(temporary, "wb") as file:  # the placeholder atomic_save made: its mode is kept
             writer(file)
-            file.flush()
-            os.fsync(file.fileno())
+
+    return atomic_save(path, fill, replace=replace)
+
+
+def atomic_save(path: Path, save: PathWriter, *, replace: bool = False) -> Path:
+    """Write the file ``path`` through ``save(temporary_path)`` — for libraries that only write to a path
+    (safetensors, torch.save) — so that nobody ever sees half a file.
+
+    The bytes go to a hidden temporary file in the same folder, flushed to disk, then published under the name.
+    By default publishing is a hard link, atomic and exclusive: FileExistsError if ``path`` exists, nobody's file
+    is replaced (where hard links are unavailable the name is reserved with an exclusive create and the finished
+    file renamed onto it). ``replace=True`` renames it over an existing file instead (for files that are
+    rebuilt, never for outputs). The file gets the mode any new file gets (0644 under the usual umask 022),
+    even when ``save`` recreates it (``tempfile`` and some libraries would leave it 0600)."""
+    path = Path(path)
+    temporary, mode = _placeholder(path, folder=False)
+    try:
+        save(temporary)
+        if os.stat(temporary).st_mode & 0o7777 != mode:
+            os.chmod(temporary, mode)
+        descriptor = os.open(temporary, os.O_RDONLY)
         try:
-            os.link(temp, path)
-        except FileExistsError:
-            raise
-        except OSError:  # no hard links here (FAT, some network shares)
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            os.replace(temp, path)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        if replace:
+            os.replace(temporary, path)
+        else:
+            _publish_exclusively(temporary, path)
     finally:
-        temp.unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
     return path
+
+
+def atomic_folder(path: Path, fill: PathWriter) -> Path:
+    """Create the folder ``path`` through ``fill(temporary_folder)``: filled under a hidden name beside it, then
+    renamed into place, so a half-filled folder is never seen under its name. FileExistsError (and nothing
+    left behind) if ``path`` exists by then. The folder and everything in it get the modes any new folder and file
+    get (0755 and 0644 under umask 022), whatever ``fill`` used (safetensors writes 0600 files)."""
+    path = Path(path)
+    temporary, folder_mode = _placeholder(path, folder=True)
+    try:
+        fill(temporary)
+        _normalise_modes(temporary, folder_mode)
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "folder exists", str(path))
+        try:
+            os.rename(temporary, path)
+        except OSError as error:
+            if error.errno in (errno.EEXIST, errno.ENOTEMPTY):  # another writer finished first
+                raise FileExistsError(errno.EEXIST, "folder exists", str(path)) from None
+            raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return path
+
+
+def _placeholder(path: Path, folder: bool) -> tuple[Path, int]:
+    """A new hidden ``.<name>.<random>.tmp`` beside ``path`` and its permission bits. Created with mode 0666 (0777
+    for a folder) so the kernel applies the umask — unlike ``tempfile``, whose files are always 0600."""
+    for _ in range(100):
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            if folder:
+                os.mkdir(temporary, 0o777)
+            else:
+                os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return temporary, os.stat(temporary).st_mode & 0o7777
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def _normalise_modes(folder: Path, folder_mode: int) -> None:
+    """Give every folder under ``folder`` ``folder_mode`` and every file the same without execute bits (keeping
+    the execute bits a file has, where the umask allows them)."""
+    file_mode = folder_mode & 0o666
+    for root, folders, files in os.walk(folder):
+        for name in folders:
+            os.chmod(os.path.join(root, name), folder_mode)
+        for name in files:
+            file = os.path.join(root, name)
+            current = os.lstat(file).st_mode
+            if not stat.S_ISLNK(current):
+                os.chmod(file, file_mode | (current & 0o111 & folder_mode))
+
+
+def _publish_exclusively(temporary: Path, path: Path) -> None:
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (FAT, some network shares)
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        os.replace(temporary, path)
 
 
 def hide_folders(value: object, folders: dict[str, Path]) -> object:

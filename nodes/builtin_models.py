@@ -9,10 +9,11 @@ Its images are noise: it proves that tensors flow, not that prompts are followed
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from graphflow.paths import atomic_folder
 
 PACKAGE_MODELS = Path(__file__).resolve().parent / "models"
 CLIP_BPE = PACKAGE_MODELS / "clip_bpe"
@@ -126,15 +127,11 @@ def save_diffusers_folder(components: dict, folder: Path) -> Path:
     from diffusers import StableDiffusionPipeline
 
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(staging, safe_serialization=True)
     try:
-        staging.rename(folder)
-    except OSError:  # another process finished first; its copy is identical
-        import shutil
-
-        shutil.rmtree(staging, ignore_errors=True)
+        atomic_folder(folder, lambda staging: pipe.save_pretrained(staging, safe_serialization=True))
+    except FileExistsError:  # another process finished first; its copy is identical
+        pass
     return folder
 
 

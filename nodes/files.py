@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Callable
 
 from graphflow import paths
 from graphflow.errors import NodeInputError
@@ -49,13 +50,18 @@ def unique_output_path(directory: Path, prefix: str, ext: str) -> Path:
 
 
 def write_new_output(directory: Path, prefix: str, ext: str, writer: Writer, attempts: int = 100) -> Path:
-    """Write a new numbered output file (:func:`unique_output_path` + :func:`atomic_write`) and return its path.
+    """Write a new numbered output file through ``writer(binary_file)`` (:func:`new_output` + :func:`atomic_write`)."""
+    return new_output(directory, prefix, ext, lambda path: atomic_write(path, writer), attempts)
 
-    If another writer claims the chosen number first, the next free number is taken instead."""
+
+def new_output(directory: Path, prefix: str, ext: str, create: Callable[[Path], Path], attempts: int = 100) -> Path:
+    """Make a new numbered output file with ``create(path)`` and return its path. ``create`` writes atomically and
+    refuses an existing file with FileExistsError (as :func:`atomic_write` and :func:`graphflow.paths.atomic_save`
+    do): if another writer claims the chosen number first, the next free number is taken instead."""
     for _ in range(attempts):
         path = unique_output_path(directory, prefix, ext)
         try:
-            return atomic_write(path, writer)
+            return create(path)
         except FileExistsError:
             continue
     raise FileExistsError(f"could not find a free output name for prefix {prefix!r} in {directory} after {attempts} attempts")

@@ -29,13 +29,13 @@ the file name: "768" or "v-pred"/"vpred" in it means v_prediction (the official 
 ``device="auto"`` uses CUDA in float16 when available, else the CPU in float32.
 """
 # No "from __future__ import annotations": the engine reads the literal inputs' annotations as objects.
-import re
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
 
+from graphflow import paths
 from graphflow.context import Settings
 from graphflow.errors import NodeInputError
 from graphflow.node import node
@@ -67,13 +67,16 @@ def builtin_folders() -> dict[str, Any]:
     return builtins
 
 
-def check_name(name: str) -> None:
-    """A model name is a relative path inside the models directory: never absolute, never with ``..``."""
-    parts = re.split(r"[\\/]", name)
-    if not name.strip() or PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() \
-            or PureWindowsPath(name).drive or ".." in parts:
-        raise NodeInputError("name", "a model name must be a relative path inside the models directory",
-                             expected="a name such as 'v1-5-pruned-emaonly' or 'sub/model.safetensors'", received=name)
+def inside(folder: Path, name: str) -> Path:
+    """``folder / name``, provided ``name`` stays inside ``folder`` by :func:`graphflow.paths.resolve_inside`'s rules
+    (relative, no ``..``, no symlink that leads out); the path keeps its own name (a sidecar ``.yaml`` and the
+    prediction-type rules go by the name the user gave, not by a link's target)."""
+    try:
+        paths.resolve_inside(folder, name)
+    except paths.UnsafePath as exc:
+        raise NodeInputError("name", f"a model name must be a relative path inside the models directory: {exc}",
+                             expected="a name such as 'v1-5-pruned-emaonly' or 'sub/model.safetensors'", received=name) from None
+    return Path(folder) / name
 
 
 def is_checkpoint_folder(path: Path) -> bool:
@@ -86,10 +89,10 @@ def is_vae_folder(path: Path) -> bool:
 
 def find_in(name: str, folders: list[Path], suffixes: tuple[str, ...], is_folder) -> Path | None:
     for folder in folders:
-        candidate = folder / name
+        candidate = inside(folder, name)
         if candidate.is_dir() and is_folder(candidate):
             return candidate
-        for path in [candidate] + [folder / (name + suffix) for suffix in suffixes]:
+        for path in [candidate] + [inside(folder, name + suffix) for suffix in suffixes]:
             if path.is_file():
                 return path
     return None
@@ -114,7 +117,7 @@ def vae_dirs(models_dir: Path) -> list[Path]:
 
 def resolve(name: str, folders: list[Path], suffixes: tuple[str, ...], is_folder) -> Path:
     """Built-in name, then folders in order; a miss lists every name that would work."""
-    check_name(name)
+    inside(folders[0], name)  # a bad name is refused before built-in names are looked up
     builtins = builtin_folders()
     if name in builtins:
         return Path(builtins[name]())

@@ -13,7 +13,6 @@ encoder and VAE (the WebUI's "copy config/VAE from A" options), or merge each wi
 """
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal
@@ -24,7 +23,7 @@ from pydantic import Field
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
-from .files import relative_name, unique_output_path
+from .files import new_output, relative_name
 from .patching import clone_with_weights
 from .values import CLIP, MODEL, VAE, Clip, Model, Vae
 
@@ -163,18 +162,6 @@ def SaveCheckpoint(
     from .checkpoints import save_single_file
 
     output_dir = Path(ctx.settings.output_dir)
-    for _ in range(100):
-        path = unique_output_path(output_dir, filename_prefix, "safetensors")
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        try:
-            save_single_file(model, clip, vae, partial)
-            os.link(partial, path)  # claims the name atomically; fails if someone took it meanwhile
-            break
-        except FileExistsError:
-            continue
-        finally:
-            partial.unlink(missing_ok=True)
-    else:
-        raise FileExistsError(f"no free file name for prefix {filename_prefix!r} in {output_dir}")
+    path = new_output(output_dir, filename_prefix, "safetensors", lambda path: save_single_file(model, clip, vae, path))
     return {"checkpoints": [{"filename": relative_name(path, output_dir), "path": str(path),
                              "patches": {"model": list(model.patches), "clip": list(clip.patches)}}]}

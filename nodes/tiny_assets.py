@@ -14,10 +14,11 @@ into a models directory when missing (the tests call it).
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import torch
+
+from graphflow.paths import atomic_save
 
 LORA_RANK = 2
 LORA_ALPHA = 1.0
@@ -106,13 +107,9 @@ def save_lora(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, st
 
 
 def _atomic(path: Path, write) -> Path:
-    """Write through a temporary name, so a reader never sees half a file."""
+    """Write through a temporary name, so a reader never sees half a file; a rebuilt asset replaces the old one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    write(temporary)
-    os.chmod(temporary, 0o644)  # safetensors creates 0600 files; these are meant to be shared
-    os.replace(temporary, path)
-    return path
+    return atomic_save(path, write, replace=True)
 
 
 def asset_paths(root: Path) -> dict[str, Path]:

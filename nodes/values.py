@@ -9,10 +9,12 @@ engine's mutation guard (on in tests) prove that a node left its inputs untouche
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+
+from graphflow.cache import is_container, walk
 
 # Socket type names used by the node library.
 MODEL, CLIP, VAE = "MODEL", "CLIP", "VAE"
@@ -34,45 +36,33 @@ def module_digest(module: torch.nn.Module, hasher: "hashlib._Hash") -> None:
         tensor_digest(tensor, hasher)
 
 
+def _is_weights(value: Any) -> bool:
+    return isinstance(value, (torch.Tensor, torch.nn.Module))
+
+
 def digest_of(value: Any) -> str:
-    """Content digest of a socket value (tensors by bytes, modules by state dict)."""
+    """Content digest of a socket value (tensors by bytes, modules by state dict), over the engine's :func:`walk`."""
     hasher = hashlib.sha256()
-    _feed(value, hasher)
+    for path, part in walk(value, is_leaf=_is_weights):
+        hasher.update(path.encode("utf-8", "backslashreplace") + b"\0")
+        if isinstance(part, torch.Tensor):
+            tensor_digest(part, hasher)
+        elif isinstance(part, torch.nn.Module):
+            module_digest(part, hasher)
+        else:
+            hasher.update((type(part).__name__ if is_container(part) else repr(part)).encode("utf-8", "backslashreplace"))
     return hasher.hexdigest()
 
 
-def _feed(value: Any, hasher: "hashlib._Hash") -> None:
-    if isinstance(value, torch.Tensor):
-        tensor_digest(value, hasher)
-    elif isinstance(value, torch.nn.Module):
-        module_digest(value, hasher)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _feed(item, hasher)
-    elif isinstance(value, dict):
-        for key in sorted(value, key=str):
-            hasher.update(str(key).encode())
-            _feed(value[key], hasher)
-    elif hasattr(value, "__dataclass_fields__"):
-        for f in fields(value):
-            hasher.update(f.name.encode())
-            _feed(getattr(value, f.name), hasher)
-    else:
-        hasher.update(repr(value).encode())
-
-
 def nbytes_of(value: Any) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, torch.nn.Module):
-        return sum(t.numel() * t.element_size() for t in value.state_dict().values())
-    if isinstance(value, (list, tuple)):
-        return sum(nbytes_of(v) for v in value)
-    if isinstance(value, dict):
-        return sum(nbytes_of(v) for v in value.values())
-    if hasattr(value, "__dataclass_fields__"):
-        return sum(nbytes_of(getattr(value, f.name)) for f in fields(value))
-    return 0
+    """Bytes of the tensors a value holds (a module's by its state dict); nothing else counts."""
+    total = 0
+    for _, part in walk(value, is_leaf=_is_weights):
+        if isinstance(part, torch.Tensor):
+            total += part.numel() * part.element_size()
+        elif isinstance(part, torch.nn.Module):
+            total += sum(t.numel() * t.element_size() for t in part.state_dict().values())
+    return total
 
 
 class SocketValue:

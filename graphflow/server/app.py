@@ -21,7 +21,7 @@ from ..errors import WorkflowFormatError, WorkflowInvalid
 from ..execute import Engine
 from ..registry import Registry, default_registry
 from ..workflow import parse
-from .files import Rejected, resolve_inside, store_image
+from .files import Rejected, served_file, store_image
 from .hub import Hub
 from .limits import Limits, check_literals, check_size, issue
 from .middleware import ApiError, dumps, guard_host_and_origin, json_errors, json_response, require_token
@@ -149,7 +149,7 @@ class Server:
     # -- files -----------------------------------------------------------------------------------------------
     async def output(self, request: web.Request) -> web.StreamResponse:
         try:
-            path = resolve_inside(self.outputs_dir, request.match_info["name"])
+            path = served_file(self.outputs_dir, request.match_info["name"])
         except Rejected as exc:
             raise ApiError(exc.status, exc.message) from None
         if path is None:

@@ -24,17 +24,20 @@ class Rejected(Exception):
         self.status, self.message = status, message
 
 
-def resolve_inside(root: Path, name: str) -> Path | None:
-    """The regular file ``name`` (a relative path) refers to inside ``root``; None when there is no such file.
-    Names that could only be an escape attempt raise :class:`Rejected` (400)."""
+def served_file(root: Path, name: str) -> Path | None:
+    """The regular file ``name`` (a relative path) names inside ``root`` by :func:`graphflow.paths.resolve_inside`'s
+    rules; None when there is no such file. A symlink that leads out is, to a client, just not there; the other
+    refused names could only be an escape attempt and raise :class:`Rejected` (400), as does a backslash (a URL
+    names sub-folders with ``/``)."""
+    refusal = f"invalid file name {name!r}: expected a path inside the directory, without '..'"
     if "\\" in name:
-        raise Rejected(400, f"invalid file name {name!r}: expected a path inside the directory, without '..'")
+        raise Rejected(400, refusal)
     try:
         path = paths.resolve_inside(root, name)
     except paths.UnsafePath as exc:
-        if exc.via_symlink:  # a link that leads out is, to the client, just not there
+        if exc.via_symlink:
             return None
-        raise Rejected(400, f"invalid file name {name!r}: expected a path inside the directory, without '..'") from None
+        raise Rejected(400, refusal) from None
     return path if path.is_file() else None
 
 

@@ -420,3 +420,21 @@ def test_diffusers_folder_loading_is_strict(tmp_path):
     save_file(tensors, str(weights), metadata={"format": "pt"})
     with pytest.raises(ck.CheckpointError, match="text encoder.*final_layer_norm.weight"):
         ck.load_diffusers_folder(folder)
+
+
+def test_a_family_is_a_record_that_detection_and_configs_read(monkeypatch):
+    """Detection, config choice and messages come from the family records only: a new record is a new family."""
+    import dataclasses
+
+    from nodes.checkpoints import families
+
+    wide = dataclasses.replace(families.SD1, name="sd1-wide", title="SD 1.x wide", cross_attention_dim=48,
+                               configs={"epsilon": "sd2-base"}, inpainting_config="sd2-inpainting")
+    monkeypatch.setattr(families, "FAMILIES", families.FAMILIES + (wide,))
+    unet = {"model.diffusion_model.input_blocks.0.0.weight": torch.empty(8, 9, 3, 3, device="meta"),
+            "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": torch.empty(8, 48, device="meta")}
+    assert families.detect(unet) == ck.Detected("sd1-wide", True, 48, None)
+    assert families.config_folder("sd1-wide", False, "v_prediction").name == "sd2-base"
+    assert families.config_folder("sd1-wide", True, "epsilon").name == "sd2-inpainting"
+    with pytest.raises(ck.CheckpointError, match="loads SD 1.x, SD 2.x and SD 1.x wide checkpoints"):
+        families.detect({"conditioner.embedders.0.model.x": torch.zeros(1), **unet})

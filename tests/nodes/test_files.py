@@ -119,3 +119,43 @@ def test_atomic_write_without_hard_links_still_refuses_to_overwrite(tmp_path, mo
     with pytest.raises(FileExistsError):
         atomic_write(target, lambda f: f.write(b"second"))
     assert target.read_bytes() == b"first" and os.listdir(tmp_path) == ["x.bin"]
+
+
+def test_every_node_side_lookup_refuses_a_symlink_out_of_its_folder(tmp_path):
+    """Names from a workflow reach files through search.find_file (images, LoRAs, upscalers), embeddings,
+    unique_output_path and the model loaders: all use the one resolve_inside, symlink check included."""
+    from nodes.embeddings import find_embedding
+    from nodes.loaders import checkpoint_dirs, resolve
+    from nodes.search import find_file
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir(), outside.mkdir()
+    (outside / "secret.pt").write_bytes(b"x")
+    (root / "secret.pt").symlink_to(outside / "secret.pt")
+    (root / "linkdir").symlink_to(outside, target_is_directory=True)
+    refusals = [
+        lambda: find_file([root], ["secret.pt"], "image"),
+        lambda: find_embedding([root], "secret"),
+        lambda: unique_output_path(root, "linkdir/render", "png"),
+        lambda: resolve("secret.pt", checkpoint_dirs(root), (".safetensors",), lambda path: False),
+    ]
+    for refused in refusals:
+        with pytest.raises(NodeInputError, match="symlink"):
+            refused()
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.pt"]  # nothing was written through the link
+
+
+def test_new_output_moves_on_when_the_create_function_finds_the_name_taken(tmp_path):
+    from nodes.files import new_output
+
+    tried = []
+
+    def create(path):
+        tried.append(path.name)
+        if len(tried) == 1:  # another writer claims this number between our choosing it and writing
+            path.write_bytes(b"theirs")
+        return atomic_write(path, lambda file: file.write(b"ours"))
+
+    path = new_output(tmp_path, "ckpt", "bin", create)
+    assert tried == ["ckpt_00001.bin", "ckpt_00002.bin"] and path.read_bytes() == b"ours"
+    assert (tmp_path / "ckpt_00001.bin").read_bytes() == b"theirs"

@@ -96,6 +96,17 @@ def test_names_cannot_leave_the_models_dir(loader_ctx, name):
     assert caught.value.input == "name"
 
 
+@pytest.mark.parametrize("link", ["escape.safetensors", "escape"])  # the name as given, or found by its suffix
+def test_a_symlink_out_of_the_models_dir_is_refused(loader_ctx, models_dir, tmp_path, link):
+    outside = tmp_path / "elsewhere" / "model.safetensors"
+    outside.parent.mkdir()
+    outside.write_bytes(b"x")
+    (models_dir / "escape.safetensors").symlink_to(outside)
+    with pytest.raises(NodeInputError, match="relative path inside the models directory.*symlink") as caught:
+        LoadCheckpoint(link, ctx=loader_ctx)
+    assert caught.value.input == "name"
+
+
 def test_a_file_that_is_not_a_checkpoint(loader_ctx, models_dir):
     (models_dir / "junk.safetensors").write_bytes(b"definitely not tensors")
     with pytest.raises(NodeInputError, match="junk cannot be loaded: .*neither a safetensors file") as caught:

@@ -3,26 +3,26 @@ from __future__ import annotations
 
 import pytest
 
-from graphflow.server.files import Rejected, resolve_inside, store_image
+from graphflow.server.files import Rejected, served_file, store_image
 
 from .toyimages import png_bytes
 
 
-def test_resolve_inside_finds_files_and_refuses_ways_out(tmp_path):
+def test_served_file_finds_files_and_refuses_ways_out(tmp_path):
     root = tmp_path / "outputs"
     (root / "sub").mkdir(parents=True)
     (root / "sub" / "a.png").write_bytes(b"x")
     (tmp_path / "secret").write_text("s")
     (root / "out").symlink_to(tmp_path / "secret")
     (root / "in").symlink_to(root / "sub" / "a.png")
-    assert resolve_inside(root, "sub/a.png") == (root / "sub" / "a.png").resolve()
-    assert resolve_inside(root, "in") == (root / "sub" / "a.png").resolve()  # a symlink that stays inside is fine
-    assert resolve_inside(root, "out") is None
-    assert resolve_inside(root, "sub") is None  # a directory is not a file
-    assert resolve_inside(root, "missing.png") is None
+    assert served_file(root, "sub/a.png") == (root / "sub" / "a.png").resolve()
+    assert served_file(root, "in") == (root / "sub" / "a.png").resolve()  # a symlink that stays inside is fine
+    assert served_file(root, "out") is None
+    assert served_file(root, "sub") is None  # a directory is not a file
+    assert served_file(root, "missing.png") is None
     for name in ("../secret", "sub/../../secret", "/etc/passwd", "", "a\x00b", "..\\secret"):
         with pytest.raises(Rejected) as caught:
-            resolve_inside(root, name)
+            served_file(root, name)
         assert caught.value.status == 400
 
 

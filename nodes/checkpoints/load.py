@@ -1,0 +1,115 @@
+"""Loading, the same code for every family: a single file in the original layout, a diffusers folder, a VAE."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..builtin_models import clip_tokenizer
+from .build import cast, checked, text_encoder_from_weights, unet_from_weights, vae_from_weights
+from .common import CONFIGS, CheckpointError, Components, read_json, take_prefix
+from .configs import assemble_config, stored_config
+from .families import (config_folder, detect, family_of, guess_prediction_type, split_components,
+                       text_layout_named, text_layout_of)
+from .reading import read_state_dict
+from .text import derive_text_config
+from .unet import derive_unet_config, unet_from_original
+from .vae import VAE_PARTS, VAE_PREFIX, derive_vae_config, vae_from_original
+
+
+def load_single_file(path: Path, prediction_type: str = "auto", dtype: torch.dtype | None = None) -> Components:
+    """Build UNet, VAE, text encoder, tokenizer and scheduler config from one original-layout file, offline."""
+    state_dict, metadata = read_state_dict(path)
+    detected = detect(state_dict)
+    if detected.text_layout is None:
+        raise CheckpointError("the file has no text encoder (cond_stage_model.*); it is not a full checkpoint")
+    parts = split_components(state_dict)
+    if not parts["vae"]:
+        raise CheckpointError("the file has no VAE (first_stage_model.*); it is not a full checkpoint")
+    if prediction_type == "auto":
+        prediction_type = guess_prediction_type(path, detected.family, metadata)
+    base = config_folder(detected.family, detected.inpainting, prediction_type)
+
+    def config(component: str, derived: dict[str, Any]) -> dict[str, Any]:
+        return assemble_config(component, read_json(base / component / "config.json"), derived, metadata)
+
+    text_layout = text_layout_named(detected.text_layout)
+    text_weights = text_layout.from_original(parts[text_layout.name])
+    unet_config = config("unet", derive_unet_config(parts["unet"]))
+    vae_config = config("vae", derive_vae_config(parts["vae"]))
+    text_config = config("text_encoder", derive_text_config(text_weights))
+    if unet_config["cross_attention_dim"] != text_config["hidden_size"]:
+        raise CheckpointError(f"the UNet attends to {unet_config['cross_attention_dim']}-wide text features but the text "
+                              f"encoder produces {text_config['hidden_size']}-wide ones: the parts do not belong together")
+    scheduler_config = {**read_json(base / "scheduler" / "scheduler_config.json"),
+                        **stored_config(metadata, "scheduler"), "prediction_type": prediction_type}
+    pad_token = read_json(base / "tokenizer" / "tokenizer_config.json")["pad_token"]
+
+    return Components(
+        unet=cast(unet_from_weights(unet_config, unet_from_original(parts["unet"], unet_config)), dtype),
+        vae=cast(vae_from_weights(vae_config, vae_from_original(parts["vae"], vae_config)), dtype),
+        text_encoder=cast(text_encoder_from_weights(text_config, text_weights), dtype),
+        tokenizer=clip_tokenizer(pad_token),
+        scheduler_config=scheduler_config,
+        family=detected.family,
+        prediction_type=prediction_type,
+    )
+
+
+def load_diffusers_vae(folder: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """An AutoencoderKL folder (config.json + weights)."""
+    from diffusers import AutoencoderKL
+
+    try:
+        result = AutoencoderKL.from_pretrained(folder, torch_dtype=dtype, local_files_only=True, output_loading_info=True)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot load the VAE folder {Path(folder).name}: {error}") from None
+    return checked(result, "VAE")
+
+
+def load_diffusers_folder(folder: Path, prediction_type: str = "auto", dtype: torch.dtype | None = None) -> Components:
+    """A diffusers StableDiffusionPipeline folder; its own configs describe the model (the tiny model too)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    try:
+        unet = checked(UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, local_files_only=True,
+                                                           output_loading_info=True), "UNet")
+        text_encoder = checked(CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype, local_files_only=True,
+                                                             output_loading_info=True), "text encoder")
+        tokenizer_dir = folder / "tokenizer"
+        if any((tokenizer_dir / f).exists() for f in ("tokenizer.json", "vocab.json")):
+            tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        else:  # vocabulary not shipped with the folder: the real CLIP BPE is the same for SD1 and SD2
+            tokenizer = clip_tokenizer(read_json(tokenizer_dir / "tokenizer_config.json").get("pad_token", "<|endoftext|>"))
+        scheduler_config = read_json(folder / "scheduler" / "scheduler_config.json")
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot load the diffusers folder {folder.name}: {error}") from None
+    vae = load_diffusers_vae(folder / "vae", dtype)
+    if prediction_type == "auto":
+        prediction_type = scheduler_config.get("prediction_type", "epsilon")
+    return Components(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        scheduler_config={**scheduler_config, "prediction_type": prediction_type},
+        family=family_of(int(unet.config.cross_attention_dim), text_layout_of(text_encoder.config.hidden_act)),
+        prediction_type=prediction_type,
+    )
+
+
+def load_vae_file(path: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """A VAE single file: a whole checkpoint's ``first_stage_model.*`` or bare VAE keys (``encoder.*``,
+    ``decoder.*``, ``quant_conv.*`` as in vae-ft-mse-840000-ema-pruned)."""
+    state_dict, _ = read_state_dict(path)
+    for prefix in (VAE_PREFIX, "vae."):
+        if any(k.startswith(prefix) for k in state_dict):
+            state_dict = take_prefix(state_dict, prefix)
+            break
+    if "encoder.conv_in.weight" not in state_dict:
+        if any(k.startswith("encoder.down_blocks.") for k in state_dict):
+            raise CheckpointError("the VAE keys are in diffusers layout; keep such a VAE in a folder with its config.json")
+        raise CheckpointError("no VAE weights (encoder.conv_in.weight) in the file: not a VAE")
+    weights = {k: v for k, v in state_dict.items() if k.startswith(VAE_PARTS)}
+    config = {**read_json(CONFIGS / "sd1" / "vae" / "config.json"), **derive_vae_config(weights)}
+    return cast(vae_from_weights(config, vae_from_original(weights, config)), dtype)

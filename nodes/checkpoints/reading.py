@@ -1,0 +1,61 @@
+"""Reading a weights file: safetensors or a PyTorch pickle, the latter only with ``weights_only=True``."""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from .common import CheckpointError
+
+
+def is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with an 8-byte header length followed by a JSON object."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < os.path.getsize(path)
+
+
+def aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """safetensors hands out buffers that are not 64-byte aligned; CPU kernels then take other code paths and
+    results differ in the last bits from the same weights loaded by diffusers. One copy into torch's allocator
+    fixes that (a tensor at a time, so peak memory stays at one model)."""
+    return tensor if tensor.data_ptr() % 64 == 0 else tensor.clone()
+
+
+def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors of a ``.safetensors`` or ``.ckpt``/``.pt`` file (on the CPU) and the safetensors metadata.
+
+    Pickled files are read with ``weights_only=True`` only: a file that needs arbitrary pickled objects is refused,
+    because unpickling runs code from the file."""
+    path = Path(path)
+    if is_safetensors(path):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                return {k: aligned(f.get_tensor(k)) for k in f.keys()}, dict(f.metadata() or {})
+        except Exception as error:  # safetensors raises its own error type for a damaged header
+            raise CheckpointError(f"{path.name} is not a readable safetensors file ({error})") from None
+    try:
+        loaded = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as error:
+        if "weights only" not in str(error).lower():  # a damaged pickle, not a refused one
+            raise CheckpointError(f"{path.name} is neither a safetensors file nor a PyTorch checkpoint ({error})") from None
+        culprit = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        raise CheckpointError(
+            f"{path.name} contains pickled Python objects besides tensors"
+            + (f" ({culprit[1]})" if culprit else "")
+            + "; graphflow reads .ckpt files with weights_only=True and never runs pickle code from a file. "
+            "Convert it to .safetensors with a tool you trust."
+        ) from None
+    except Exception as error:  # torch reports garbage as KeyError / RuntimeError with terse messages
+        raise CheckpointError(f"{path.name} is neither a safetensors file nor a PyTorch checkpoint "
+                              f"({type(error).__name__}: {error})") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]  # Lightning-style {"state_dict": ..., "global_step": ...}
+    if not isinstance(loaded, dict):
+        raise CheckpointError(f"{path.name} holds a {type(loaded).__name__}, not a dictionary of tensors")
+    return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}, {}
