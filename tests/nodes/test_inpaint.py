@@ -191,6 +191,17 @@ def test_paste_back_goes_with_the_latent_through_noise_and_sampling_but_not_a_re
     assert upscaled.paste_pixels is None and upscaled.paste_mask is None, "a resized latent has no original to paste"
 
 
+def test_an_inpainting_batch_from_repeat_latent_pastes_back_into_every_image(sd_vae):
+    from nodes.latent import RepeatLatent
+
+    latent = call(InpaintEncode, vae=sd_vae, image=start_image(), mask=box_mask())
+    batch = call(RepeatLatent, latent=latent, amount=3)
+    assert batch.paste_pixels.shape == (3, SIZE, SIZE, 3) and batch.paste_mask.shape == (3, SIZE, SIZE)
+    decoded = call(VAEDecode, vae=sd_vae, latent=batch.replace(samples=torch.randn_like(batch.samples))).pixels
+    keep = batch.paste_mask[0] == 0
+    assert all(torch.equal(image[keep], start_image().pixels[0][keep]) for image in decoded)
+
+
 def test_a_paste_back_that_does_not_fit_the_decoded_size_is_refused(sd_vae):
     latent = call(InpaintEncode, vae=sd_vae, image=start_image(), mask=box_mask())
     shrunk = latent.replace(samples=latent.samples[..., :16, :16])
