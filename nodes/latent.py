@@ -105,8 +105,8 @@ def RepeatLatent(
     amount: int = Field(2, ge=1, le=64, description="copies of the batch, one after the other"),
 ) -> Latent:
     """The batch repeated ``amount`` times, e.g. an img2img batch from one encoded image. Repeat the clean
-    latent, before AddNoise, so every copy gets noise of its own. A noise mask or masked-image latents with
-    one entry per image repeat with it; a single one keeps serving the whole batch."""
+    latent, before AddNoise, so every copy gets noise of its own. A noise mask, masked-image latents or an
+    inpainting paste-back with one entry per image repeat with it; a single one keeps serving the whole batch."""
     if latent.schedule is not None:
         raise NodeInputError("latent", "repeat the clean latent, before AddNoise", "a latent without noise", f"a latent noised for {latent.schedule.sampler}")
     batch = latent.batch_size
@@ -117,7 +117,8 @@ def RepeatLatent(
         return tensor.repeat(amount, *([1] * (tensor.dim() - 1)))
 
     return Latent(samples=repeated(latent.samples), noise_mask=repeated(latent.noise_mask),
-                  masked_image=repeated(latent.masked_image))
+                  masked_image=repeated(latent.masked_image), paste_pixels=repeated(latent.paste_pixels),
+                  paste_mask=repeated(latent.paste_mask))
 
 
 def scaled_size(w: int, h: int, width: int, height: int, scale_by: float) -> tuple[int, int]:

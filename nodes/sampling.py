@@ -138,7 +138,7 @@ def Schedule(
     )
 
 
-@node(outputs={"latent": LATENT}, category="sampling", version=2)
+@node(outputs={"latent": LATENT}, category="sampling", version=3)
 def AddNoise(
     latent: Latent = Input(LATENT),
     schedule: ScheduleValue = Input(SCHEDULE),
@@ -185,6 +185,8 @@ def AddNoise(
         samples=noisy,
         noise_mask=latent.noise_mask,
         masked_image=latent.masked_image,
+        paste_pixels=latent.paste_pixels,
+        paste_mask=latent.paste_mask,
         schedule=schedule,
         clean=clean,
         noise=noise,
@@ -192,7 +194,7 @@ def AddNoise(
     )
 
 
-@node(outputs={"latent": LATENT, "previews": IMAGE}, category="sampling", version=2)
+@node(outputs={"latent": LATENT, "previews": IMAGE}, category="sampling", version=3)
 def Sample(
     model: Model = Input(MODEL),
     positive: Conditioning = Input(CONDITIONING),
@@ -249,7 +251,7 @@ def Sample(
                 previews.add(_finished_guess(step, latents), i + 1)
             if ctx is not None:
                 ctx.progress(i + 1, len(timesteps))
-    return Latent(samples=latents), previews.frames(latents)
+    return Latent(samples=latents, paste_pixels=latent.paste_pixels, paste_mask=latent.paste_mask), previews.frames(latents)
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,22 @@
 InpaintEncode is VAEEncode for inpainting: besides the image's latents it gives the latent-size noise
 mask and the latents of the image with the repainted area blanked out, which 9-channel inpainting
 UNets take as extra input (``StableDiffusionInpaintPipeline``'s ``prepare_mask_latents``).
+
+Paste-back lives in the latent rather than in a separate node, so the obvious graph (InpaintEncode → AddNoise
+→ Sample → VAEDecode) keeps the unmasked pixels exactly, as the WebUI does: InpaintEncode stores the original
+picture and the blurred mask in the latent (``paste_back``, ``mask_blur``), and VAEDecode composites the decoded
+result over the original with it. ``paste_back=False`` gives the pipeline's own output (its parity tests).
 """
 from __future__ import annotations
 
 import torch
 
+from pydantic import Field
+
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
-from .mask import latent_noise_mask, match_mask_to_image, masks_for_batch
+from .mask import gaussian_blur, latent_noise_mask, match_mask_to_image, masks_for_batch
 from .values import IMAGE, LATENT, MASK, VAE, Image, Latent, Mask, Vae
 
 BLANK = 0.5  # grey in [0, 1] is 0 in the VAE's [-1, 1]: what the pipeline's `image * (mask < 0.5)` leaves
@@ -45,13 +52,27 @@ def check_encodable(vae: Vae, image: Image) -> None:
             raise NodeInputError("image", f"image {name} must be a multiple of the VAE's downscale factor {factor} (resize it with ImageScale)", f"a multiple of {factor}", side)
 
 
-@node(outputs={"image": IMAGE}, category="latent")
+def paste_back(decoded: torch.Tensor, latent: Latent) -> torch.Tensor:
+    """``decoded`` where the latent's paste mask is 1, its original pixels where it is 0, blended in between."""
+    if latent.paste_pixels is None or latent.paste_mask is None:
+        return decoded
+    if tuple(latent.paste_pixels.shape[1:3]) != tuple(decoded.shape[1:3]):
+        raise NodeInputError("latent", "its inpainting original does not fit the decoded size (was the latent resized without its paste-back?)",
+                             f"{decoded.shape[2]}x{decoded.shape[1]}", f"{latent.paste_pixels.shape[2]}x{latent.paste_pixels.shape[1]}")
+    batch = decoded.shape[0]
+    alpha = masks_for_batch(latent.paste_mask, batch, "latent")[..., None].to(decoded)
+    original = masks_for_batch(latent.paste_pixels, batch, "latent").to(decoded)
+    return decoded * alpha + original * (1 - alpha)
+
+
+@node(outputs={"image": IMAGE}, category="latent", version=2)
 def VAEDecode(vae: Vae = Input(VAE), latent: Latent = Input(LATENT)) -> Image:
     """Decode latents to an image: divide by the VAE's scaling factor, decode, map [-1, 1] to [0, 1].
 
     The same float pixels diffusers' pipelines return with ``output_type="pt"`` (before any uint8 rounding),
-    channels last."""
-    return Image(pixels=decode_latents(vae, latent.samples))
+    channels last. An inpainting latent (InpaintEncode with ``paste_back``) is then composited over its
+    original picture with its blurred mask: outside the mask the pixels are exactly the original's."""
+    return Image(pixels=paste_back(decode_latents(vae, latent.samples), latent))
 
 
 @node(outputs={"latent": LATENT}, category="latent")
@@ -65,15 +86,27 @@ def VAEEncode(vae: Vae = Input(VAE), image: Image = Input(IMAGE)) -> Latent:
     return Latent(samples=encode_pixels(vae, image.pixels))
 
 
-@node(outputs={"latent": LATENT}, category="latent")
-def InpaintEncode(vae: Vae = Input(VAE), image: Image = Input(IMAGE), mask: Mask = Input(MASK, description="1 = repaint"), ctx=None) -> Latent:
+@node(outputs={"latent": LATENT}, category="latent", version=2)
+def InpaintEncode(
+    vae: Vae = Input(VAE),
+    image: Image = Input(IMAGE),
+    mask: Mask = Input(MASK, description="1 = repaint"),
+    paste_back: bool = Field(True, description="after decoding, put the original pixels back outside the (blurred) mask, as the WebUI does"),
+    mask_blur: int = Field(4, ge=0, le=256, description="blur radius in pixels of the paste-back mask (BlurMask's Gaussian)"),
+    ctx=None,
+) -> Latent:
     """Encode an image for inpainting: its latents, the noise mask, and the masked-image latents.
 
     The latents are VAEEncode's. The mask is fitted to the image (resized with a warning if its size
     differs) and brought to latent size as diffusers' inpainting pipeline does (nearest neighbour). The
     masked image keeps the pixels where the mask is below 0.5 and blanks the rest to grey (0 in the VAE's
     range), then is encoded too: 9-channel inpainting UNets see it beside the mask. Works for 4-channel
-    models as well, which only use the noise mask. A mask of batch 1 serves every image."""
+    models as well, which only use the noise mask. A mask of batch 1 serves every image.
+
+    With ``paste_back`` (the default) the latent also carries the picture and the mask blurred by
+    ``mask_blur`` pixels, and VAEDecode blends the result into the original with it (A1111's "mask blur"
+    and overlay): pixels farther than ``mask_blur`` from the mask stay exactly as they were. Off, the decoded
+    image is the sampler's alone, equal to diffusers' StableDiffusionInpaintPipeline."""
     check_encodable(vae, image)
     fitted = match_mask_to_image(mask, image.height, image.width, ctx.warn if ctx is not None else None)
     masks = masks_for_batch(fitted.mask, image.batch_size).to(image.pixels.device)
@@ -84,4 +117,6 @@ def InpaintEncode(vae: Vae = Input(VAE), image: Image = Input(IMAGE), mask: Mask
         samples=samples,
         noise_mask=latent_noise_mask(fitted, samples.shape[-2:]).to(samples.device),
         masked_image=encode_pixels(vae, masked_pixels),
+        paste_pixels=image.pixels.clone() if paste_back else None,
+        paste_mask=gaussian_blur(masks, mask_blur) if paste_back else None,
     )

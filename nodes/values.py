@@ -196,11 +196,16 @@ class Latent(SocketValue):
     random generator state right after drawing that noise (``rng_state``), so a sampler that needs more
     noise continues the same random stream as diffusers' pipelines do (one state, or a (B, state) stack when
     each image has its own stream). ``noise_mask`` (B, 1, h, w) is 1
-    where the sampler may repaint; ``masked_image`` holds the masked-image latents for 9-channel UNets."""
+    where the sampler may repaint; ``masked_image`` holds the masked-image latents for 9-channel UNets.
+    ``paste_pixels`` (B, H, W, 3) and ``paste_mask`` (B, H, W), from InpaintEncode, are the original picture
+    and the blurred mask VAEDecode composites with after decoding (the WebUI's paste-back); AddNoise and
+    Sample carry them, nodes that resize a latent drop them."""
 
     samples: torch.Tensor
     noise_mask: torch.Tensor | None = None
     masked_image: torch.Tensor | None = None
+    paste_pixels: torch.Tensor | None = None
+    paste_mask: torch.Tensor | None = None
     schedule: Schedule | None = None
     clean: torch.Tensor | None = None
     noise: torch.Tensor | None = None

@@ -7,7 +7,9 @@ distribution with the run's generator (which also shifts the noise drawn after i
 takes the distribution's mode. So the pipeline is handed InpaintEncode's latents directly — a 4-channel
 ``image`` is taken as latents, and ``masked_image_latents`` replaces its own masked-image encoding — and it
 gets the same 0/1 mask at image size, which its mask processor binarizes and resizes exactly as we do.
-Nothing random is then drawn but the noise, from the same seeded generator on both sides.
+Nothing random is then drawn but the noise, from the same seeded generator on both sides. The pipeline
+returns its decoded result as it is, so the parity tests turn InpaintEncode's paste-back off; the tests
+under "paste-back" check what it does.
 """
 import pytest
 import torch
@@ -89,7 +91,7 @@ def assert_same_pixels(ours, theirs):
 @pytest.mark.parametrize("sampler", SAMPLERS_TESTED)
 def test_4_channel_inpainting_matches_the_inpaint_pipeline(tiny_parts, sd_model, sd_clip, sd_vae, sampler, strength):
     mask = box_mask()
-    latent = call(InpaintEncode, vae=sd_vae, image=start_image(), mask=mask)
+    latent = call(InpaintEncode, vae=sd_vae, image=start_image(), mask=mask, paste_back=False)
     ours = call(VAEDecode, vae=sd_vae, latent=run_nodes(sd_model, sd_clip, sd_vae, latent, sampler, 5, strength)).pixels
     theirs = run_pipeline(tiny_parts, latent, mask, sampler, 5, strength)
     assert_same_pixels(ours, channels_last(theirs))
@@ -100,7 +102,7 @@ def test_4_channel_inpainting_matches_the_inpaint_pipeline(tiny_parts, sd_model,
 def test_9_channel_inpainting_matches_the_inpaint_pipeline(inpaint_parts, inpaint_model, sd_clip, sd_vae, sampler,
                                                            strength):
     mask = box_mask()
-    latent = call(InpaintEncode, vae=sd_vae, image=start_image(), mask=mask)
+    latent = call(InpaintEncode, vae=sd_vae, image=start_image(), mask=mask, paste_back=False)
     result = run_nodes(inpaint_model, sd_clip, sd_vae, latent, sampler, 9, strength)
     ours = call(VAEDecode, vae=sd_vae, latent=result).pixels
     theirs = run_pipeline(inpaint_parts, latent, mask, sampler, 9, strength)
@@ -144,6 +146,68 @@ def test_outside_the_mask_stays_close_to_the_input_inside_it_changes(sd_model, s
     latent_mask = latent.noise_mask.bool().expand_as(result)
     assert torch.equal(result[~latent_mask], latent.samples[~latent_mask])
     assert (result[latent_mask] - latent.samples[latent_mask]).abs().mean() > 0.1
+
+
+# ---------------------------------------------------------------------------------------------- paste-back
+
+
+def inpainted_pixels(sd_model, sd_clip, sd_vae, mask, **encode_options):
+    latent = call(InpaintEncode, vae=sd_vae, image=start_image(), mask=mask, **encode_options)
+    return call(VAEDecode, vae=sd_vae, latent=run_nodes(sd_model, sd_clip, sd_vae, latent, "euler", 2, 1.0)).pixels
+
+
+def test_paste_back_keeps_the_original_pixels_outside_the_blurred_mask(sd_model, sd_clip, sd_vae):
+    from nodes.mask import gaussian_blur
+
+    mask, original = box_mask(), start_image().pixels
+    pasted = inpainted_pixels(sd_model, sd_clip, sd_vae, mask)
+    raw = inpainted_pixels(sd_model, sd_clip, sd_vae, mask, paste_back=False)
+    blurred = gaussian_blur(mask.mask, 4)  # the default mask_blur
+    outside, inside = blurred[0] == 0, blurred[0] == 1
+    assert torch.equal(pasted[0][outside], original[0][outside]), "exactly the input outside the blurred mask"
+    assert torch.equal(pasted[0][inside], raw[0][inside]), "the sampler's result inside it"
+    assert (raw[0][outside] - original[0][outside]).abs().mean() > 0.05, "without paste-back the decoder changes it"
+    edge = (blurred[0] > 0) & (blurred[0] < 1)
+    expected = raw[0][edge] * blurred[0][edge][:, None] + original[0][edge] * (1 - blurred[0][edge][:, None])
+    assert torch.allclose(pasted[0][edge], expected, atol=1e-6), "a blend across the blurred edge"
+    assert edge.any() and not (mask.mask[0][edge] == 1).all(), "the blur reaches both sides of the mask's edge"
+
+
+def test_mask_blur_0_pastes_back_with_the_mask_itself(sd_model, sd_clip, sd_vae):
+    mask, original = box_mask(), start_image().pixels
+    pasted = inpainted_pixels(sd_model, sd_clip, sd_vae, mask, mask_blur=0)
+    raw = inpainted_pixels(sd_model, sd_clip, sd_vae, mask, paste_back=False)
+    keep = mask.mask[0] == 0
+    assert torch.equal(pasted[0][keep], original[0][keep]) and torch.equal(pasted[0][~keep], raw[0][~keep])
+
+
+def test_paste_back_goes_with_the_latent_through_noise_and_sampling_but_not_a_resize(sd_vae):
+    from nodes.latent import LatentUpscale
+
+    latent = call(InpaintEncode, vae=sd_vae, image=start_image(), mask=box_mask())
+    assert latent.paste_pixels.shape == (1, SIZE, SIZE, 3) and latent.paste_mask.shape == (1, SIZE, SIZE)
+    assert call(InpaintEncode, vae=sd_vae, image=start_image(), mask=box_mask(), paste_back=False).paste_pixels is None
+    upscaled = call(LatentUpscale, latent=latent, scale_by=2.0, vae=sd_vae)
+    assert upscaled.paste_pixels is None and upscaled.paste_mask is None, "a resized latent has no original to paste"
+
+
+def test_an_inpainting_batch_from_repeat_latent_pastes_back_into_every_image(sd_vae):
+    from nodes.latent import RepeatLatent
+
+    latent = call(InpaintEncode, vae=sd_vae, image=start_image(), mask=box_mask())
+    batch = call(RepeatLatent, latent=latent, amount=3)
+    assert batch.paste_pixels.shape == (3, SIZE, SIZE, 3) and batch.paste_mask.shape == (3, SIZE, SIZE)
+    decoded = call(VAEDecode, vae=sd_vae, latent=batch.replace(samples=torch.randn_like(batch.samples))).pixels
+    keep = batch.paste_mask[0] == 0
+    assert all(torch.equal(image[keep], start_image().pixels[0][keep]) for image in decoded)
+
+
+def test_a_paste_back_that_does_not_fit_the_decoded_size_is_refused(sd_vae):
+    latent = call(InpaintEncode, vae=sd_vae, image=start_image(), mask=box_mask())
+    shrunk = latent.replace(samples=latent.samples[..., :16, :16])
+    with pytest.raises(NodeInputError) as error:
+        call(VAEDecode, vae=sd_vae, latent=shrunk)
+    assert error.value.input == "latent" and "resized" in error.value.message
 
 
 # ---------------------------------------------------------------------------------------------- the nodes

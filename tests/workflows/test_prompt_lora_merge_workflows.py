@@ -1,7 +1,7 @@
 """The prompt / LoRA / merge examples (lora.json, long_prompt.json, merge.json) run as shipped, and do what they show.
 
-Settings as ``graphflow run workflows/X.json`` has them: an empty models folder, ``workflows/assets`` as the
-read-only asset folder (LoRAs and embeddings come from there), a temporary output folder. The checkpoint
+Each runs once as shipped (``shipped`` in conftest.py: LoRAs and embeddings come from ``workflows/assets``,
+as ``graphflow run workflows/X.json`` finds them). The checkpoint
 is whatever the workflows name, so switching the examples to another model only needs
 ``python scripts/make_assets.py --checkpoint NAME``; the first test says when that was forgotten.
 """
@@ -10,16 +10,14 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 import torch
 
-from graphflow import Engine, Settings
+from graphflow import Settings
 from graphflow.workflow import load
+from tests.workflows.conftest import ASSETS, ROOT, WORKFLOWS
 
-ROOT = Path(__file__).resolve().parents[2]
-WORKFLOWS = ROOT / "workflows"
-ASSETS = WORKFLOWS / "assets"
 EXAMPLES = ("lora.json", "long_prompt.json", "merge.json")
+COVERS = set(EXAMPLES)
 
 
 def document(name: str) -> dict:
@@ -32,13 +30,6 @@ def checkpoint_of(names=EXAMPLES) -> str:
              if node["type"] == "LoadCheckpoint"}
     assert len(found) == 1, f"the examples load different checkpoints: {sorted(found)}"
     return found.pop()
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    root = tmp_path_factory.mktemp("issue6")
-    settings = Settings(models_dir=root / "models", input_dir=ASSETS, output_dir=root / "outputs", asset_dirs=(ASSETS,))
-    return Engine(settings=settings, check_mutations=True)
 
 
 def pixels(report, node="decode") -> torch.Tensor:
@@ -96,9 +87,9 @@ def without_loras(doc: dict) -> dict:
     return doc
 
 
-def test_lora_stack_changes_the_image_and_strength_zero_is_no_lora(engine):
+def test_lora_stack_changes_the_image_and_strength_zero_is_no_lora(shipped):
     workflow = load(WORKFLOWS / "lora.json")
-    with_loras = engine.run(workflow)
+    with_loras, engine = shipped.report("lora.json"), shipped.engine
     assert with_loras.outputs["save"]["images"], "saves a PNG"
     # two LoRAs stacked, each with its own strengths
     assert with_loras.values["lora_b"]["model"].patches == ("lora:tiny-lora-a:0.8", "lora:tiny-lora-b:0.5")
@@ -123,8 +114,8 @@ def test_lora_json_runs_from_the_command_line(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ long_prompt.json
 
-def test_long_prompt_takes_several_windows(engine):
-    report = engine.run(WORKFLOWS / "long_prompt.json")
+def test_long_prompt_takes_several_windows(shipped):
+    report = shipped.report("long_prompt.json")
     assert report.outputs["save"]["images"]
     tokens = report.values["positive_tokens"]["tokens"]
     positive = report.values["positive"]["conditioning"]
@@ -142,11 +133,11 @@ def test_long_prompt_takes_several_windows(engine):
 
 # ------------------------------------------------------------------------------------------------ merge.json
 
-def test_merge_saves_a_checkpoint_that_loads_back_identically(engine, tmp_path):
+def test_merge_saves_a_checkpoint_that_loads_back_identically(shipped, tmp_path):
     from graphflow.context import CancelToken, RunContext
     from nodes.loaders import LoadCheckpoint
 
-    report = engine.run(WORKFLOWS / "merge.json")
+    report, engine = shipped.report("merge.json"), shipped.engine
     assert report.outputs["save"]["images"], "the merged model also draws a picture"
     saved = Path(report.outputs["save_checkpoint"]["checkpoints"][0]["path"])
     assert saved.suffix == ".safetensors" and saved.is_relative_to(engine.settings.output_dir.resolve())
