@@ -1,4 +1,4 @@
-"""nodes.merge: weighted-sum and add-difference merges of UNet / text encoder / VAE, and SaveCheckpoint.
+"""nodes.merge: weighted-sum and add-difference merges of UNet / text encoder / VAE, saved by SaveCheckpoint.
 
 Two tiny models built from different seeds stand in for two checkpoints of one architecture."""
 import pytest
@@ -7,7 +7,8 @@ import torch
 from graphflow.errors import NodeInputError
 from graphflow.node import Input
 from nodes.builtin_models import SD_SCHEDULER_CONFIG, build_tiny_components
-from nodes.merge import MergeClip, MergeModels, MergeVae, SaveCheckpoint, merge_state
+from nodes.merge import MergeClip, MergeModels, MergeVae, merge_state
+from nodes.outputs import SaveCheckpoint
 from nodes.values import Clip, Model, Vae, digest_of
 
 from .runctx import make_ctx
@@ -161,12 +162,12 @@ def test_save_checkpoint_refuses_paths_outside_the_output_folder(a, tmp_path, pr
 def test_merge_and_save_in_a_workflow(tmp_path):
     """LoRA'd tiny-sd merged half-way with plain tiny-sd, saved: the file holds the average of the two."""
     from graphflow import Engine, Registry, Settings
-    from nodes import loaders, lora, merge
+    from nodes import loaders, lora, merge, outputs
     from nodes.checkpoints import load_single_file
     from nodes.tiny_assets import ensure_assets
 
     registry = Registry()
-    for module in (loaders, lora, merge):
+    for module in (loaders, lora, merge, outputs):
         registry.add_module(module)
     settings = Settings(models_dir=tmp_path / "models", input_dir=tmp_path, output_dir=tmp_path / "out")
     ensure_assets(settings.models_dir)
