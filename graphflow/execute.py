@@ -19,6 +19,7 @@ from .context import CancelToken, RunContext, Settings
 from .errors import Cancelled, NodeFailed, NodeInputError
 from .events import NodeCached, NodeFinished, NodeStarted, Observer, RunCancelled, RunFailed, RunSucceeded, no_observer
 from .plan import make_plan
+from .provenance import Provenance
 from .registry import Registry, default_registry
 from .validate import CheckedNode, CheckedWorkflow, validate
 from .workflow import Workflow, load, parse
@@ -73,11 +74,10 @@ class Engine:
             started = time.perf_counter()
             try:
                 plan = make_plan(checked, self.settings)
-                document = checked.workflow.to_json()
                 for node_id in plan.order:
                     if cancel.cancelled:
                         raise Cancelled(node_id)
-                    self._run_node(checked.nodes[node_id], plan.keys[node_id], document, report, emit, cancel)
+                    self._run_node(checked, node_id, plan.keys[node_id], report, emit, cancel)
             except Cancelled as exc:
                 exc.report = report
                 emit(RunCancelled(report.run_id, exc.node))
@@ -91,8 +91,9 @@ class Engine:
         emit(RunSucceeded(report.run_id, report))
         return report
 
-    def _run_node(self, node: CheckedNode, key: str, document: dict[str, Any], report: RunReport,
-                  emit: Observer, cancel: CancelToken) -> None:
+    def _run_node(self, checked: CheckedWorkflow, node_id: str, key: str, report: RunReport, emit: Observer,
+                  cancel: CancelToken) -> None:
+        node = checked.nodes[node_id]
         spec = node.spec
         outputs = self.cache.get(key)
         if outputs is not None:
@@ -101,7 +102,9 @@ class Engine:
         else:
             emit(NodeStarted(report.run_id, node.id, spec.name))
             sockets = {name: report.values[link.node][link.output] for name, link in node.links.items()}
-            ctx = RunContext(report.run_id, node.id, spec.name, self.settings, document, emit, cancel)
+            # Output nodes see what produced their inputs (for metadata); other nodes see only their inputs.
+            graph = Provenance.of(checked, node.id, report.values) if spec.output_node else None
+            ctx = RunContext(report.run_id, node.id, spec.name, self.settings, emit, cancel, graph)
             before = self._digests(sockets)
             started = time.perf_counter()
             outputs = self._call(node, sockets, ctx)

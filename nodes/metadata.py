@@ -1,97 +1,295 @@
-"""What an output file says about how it was made: the AUTOMATIC1111 "parameters" text of a PNG."""
+"""What an output file says about how it was made: the AUTOMATIC1111 "parameters" text of a PNG.
+
+:func:`describe` reads a :class:`Generation` off the run's provenance (``ctx.graph``: the checked nodes
+upstream of the output, their resolved literals and their values), :func:`a1111_parameters` writes it the way
+the A1111 web UI writes its infotext::
+
+    PROMPT (with <lora:name:weight> tags)
+    Negative prompt: NEGATIVE
+    Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x512, Model hash: …, …
+
+A hires fix (a second Sample with denoise < 1 whose latent comes from a first Sample, through a latent or
+pixel upscale) is recorded as A1111 records one: the first pass's steps, seed and size, then
+``Denoising strength``, ``Hires upscale``, ``Hires steps`` and ``Hires upscaler``.
+"""
 # No `from __future__ import annotations`: node modules are imported as they are, and this one imports them.
 
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePath
 from typing import Any
 
 from graphflow.node import spec_of
+from graphflow.provenance import Provenance, UpstreamNode
 
+from .image import ImageScale
+from .latent import LatentUpscale
+from .loaders import CHECKPOINT_SUFFIXES, LoadCheckpoint, checkpoint_dirs, is_checkpoint_folder, resolve
+from .lora import LoraLoader
+from .merge import MergeClip, MergeModels
 from .sampling import SAMPLERS, AddNoise, Sample, Schedule
 from .text import TextEncode, Tokenize
+from .upscale import LoadUpscaleModel, UpscaleWithModel
+from .values import CLIP, IMAGE, LATENT, MODEL
+
+# Node types by the name they are registered under: renaming a node changes these with it.
+SAMPLE, ADD_NOISE, SCHEDULE = spec_of(Sample).name, spec_of(AddNoise).name, spec_of(Schedule).name
+TEXT_NODES = (spec_of(TextEncode).name, spec_of(Tokenize).name)
+CHECKPOINT, LORA = spec_of(LoadCheckpoint).name, spec_of(LoraLoader).name
+MERGES = (spec_of(MergeModels).name, spec_of(MergeClip).name)
+LATENT_UPSCALE, IMAGE_SCALE = spec_of(LatentUpscale).name, spec_of(ImageScale).name
+MODEL_UPSCALE, UPSCALE_MODEL_LOADER = spec_of(UpscaleWithModel).name, spec_of(LoadUpscaleModel).name
+
+# A1111's names for its hires upscalers: the latent modes (interpolation, antialias) and the pixel filters.
+A1111_LATENT_UPSCALERS = {
+    "bilinear": "Latent", "bilinear-antialiased": "Latent (antialiased)", "bicubic": "Latent (bicubic)",
+    "bicubic-antialiased": "Latent (bicubic antialiased)", "nearest-exact": "Latent (nearest-exact)",
+}
+A1111_PIXEL_UPSCALERS = {"lanczos": "Lanczos", "nearest": "Nearest"}  # A1111 has no bicubic/bilinear upscaler
+# A1111 ≥ 1.9 names a k-diffusion sampler without its schedule ("DPM++ 2M") and reads the schedule from
+# "Schedule type"; left out, it takes the sampler's default, which is Karras for DPM++ 2M. Our non-Karras
+# samplers space their timesteps evenly: A1111's "Uniform".
+A1111_SCHEDULED = {"Euler", "Euler a", "Heun", "DPM2", "DPM2 a", "LMS", "DPM++ 2M", "DPM++ 2M SDE"}
+LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
 
 
-def a1111_parameters(workflow: dict[str, Any] | None, save_node: str | None, width: int, height: int) -> str:
-    """The A1111 "parameters" text for an image saved by ``save_node``, read off the workflow graph.
+@dataclass(frozen=True)
+class Pass:
+    """One sampling pass: the Sample node and the literals that shaped it."""
 
-    Follows links upstream from the save node to the nearest Sample node, then from there to the prompts,
-    the schedule, the seed and the checkpoint. Whatever cannot be found is left out."""
-    nodes = (workflow or {}).get("nodes") or {}
-    sample = _nearest_upstream(nodes, _inputs_of(nodes, save_node), "Sample")
-    noised = _nearest_upstream(nodes, [_linked(nodes, sample, "latent")], "AddNoise")
-    schedule = _nearest_upstream(nodes, [_linked(nodes, noised, "schedule")], "Schedule")
-    checkpoint = _nearest_upstream(nodes, [_linked(nodes, sample, "model")], "LoadCheckpoint")
-    seed = _literal(nodes, sample, "seed")
-    if seed is None or seed == -1:  # -1 continues AddNoise's generator, whose seed is the one that counts
-        seed = _literal(nodes, noised, "seed")
-    denoise = _literal(nodes, schedule, "denoise")
-    fields = {
-        "Steps": _literal(nodes, schedule, "steps"),
-        "Sampler": _a1111_sampler(_literal(nodes, schedule, "sampler")),
-        "CFG scale": _literal(nodes, sample, "cfg"),
-        "Seed": seed,
-        "Size": f"{width}x{height}",
-        "Model": _literal(nodes, checkpoint, "name"),
-        "Denoising strength": denoise if isinstance(denoise, (int, float)) and denoise < 1 else None,
+    sample: UpstreamNode
+    sampler: str
+    steps: int
+    denoise: float
+    cfg: float
+    seed: int
+    prompt: str | None
+    negative: str | None
+
+
+@dataclass(frozen=True)
+class Hires:
+    """The second pass of a hires fix and how its input was enlarged."""
+
+    second: Pass
+    upscaler: str | None  # A1111's name; None when A1111 has none for the method used
+    resize: tuple[int, int]  # the second pass's image size
+
+
+@dataclass(frozen=True)
+class Generation:
+    first: Pass
+    size: tuple[int, int]  # one image of the first pass (a grid's cell, not the grid)
+    hires: Hires | None
+    checkpoint: UpstreamNode | None  # None when the model is a merge (no file holds it)
+    loras: tuple[tuple[str, float, float], ...]  # (name, text-encoder weight, UNet weight), as applied
+
+
+def describe(graph: Provenance, input_name: str = "images") -> Generation | None:
+    """The generation behind the output's ``input_name``, or None when no Sample produced it."""
+    final = graph.nearest(graph.output_node, SAMPLE, input_name)
+    if final is None:
+        return None
+    last = _pass(graph, final)
+    earlier = graph.nearest(final, SAMPLE, "latent") if last.denoise < 1 else None
+    first = _pass(graph, earlier) if earlier is not None else last
+    final_size = _image_size(graph, final, input_name)
+    hires = None
+    if earlier is not None:
+        (first_w, first_h), (final_w, final_h) = _latent_side(graph, earlier), _latent_side(graph, final)
+        size = (round(final_size[0] * first_w / final_w), round(final_size[1] * first_h / final_h))
+        hires = Hires(last, _upscaler(graph, final), final_size)
+    else:
+        size = final_size
+    checkpoint, loras = _model_sources(graph, first.sample)
+    return Generation(first, size, hires, checkpoint, loras)
+
+
+def a1111_parameters(generation: Generation | None, size: tuple[int, int], model_hash: str | None = None) -> str:
+    """A1111's infotext for ``generation`` (``size``: of the saved image, used when nothing generated it)."""
+    if generation is None:
+        return f"Size: {size[0]}x{size[1]}"
+    first, hires = generation.first, generation.hires
+    sampler, schedule = a1111_sampler(first.sampler)
+    fields: dict[str, Any] = {
+        "Steps": first.steps, "Sampler": sampler, "Schedule type": schedule, "CFG scale": first.cfg,
+        "Seed": first.seed, "Size": "{}x{}".format(*generation.size),
     }
+    if generation.checkpoint is not None:
+        fields["Model hash"] = model_hash
+        fields["Model"] = file_stem(generation.checkpoint.literals["name"], CHECKPOINT_SUFFIXES)
+    if hires is not None:
+        second = hires.second
+        scale = (hires.resize[0] / generation.size[0], hires.resize[1] / generation.size[1])
+        fields["Denoising strength"] = second.denoise
+        if scale[0] == scale[1]:
+            fields["Hires upscale"] = scale[0]
+        else:
+            fields["Hires resize"] = "{}x{}".format(*hires.resize)
+        fields["Hires steps"] = second.steps
+        fields["Hires upscaler"] = hires.upscaler
+        if second.sampler != first.sampler:
+            fields["Hires sampler"] = a1111_sampler(second.sampler)[0]
+        if second.prompt != first.prompt:
+            fields["Hires prompt"] = second.prompt
+        if second.negative != first.negative:
+            fields["Hires negative prompt"] = second.negative
+    elif first.denoise < 1:
+        fields["Denoising strength"] = first.denoise
     lines = []
-    prompt = _prompt_text(nodes, _linked(nodes, sample, "positive"))
-    if prompt is not None:
+    tags = " ".join(_lora_tag(*lora) for lora in generation.loras)
+    prompt = " ".join(part for part in (first.prompt or "", tags) if part)
+    if prompt:
         lines.append(prompt)
-    negative = _prompt_text(nodes, _linked(nodes, sample, "negative"))
-    if negative:
-        lines.append(f"Negative prompt: {negative}")
-    lines.append(", ".join(f"{key}: {value}" for key, value in fields.items() if value is not None))
+    if first.negative:
+        lines.append(f"Negative prompt: {first.negative}")
+    lines.append(", ".join(f"{key}: {_quote(_number(value))}" for key, value in fields.items() if value is not None))
     return "\n".join(lines)
 
 
-def _a1111_sampler(name: Any) -> Any:
-    return SAMPLERS[name].a1111 if isinstance(name, str) and name in SAMPLERS else name
+def a1111_sampler(name: str) -> tuple[str, str | None]:
+    """(A1111's sampler name, its "Schedule type" or None) for one of our sampler names."""
+    a1111 = SAMPLERS[name].a1111
+    if a1111.endswith(" Karras"):
+        return a1111.removesuffix(" Karras"), "Karras"
+    return a1111, "Uniform" if a1111 in A1111_SCHEDULED else None
 
 
-def _inputs_of(nodes: dict, node_id: str | None) -> list[str]:
-    """Ids of the nodes linked into ``node_id``."""
-    inputs = ((nodes.get(node_id) or {}).get("inputs") or {}) if node_id else {}
-    return [v["from"] for _, v in sorted(inputs.items()) if isinstance(v, dict) and isinstance(v.get("from"), str)]
+def file_stem(name: str, suffixes: tuple[str, ...]) -> str:
+    """How A1111 names a model file: its base name without the extension (``sub/x.safetensors`` → ``x``)."""
+    base = PurePath(name).name
+    return next((base[:-len(s)] for s in suffixes if base.lower().endswith(s)), base)
 
 
-def _linked(nodes: dict, node_id: str | None, input_name: str) -> str | None:
-    """Id of the node linked into ``node_id.input_name``, or None."""
-    value = ((nodes.get(node_id) or {}).get("inputs") or {}).get(input_name) if node_id else None
-    return value.get("from") if isinstance(value, dict) and isinstance(value.get("from"), str) else None
+def short_hash(path: Path) -> str:
+    """A1111's short model hash: the first 10 hex digits of the sha256 of the whole file."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()[:10]
 
 
-def _nearest_upstream(nodes: dict, starts: list[str | None], node_type: str) -> str | None:
-    """Breadth-first up the links from ``starts`` (themselves included) to the first node of ``node_type``."""
-    seen: set[str] = set()
-    queue = list(starts)
-    while queue:
-        node_id = queue.pop(0)
-        if node_id is None or node_id in seen or node_id not in nodes:
-            continue
-        seen.add(node_id)
-        if nodes[node_id].get("type") == node_type:
-            return node_id
-        queue.extend(_inputs_of(nodes, node_id))
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def checkpoint_hash(generation: Generation | None, settings: Any) -> str | None:
+    """The short hash of the single-file checkpoint ``generation`` loaded (None for folders and merges).
+
+    Hashes are remembered per path, size and modification time: a checkpoint is hashed once per process."""
+    if generation is None or generation.checkpoint is None:
+        return None
+    path = resolve(generation.checkpoint.literals["name"], checkpoint_dirs(settings.models_dir), CHECKPOINT_SUFFIXES,
+                   is_checkpoint_folder)
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = short_hash(path)
+    return _HASHES[key]
+
+
+# ---------------------------------------------------------------------------------------------- reading the graph
+
+
+def _pass(graph: Provenance, sample: UpstreamNode) -> Pass:
+    noise = graph.nearest(sample, ADD_NOISE, "latent")
+    schedule = graph.nearest(noise, SCHEDULE, "schedule") if noise is not None else None
+    if schedule is None:
+        raise ValueError(f"Sample {sample.id} has no AddNoise and Schedule upstream of its latent")
+    seed = sample.literals["seed"]
+    if seed < 0:  # -1 continues AddNoise's generator, whose seed is the one that counts
+        seed = noise.literals["seed"]
+    return Pass(sample, schedule.literals["sampler"], schedule.literals["steps"], schedule.literals["denoise"],
+                sample.literals["cfg"], seed, _prompt(graph, sample, "positive"), _prompt(graph, sample, "negative"))
+
+
+def _prompt(graph: Provenance, sample: UpstreamNode, input_name: str) -> str | None:
+    """The text behind a conditioning: the nearest text node upstream of it."""
+    text = next((n for n in graph.upstream(sample, input_name) if n.type in TEXT_NODES), None)
+    return text.literals["text"] if text is not None else None
+
+
+def _latent_side(graph: Provenance, sample: UpstreamNode) -> tuple[int, int]:
+    """(width, height) of a Sample's output latent."""
+    samples = graph.value(sample, "latent").samples
+    return int(samples.shape[-1]), int(samples.shape[-2])
+
+
+def _image_size(graph: Provenance, final: UpstreamNode, input_name: str) -> tuple[int, int]:
+    """(width, height) of one image made from the final Sample's latent (its decode: a grid tiles such
+    images, and the grid's size is not theirs); the saved image's size if no node decoded that latent."""
+    for node in graph.nodes.values():
+        for source in node.links.values():
+            producer = graph.nodes[source.node]
+            if source.type == IMAGE and any(s.node == final.id and s.type == LATENT for s in producer.links.values()):
+                image = graph.value(producer, source.output)
+                return image.width, image.height
+    link = graph.output_node.links[input_name]
+    image = graph.value(link.node, link.output)
+    return image.width, image.height
+
+
+def _upscaler(graph: Provenance, final: UpstreamNode) -> str | None:
+    """A1111's name for how the first pass's result was enlarged for the second."""
+    def between(below: UpstreamNode, name: str, source) -> bool:  # up to the first pass, not into the models
+        return (below is final or below.type != SAMPLE) and source.type != MODEL
+
+    types = {node.type: node for node in graph.upstream(final, "latent", follow=between)}
+    if MODEL_UPSCALE in types:
+        loader = graph.nearest(types[MODEL_UPSCALE], UPSCALE_MODEL_LOADER)
+        return file_stem(loader.literals["name"], (".safetensors", ".pth", ".pt", ".ckpt")) if loader else None
+    if LATENT_UPSCALE in types:
+        return A1111_LATENT_UPSCALERS.get(types[LATENT_UPSCALE].literals["method"])
+    if IMAGE_SCALE in types:
+        return A1111_PIXEL_UPSCALERS.get(types[IMAGE_SCALE].literals["method"])
     return None
 
 
-def _literal(nodes: dict, node_id: str | None, name: str) -> Any:
-    """A literal input of a node as the workflow gives it, else the node type's default; None if neither."""
-    entry = nodes.get(node_id) if node_id else None
-    if not isinstance(entry, dict):
-        return None
-    inputs = entry.get("inputs") or {}
-    value = inputs[name] if name in inputs else _default_of(entry.get("type"), name)
-    return None if isinstance(value, dict) else value
+def _model_sources(graph: Provenance, sample: UpstreamNode) -> tuple[UpstreamNode | None, tuple[tuple[str, float, float], ...]]:
+    """The checkpoint behind the Sample's model (None if merged) and the LoRAs applied to it and its text encoder."""
+    model_chain = _chain(graph, sample, "model", MODEL)
+    text = next((n for n in graph.upstream(sample, "positive") if n.type in TEXT_NODES), None)
+    clip_chain = _chain(graph, text, "clip", CLIP) if text is not None else []
+    merged = any(node.type in MERGES for node in model_chain)
+    checkpoint = None if merged else next((n for n in model_chain if n.type == CHECKPOINT), None)
+    on_model = {n.id for n in model_chain if n.type == LORA}
+    on_clip = {n.id for n in clip_chain if n.type == LORA}
+    loras = []
+    for node in reversed(list({n.id: n for n in model_chain + clip_chain}.values())):
+        if node.type == LORA:
+            te = node.literals["strength_clip"] if node.id in on_clip else 0.0
+            unet = node.literals["strength_model"] if node.id in on_model else 0.0
+            loras.append((file_stem(node.literals["name"], LORA_SUFFIXES), te, unet))
+    return checkpoint, tuple(loras)
 
 
-def _default_of(node_type: Any, name: str) -> Any:
-    function = {"Sample": Sample, "AddNoise": AddNoise, "Schedule": Schedule, "Tokenize": Tokenize, "TextEncode": TextEncode}.get(node_type)
-    field = spec_of(function).literals.model_fields.get(name) if function else None
-    return None if field is None or field.is_required() else field.default
+def _chain(graph: Provenance, start: UpstreamNode, input_name: str, socket_type: str) -> list[UpstreamNode]:
+    """The nodes a value of ``socket_type`` passed through on its way into ``start.input_name``, nearest first,
+    up to the first merge or loader (a merge's parents made a model that no longer exists as a file)."""
+    chain: list[UpstreamNode] = []
+    node = graph.source(start, input_name)
+    while node is not None:
+        chain.append(node)
+        if node.type in MERGES:
+            break
+        typed = [name for name, source in node.links.items() if source.type == socket_type]
+        node = graph.source(node, typed[0]) if typed else None
+    return chain
 
 
-def _prompt_text(nodes: dict, node_id: str | None) -> str | None:
-    """The text behind a conditioning: TextEncode's own, or the Tokenize feeding a CLIPTextEncode."""
-    encoder = _nearest_upstream(nodes, [node_id], "TextEncode") or _nearest_upstream(nodes, [node_id], "Tokenize")
-    text = _literal(nodes, encoder, "text")
-    return text if isinstance(text, str) else None
+def _lora_tag(name: str, te: float, unet: float) -> str:
+    """A1111's prompt tag: ``<lora:name:w>``, or ``<lora:name:te:unet>`` when the two weights differ."""
+    return f"<lora:{name}:{te:g}>" if te == unet else f"<lora:{name}:{te:g}:{unet:g}>"
+
+
+def _number(value: Any) -> Any:
+    return f"{value:g}" if isinstance(value, float) else value
+
+
+def _quote(value: Any) -> str:
+    """A1111 writes a value that holds a comma, colon or newline as a JSON string."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text

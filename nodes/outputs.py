@@ -20,7 +20,7 @@ from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
 from .files import new_output, relative_name, write_new_output
-from .metadata import a1111_parameters
+from .metadata import a1111_parameters, checkpoint_hash, describe
 from .pixels import pixels_to_pil
 from .values import CLIP, IMAGE, MODEL, VAE, Clip, Image, Model, Vae
 
@@ -33,15 +33,18 @@ def SaveImage(
     """Save images as PNG files in the output folder, with the workflow and its settings embedded.
 
     Numbers count up from the highest one used with the prefix, and a file is never replaced or seen
-    half-written (nodes.files.write_new_output). Each PNG carries the workflow JSON (text chunk "workflow")
-    and an AUTOMATIC1111-style "parameters" text (prompt, negative prompt, steps, sampler, CFG scale, seed,
-    size, model) that other tools read."""
+    half-written (nodes.files.write_new_output). Each PNG carries the workflow as it ran (text chunk
+    "workflow": ``graphflow run --from-png`` reruns it) and AUTOMATIC1111's "parameters" text (prompt with
+    LoRA tags, negative prompt, steps, sampler and schedule type, CFG scale, seed, size, model and its hash,
+    hires fix settings: see nodes.metadata) that other tools read."""
     out_dir = Path(ctx.settings.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
-    info.add_text("parameters", a1111_parameters(ctx.workflow, ctx.node_id, images.width, images.height))
-    if ctx.workflow is not None:
-        info.add_text("workflow", json.dumps(ctx.workflow, ensure_ascii=False))
+    generation = describe(ctx.graph) if ctx.graph is not None else None
+    model_hash = checkpoint_hash(generation, ctx.settings)
+    info.add_text("parameters", a1111_parameters(generation, (images.width, images.height), model_hash))
+    if ctx.graph is not None:
+        info.add_text("workflow", json.dumps(ctx.graph.document, ensure_ascii=False))
     saved = []
     for picture in pixels_to_pil(images.pixels):
         path = write_new_output(out_dir, filename_prefix, "png", lambda file, picture=picture: picture.save(file, format="PNG", pnginfo=info))

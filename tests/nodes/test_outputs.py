@@ -7,7 +7,6 @@ import torch
 from PIL import Image as PILImage
 
 from graphflow.errors import NodeInputError
-from nodes.metadata import a1111_parameters
 from nodes.outputs import SaveAnimation, SaveImage
 from nodes.values import Image
 from tests.nodes.runctx import make_ctx
@@ -54,60 +53,27 @@ def test_save_image_refuses_prefixes_leaving_the_output_folder(stage_ctx):
     assert error.value.input == "filename_prefix"
 
 
-TXT2IMG = {"graphflow": 1, "nodes": {
-    "ckpt": {"type": "LoadCheckpoint", "inputs": {"name": "tiny-sd"}},
-    "pos": {"type": "TextEncode", "inputs": {"clip": link("ckpt", "clip"), "text": "a red fox"}},
-    "neg_tok": {"type": "Tokenize", "inputs": {"clip": link("ckpt", "clip"), "text": "blurry"}},
-    "neg": {"type": "CLIPTextEncode", "inputs": {"clip": link("ckpt", "clip"), "tokens": link("neg_tok", "tokens")}},
-    "empty": {"type": "EmptyLatent", "inputs": {"width": 64, "height": 64}},
-    "sched": {"type": "Schedule", "inputs": {"model": link("ckpt", "model"), "sampler": "euler_a", "steps": 12}},
-    "noise": {"type": "AddNoise", "inputs": {"latent": link("empty", "latent"), "schedule": link("sched", "schedule"),
-                                             "seed": 1234}},
-    "sample": {"type": "Sample", "inputs": {"model": link("ckpt", "model"), "positive": link("pos", "conditioning"),
-                                            "negative": link("neg", "conditioning"), "latent": link("noise", "latent"),
-                                            "cfg": 6.5}},
-    "decode": {"type": "VAEDecode", "inputs": {"vae": link("ckpt", "vae"), "latent": link("sample", "latent")}},
-    "save": {"type": "SaveImage", "inputs": {"images": link("decode", "image")}},
-}}
+def test_png_carries_the_workflow_as_run_and_the_a1111_parameters(stage_ctx):
+    from dataclasses import replace
 
+    from tests.nodes.test_metadata import TXT2IMG_VALUES, provenance, txt2img
 
-def test_png_carries_workflow_and_a1111_parameters(stage_ctx):
     ctx, _ = stage_ctx
-    ctx.workflow, ctx.node_id = TXT2IMG, "save"
-    result = call(SaveImage, ctx=ctx, images=Image(pixels=random_pixels(height=64, width=64)))
+    graph = provenance(txt2img(), TXT2IMG_VALUES, drawn={("noise", "seed"): 77})
+    result = call(SaveImage, ctx=replace(ctx, graph=graph), images=Image(pixels=random_pixels(height=64, width=64)))
     png = PILImage.open(ctx.settings.output_dir / result["images"][0]["filename"])
-    assert json.loads(png.text["workflow"]) == TXT2IMG
+    assert json.loads(png.text["workflow"]) == graph.document
+    assert json.loads(png.text["workflow"])["nodes"]["noise"]["inputs"]["seed"] == 77
     assert png.text["parameters"] == (
         "a red fox\nNegative prompt: blurry\n"
-        "Steps: 12, Sampler: Euler a, CFG scale: 6.5, Seed: 1234, Size: 64x64, Model: tiny-sd")
+        "Steps: 12, Sampler: Euler a, Schedule type: Uniform, CFG scale: 6.5, Seed: 77, Size: 64x64, Model: tiny-sd")
 
 
-def test_parameters_fill_defaults_and_omit_what_is_missing():
-    doc = json.loads(json.dumps(TXT2IMG))
-    del doc["nodes"]["sched"]["inputs"]["steps"]  # default 20
-    doc["nodes"]["sample"]["inputs"]["seed"] = 99  # a seed on Sample replaces AddNoise's stream
-    del doc["nodes"]["sample"]["inputs"]["negative"]
-    doc["nodes"]["sched"]["inputs"]["denoise"] = 0.5
-    text = a1111_parameters(doc, "save", 32, 48)
-    assert text == ("a red fox\nSteps: 20, Sampler: Euler a, CFG scale: 6.5, Seed: 99, Size: 32x48, Model: tiny-sd, "
-                    "Denoising strength: 0.5")
-    assert a1111_parameters({"graphflow": 1, "nodes": {}}, "save", 8, 8) == "Size: 8x8"
-    assert a1111_parameters(None, None, 8, 8) == "Size: 8x8"
-
-
-def test_parameters_follow_the_nearest_sample_upstream():
-    # hires fix: the saved image comes from the second Sample, whose latent went through LatentUpscale
-    doc = json.loads(json.dumps(TXT2IMG))
-    nodes = doc["nodes"]
-    nodes["up"] = {"type": "LatentUpscale", "inputs": {"latent": link("sample", "latent"), "scale_by": 2.0}}
-    nodes["sched2"] = {"type": "Schedule", "inputs": {"model": link("ckpt", "model"), "steps": 8, "denoise": 0.5}}
-    nodes["noise2"] = {"type": "AddNoise", "inputs": {"latent": link("up", "latent"), "schedule": link("sched2", "schedule"),
-                                                      "seed": 5}}
-    nodes["sample2"] = {"type": "Sample", "inputs": {**nodes["sample"]["inputs"], "latent": link("noise2", "latent")}}
-    nodes["decode"]["inputs"]["latent"] = link("sample2", "latent")
-    text = a1111_parameters(doc, "save", 128, 128)
-    assert "Steps: 8, Sampler: Euler, CFG scale: 6.5, Seed: 5, Size: 128x128" in text
-    assert "Denoising strength: 0.5" in text
+def test_an_image_saved_outside_a_run_records_its_size_only(stage_ctx):
+    ctx, _ = stage_ctx
+    result = call(SaveImage, ctx=ctx, images=Image(pixels=random_pixels(height=16, width=24)))
+    png = PILImage.open(ctx.settings.output_dir / result["images"][0]["filename"])
+    assert png.text == {"parameters": "Size: 24x16"}
 
 
 # ----------------------------------------------------------------------------------------------- SaveAnimation

@@ -153,7 +153,7 @@ def test_merge_saves_a_checkpoint_that_loads_back_identically(engine, tmp_path):
     models = tmp_path / "models"
     (models / "checkpoints").mkdir(parents=True)
     shutil.copy(saved, models / "checkpoints" / "merged.safetensors")
-    ctx = RunContext("t", "load", "LoadCheckpoint", Settings(models_dir=models), {}, lambda e: None, CancelToken())
+    ctx = RunContext("t", "load", "LoadCheckpoint", Settings(models_dir=models), lambda e: None, CancelToken())
     model, clip, vae = LoadCheckpoint("merged", dtype="float32", device="cpu", ctx=ctx)
     merged = {"unet": (report.values["merge_model"]["model"].unet, model.unet),
               "text encoder": (report.values["merge_clip"]["clip"].text_encoder, clip.text_encoder),
