@@ -67,11 +67,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         cancel.cancel()
         raise
-    for node_id, result in report.outputs.items():
-        for item in result.get("images", []):
-            print(Path(engine.settings.output_dir) / item["filename"])
-        for item in result.get("files", []):
-            print(Path(engine.settings.output_dir) / item["filename"])
+    for files in report.files.values():  # every file written, whatever its kind (images, checkpoints, ...)
+        for item in files:
+            print(Path(engine.settings.output_dir) / item.filename)
     print(f"done in {report.seconds:.2f}s: {len(report.executed)} executed, {len(report.cached)} cached", file=sys.stderr)
     return EXIT_OK
 

@@ -18,6 +18,7 @@ from .cache import ResultCache, digest
 from .context import CancelToken, RunContext, Settings
 from .errors import Cancelled, NodeFailed, NodeInputError
 from .events import NodeCached, NodeFinished, NodeStarted, Observer, RunCancelled, RunFailed, RunSucceeded, no_observer
+from .outputs import OutputFile, files_of, report_form
 from .plan import make_plan
 from .provenance import Provenance
 from .registry import Registry, default_registry
@@ -31,13 +32,16 @@ log = logging.getLogger("graphflow")
 class RunReport:
     """What a run did: nodes executed and taken from cache (in order), per-node seconds, output-node results.
 
-    ``values`` holds every planned node's outputs by name (references into the cache, not copies)."""
+    ``outputs`` holds each output node's result in its JSON form (files grouped by kind, see
+    :func:`graphflow.outputs.report_form`), ``files`` the files each one wrote, typed. ``values`` holds every
+    planned node's outputs by name (references into the cache, not copies)."""
 
     run_id: str
     executed: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: dict[str, list[OutputFile]] = field(default_factory=dict)
     values: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     seconds: float = 0.0
 
@@ -115,7 +119,8 @@ class Engine:
             report.timings[node.id] = seconds
             emit(NodeFinished(report.run_id, node.id, spec.name, seconds))
         if spec.output_node:
-            report.outputs[node.id] = outputs[0]
+            report.outputs[node.id] = report_form(outputs[0])
+            report.files[node.id] = files_of(outputs[0])
             report.values[node.id] = {}
         else:
             report.values[node.id] = dict(zip(spec.outputs, outputs))

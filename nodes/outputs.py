@@ -8,7 +8,7 @@ files are numbered ``<prefix>_00001.<ext>``, ... and an existing file is never r
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from PIL import Image as PILImage
 from PIL import features
@@ -18,6 +18,7 @@ from pydantic import Field
 from graphflow.context import RunContext
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
+from graphflow.outputs import OutputFile
 
 from .files import new_output, relative_name, write_new_output
 from .metadata import a1111_parameters, checkpoint_hash, describe
@@ -29,7 +30,7 @@ def SaveImage(
     images: Image = Input(IMAGE),
     filename_prefix: str = Field("graphflow", min_length=1, description="files are <prefix>_00001.png, _00002.png, ...; may include sub-folders"),
     ctx=None,
-) -> dict[str, Any]:
+) -> list[OutputFile]:
     """Save images as PNG files in the output folder, with the workflow and its settings embedded.
 
     Numbers count up from the highest one used with the prefix, and a file is never replaced or seen
@@ -48,8 +49,8 @@ def SaveImage(
     saved = []
     for picture in pixels_to_pil(images.pixels):
         path = write_new_output(out_dir, filename_prefix, "png", lambda file, picture=picture: picture.save(file, format="PNG", pnginfo=info))
-        saved.append({"filename": relative_name(path, out_dir), "width": picture.width, "height": picture.height})
-    return {"images": saved}
+        saved.append(OutputFile("image", relative_name(path, out_dir), {"width": picture.width, "height": picture.height}))
+    return saved
 
 
 def animation_writer(frames: list[PILImage.Image], fmt: str, fps: float, loop: int, lossless: bool):
@@ -75,7 +76,7 @@ def SaveAnimation(
     lossless: bool = Field(False, description="WebP only: lossless frames (larger files)"),
     *,
     ctx: RunContext,
-) -> dict:
+) -> list[OutputFile]:
     """Save an image batch as an animated GIF or WebP in the output folder, one frame per image.
 
     Files are numbered ``<prefix>_00001.webp``, ... and never overwritten. GIF has 256 colours per frame
@@ -85,8 +86,8 @@ def SaveAnimation(
     frames = pixels_to_pil(images.pixels)
     output_dir = ctx.settings.output_dir
     path = write_new_output(output_dir, filename_prefix, format, animation_writer(frames, format, fps, loop, lossless))
-    return {"images": [{"filename": relative_name(path, output_dir), "width": images.width, "height": images.height,
-                        "frames": len(frames), "format": format}]}
+    info = {"width": images.width, "height": images.height, "frames": len(frames), "format": format}
+    return [OutputFile("image", relative_name(path, output_dir), info)]  # an animated image: browsers show it
 
 
 @node(output=True, category="merge")
@@ -97,7 +98,7 @@ def SaveCheckpoint(
     filename_prefix: str = Field("checkpoints/merged", description="<output_dir>/<prefix>_NNNNN.safetensors; may "
                                  "name sub-folders, never leave the output folder"),
     ctx=None,
-) -> dict:
+) -> list[OutputFile]:
     """Write model, text encoder and VAE as one .safetensors checkpoint in the original SD key layout.
 
     The file goes to the output directory (workflows never write into the models folder); move it into
@@ -106,5 +107,5 @@ def SaveCheckpoint(
 
     output_dir = Path(ctx.settings.output_dir)
     path = new_output(output_dir, filename_prefix, "safetensors", lambda path: save_single_file(model, clip, vae, path))
-    return {"checkpoints": [{"filename": relative_name(path, output_dir), "path": str(path),
-                             "patches": {"model": list(model.patches), "clip": list(clip.patches)}}]}
+    patches = {"model": list(model.patches), "clip": list(clip.patches)}
+    return [OutputFile("checkpoint", relative_name(path, output_dir), {"patches": patches})]

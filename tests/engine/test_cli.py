@@ -75,3 +75,12 @@ def test_nodes_and_schema(tmp_path):
     assert catalog["Add"]["inputs"]["bias"]["default"] == 0
     schema = json.loads(cli("schema", cwd=tmp_path).stdout)
     assert schema["properties"]["graphflow"]["const"] == 1 and "Link" in schema["$defs"]
+
+
+def test_run_prints_every_file_written_whatever_its_kind(write, tmp_path):
+    doc = wf(x=("Number", {"value": 4}), note=("WriteNote", {"value": link("x"), "name": "deep/n.txt"}),
+             show=("Show", {"value": link("x")}))
+    result = cli("run", write(doc), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [str(tmp_path / "out" / "deep" / "n.txt")]
+    assert (tmp_path / "out" / "deep" / "n.txt").read_text() == "4.0\n"

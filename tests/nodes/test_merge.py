@@ -137,15 +137,16 @@ def test_save_checkpoint_writes_a_file_that_reloads_identically(a, b, tmp_path):
     model = MergeModels(a[0], b[0], None, "weighted_sum", 0.25)
     clip = MergeClip(a[1], b[1], None, "weighted_sum", 0.25)
     vae = MergeVae(a[2], b[2], None, "weighted_sum", 0.25)
-    first = SaveCheckpoint(model, clip, vae, "merged", ctx)["checkpoints"][0]
-    second = SaveCheckpoint(model, clip, vae, "sub/merged", ctx)["checkpoints"][0]
-    third = SaveCheckpoint(model, clip, vae, "merged", ctx)["checkpoints"][0]
-    assert [x["filename"] for x in (first, second, third)] == [
+    (first,) = SaveCheckpoint(model, clip, vae, "merged", ctx)
+    (second,) = SaveCheckpoint(model, clip, vae, "sub/merged", ctx)
+    (third,) = SaveCheckpoint(model, clip, vae, "merged", ctx)
+    assert {x.kind for x in (first, second, third)} == {"checkpoint"}
+    assert [x.filename for x in (first, second, third)] == [
         "merged_00001.safetensors", "sub/merged_00001.safetensors", "merged_00002.safetensors"]
     assert sorted(p.name for p in ctx.settings.output_dir.iterdir()) == [
         "merged_00001.safetensors", "merged_00002.safetensors", "sub"]  # no temporary files left behind
-    assert first["patches"] == {"model": ["merge:weighted_sum:0.25:b"], "clip": ["merge:weighted_sum:0.25:b"]}
-    reloaded = load_single_file(first["path"])
+    assert first.info == {"patches": {"model": ["merge:weighted_sum:0.25:b"], "clip": ["merge:weighted_sum:0.25:b"]}}
+    reloaded = load_single_file(ctx.settings.output_dir / first.filename)
     assert_same(reloaded.unet, model.unet)
     assert_same(reloaded.text_encoder, clip.text_encoder)
     assert_same(reloaded.vae, vae.vae)
@@ -188,7 +189,8 @@ def test_merge_and_save_in_a_workflow(tmp_path):
     saved = report.outputs["save"]["checkpoints"][0]
     assert saved["filename"] == "half_00001.safetensors"
     assert saved["patches"]["model"] == ["merge:weighted_sum:0.5:tiny-sd[lora:tiny-lora-a:1]"]
-    reloaded = load_single_file(saved["path"])
+    assert "path" not in saved  # reports name files relative to the output folder, never by absolute path
+    reloaded = load_single_file(settings.output_dir / saved["filename"])
     plain, lorad = report.values["ckpt"]["model"].unet.state_dict(), report.values["lora"]["model"].unet.state_dict()
     key = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"
     assert torch.allclose(reloaded.unet.state_dict()[key], (plain[key] + lorad[key]) / 2, atol=1e-7)

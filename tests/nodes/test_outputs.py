@@ -7,6 +7,7 @@ import torch
 from PIL import Image as PILImage
 
 from graphflow.errors import NodeInputError
+from graphflow.outputs import OutputFile, report_form
 from nodes.outputs import SaveAnimation, SaveImage
 from nodes.values import Image
 from tests.nodes.runctx import make_ctx
@@ -28,12 +29,14 @@ def test_save_image_writes_numbered_pngs_and_reports_them(stage_ctx):
     ctx, _ = stage_ctx
     pixels = random_pixels(batch=2)
     result = call(SaveImage, ctx=ctx, images=Image(pixels=pixels), filename_prefix="shot")
-    assert result == {"images": [{"filename": "shot_00001.png", "width": 24, "height": 16},
+    assert result == [OutputFile("image", "shot_00001.png", {"width": 24, "height": 16}),
+                      OutputFile("image", "shot_00002.png", {"width": 24, "height": 16})]
+    assert report_form(result) == {"images": [{"filename": "shot_00001.png", "width": 24, "height": 16},
                                  {"filename": "shot_00002.png", "width": 24, "height": 16}]}
     saved = np.asarray(PILImage.open(ctx.settings.output_dir / "shot_00002.png"))
     assert np.array_equal(saved, (pixels[1].numpy() * 255).round().astype(np.uint8))
     again = call(SaveImage, ctx=ctx, images=Image(pixels=pixels[:1]), filename_prefix="shot")
-    assert again["images"][0]["filename"] == "shot_00003.png"
+    assert again[0].filename == "shot_00003.png"
 
 
 def test_save_image_never_overwrites(stage_ctx):
@@ -41,7 +44,7 @@ def test_save_image_never_overwrites(stage_ctx):
     out = ctx.settings.output_dir
     (out / "keep_00007.png").write_bytes(b"someone else's file")
     result = call(SaveImage, ctx=ctx, images=Image(pixels=random_pixels()), filename_prefix="keep")
-    assert result["images"][0]["filename"] == "keep_00008.png"
+    assert result[0].filename == "keep_00008.png"
     assert (out / "keep_00007.png").read_bytes() == b"someone else's file"
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temporary files left behind"
 
@@ -61,7 +64,7 @@ def test_png_carries_the_workflow_as_run_and_the_a1111_parameters(stage_ctx):
     ctx, _ = stage_ctx
     graph = provenance(txt2img(), TXT2IMG_VALUES, drawn={("noise", "seed"): 77})
     result = call(SaveImage, ctx=replace(ctx, graph=graph), images=Image(pixels=random_pixels(height=64, width=64)))
-    png = PILImage.open(ctx.settings.output_dir / result["images"][0]["filename"])
+    png = PILImage.open(ctx.settings.output_dir / result[0].filename)
     assert json.loads(png.text["workflow"]) == graph.document
     assert json.loads(png.text["workflow"])["nodes"]["noise"]["inputs"]["seed"] == 77
     assert png.text["parameters"] == (
@@ -72,7 +75,7 @@ def test_png_carries_the_workflow_as_run_and_the_a1111_parameters(stage_ctx):
 def test_an_image_saved_outside_a_run_records_its_size_only(stage_ctx):
     ctx, _ = stage_ctx
     result = call(SaveImage, ctx=ctx, images=Image(pixels=random_pixels(height=16, width=24)))
-    png = PILImage.open(ctx.settings.output_dir / result["images"][0]["filename"])
+    png = PILImage.open(ctx.settings.output_dir / result[0].filename)
     assert png.text == {"parameters": "Size: 24x16"}
 
 
@@ -93,10 +96,11 @@ def test_save_animation_writes_a_multiframe_file_and_never_overwrites(tmp_path, 
     ctx, _ = make_ctx(tmp_path)
     first = SaveAnimation(frames(), format=fmt, fps=10.0, filename_prefix="anim/clip", loop=0, lossless=False, ctx=ctx)
     second = SaveAnimation(frames(), format=fmt, fps=10.0, filename_prefix="anim/clip", loop=0, lossless=False, ctx=ctx)
-    (entry,), (entry2,) = first["images"], second["images"]
-    assert entry == {"filename": f"anim/clip_00001.{fmt}", "width": 32, "height": 24, "frames": 4, "format": fmt}
-    assert entry2["filename"] == f"anim/clip_00002.{fmt}"
-    with PILImage.open(tmp_path / "output" / entry["filename"]) as picture:
+    (entry,), (entry2,) = first, second
+    assert report_form(first) == {"images": [{"filename": f"anim/clip_00001.{fmt}", "width": 32, "height": 24,
+                                              "frames": 4, "format": fmt}]}
+    assert entry2.filename == f"anim/clip_00002.{fmt}"
+    with PILImage.open(tmp_path / "output" / entry.filename) as picture:
         assert picture.format == fmt.upper()
         assert picture.n_frames == 4 and picture.is_animated
         assert picture.size == (32, 24)
@@ -109,8 +113,6 @@ def test_save_animation_writes_a_multiframe_file_and_never_overwrites(tmp_path, 
 
 
 def test_save_animation_refuses_prefixes_leaving_the_output_folder(tmp_path):
-    from graphflow.errors import NodeInputError
-
     ctx, _ = make_ctx(tmp_path)
     with pytest.raises(NodeInputError) as info:
         SaveAnimation(frames(2), format="gif", fps=5.0, filename_prefix="../escape", loop=0, lossless=False, ctx=ctx)

@@ -148,7 +148,7 @@ def test_merge_saves_a_checkpoint_that_loads_back_identically(engine, tmp_path):
 
     report = engine.run(WORKFLOWS / "merge.json")
     assert report.outputs["save"]["images"], "the merged model also draws a picture"
-    saved = Path(report.outputs["save_checkpoint"]["checkpoints"][0]["path"])
+    saved = (engine.settings.output_dir / report.outputs["save_checkpoint"]["checkpoints"][0]["filename"]).resolve()
     assert saved.suffix == ".safetensors" and saved.is_relative_to(engine.settings.output_dir.resolve())
     models = tmp_path / "models"
     (models / "checkpoints").mkdir(parents=True)
