@@ -66,6 +66,7 @@ class Pass:
     seed: int
     prompt: str | None
     negative: str | None
+    clip_skip: int
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,8 @@ def a1111_parameters(generation: Generation | None, size: tuple[int, int], model
     if generation.checkpoint is not None:
         fields["Model hash"] = model_hash
         fields["Model"] = file_stem(generation.checkpoint.literals["name"], CHECKPOINT_SUFFIXES)
+    if first.clip_skip > 1:  # A1111 writes it only when it skips a layer
+        fields["Clip skip"] = first.clip_skip
     if hires is not None:
         second = hires.second
         scale = (hires.resize[0] / generation.size[0], hires.resize[1] / generation.size[1])
@@ -202,8 +205,10 @@ def _pass(graph: Provenance, sample: UpstreamNode) -> Pass:
     seed = sample.literals["seed"]
     if seed < 0:  # -1 continues AddNoise's generator, whose seed is the one that counts
         seed = noise.literals["seed"]
+    encoder = next((n for n in graph.upstream(sample, "positive") if "clip_skip" in n.literals), None)
     return Pass(sample, schedule.literals["sampler"], schedule.literals["steps"], schedule.literals["denoise"],
-                sample.literals["cfg"], seed, _prompt(graph, sample, "positive"), _prompt(graph, sample, "negative"))
+                sample.literals["cfg"], seed, _prompt(graph, sample, "positive"), _prompt(graph, sample, "negative"),
+                encoder.literals["clip_skip"] if encoder is not None else 1)
 
 
 def _prompt(graph: Provenance, sample: UpstreamNode, input_name: str) -> str | None:

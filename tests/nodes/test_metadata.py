@@ -86,6 +86,13 @@ def test_seeds_are_the_ones_that_ran_not_the_documents():
     assert graph.document["nodes"]["noise"]["inputs"]["seed"] == 777  # the PNG's workflow reruns what ran
 
 
+def test_clip_skip_is_written_when_a_layer_is_skipped():
+    document = txt2img()
+    document["nodes"]["pos"]["inputs"]["clip_skip"] = 2
+    assert read(text_of(document, TXT2IMG_VALUES)).params["Clip skip"] == "2"
+    assert "Clip skip" not in read(text_of(txt2img(), TXT2IMG_VALUES)).params
+
+
 def test_img2img_records_its_denoising_strength():
     document = txt2img()
     document["nodes"]["sched"]["inputs"]["denoise"] = 0.6

@@ -83,3 +83,24 @@ def test_a_single_file_checkpoint_is_recorded_with_a1111s_short_hash(engine, tmp
         params = read(png.text["parameters"]).params
     assert params["Model"] == "my-merge"
     assert params["Model hash"] == hashlib.sha256((models / "my-merge.safetensors").read_bytes()).hexdigest()[:10]
+
+
+def test_a_png_reruns_and_its_parameters_import_back(engine, tmp_path):
+    """txt2img's PNG: `graphflow run --from-png` draws it again; `graphflow import-a1111` of its parameters
+    text builds a workflow that draws it again too, and writes the same text."""
+    from graphflow.cli import main
+
+    first = engine.run(load(WORKFLOWS / "txt2img.json").with_values({("schedule", "steps"): 2, ("noise", "seed"): 9}))
+    png = engine.settings.output_dir / first.outputs["save"]["images"][0]["filename"]
+    with PILImage.open(png) as picture:
+        pixels, parameters = picture.tobytes(), picture.text["parameters"]
+    dirs = ["--models", str(engine.settings.models_dir), "--out", str(tmp_path / "again")]
+    assert main(["run", "--from-png", str(png), *dirs]) == 0
+    assert main(["import-a1111", parameters, "-o", str(tmp_path / "imported.json")]) == 0
+    assert main(["run", str(tmp_path / "imported.json"), *dirs]) == 0
+    again = sorted((tmp_path / "again").glob("*.png"))
+    assert len(again) == 2
+    for path in again:
+        with PILImage.open(path) as picture:
+            assert picture.tobytes() == pixels
+            assert picture.text["parameters"] == parameters
