@@ -17,8 +17,8 @@ from .metadata import A1111_LATENT_UPSCALERS, A1111_PIXEL_UPSCALERS, a1111_sampl
 from .sampling import SAMPLERS
 
 LORA_TAG = re.compile(r"\s*<lora:([^:>]+)(?::([^:>]*))?(?::([^:>]*))?>")
-# Fields that describe the run but do not change the picture built here.
-NOT_PICTURE = {"Model hash", "Lora hashes", "TI hashes", "Version", "Hires upscale", "Hires resize", "Hires steps",
+# Fields read by the hires part, or that describe the run without changing the picture.
+HIRES_OR_DESCRIPTIVE = {"Model hash", "Lora hashes", "TI hashes", "Version", "Hires upscale", "Hires resize", "Hires steps",
                "Hires upscaler", "Hires sampler", "Hires prompt", "Hires negative prompt", "Denoising strength",
                "Schedule type"}
 USED = {"Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Clip skip"}
@@ -84,7 +84,7 @@ def workflow_from_infotext(text: str, upscale_model: Callable[[str], str] | None
     by file stem); without it, ``name.safetensors``. ``warn`` hears about fields that are left out."""
     info = parse_infotext(text)
     fields = info.fields
-    ignored = sorted(k for k in fields if k not in USED | NOT_PICTURE)
+    ignored = sorted(k for k in fields if k not in USED | HIRES_OR_DESCRIPTIVE)
     if ignored and warn is not None:
         warn(f"left out (graphflow does not build them): {', '.join(ignored)}")
     prompt, loras = _loras(info.prompt)

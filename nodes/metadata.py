@@ -93,8 +93,10 @@ def describe(graph: Provenance, input_name: str = "images") -> Generation | None
     if final is None:
         return None
     last = _pass(graph, final)
-    earlier = graph.nearest(final, SAMPLE, "latent") if last.denoise < 1 else None
+    earlier = graph.nearest(final, SAMPLE, "latent") if last is not None and last.denoise < 1 else None
     first = _pass(graph, earlier) if earlier is not None else last
+    if first is None:  # a latent noised by some other node pack's node: nothing A1111 could describe
+        return None
     final_size = _image_size(graph, final, input_name)
     hires = None
     if earlier is not None:
@@ -197,11 +199,12 @@ def checkpoint_hash(generation: Generation | None, settings: Any) -> str | None:
 # ---------------------------------------------------------------------------------------------- reading the graph
 
 
-def _pass(graph: Provenance, sample: UpstreamNode) -> Pass:
+def _pass(graph: Provenance, sample: UpstreamNode) -> Pass | None:
+    """The pass ``sample`` ran, or None when its latent was not noised by AddNoise for a Schedule."""
     noise = graph.nearest(sample, ADD_NOISE, "latent")
     schedule = graph.nearest(noise, SCHEDULE, "schedule") if noise is not None else None
     if schedule is None:
-        raise ValueError(f"Sample {sample.id} has no AddNoise and Schedule upstream of its latent")
+        return None
     seed = sample.literals["seed"]
     if seed < 0:  # -1 continues AddNoise's generator, whose seed is the one that counts
         seed = noise.literals["seed"]
