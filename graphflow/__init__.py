@@ -4,7 +4,9 @@ from .context import CancelToken, RunContext, Settings
 from .errors import Cancelled, Issue, NodeFailed, NodeInputError, WorkflowFormatError, WorkflowInvalid
 from .execute import Engine, RunReport
 from .node import Input, node
+from .outputs import OutputFile
 from .registry import Registry, discover
 
 __all__ = ["Graph", "CancelToken", "RunContext", "Settings", "Cancelled", "Issue", "NodeFailed", "NodeInputError",
-           "WorkflowFormatError", "WorkflowInvalid", "Engine", "RunReport", "Input", "node", "Registry", "discover"]
+           "WorkflowFormatError", "WorkflowInvalid", "Engine", "RunReport", "Input", "node", "OutputFile",
+           "Registry", "discover"]

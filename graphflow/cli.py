@@ -1,4 +1,4 @@
-"""The command line: ``graphflow run | validate | nodes | schema | serve``.
+"""The command line: ``graphflow run | validate | nodes | schema | serve``, plus the commands node packs add.
 
 Exit codes: 0 success, 1 a node failed at run time, 2 the input is invalid (bad JSON, bad workflow,
 bad --set), 130 cancelled (Ctrl-C). Errors go to stderr as readable text, never a traceback.
@@ -58,22 +58,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .execute import Engine
     from .workflow import load
 
-    workflow = load(args.workflow)
+    if (args.workflow is None) == (args.from_png is None):
+        raise WorkflowFormatError("give a workflow file or --from-png IMAGE.png (one of them)")
+    source = Path(args.workflow or args.from_png)
+    workflow = workflow_in_png(source) if args.from_png else load(source)
     workflow = workflow.with_values(dict(parse_assignment(a) for a in args.set or []))
-    engine = Engine(settings=_settings(args).with_asset_dir(Path(args.workflow).resolve().parent / "assets"))
+    engine = Engine(settings=_settings(args).with_asset_dir(source.resolve().parent / "assets"))
     cancel = CancelToken()
     try:
         report = engine.run(workflow, outputs=args.output or None, on_event=ProgressPrinter(), cancel=cancel)
     except KeyboardInterrupt:
         cancel.cancel()
         raise
-    for node_id, result in report.outputs.items():
-        for item in result.get("images", []):
-            print(Path(engine.settings.output_dir) / item["filename"])
-        for item in result.get("files", []):
-            print(Path(engine.settings.output_dir) / item["filename"])
+    for files in report.files.values():  # every file written, whatever its kind (images, checkpoints, ...)
+        for item in files:
+            print(Path(engine.settings.output_dir) / item.filename)
     print(f"done in {report.seconds:.2f}s: {len(report.executed)} executed, {len(report.cached)} cached", file=sys.stderr)
     return EXIT_OK
+
+
+def workflow_in_png(path: Path):
+    """The workflow a PNG carries in its "workflow" text chunk (SaveImage writes the workflow as it ran)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .workflow import parse_text
+
+    try:
+        with Image.open(path) as picture:
+            text = picture.text.get("workflow") if picture.format == "PNG" else None
+    except (OSError, UnidentifiedImageError) as exc:
+        raise WorkflowFormatError(f"{path}: not a readable PNG ({exc})") from None
+    if text is None:
+        raise WorkflowFormatError(f"{path}: this image carries no graphflow workflow (no \"workflow\" text chunk; "
+                                  "graphflow's SaveImage writes one)")
+    return parse_text(text, f"{path} (its workflow chunk)")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -135,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     run = with_dirs(sub.add_parser("run", help="run a workflow"))
-    run.add_argument("workflow")
+    run.add_argument("workflow", nargs="?", help="a workflow JSON file")
+    run.add_argument("--from-png", metavar="IMAGE.png", help="rerun the workflow a PNG saved by graphflow carries")
     run.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="override a literal input (repeatable)")
     run.add_argument("--output", action="append", metavar="NODE", help="only produce these output nodes (repeatable)")
     run.set_defaults(handler=cmd_run)
@@ -154,7 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="start the HTTP server (same options as server.py)", add_help=False)
     serve.add_argument("rest", nargs=argparse.REMAINDER)
     serve.set_defaults(handler=cmd_serve)
+    add_pack_commands(sub)
     return parser
+
+
+def add_pack_commands(sub: Any) -> None:
+    """Commands node packs add: a pack's module may define ``add_commands(subparsers)`` (each command's handler
+    takes the parsed arguments and returns an exit code). Importing a pack's module must stay cheap."""
+    import importlib
+
+    from .registry import pack_modules
+
+    for name in pack_modules():
+        add = getattr(importlib.import_module(name), "add_commands", None)
+        if add is not None:
+            add(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,10 +5,13 @@ import os
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import Cancelled
 from .events import Event, Preview, Progress, Warning_
+
+if TYPE_CHECKING:
+    from .provenance import Provenance
 
 
 @dataclass(frozen=True)
@@ -59,15 +62,17 @@ class CancelToken:
 
 @dataclass
 class RunContext:
-    """Handed to a node function that asks for ``ctx``. One per node execution."""
+    """Handed to a node function that asks for ``ctx``. One per node execution.
+
+    ``graph`` is given to output nodes only: what produced their inputs (:class:`~graphflow.provenance.Provenance`)."""
 
     run_id: str
     node_id: str
     node_type: str
     settings: Settings
-    workflow: dict[str, Any]
     emit: Callable[[Event], None]
     cancel_token: CancelToken
+    graph: "Provenance | None" = None
 
     @property
     def cancelled(self) -> bool:

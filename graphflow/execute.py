@@ -18,7 +18,9 @@ from .cache import ResultCache, digest
 from .context import CancelToken, RunContext, Settings
 from .errors import Cancelled, NodeFailed, NodeInputError
 from .events import NodeCached, NodeFinished, NodeStarted, Observer, RunCancelled, RunFailed, RunSucceeded, no_observer
+from .outputs import OutputFile, files_of, report_form
 from .plan import make_plan
+from .provenance import Provenance
 from .registry import Registry, default_registry
 from .validate import CheckedNode, CheckedWorkflow, validate
 from .workflow import Workflow, load, parse
@@ -30,13 +32,16 @@ log = logging.getLogger("graphflow")
 class RunReport:
     """What a run did: nodes executed and taken from cache (in order), per-node seconds, output-node results.
 
-    ``values`` holds every planned node's outputs by name (references into the cache, not copies)."""
+    ``outputs`` holds each output node's result in its JSON form (files grouped by kind, see
+    :func:`graphflow.outputs.report_form`), ``files`` the files each one wrote, typed. ``values`` holds every
+    planned node's outputs by name (references into the cache, not copies)."""
 
     run_id: str
     executed: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: dict[str, list[OutputFile]] = field(default_factory=dict)
     values: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     seconds: float = 0.0
 
@@ -73,11 +78,10 @@ class Engine:
             started = time.perf_counter()
             try:
                 plan = make_plan(checked, self.settings)
-                document = checked.workflow.to_json()
                 for node_id in plan.order:
                     if cancel.cancelled:
                         raise Cancelled(node_id)
-                    self._run_node(checked.nodes[node_id], plan.keys[node_id], document, report, emit, cancel)
+                    self._run_node(checked, node_id, plan.keys[node_id], report, emit, cancel)
             except Cancelled as exc:
                 exc.report = report
                 emit(RunCancelled(report.run_id, exc.node))
@@ -91,8 +95,9 @@ class Engine:
         emit(RunSucceeded(report.run_id, report))
         return report
 
-    def _run_node(self, node: CheckedNode, key: str, document: dict[str, Any], report: RunReport,
-                  emit: Observer, cancel: CancelToken) -> None:
+    def _run_node(self, checked: CheckedWorkflow, node_id: str, key: str, report: RunReport, emit: Observer,
+                  cancel: CancelToken) -> None:
+        node = checked.nodes[node_id]
         spec = node.spec
         outputs = self.cache.get(key)
         if outputs is not None:
@@ -101,7 +106,9 @@ class Engine:
         else:
             emit(NodeStarted(report.run_id, node.id, spec.name))
             sockets = {name: report.values[link.node][link.output] for name, link in node.links.items()}
-            ctx = RunContext(report.run_id, node.id, spec.name, self.settings, document, emit, cancel)
+            # Output nodes see what produced their inputs (for metadata); other nodes see only their inputs.
+            graph = Provenance.of(checked, node.id, report.values) if spec.output_node else None
+            ctx = RunContext(report.run_id, node.id, spec.name, self.settings, emit, cancel, graph)
             before = self._digests(sockets)
             started = time.perf_counter()
             outputs = self._call(node, sockets, ctx)
@@ -112,7 +119,8 @@ class Engine:
             report.timings[node.id] = seconds
             emit(NodeFinished(report.run_id, node.id, spec.name, seconds))
         if spec.output_node:
-            report.outputs[node.id] = outputs[0]
+            report.outputs[node.id] = report_form(outputs[0])
+            report.files[node.id] = files_of(outputs[0])
             report.values[node.id] = {}
         else:
             report.values[node.id] = dict(zip(spec.outputs, outputs))

@@ -25,6 +25,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, create_model
 from pydantic.fields import FieldInfo
 
+from .outputs import OutputFile
 from .types import check_type_name
 
 CachePolicy = Literal["content", "never"]
@@ -71,14 +72,16 @@ class NodeSpec:
         return self.outputs.get(output)
 
     def call(self, sockets: dict[str, Any], literals: dict[str, Any], ctx: Any) -> tuple[Any, ...] | dict[str, Any]:
-        """Run the function and normalise its result to a tuple of outputs (or the UI dict of an output node)."""
+        """Run the function and normalise its result to a tuple of outputs (an output node's: its files, or a dict)."""
         kwargs = {**literals, **dict.fromkeys(self.sockets), **sockets}  # unlinked optional sockets arrive as None
         if self.wants_context:
             kwargs["ctx"] = ctx
         result = self.function(**kwargs)
         if self.output_node:
-            if not isinstance(result, dict):
-                raise TypeError(f"output node {self.name} must return a dict, returned {type(result).__name__}")
+            if not isinstance(result, dict) and not (isinstance(result, (list, tuple))
+                                                     and all(isinstance(item, OutputFile) for item in result)):
+                raise TypeError(f"output node {self.name} must return a list of OutputFile (or a dict), "
+                                f"returned {type(result).__name__}")
             return result
         if len(self.outputs) == 1:
             return (result,)

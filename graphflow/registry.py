@@ -90,16 +90,20 @@ def discover(include_entry_points: bool = True, builtin: str | None = "nodes") -
 
     ``GRAPHFLOW_NODES=pack_a,pack_b`` replaces that list with exactly these modules (tests, sandboxes)."""
     registry = Registry()
-    chosen = os.environ.get("GRAPHFLOW_NODES")
-    if chosen:
-        modules = [m.strip() for m in chosen.split(",") if m.strip()]
-    else:
-        modules = [builtin] if builtin else []
-        if include_entry_points:
-            modules += [ep.value for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.value not in modules]
-    for module_name in modules:
+    for module_name in pack_modules(include_entry_points, builtin):
         registry.add_module(importlib.import_module(module_name))
     return registry
+
+
+def pack_modules(include_entry_points: bool = True, builtin: str | None = "nodes") -> list[str]:
+    """The node packs' module names, in discovery order (``GRAPHFLOW_NODES`` replaces the list)."""
+    chosen = os.environ.get("GRAPHFLOW_NODES")
+    if chosen:
+        return [m.strip() for m in chosen.split(",") if m.strip()]
+    modules = [builtin] if builtin else []
+    if include_entry_points:
+        modules += [ep.value for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.value not in modules]
+    return modules
 
 
 _default: Registry | None = None

@@ -7,3 +7,20 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def add_commands(subparsers) -> None:
+    """The node library's own command (graphflow's CLI asks every node pack): ``graphflow import-a1111``."""
+    command = subparsers.add_parser(
+        "import-a1111", help="build a txt2img / hires-fix workflow from an AUTOMATIC1111 parameters text")
+    command.add_argument("text", help='the parameters text as A1111 writes it (its "PNG Info"), or - to read stdin')
+    command.add_argument("-o", "--output", metavar="OUT.json", help="write the workflow there instead of to stdout")
+    command.add_argument("--models", help="models directory whose upscale_models/ the Hires upscaler is looked up in "
+                                          "(default ./models or $GRAPHFLOW_MODELS_DIR)")
+
+    def handler(args) -> int:
+        from .a1111 import run_import  # the command's work imports torch: only when it runs
+
+        return run_import(args)
+
+    command.set_defaults(handler=handler)

@@ -1,4 +1,4 @@
-"""Latent-space nodes that need no model: empty latents and resizing.
+"""Latent-space nodes that need no model: empty latents, resizing, and a view of the channels.
 
 Latents are 1/f the image size, where f is the VAE's downscale factor (``2 ** (len(block_out_channels) - 1)``,
 as diffusers' ``vae_scale_factor``): 8 for every Stable Diffusion VAE, 2 for the built-in tiny one. Nodes that
@@ -17,7 +17,8 @@ from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
 from .mask import latent_noise_mask, masks_for_batch, match_mask_to_image
-from .values import LATENT, MASK, VAE, Latent, Mask, Vae
+from .pixels import image_grid, normalise
+from .values import IMAGE, LATENT, MASK, VAE, Image, Latent, Mask, Vae
 
 SD_LATENT_CHANNELS = 4
 SD_DOWNSCALE = 8
@@ -139,3 +140,14 @@ def resize_latents(samples: torch.Tensor, size: tuple[int, int], method: str) ->
         return F.interpolate(samples, size=size, mode="nearest-exact")
     mode = method.removesuffix("-antialiased")
     return F.interpolate(samples, size=size, mode=mode, align_corners=False, antialias=method.endswith("-antialiased"))
+
+
+@node(outputs={"image": IMAGE}, category="latent")
+def LatentChannels(latent: Latent = Input(LATENT)) -> Image:
+    """Show each latent channel as a grey picture, side by side in a grid (2×2 for SD's four channels).
+
+    Every channel is stretched to the full black-to-white range on its own, so the picture shows where
+    each channel varies, not how the channels compare."""
+    samples = latent.samples.detach().float().cpu()
+    channels = normalise(samples, dims=(2, 3))[..., None].expand(-1, -1, -1, -1, 3)
+    return Image(pixels=torch.stack([image_grid(per_image) for per_image in channels]))

@@ -1,4 +1,5 @@
-"""Checkpoint merging as in the WebUI's checkpoint merger, one small node per component, and SaveCheckpoint.
+"""Checkpoint merging as in the WebUI's checkpoint merger, one small node per component (SaveCheckpoint, in
+:mod:`nodes.outputs`, writes the result).
 
 ``weighted_sum``:   A·(1−α) + B·α
 ``add_difference``: A + (B − C)·α   (e.g. A = your model, B = an inpainting model, C = the base B came from)
@@ -14,7 +15,6 @@ encoder and VAE (the WebUI's "copy config/VAE from A" options), or merge each wi
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -23,7 +23,6 @@ from pydantic import Field
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
-from .files import new_output, relative_name
 from .patching import clone_with_weights
 from .values import CLIP, MODEL, VAE, Clip, Model, Vae
 
@@ -140,28 +139,3 @@ def MergeVae(
     vae_c = _present(vae_c)
     merged = merge_modules(vae_a.vae, vae_b.vae, vae_c.vae if vae_c else None, mode, alpha, ("vae_a", "vae_b", "vae_c"))
     return replace(vae_a, vae=merged)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Saving
-# ---------------------------------------------------------------------------------------------------
-
-@node(output=True, category="merge")
-def SaveCheckpoint(
-    model: Model = Input(MODEL),
-    clip: Clip = Input(CLIP),
-    vae: Vae = Input(VAE),
-    filename_prefix: str = Field("checkpoints/merged", description="<output_dir>/<prefix>_NNNNN.safetensors; may "
-                                 "name sub-folders, never leave the output folder"),
-    ctx=None,
-) -> dict:
-    """Write model, text encoder and VAE as one .safetensors checkpoint in the original SD key layout.
-
-    The file goes to the output directory (workflows never write into the models folder); move it into
-    ``<models_dir>/checkpoints`` to load it with LoadCheckpoint. An existing file is never replaced."""
-    from .checkpoints import save_single_file
-
-    output_dir = Path(ctx.settings.output_dir)
-    path = new_output(output_dir, filename_prefix, "safetensors", lambda path: save_single_file(model, clip, vae, path))
-    return {"checkpoints": [{"filename": relative_name(path, output_dir), "path": str(path),
-                             "patches": {"model": list(model.patches), "clip": list(clip.patches)}}]}

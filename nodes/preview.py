@@ -1,4 +1,4 @@
-"""Looking at work in progress: cheap latent previews, latent channel views and animations.
+"""Looking at work in progress: cheap latent previews of a sampler's steps, kept as animation frames.
 
 A sampler can show its progress without running the VAE: Stable Diffusion's four latent channels map
 to RGB almost linearly, so a fixed 4×3 matrix gives a blurry but recognisable picture at latent
@@ -9,24 +9,19 @@ as the frames of a denoising animation.
 from __future__ import annotations
 
 import io
-import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from PIL import Image as PILImage
-from PIL import features
-from pydantic import Field
 
 from graphflow.context import RunContext
 from graphflow.errors import NodeInputError
-from graphflow.node import Input, node
 
-from .files import relative_name, write_new_output
-from .image import pixels_to_pil
 from .latent import latent_geometry
+from .pixels import image_grid, normalise, pixels_to_pil
 from .vae import decode_latents
-from .values import IMAGE, LATENT, Image, Latent, Vae
+from .values import Image, Latent, Vae
 
 PreviewMode = Literal["latent_rgb", "vae"]
 
@@ -59,26 +54,6 @@ def latent_to_rgb(latents: torch.Tensor | Latent) -> torch.Tensor:
         return ((rgb + 1.0) / 2.0).clamp(0, 1)
     grey = normalise(samples.mean(1), dims=(1, 2))
     return grey[..., None].expand(-1, -1, -1, 3).contiguous()
-
-
-def normalise(values: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """Stretch ``values`` to [0, 1] over ``dims`` (a constant becomes 0.5)."""
-    low, high = values.amin(dims, keepdim=True), values.amax(dims, keepdim=True)
-    span = high - low
-    return torch.where(span > 0, (values - low) / span.clamp(min=1e-12), torch.full_like(values, 0.5))
-
-
-def image_grid(pixels: torch.Tensor, columns: int | None = None) -> torch.Tensor:
-    """Lay (N, H, W, C) pictures out row by row in a (rows·H, columns·W, C) grid; empty cells are black.
-
-    ``columns`` defaults to ceil(sqrt(N)), the squarest grid."""
-    count, height, width, channels = pixels.shape
-    columns = columns or math.ceil(math.sqrt(count))
-    rows = math.ceil(count / columns)
-    cells = torch.zeros(rows * columns, height, width, channels, dtype=pixels.dtype, device=pixels.device)
-    cells[:count] = pixels
-    by_row = cells.view(rows, columns, height, width, channels).permute(0, 2, 1, 3, 4)  # rows, H, columns, W, C
-    return by_row.reshape(rows * height, columns * width, channels)
 
 
 def preview_png(source: torch.Tensor | Latent | Image, max_size: int = 256) -> bytes:
@@ -148,51 +123,3 @@ class StepPreviews:
         frame of ``final_latents``, so the output always holds a picture."""
         frames = self._frames or [self.frame(final_latents, "latent_rgb")]
         return Image(pixels=torch.cat(frames))
-
-
-@node(outputs={"image": IMAGE}, category="latent")
-def LatentChannels(latent: Latent = Input(LATENT)) -> Image:
-    """Show each latent channel as a grey picture, side by side in a grid (2×2 for SD's four channels).
-
-    Every channel is stretched to the full black-to-white range on its own, so the picture shows where
-    each channel varies, not how the channels compare."""
-    samples = latent.samples.detach().float().cpu()
-    channels = normalise(samples, dims=(2, 3))[..., None].expand(-1, -1, -1, -1, 3)
-    return Image(pixels=torch.stack([image_grid(per_image) for per_image in channels]))
-
-
-def animation_writer(frames: list[PILImage.Image], fmt: str, fps: float, loop: int, lossless: bool):
-    """A file writer (for :func:`write_new_output`) saving ``frames`` as one animated GIF or WebP."""
-    frame_ms = max(1, round(1000.0 / fps))
-    options = {"save_all": True, "append_images": frames[1:], "duration": frame_ms, "loop": loop}
-    if fmt == "webp":
-        options.update(lossless=lossless, quality=100 if lossless else 90)
-
-    def write(file) -> None:
-        frames[0].save(file, format=fmt.upper(), **options)
-
-    return write
-
-
-@node(output=True, category="image")
-def SaveAnimation(
-    images: Image = Input(IMAGE, description="the frames, in order"),
-    format: Literal["gif", "webp"] = "webp",
-    fps: float = Field(8.0, gt=0, le=100, description="frames per second (GIF stores 1/100 s steps)"),
-    filename_prefix: str = Field("graphflow", min_length=1, description="file name start; may include sub-folders"),
-    loop: int = Field(0, ge=0, le=65535, description="loop count stored in the file; 0 = forever"),
-    lossless: bool = Field(False, description="WebP only: lossless frames (larger files)"),
-    *,
-    ctx: RunContext,
-) -> dict:
-    """Save an image batch as an animated GIF or WebP in the output folder, one frame per image.
-
-    Files are numbered ``<prefix>_00001.webp``, ... and never overwritten. GIF has 256 colours per frame
-    and merges identical consecutive frames; WebP keeps full colour."""
-    if format == "webp" and not features.check("webp"):
-        raise NodeInputError("format", "this Pillow build cannot write WebP", "gif", format)
-    frames = pixels_to_pil(images.pixels)
-    output_dir = ctx.settings.output_dir
-    path = write_new_output(output_dir, filename_prefix, format, animation_writer(frames, format, fps, loop, lossless))
-    return {"images": [{"filename": relative_name(path, output_dir), "width": images.width, "height": images.height,
-                        "frames": len(frames), "format": format}]}

@@ -30,7 +30,7 @@ from nodes.tiny_assets import write_assets  # noqa: E402
 def load_checkpoint(name: str, models_dir: Path):
     """(unet, text_encoder) of a checkpoint, on the CPU in float32, through the LoadCheckpoint node."""
     settings = Settings(models_dir=models_dir)
-    ctx = RunContext("make_assets", "ckpt", "LoadCheckpoint", settings, {}, lambda event: None, CancelToken())
+    ctx = RunContext("make_assets", "ckpt", "LoadCheckpoint", settings, lambda event: None, CancelToken())
     model, clip, _ = LoadCheckpoint(name, dtype="float32", device="cpu", ctx=ctx)
     return model.unet, clip.text_encoder
 

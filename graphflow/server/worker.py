@@ -17,7 +17,7 @@ from urllib.parse import quote
 from ..context import CancelToken
 from ..errors import Cancelled, GraphflowError, NodeFailed
 from ..events import Event, Preview, Progress, RunCancelled, RunFailed, RunSucceeded, Warning_
-from ..execute import Engine
+from ..execute import Engine, RunReport
 from ..paths import hide_folders
 from .store import Job, JobStore
 
@@ -26,23 +26,20 @@ SHUTDOWN_REASON = "interrupted by server shutdown"
 Publish = Callable[[dict[str, Any]], None]
 
 
-def public_outputs(outputs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Output-node results in their wire form: each ``{"filename": ...}`` file becomes ``{"url": "/outputs/..."}``."""
-    public = {}
-    for node_id, result in outputs.items():
-        result = dict(result)
-        for key in ("images", "files"):
-            if isinstance(result.get(key), list):
-                result[key] = [_with_url(item) for item in result[key]]
-        public[node_id] = result
+def public_outputs(report: RunReport) -> dict[str, dict[str, Any]]:
+    """Output-node results in their wire form: each file an ``{"url": "/outputs/...", ...info}`` entry under its
+    kind's group (``images``, ``checkpoints``, ...); results that are no files as the node returned them."""
+    public: dict[str, dict[str, Any]] = {}
+    for node_id, result in report.outputs.items():
+        files = report.files.get(node_id)
+        if not files:
+            public[node_id] = result
+            continue
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for item in files:
+            grouped.setdefault(item.group, []).append({"url": "/outputs/" + quote(item.filename), **item.info})
+        public[node_id] = grouped
     return public
-
-
-def _with_url(item: Any) -> Any:
-    if not isinstance(item, dict) or not isinstance(item.get("filename"), str):
-        return item
-    rest = {k: v for k, v in item.items() if k != "filename"}
-    return {"url": "/outputs/" + quote(item["filename"]), **rest}
 
 
 @dataclass
@@ -151,7 +148,7 @@ class Worker:
         if report is None:
             outputs, executed, cached, seconds, timings = {}, [], [], None, None
         else:
-            outputs, executed, cached = public_outputs(report.outputs), list(report.executed), list(report.cached)
+            outputs, executed, cached = self._private(public_outputs(report)), list(report.executed), list(report.cached)
             seconds, timings = report.seconds, dict(report.timings)
         self.store.finish(job.id, status, progress=running.progress, outputs=outputs, executed=executed,
                           cached=cached, error=error, seconds=seconds, timings=timings)

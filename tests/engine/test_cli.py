@@ -75,3 +75,41 @@ def test_nodes_and_schema(tmp_path):
     assert catalog["Add"]["inputs"]["bias"]["default"] == 0
     schema = json.loads(cli("schema", cwd=tmp_path).stdout)
     assert schema["properties"]["graphflow"]["const"] == 1 and "Link" in schema["$defs"]
+
+
+def test_run_prints_every_file_written_whatever_its_kind(write, tmp_path):
+    doc = wf(x=("Number", {"value": 4}), note=("WriteNote", {"value": link("x"), "name": "deep/n.txt"}),
+             show=("Show", {"value": link("x")}))
+    result = cli("run", write(doc), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [str(tmp_path / "out" / "deep" / "n.txt")]
+    assert (tmp_path / "out" / "deep" / "n.txt").read_text() == "4.0\n"
+
+
+def png_with_text(path, **chunks):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in chunks.items():
+        info.add_text(key, value)
+    Image.new("RGB", (2, 2)).save(path, pnginfo=info)
+    return str(path)
+
+
+def test_run_from_png_reruns_the_workflow_it_carries(tmp_path):
+    doc = wf(x=("Number", {"value": 6}), note=("WriteNote", {"value": link("x")}))
+    png = png_with_text(tmp_path / "made.png", workflow=json.dumps(doc), parameters="Size: 2x2")
+    result = cli("run", "--from-png", png, "--set", "x.value=8", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "notes" / "note.txt").read_text() == "8.0\n"
+
+
+def test_run_from_png_refuses_pictures_without_a_workflow(write, tmp_path):
+    bare = png_with_text(tmp_path / "bare.png", parameters="Steps: 20, Sampler: Euler, Seed: 1")
+    (tmp_path / "text.png").write_text("not a picture")
+    for path, message in ((bare, "carries no graphflow workflow"), (str(tmp_path / "text.png"), "not a readable PNG")):
+        result = cli("run", "--from-png", path, cwd=tmp_path)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    both = cli("run", write(chain()), "--from-png", bare, cwd=tmp_path)
+    assert both.returncode == 2 and "one of them" in both.stderr

@@ -198,3 +198,21 @@ def test_only_requested_outputs_run(engine):
     doc["nodes"]["other"] = {"type": "Show", "inputs": {"value": link("x")}}
     report = engine.run(doc, outputs=["other"])
     assert report.executed == ["x", "other"]
+
+
+def test_output_files_are_typed_and_reported_grouped_by_kind(engine):
+    from graphflow.outputs import OutputFile
+
+    report = engine.run(wf(x=("Number", {"value": 2}), note=("WriteNote", {"value": link("x")}),
+                           show=("Show", {"value": link("x")})))
+    assert report.files == {"note": [OutputFile("note", "notes/note.txt", {"bytes": 4})], "show": []}
+    assert report.outputs["note"] == {"notes": [{"filename": "notes/note.txt", "bytes": 4}]}
+    assert report.outputs["show"] == {"value": 2.0, "label": ""}  # a result that is no file, as returned
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../up.txt", "C:/x.txt"])
+def test_an_output_file_is_named_inside_the_output_folder(name):
+    from graphflow.outputs import OutputFile
+
+    with pytest.raises(ValueError, match="relative to the output folder"):
+        OutputFile("note", name)

@@ -94,3 +94,14 @@ def Show(value=Input("*"), label: str = ""):
     """Output node: reports the value."""
     CALLS["Show"] += 1
     return {"value": value if not isinstance(value, list) else len(value), "label": label}
+
+
+@node(output=True, category="test")
+def WriteNote(value=Input("NUMBER"), name: str = "notes/note.txt", ctx=None):
+    """Output node writing a text file (an output of a kind other than images); ``name`` inside the output folder."""
+    from graphflow.outputs import OutputFile
+
+    path = Path(ctx.settings.output_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{value}\n")
+    return [OutputFile("note", name, {"bytes": path.stat().st_size})]

@@ -20,7 +20,7 @@ def loader_ctx(models_dir, tmp_path):
     """A RunContext whose settings point at ``models_dir``; events land in ``ctx.events``."""
     events = []
     settings = Settings(models_dir=models_dir, input_dir=tmp_path / "inputs", output_dir=tmp_path / "outputs")
-    ctx = RunContext("test-run", "ckpt", "LoadCheckpoint", settings, {}, events.append, CancelToken())
+    ctx = RunContext("test-run", "ckpt", "LoadCheckpoint", settings, events.append, CancelToken())
     ctx.events = events
     return ctx
 

@@ -37,5 +37,5 @@ def make_ctx(root: Path, node_type: str = "Test", cancel_after_progress: int | N
     settings = Settings(models_dir=root / "models", input_dir=root / "input", output_dir=root / "output")
     cancel = CancelToken()
     recorder = Recorder(cancel, cancel_after_progress)
-    ctx = RunContext("run", "node", node_type, settings, {"graphflow": 1, "nodes": {}}, recorder, cancel)
+    ctx = RunContext("run", "node", node_type, settings, recorder, cancel)
     return ctx, recorder

@@ -6,7 +6,7 @@ from pydantic import ValidationError
 
 from graphflow.errors import NodeInputError
 from graphflow.node import spec_of
-from nodes.latent import EmptyLatent, LatentUpscale, RepeatLatent
+from nodes.latent import EmptyLatent, LatentChannels, LatentUpscale, RepeatLatent
 from nodes.sampling import AddNoise, Schedule
 from nodes.values import Latent
 from tests.nodes.stage_helpers import call
@@ -134,3 +134,15 @@ def test_repeat_latent_refuses_a_noised_latent(sd_model):
     noised = call(AddNoise, latent=Latent(samples=torch.zeros(1, 4, 8, 8)), schedule=schedule, seed=0)
     with pytest.raises(NodeInputError, match="before AddNoise"):
         call(RepeatLatent, latent=noised, amount=2)
+
+
+def test_latent_channels_grid_normalised_per_channel():
+    samples = torch.zeros(2, 4, 3, 5)
+    for c in range(4):
+        samples[:, c] = torch.linspace(-c - 1, 10 * c + 1, 15).view(3, 5)
+    image = LatentChannels(Latent(samples=samples))
+    assert image.pixels.shape == (2, 6, 10, 3)
+    for row, col in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        cell = image.pixels[0, row * 3:(row + 1) * 3, col * 5:(col + 1) * 5, 0]
+        assert cell.min() == 0 and cell.max() == 1  # each channel stretched on its own
+    assert torch.equal(image.pixels[..., 0], image.pixels[..., 2])  # grey

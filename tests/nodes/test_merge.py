@@ -1,4 +1,4 @@
-"""nodes.merge: weighted-sum and add-difference merges of UNet / text encoder / VAE, and SaveCheckpoint.
+"""nodes.merge: weighted-sum and add-difference merges of UNet / text encoder / VAE, saved by SaveCheckpoint.
 
 Two tiny models built from different seeds stand in for two checkpoints of one architecture."""
 import pytest
@@ -7,7 +7,8 @@ import torch
 from graphflow.errors import NodeInputError
 from graphflow.node import Input
 from nodes.builtin_models import SD_SCHEDULER_CONFIG, build_tiny_components
-from nodes.merge import MergeClip, MergeModels, MergeVae, SaveCheckpoint, merge_state
+from nodes.merge import MergeClip, MergeModels, MergeVae, merge_state
+from nodes.outputs import SaveCheckpoint
 from nodes.values import Clip, Model, Vae, digest_of
 
 from .runctx import make_ctx
@@ -136,15 +137,16 @@ def test_save_checkpoint_writes_a_file_that_reloads_identically(a, b, tmp_path):
     model = MergeModels(a[0], b[0], None, "weighted_sum", 0.25)
     clip = MergeClip(a[1], b[1], None, "weighted_sum", 0.25)
     vae = MergeVae(a[2], b[2], None, "weighted_sum", 0.25)
-    first = SaveCheckpoint(model, clip, vae, "merged", ctx)["checkpoints"][0]
-    second = SaveCheckpoint(model, clip, vae, "sub/merged", ctx)["checkpoints"][0]
-    third = SaveCheckpoint(model, clip, vae, "merged", ctx)["checkpoints"][0]
-    assert [x["filename"] for x in (first, second, third)] == [
+    (first,) = SaveCheckpoint(model, clip, vae, "merged", ctx)
+    (second,) = SaveCheckpoint(model, clip, vae, "sub/merged", ctx)
+    (third,) = SaveCheckpoint(model, clip, vae, "merged", ctx)
+    assert {x.kind for x in (first, second, third)} == {"checkpoint"}
+    assert [x.filename for x in (first, second, third)] == [
         "merged_00001.safetensors", "sub/merged_00001.safetensors", "merged_00002.safetensors"]
     assert sorted(p.name for p in ctx.settings.output_dir.iterdir()) == [
         "merged_00001.safetensors", "merged_00002.safetensors", "sub"]  # no temporary files left behind
-    assert first["patches"] == {"model": ["merge:weighted_sum:0.25:b"], "clip": ["merge:weighted_sum:0.25:b"]}
-    reloaded = load_single_file(first["path"])
+    assert first.info == {"patches": {"model": ["merge:weighted_sum:0.25:b"], "clip": ["merge:weighted_sum:0.25:b"]}}
+    reloaded = load_single_file(ctx.settings.output_dir / first.filename)
     assert_same(reloaded.unet, model.unet)
     assert_same(reloaded.text_encoder, clip.text_encoder)
     assert_same(reloaded.vae, vae.vae)
@@ -161,12 +163,12 @@ def test_save_checkpoint_refuses_paths_outside_the_output_folder(a, tmp_path, pr
 def test_merge_and_save_in_a_workflow(tmp_path):
     """LoRA'd tiny-sd merged half-way with plain tiny-sd, saved: the file holds the average of the two."""
     from graphflow import Engine, Registry, Settings
-    from nodes import loaders, lora, merge
+    from nodes import loaders, lora, merge, outputs
     from nodes.checkpoints import load_single_file
     from nodes.tiny_assets import ensure_assets
 
     registry = Registry()
-    for module in (loaders, lora, merge):
+    for module in (loaders, lora, merge, outputs):
         registry.add_module(module)
     settings = Settings(models_dir=tmp_path / "models", input_dir=tmp_path, output_dir=tmp_path / "out")
     ensure_assets(settings.models_dir)
@@ -187,7 +189,8 @@ def test_merge_and_save_in_a_workflow(tmp_path):
     saved = report.outputs["save"]["checkpoints"][0]
     assert saved["filename"] == "half_00001.safetensors"
     assert saved["patches"]["model"] == ["merge:weighted_sum:0.5:tiny-sd[lora:tiny-lora-a:1]"]
-    reloaded = load_single_file(saved["path"])
+    assert "path" not in saved  # reports name files relative to the output folder, never by absolute path
+    reloaded = load_single_file(settings.output_dir / saved["filename"])
     plain, lorad = report.values["ckpt"]["model"].unet.state_dict(), report.values["lora"]["model"].unet.state_dict()
     key = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"
     assert torch.allclose(reloaded.unet.state_dict()[key], (plain[key] + lorad[key]) / 2, atol=1e-7)

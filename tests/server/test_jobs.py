@@ -172,3 +172,15 @@ async def test_previews_are_throttled_per_job(server):
     assert event["type"] == "succeeded" and event["job"] == job_id
     assert 1 <= len(previews) < 40
     assert previews[0]["node"] == "save" and previews[0]["image_png"]
+
+
+async def test_files_of_any_kind_are_reported_by_url_without_server_paths(server):
+    async with aiohttp.ClientSession() as session:
+        workflow = {"graphflow": 1, "nodes": {"x": {"type": "Number", "inputs": {"value": 7}},
+                                              "note": {"type": "WriteNote", "inputs": {"value": link("x")}}}}
+        job_id = await submit(session, server.url, workflow)
+        job = await wait_for_status(session, server.url, job_id, "succeeded")
+        assert job["outputs"] == {"note": {"notes": [{"url": "/outputs/notes/note.txt", "bytes": 4}]}}
+        assert str(server.config.data_dir.resolve()) not in str(job) and str(server.config.data_dir) not in str(job)
+        async with session.get(server.url + job["outputs"]["note"]["notes"][0]["url"]) as response:
+            assert response.status == 200 and await response.text() == "7.0\n"

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field
 
 from graphflow.node import Input, node
+from graphflow.outputs import OutputFile
 
 
 def png_bytes(width: int, height: int, level: int) -> bytes:
@@ -28,5 +29,5 @@ def SaveGray(value=Input("NUMBER"), width: int = Field(16, ge=1, le=100_000), he
     for _ in range(batch_size):
         name = f"gray-{uuid.uuid4().hex[:12]}.png"
         (Path(ctx.settings.output_dir) / name).write_bytes(png_bytes(width, height, int(value) % 256))
-        images.append({"filename": name, "width": width, "height": height})
-    return {"images": images}
+        images.append(OutputFile("image", name, {"width": width, "height": height}))
+    return images

@@ -139,12 +139,12 @@ def test_merge_saves_a_checkpoint_that_loads_back_identically(shipped, tmp_path)
 
     report, engine = shipped.report("merge.json"), shipped.engine
     assert report.outputs["save"]["images"], "the merged model also draws a picture"
-    saved = Path(report.outputs["save_checkpoint"]["checkpoints"][0]["path"])
+    saved = (engine.settings.output_dir / report.outputs["save_checkpoint"]["checkpoints"][0]["filename"]).resolve()
     assert saved.suffix == ".safetensors" and saved.is_relative_to(engine.settings.output_dir.resolve())
     models = tmp_path / "models"
     (models / "checkpoints").mkdir(parents=True)
     shutil.copy(saved, models / "checkpoints" / "merged.safetensors")
-    ctx = RunContext("t", "load", "LoadCheckpoint", Settings(models_dir=models), {}, lambda e: None, CancelToken())
+    ctx = RunContext("t", "load", "LoadCheckpoint", Settings(models_dir=models), lambda e: None, CancelToken())
     model, clip, vae = LoadCheckpoint("merged", dtype="float32", device="cpu", ctx=ctx)
     merged = {"unet": (report.values["merge_model"]["model"].unet, model.unet),
               "text encoder": (report.values["merge_clip"]["clip"].text_encoder, clip.text_encoder),

@@ -1,0 +1,111 @@
+"""Output nodes: they write files into ``settings.output_dir`` (images, animations, checkpoints).
+
+Every name follows the rules of :mod:`nodes.files`: a prefix that would leave the output folder is refused,
+files are numbered ``<prefix>_00001.<ext>``, ... and an existing file is never replaced or seen half-written.
+"""
+# No `from __future__ import annotations` here: the node decorator hands annotations to pydantic as they
+# are, and an enum alias (a Literal bound to a name) must reach it as an object, not as a string.
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image as PILImage
+from PIL import features
+from PIL.PngImagePlugin import PngInfo
+from pydantic import Field
+
+from graphflow.context import RunContext
+from graphflow.errors import NodeInputError
+from graphflow.node import Input, node
+from graphflow.outputs import OutputFile
+
+from .files import new_output, relative_name, write_new_output
+from .metadata import a1111_parameters, checkpoint_hash, describe
+from .pixels import pixels_to_pil
+from .values import CLIP, IMAGE, MODEL, VAE, Clip, Image, Model, Vae
+
+@node(output=True, category="image")
+def SaveImage(
+    images: Image = Input(IMAGE),
+    filename_prefix: str = Field("graphflow", min_length=1, description="files are <prefix>_00001.png, _00002.png, ...; may include sub-folders"),
+    ctx=None,
+) -> list[OutputFile]:
+    """Save images as PNG files in the output folder, with the workflow and its settings embedded.
+
+    Numbers count up from the highest one used with the prefix, and a file is never replaced or seen
+    half-written (nodes.files.write_new_output). Each PNG carries the workflow as it ran (text chunk
+    "workflow": ``graphflow run --from-png`` reruns it) and AUTOMATIC1111's "parameters" text (prompt with
+    LoRA tags, negative prompt, steps, sampler and schedule type, CFG scale, seed, size, model and its hash,
+    hires fix settings: see nodes.metadata) that other tools read."""
+    out_dir = Path(ctx.settings.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = PngInfo()
+    generation = describe(ctx.graph) if ctx.graph is not None else None
+    model_hash = checkpoint_hash(generation, ctx.settings)
+    info.add_text("parameters", a1111_parameters(generation, (images.width, images.height), model_hash))
+    if ctx.graph is not None:
+        info.add_text("workflow", json.dumps(ctx.graph.document, ensure_ascii=False))
+    saved = []
+    for picture in pixels_to_pil(images.pixels):
+        path = write_new_output(out_dir, filename_prefix, "png", lambda file, picture=picture: picture.save(file, format="PNG", pnginfo=info))
+        saved.append(OutputFile("image", relative_name(path, out_dir), {"width": picture.width, "height": picture.height}))
+    return saved
+
+
+def animation_writer(frames: list[PILImage.Image], fmt: str, fps: float, loop: int, lossless: bool):
+    """A file writer (for :func:`write_new_output`) saving ``frames`` as one animated GIF or WebP."""
+    frame_ms = max(1, round(1000.0 / fps))
+    options = {"save_all": True, "append_images": frames[1:], "duration": frame_ms, "loop": loop}
+    if fmt == "webp":
+        options.update(lossless=lossless, quality=100 if lossless else 90)
+
+    def write(file) -> None:
+        frames[0].save(file, format=fmt.upper(), **options)
+
+    return write
+
+
+@node(output=True, category="image")
+def SaveAnimation(
+    images: Image = Input(IMAGE, description="the frames, in order"),
+    format: Literal["gif", "webp"] = "webp",
+    fps: float = Field(8.0, gt=0, le=100, description="frames per second (GIF stores 1/100 s steps)"),
+    filename_prefix: str = Field("graphflow", min_length=1, description="file name start; may include sub-folders"),
+    loop: int = Field(0, ge=0, le=65535, description="loop count stored in the file; 0 = forever"),
+    lossless: bool = Field(False, description="WebP only: lossless frames (larger files)"),
+    *,
+    ctx: RunContext,
+) -> list[OutputFile]:
+    """Save an image batch as an animated GIF or WebP in the output folder, one frame per image.
+
+    Files are numbered ``<prefix>_00001.webp``, ... and never overwritten. GIF has 256 colours per frame
+    and merges identical consecutive frames; WebP keeps full colour."""
+    if format == "webp" and not features.check("webp"):
+        raise NodeInputError("format", "this Pillow build cannot write WebP", "gif", format)
+    frames = pixels_to_pil(images.pixels)
+    output_dir = ctx.settings.output_dir
+    path = write_new_output(output_dir, filename_prefix, format, animation_writer(frames, format, fps, loop, lossless))
+    info = {"width": images.width, "height": images.height, "frames": len(frames), "format": format}
+    return [OutputFile("image", relative_name(path, output_dir), info)]  # an animated image: browsers show it
+
+
+@node(output=True, category="merge")
+def SaveCheckpoint(
+    model: Model = Input(MODEL),
+    clip: Clip = Input(CLIP),
+    vae: Vae = Input(VAE),
+    filename_prefix: str = Field("checkpoints/merged", description="<output_dir>/<prefix>_NNNNN.safetensors; may "
+                                 "name sub-folders, never leave the output folder"),
+    ctx=None,
+) -> list[OutputFile]:
+    """Write model, text encoder and VAE as one .safetensors checkpoint in the original SD key layout.
+
+    The file goes to the output directory (workflows never write into the models folder); move it into
+    ``<models_dir>/checkpoints`` to load it with LoadCheckpoint. An existing file is never replaced."""
+    from .checkpoints import save_single_file  # the checkpoint writer pulls in diffusers: only when saving
+
+    output_dir = Path(ctx.settings.output_dir)
+    path = new_output(output_dir, filename_prefix, "safetensors", lambda path: save_single_file(model, clip, vae, path))
+    patches = {"model": list(model.patches), "clip": list(clip.patches)}
+    return [OutputFile("checkpoint", relative_name(path, output_dir), {"patches": patches})]
