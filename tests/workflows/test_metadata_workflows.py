@@ -19,7 +19,7 @@ CASES = {
     "txt2img": ("save", None, [], "toy-shapes", 1),
     "hires_fix": ("save2", "Latent (bicubic)", [], "toy-shapes", 1),
     "hires_fix_pixel": ("save2", "Lanczos", [], "toy-shapes", 1),
-    "hires_fix_model": ("save", "tiny-esrgan-x4", [], "toy-shapes", 1),
+    "hires_fix_model": ("save", "toy-compact-x4", [], "toy-shapes", 1),
     "batch_grid": ("save", None, [], "toy-shapes", 2),
     "lora": ("save", None, [("tiny-lora-a", 0.6, 0.8), ("tiny-lora-b", 1.0, 0.5)], "toy-shapes", 1),
     "merge": ("save", None, [], None, 1),  # a merge of two models: no file holds it, so no Model
