@@ -201,3 +201,20 @@ def test_a_new_engine_takes_stored_outputs_from_disk(tmp_path):
     assert second.executed == ["show"]  # output nodes always run: what they write is not a stored value
     assert second.outputs["show"] == {"label": "y"}
     np.testing.assert_array_equal(second.values["make"]["box"].array, np.arange(3, dtype=np.float32))
+
+
+@pytest.mark.parametrize("setting, message", [("bytes", "GRAPHFLOW_DISK_CACHE_BYTES='lots': expected a size"),
+                                              ("file", "is a file, not a folder")])
+def test_the_cli_names_a_bad_disk_cache_setting_without_a_traceback(setting, message, tmp_path, monkeypatch, capsys):
+    from graphflow import cli
+
+    workflow = tmp_path / "w.json"
+    workflow.write_text('{"graphflow": 1, "nodes": {}}')
+    folder = tmp_path / "disk"
+    if setting == "bytes":
+        monkeypatch.setenv("GRAPHFLOW_DISK_CACHE_BYTES", "lots")
+    else:
+        folder.write_text("not a folder")
+    assert cli.main(["run", str(workflow), "--disk-cache", str(folder)]) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
