@@ -593,7 +593,11 @@ def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], c
         f"- load average (1, 5, 15 min) at start {m['load_start']}, at end {m['load_end']} — the machine is shared "
         "with other jobs, so absolute seconds are noisy; the ratios come from alternating pairs in one process.",
         *([f"- rows {', '.join(map(str, m['carried_over']))} were not measured in this run: they are carried over "
-           "from the previous results.json (each row's remark names its run's date)"] if m.get("carried_over") else []),
+           "from the previous results.json (each row's remark names its run's date; that run: "
+           f"`{m['carried_from']['command']}`, torch {m['carried_from']['torch']}, diffusers "
+           f"{m['carried_from']['diffusers']}, transformers {m['carried_from']['transformers']}, load average at "
+           f"start {m['carried_from']['load_start']}, at end {m['carried_from']['load_end']})"]
+          if m.get("carried_over") else []),
         "",
         notes(config, rows),
         "",
@@ -624,6 +628,8 @@ def carried_over(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) ->
                                                   "load_start": origin.get("load_start")})
         kept.append(old)
     meta["carried_over"] = sorted(r["id"] for r in kept)
+    meta["carried_from"] = origin.get("carried_from") or {
+        k: origin.get(k) for k in ("date", "command", "load_start", "load_end", "torch", "diffusers", "transformers")}
     return sorted(rows + kept, key=lambda r: r["id"])
 
 
