@@ -33,17 +33,18 @@ class LazyModule(types.ModuleType):
         super().__init__(name)
         self.__spec__ = spec
         self.__loader__ = spec.loader if spec is not None else None
-        self._lazy_lock = threading.Lock()
+        self._lazy_lock = threading.RLock()
         self._lazy_real = None
 
     def _load(self) -> types.ModuleType:
+        if self._lazy_real is not None:
+            return self._lazy_real
         with self._lazy_lock:
             if self._lazy_real is None:
                 if sys.modules.get(self.__name__) is self:
                     del sys.modules[self.__name__]
-                real = importlib.import_module(self.__name__)
-                self.__dict__.update({k: v for k, v in vars(real).items() if k not in ("__spec__", "__loader__")})
-                self._lazy_real = real
+                # no copy of the real module's attributes: a later ``monkeypatch.setattr(torch, ...)`` must be seen
+                self._lazy_real = importlib.import_module(self.__name__)
         return self._lazy_real
 
     def __getattr__(self, attribute: str):

@@ -39,7 +39,10 @@ def test_the_first_use_of_torch_loads_the_real_module_for_every_node_module():
         "stand_in = nodes.values.torch\n"
         "zeros = nodes.latent.torch.zeros(2)\n"
         "import torch\n"
+        "torch.graphflow_probe = 'set on the real module later'\n"
         "print(json.dumps({'real_in_sys_modules': sys.modules['torch'] is torch and 'torch._C' in sys.modules,\n"
+        "                  'sees_later_changes': stand_in.graphflow_probe == 'set on the real module later',\n"
         "                  'same_tensor_class': stand_in.Tensor is torch.Tensor and isinstance(zeros, torch.Tensor),\n"
         "                  'functional': nodes.latent.F.interpolate is torch.nn.functional.interpolate}))")
-    assert answer == {"real_in_sys_modules": True, "same_tensor_class": True, "functional": True}
+    assert answer == {"real_in_sys_modules": True, "sees_later_changes": True, "same_tensor_class": True,
+                      "functional": True}
