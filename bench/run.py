@@ -64,15 +64,16 @@ class Config:
     scale_sizes: tuple[int, ...]
     scale_sizes_steps: int
     scale_rounds: int
+    cold_pairs: int  # row 9 process pairs (each a fresh graphflow CLI and a fresh floor process)
 
 
 CONFIGS = {
     "full": Config("full", SMALL_NAME, 256, 20, 11, 11, 128, 10, 7, 5, 5, 100,
-                   (10, 20, 40), 128, (64, 128, 192, 256), 10, 3),
+                   (10, 20, 40), 128, (64, 128, 192, 256), 10, 3, 7),
     "quick": Config("quick", SMALL_NAME, 128, 10, 5, 5, 64, 10, 5, 1, 1, 30,
-                    (5, 10, 20), 64, (64, 128, 192), 5, 1),
+                    (5, 10, 20), 64, (64, 128, 192), 5, 1, 3),
     "smoke": Config("smoke", TINY, 64, 4, 2, 2, 64, 4, 2, 1, 1, 3,
-                    (2, 4), 64, (64, 128), 2, 1),
+                    (2, 4), 64, (64, 128), 2, 1, 1),
 }
 TINY_SIZE, TINY_STEPS = 64, 10
 TXT2IMG_SAMPLER, IMG2IMG_SAMPLER = "euler_a", "euler"  # as in workflows/txt2img.json and img2img.json
@@ -378,6 +379,24 @@ def row_scaling(bench: Bench) -> dict[str, Any]:
                stats, detail, points)
 
 
+# ---------------------------------------------------------------------------------------------- row 9: cold start
+
+
+COLD_TARGET = 1.0  # seconds of graphflow's own on top of the floor
+
+
+def row_cold_start(bench: Bench) -> dict[str, Any]:
+    from bench import cold_start
+
+    c = bench.config
+    detail = cold_start.measure(c.cold_pairs, bench.threads, bench.scratch, warm_up=c.mode != "smoke")
+    overhead = detail["overhead"]
+    met = overhead["median"] <= COLD_TARGET and detail["same_image"]
+    return row(9, "cold `graphflow run workflows/txt2img.json` − the floor (fresh processes): our overhead",
+               overhead["median"], "s", f"≤ {COLD_TARGET:g} s", met, overhead,
+               {k: v for k, v in detail.items() if k != "pairs"}, detail["pairs"])
+
+
 # ----------------------------------------------------------------------------------------------------- reporting
 
 
@@ -390,6 +409,8 @@ def fmt(value: Any, unit: str = "") -> str:
         return f"{value:.2f} %"
     if unit == "ms":
         return f"{value:.1f} ms"
+    if unit == "s":
+        return f"{value:.2f} s"
     if unit == "s/step":
         return f"{value * 1000:.1f} ms/step"
     return f"{value:.4g}"
@@ -407,6 +428,9 @@ def spread(r: dict[str, Any]) -> str:
 def remark(r: dict[str, Any]) -> str:
     """The figures next to the target a reader wants first (all of them are in results.json)."""
     d = r["detail"]
+    if "carried_over" in d:
+        return f"(from the run of {d['carried_over']['date']}) " + remark({**r, "detail": {
+            k: v for k, v in d.items() if k != "carried_over"}})
     if "not_measured" in d:
         return d["not_measured"]
     if r["id"] in (1, 2):
@@ -439,6 +463,15 @@ def remark(r: dict[str, Any]) -> str:
         return (f"steps at {d['steps_fit_size']} px: {1000 * s['slope']:.1f} ms/step + {1000 * s['intercept']:.0f} ms, "
                 f"R² {s['r2']:.4f}; pixels at {d['pixels_fit_steps']} steps: {p['slope_seconds_per_megapixel']:.2f} s/MP "
                 f"+ {1000 * p['intercept']:.0f} ms, R² {p['r2']:.4f}")
+    if r["id"] == 9:
+        s = d["setup"]
+        return (f"{s['size']}×{s['size']}, {s['steps']} steps; graphflow {d['graphflow']['median']:.2f} s "
+                f"[{d['graphflow']['min']:.2f}–{d['graphflow']['max']:.2f}], floor {d['floor']['median']:.2f} s "
+                f"[{d['floor']['min']:.2f}–{d['floor']['max']:.2f}] (of which imports + loading "
+                f"{d['floor_import_and_load']['median']:.2f} s); CPU-seconds overhead "
+                f"{d['overhead_cpu']['median']:+.2f} [{d['overhead_cpu']['min']:+.2f}–{d['overhead_cpu']['max']:+.2f}]; "
+                f"LoadCheckpoint {d['load_checkpoint']['median']:.2f} s; same image: "
+                f"{'yes' if d['same_image'] else 'NO'}")
     return ""
 
 
@@ -513,6 +546,15 @@ def notes(config: Config, rows: list[dict[str, Any]]) -> str:
         "8. txt2img (KeepImage) through the engine over steps at a fixed size and over sizes at fixed steps; "
         "median per point; least-squares line and R². Value: seconds per step; the row name gives seconds per "
         "megapixel. Attention makes cost grow a little faster than pixel count, hence the looser R² target.",
+        "9. Cold start: `graphflow run workflows/txt2img.json --out DIR` as a user types it, in a fresh process with "
+        "an empty `GRAPHFLOW_CACHE_DIR`, against the floor `bench/cold_floor.py`, a fresh process that imports "
+        "torch, diffusers and transformers, builds the toy-shapes UNet, VAE and CLIP text encoder with plain "
+        "`from_pretrained` calls on the local folder, runs the same generation by hand (no pipeline object) and "
+        "writes the PNG. Both images are compared (identical pixels). Value: median over the pairs of graphflow's "
+        "process wall time minus the floor's — everything graphflow adds to the libraries' own cost (its imports, "
+        "node discovery, validation, planning, loading path, engine, PNG metadata). One discarded warm-up pair "
+        "first; the sides alternate; CPU seconds of both processes (from the kernel's child accounting) are in "
+        "results.json, as they are less disturbed by other jobs than wall time.",
         "",
         f"Threads: `torch.set_num_threads` is the same for both sides (and OMP_NUM_THREADS in subprocesses). "
         f"Mode `{config.mode}`: {config.pairs} pairs on {config.big}"
@@ -550,6 +592,12 @@ def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], c
         f"- command: `{m['command']}`",
         f"- load average (1, 5, 15 min) at start {m['load_start']}, at end {m['load_end']} — the machine is shared "
         "with other jobs, so absolute seconds are noisy; the ratios come from alternating pairs in one process.",
+        *([f"- rows {', '.join(map(str, m['carried_over']))} were not measured in this run: they are carried over "
+           "from the previous results.json (each row's remark names its run's date; that run: "
+           f"`{m['carried_from']['command']}`, torch {m['carried_from']['torch']}, diffusers "
+           f"{m['carried_from']['diffusers']}, transformers {m['carried_from']['transformers']}, load average at "
+           f"start {m['carried_from']['load_start']}, at end {m['carried_from']['load_end']})"]
+          if m.get("carried_over") else []),
         "",
         notes(config, rows),
         "",
@@ -558,6 +606,31 @@ def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], c
 
 
 # ---------------------------------------------------------------------------------------------------------- main
+
+
+ALL_ROWS = set(range(1, 10))
+
+
+def carried_over(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """``rows`` plus the rows this run did not measure, taken from the results.json already in ``out`` (a run of
+    some rows only must not erase the others); each carried row says which run it comes from."""
+    try:
+        previous = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return rows
+    measured = {r["id"] for r in rows}
+    origin = previous.get("machine", {})
+    kept = []
+    for old in previous.get("rows", []):
+        if old.get("id") in measured:
+            continue
+        old["detail"].setdefault("carried_over", {"date": origin.get("date"), "command": origin.get("command"),
+                                                  "load_start": origin.get("load_start")})
+        kept.append(old)
+    meta["carried_over"] = sorted(r["id"] for r in kept)
+    meta["carried_from"] = origin.get("carried_from") or {
+        k: origin.get(k) for k in ("date", "command", "load_start", "load_end", "torch", "diffusers", "transformers")}
+    return sorted(rows + kept, key=lambda r: r["id"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -569,10 +642,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "_work", help="models, inputs, scratch")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on every side (default 1)")
     parser.add_argument("--profile", action="store_true", help="cProfile graphflow's txt2img runs into WORK/profile_txt2img.txt")
-    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8", help=argparse.SUPPRESS)  # for working on one row
+    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8,9", help=argparse.SUPPRESS)  # for working on one row
     args = parser.parse_args(argv)
     config = CONFIGS["quick" if args.quick else "smoke" if args.smoke else "full"]
     wanted = {int(x) for x in args.rows.split(",")}
+    if not wanted <= ALL_ROWS:
+        parser.error(f"--rows: rows are numbered 1 to {max(ALL_ROWS)}")
 
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -593,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
         ({6}, lambda: [row_peak(bench)]),
         ({7}, lambda: [row_server(bench)]),
         ({8}, lambda: [row_scaling(bench)]),
+        ({9}, lambda: [row_cold_start(bench)]),
     ]
     rows: list[dict[str, Any]] = []
     for ids, measure in steps:
@@ -615,6 +691,8 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(bench.scratch, ignore_errors=True)
     meta["load_end"] = common.load_average()
     meta["seconds"] = time.perf_counter() - started
+    if wanted != ALL_ROWS:
+        rows = carried_over(args.out, rows, meta)
     print(table(rows))
     write_results(args.out, rows, meta, config)
     print(f"\nwrote {args.out / 'RESULTS.md'} and {args.out / 'results.json'}", file=sys.stderr)

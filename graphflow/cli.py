@@ -63,7 +63,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = Path(args.workflow or args.from_png)
     workflow = workflow_in_png(source) if args.from_png else load(source)
     workflow = workflow.with_values(dict(parse_assignment(a) for a in args.set or []))
-    engine = Engine(settings=_settings(args).with_asset_dir(source.resolve().parent / "assets"))
+    from .disk_cache import DiskCache
+
+    engine = Engine(settings=_settings(args).with_asset_dir(source.resolve().parent / "assets"),
+                    disk_cache=DiskCache.from_env(args.disk_cache))
     cancel = CancelToken()
     try:
         report = engine.run(workflow, outputs=args.output or None, on_event=ProgressPrinter(), cancel=cancel)
@@ -157,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from-png", metavar="IMAGE.png", help="rerun the workflow a PNG saved by graphflow carries")
     run.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="override a literal input (repeatable)")
     run.add_argument("--output", action="append", metavar="NODE", help="only produce these output nodes (repeatable)")
+    run.add_argument("--disk-cache", metavar="DIR", help="keep small node outputs in DIR across runs "
+                     "(default $GRAPHFLOW_DISK_CACHE; off when neither is set)")
     run.set_defaults(handler=cmd_run)
 
     check = with_dirs(sub.add_parser("validate", help="check a workflow without running it"))

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 from .cache import ResultCache, digest
 from .context import CancelToken, RunContext, Settings
+from .disk_cache import DiskCache
 from .errors import Cancelled, NodeFailed, NodeInputError
 from .events import NodeCached, NodeFinished, NodeStarted, Observer, RunCancelled, RunFailed, RunSucceeded, no_observer
 from .outputs import OutputFile, files_of, report_form
@@ -55,10 +56,12 @@ WorkflowLike = Workflow | dict | str | Path
 
 class Engine:
     def __init__(self, registry: Registry | None = None, settings: Settings | None = None,
-                 cache: ResultCache | None = None, check_mutations: bool | None = None):
+                 cache: ResultCache | None = None, check_mutations: bool | None = None,
+                 disk_cache: DiskCache | None = None):
         self.registry = registry or default_registry()
         self.settings = settings or Settings.from_env()
         self.cache = cache if cache is not None else ResultCache()
+        self.disk_cache = disk_cache if disk_cache is not None else DiskCache.from_env()
         if check_mutations is None:
             check_mutations = os.environ.get("GRAPHFLOW_CHECK_MUTATIONS", "") not in ("", "0")
         self.check_mutations = check_mutations
@@ -100,6 +103,8 @@ class Engine:
         node = checked.nodes[node_id]
         spec = node.spec
         outputs = self.cache.get(key)
+        if outputs is None:
+            outputs = self._from_disk(node, key)
         if outputs is not None:
             report.cached.append(node.id)
             emit(NodeCached(report.run_id, node.id, spec.name))
@@ -115,6 +120,7 @@ class Engine:
             seconds = time.perf_counter() - started
             self._check_untouched(node, sockets, before)
             self.cache.put(key, outputs, spec.pool)
+            self._to_disk(node, key, outputs)
             report.executed.append(node.id)
             report.timings[node.id] = seconds
             emit(NodeFinished(report.run_id, node.id, spec.name, seconds))
@@ -124,6 +130,24 @@ class Engine:
             report.values[node.id] = {}
         else:
             report.values[node.id] = dict(zip(spec.outputs, outputs))
+
+    def _disk_cacheable(self, node: CheckedNode) -> bool:
+        spec = node.spec
+        return self.disk_cache is not None and spec.pool != "model" and spec.cache != "never" and not spec.output_node
+
+    def _from_disk(self, node: CheckedNode, key: str) -> tuple[Any, ...] | None:
+        """The node's outputs from the persistent disk cache (then kept in memory too), or None."""
+        if not self._disk_cacheable(node):
+            return None
+        outputs = self.disk_cache.get(key)
+        if outputs is not None and len(outputs) == len(node.spec.outputs):
+            self.cache.put(key, outputs, node.spec.pool)
+            return outputs
+        return None
+
+    def _to_disk(self, node: CheckedNode, key: str, outputs: tuple[Any, ...]) -> None:
+        if self._disk_cacheable(node):
+            self.disk_cache.put(key, outputs)
 
     def _call(self, node: CheckedNode, sockets: dict[str, Any], ctx: RunContext) -> tuple[Any, ...]:
         spec = node.spec

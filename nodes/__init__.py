@@ -1,12 +1,78 @@
 """graphflow's Stable Diffusion node library: one module per stage family.
 
 Importing this package puts Hugging Face libraries in offline mode before they are imported: graphflow
-loads models from local files only and never downloads behind the user's back."""
+loads models from local files only and never downloads behind the user's back.
+
+It also makes ``import torch`` in the node modules free until torch is first used: discovering the nodes
+(``graphflow validate``, ``graphflow nodes``, the server's catalog) needs their signatures, not torch, whose
+import is most of a second. Until then ``sys.modules["torch"]`` holds a stand-in that imports the real torch on
+its first attribute access and hands every attribute on; from then on ``import torch`` gives the real module.
+So node modules must not touch torch at import time (module-level constants, defaults, decorators):
+``tests/nodes/test_lazy_torch.py`` keeps them honest."""
+import importlib
+import importlib.util
 import os
+import sys
+import threading
+import types
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+class LazyModule(types.ModuleType):
+    """Stands for module ``name`` until an attribute is read; then imports it and delegates to it.
+
+    ``__spec__`` is the real one (so ``import name`` returns this stand-in instead of importing); ``__path__`` is
+    not, so importing a submodule (``import torch.nn``) loads the real package first."""
+
+    __graphflow_node__ = None  # a module is no node: node discovery asks every module global, torch included
+
+    def __init__(self, name: str, spec=None):
+        super().__init__(name)
+        self.__spec__ = spec
+        self.__loader__ = spec.loader if spec is not None else None
+        self._lazy_lock = threading.RLock()
+        self._lazy_real = None
+
+    def _load(self) -> types.ModuleType:
+        if self._lazy_real is not None:
+            return self._lazy_real
+        with self._lazy_lock:
+            if self._lazy_real is None:
+                if sys.modules.get(self.__name__) is self:
+                    del sys.modules[self.__name__]
+                # no copy of the real module's attributes: a later ``monkeypatch.setattr(torch, ...)`` must be seen
+                self._lazy_real = importlib.import_module(self.__name__)
+        return self._lazy_real
+
+    def __getattr__(self, attribute: str):
+        if attribute.startswith("_lazy_"):
+            raise AttributeError(attribute)
+        return getattr(self._load(), attribute)
+
+    def __dir__(self):
+        return dir(self._load())
+
+
+def lazy_module(name: str) -> types.ModuleType:
+    """``name`` when it is already imported, else a :class:`LazyModule` standing for it. A top-level package's
+    stand-in goes into ``sys.modules``, so that every ``import name`` gets it; a submodule's (``F =
+    lazy_module("torch.nn.functional")``) is only returned, as looking it up would import its parents."""
+    if name in sys.modules:
+        return sys.modules[name]
+    if "." in name:
+        return LazyModule(name)
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        return importlib.import_module(name)  # not installed: the usual ImportError, right here
+    module = LazyModule(name, spec)
+    sys.modules[name] = module
+    return module
+
+
+lazy_module("torch")
 
 
 def add_commands(subparsers) -> None:

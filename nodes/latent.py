@@ -10,15 +10,17 @@ convert between pixel sizes and latent sizes take an optional VAE input for f an
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
+from . import lazy_module
 from .mask import latent_noise_mask, masks_for_batch, match_mask_to_image
 from .pixels import image_grid, normalise
 from .values import IMAGE, LATENT, MASK, VAE, Image, Latent, Mask, Vae
+
+F = lazy_module("torch.nn.functional")  # torch loads on first use (see nodes/__init__.py)
 
 SD_LATENT_CHANNELS = 4
 SD_DOWNSCALE = 8
@@ -134,7 +136,7 @@ def scaled_size(w: int, h: int, width: int, height: int, scale_by: float) -> tup
     return max(1, width), max(1, height)
 
 
-def resize_latents(samples: torch.Tensor, size: tuple[int, int], method: str) -> torch.Tensor:
+def resize_latents(samples: "torch.Tensor", size: tuple[int, int], method: str) -> "torch.Tensor":
     """Interpolate (B, C, h, w) tensors to ``size``; "-antialiased" methods low-pass first when shrinking."""
     if method == "nearest-exact":
         return F.interpolate(samples, size=size, mode="nearest-exact")

@@ -47,7 +47,6 @@ from .values import CLIP, MODEL, VAE, Clip, Model, Vae
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 TOY_SHAPES = PACKAGE_MODELS / "toy-shapes"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Annotated descriptions keep plain Python defaults, so the node functions stay directly callable.
 Dtype = Annotated[Literal["auto", "float32", "float16", "bfloat16"],
                   Field(description="weight precision; auto = float16 on a GPU, float32 on the CPU")]
@@ -157,7 +156,7 @@ def model_fingerprint(folders_of, suffixes: tuple[str, ...], is_folder):
 # Device and dtype
 # ---------------------------------------------------------------------------------------------------------------
 
-def pick_device(device: str) -> torch.device:
+def pick_device(device: str) -> "torch.device":
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
@@ -167,10 +166,10 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+def pick_dtype(dtype: str, device: "torch.device") -> "torch.dtype":
     if dtype == "auto":
         return torch.float32 if device.type == "cpu" else torch.float16
-    return DTYPES[dtype]
+    return getattr(torch, dtype)  # a name of the Dtype literal: torch.float32, torch.float16, torch.bfloat16
 
 
 def settings_of(ctx) -> Settings:

@@ -12,14 +12,16 @@ from typing import Callable, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image as PILImage
 from pydantic import Field
 
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
+from . import lazy_module
 from .values import IMAGE, MASK, Image, Mask
+
+F = lazy_module("torch.nn.functional")  # torch loads on first use (see nodes/__init__.py)
 
 LUMA_601 = (0.299, 0.587, 0.114)  # Rec. 601 weights, the ones PIL uses for RGB → "L"
 CHANNELS = {"red": 0, "green": 1, "blue": 2}

@@ -12,16 +12,18 @@ import io
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from PIL import Image as PILImage
 
 from graphflow.context import RunContext
 from graphflow.errors import NodeInputError
 
+from . import lazy_module
 from .latent import latent_geometry
 from .pixels import image_grid, normalise, pixels_to_pil
 from .vae import decode_latents
 from .values import Image, Latent, Vae
+
+F = lazy_module("torch.nn.functional")  # torch loads on first use (see nodes/__init__.py)
 
 PreviewMode = Literal["latent_rgb", "vae"]
 

@@ -261,13 +261,13 @@ class Inpainting:
     ``concatenated``: a 9-channel UNet that takes mask and masked image as input; otherwise the result is
     blended back to ``clean`` outside the mask after every step."""
 
-    mask: torch.Tensor  # (1 or B, 1, h, w), 1 = repaint
-    clean: torch.Tensor  # the latent before AddNoise
-    noise: torch.Tensor  # the noise AddNoise drew, reused to re-noise `clean` at each step
-    masked_image: torch.Tensor | None
+    mask: "torch.Tensor"  # (1 or B, 1, h, w), 1 = repaint
+    clean: "torch.Tensor"  # the latent before AddNoise
+    noise: "torch.Tensor"  # the noise AddNoise drew, reused to re-noise `clean` at each step
+    masked_image: "torch.Tensor | None"
     concatenated: bool
 
-    def unet_extras(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def unet_extras(self, batch: int) -> "tuple[torch.Tensor, torch.Tensor]":
         """[mask, masked-image latents] for a UNet input batch (CFG doubles it), the pipeline's concat order."""
         per_image = self.clean.shape[0]
         repeat = batch // per_image
@@ -275,13 +275,13 @@ class Inpainting:
         masked_image = self.masked_image.expand(per_image, -1, -1, -1).repeat(repeat, 1, 1, 1)
         return mask, masked_image
 
-    def keep_unmasked(self, scheduler, latents: torch.Tensor, next_timestep: torch.Tensor) -> torch.Tensor:
+    def keep_unmasked(self, scheduler, latents: "torch.Tensor", next_timestep: "torch.Tensor") -> "torch.Tensor":
         """Outside the mask, the clean latent noised to the level the next step expects (clean after the last)."""
         kept = self.clean if len(next_timestep) == 0 else scheduler.add_noise(self.clean, self.noise, next_timestep)
         return (1 - self.mask) * kept + self.mask * latents
 
 
-def _finished_guess(step, latents: torch.Tensor) -> torch.Tensor:
+def _finished_guess(step, latents: "torch.Tensor") -> "torch.Tensor":
     """What a preview shows: the scheduler's prediction of the finished latent where its step returns one
     (Euler, DDIM, LMS, ...), else the current noisy latent (DPM++ multistep, UniPC, PNDM)."""
     predicted = getattr(step, "pred_original_sample", None)
@@ -317,11 +317,11 @@ def _inpainting(model: Model, latent: Latent) -> Inpainting | None:
     return Inpainting(_on(model, latent.noise_mask), _on(model, latent.clean), _on(model, latent.noise), _on(model, masked), concatenated=True)
 
 
-def _on(model: Model, tensor: torch.Tensor) -> torch.Tensor:
+def _on(model: Model, tensor: "torch.Tensor") -> "torch.Tensor":
     return tensor.to(device=model.device, dtype=model.dtype)
 
 
-def _guidance_embeds(model: Model, positive: Conditioning, negative: Conditioning | None, cfg: float, batch: int) -> torch.Tensor:
+def _guidance_embeds(model: Model, positive: Conditioning, negative: Conditioning | None, cfg: float, batch: int) -> "torch.Tensor":
     """The UNet's text embeddings: [negative, positive] stacked for CFG (cfg > 1), else positive alone."""
     _check_width(model, positive, "positive")
     if cfg <= 1:
@@ -344,7 +344,7 @@ def _check_width(model: Model, conditioning: Conditioning, name: str) -> None:
         raise NodeInputError(name, "conditioning width does not fit this model (text encoder and UNet from different models?)", expected, width)
 
 
-def _conditioning_for_batch(model: Model, embeds: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+def _conditioning_for_batch(model: Model, embeds: "torch.Tensor", batch: int, name: str) -> "torch.Tensor":
     """Embeddings for ``batch`` latents: each prompt repeated batch/prompts times, as num_images_per_prompt does."""
     embeds = embeds.to(device=model.device, dtype=model.dtype)
     prompts, seq_len, width = embeds.shape
@@ -354,7 +354,7 @@ def _conditioning_for_batch(model: Model, embeds: torch.Tensor, batch: int, name
     return embeds.repeat(1, per_prompt, 1).view(prompts * per_prompt, seq_len, width)
 
 
-def _generator(seed: int, latent: Latent) -> torch.Generator | list[torch.Generator]:
+def _generator(seed: int, latent: Latent) -> "torch.Generator | list[torch.Generator]":
     """A new generator for seed ≥ 0; else AddNoise's stream continued: one generator, or one per image
     (a list, which diffusers' schedulers draw from image by image)."""
     if seed >= 0:

@@ -22,7 +22,7 @@ from graphflow.paths import atomic_save
 
 LORA_RANK = 2
 LORA_ALPHA = 1.0
-LORA_DTYPE = torch.float16  # the files the workflows ship: half the bytes, plenty for a random update
+LORA_DTYPE = "float16"  # the files the workflows ship: half the bytes, plenty for a random update
 LORA_RELATIVE_SIZE = 0.3  # standard deviation of a LoRA update at strength 1, relative to the weight's
 # name → seed; both adapt the UNet's and the text encoder's attention projections
 TINY_LORAS = {"tiny-lora-a": 1, "tiny-lora-b": 2}
@@ -54,7 +54,7 @@ def kohya_layer_names(unet: torch.nn.Module | None = None, text_encoder: torch.n
 
 def make_kohya_lora(unet: torch.nn.Module | None, text_encoder: torch.nn.Module | None, seed: int,
                     rank: int = LORA_RANK, alpha: float = LORA_ALPHA, attention_only: bool = False,
-                    dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+                    dtype: str = "float32") -> dict[str, torch.Tensor]:
     """A random Kohya-layout LoRA state dict adapting the given modules (None = leave that part out).
 
     Each layer's update ``alpha/rank · up @ down`` has a spread of :data:`LORA_RELATIVE_SIZE` times the
@@ -70,9 +70,9 @@ def make_kohya_lora(unet: torch.nn.Module | None, text_encoder: torch.nn.Module 
         # an update entry sums rank products: std(update) = alpha/rank · sqrt(rank) · std(up) · std(down)
         up_std = LORA_RELATIVE_SIZE * (float(weight.std()) or 0.02) * fan_in ** 0.5 / ((alpha / rank) * rank ** 0.5)
         up = torch.randn(out_features, rank, *((1, 1) if kernel else ()), generator=generator) * up_std
-        state[f"{name}.lora_down.weight"] = down.to(dtype)
-        state[f"{name}.lora_up.weight"] = up.to(dtype)
-        state[f"{name}.alpha"] = torch.tensor(alpha, dtype=dtype)
+        state[f"{name}.lora_down.weight"] = down.to(getattr(torch, dtype))
+        state[f"{name}.lora_up.weight"] = up.to(getattr(torch, dtype))
+        state[f"{name}.alpha"] = torch.tensor(alpha, dtype=getattr(torch, dtype))
     return state
 
 

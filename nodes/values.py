@@ -9,12 +9,16 @@ engine's mutation guard (on in tests) prove that a node left its inputs untouche
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
 
 from graphflow.cache import is_container, walk
+from graphflow.disk_cache import register_value
 
 # Socket type names used by the node library.
 MODEL, CLIP, VAE = "MODEL", "CLIP", "VAE"
@@ -241,3 +245,91 @@ class Mask(SocketValue):
     """MASK: (B, H, W) float in [0, 1]; 1 marks pixels to repaint."""
 
     mask: torch.Tensor
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Persistent disk cache (graphflow/disk_cache.py): how the small values are written. Models are never stored.
+# ---------------------------------------------------------------------------------------------------------------
+
+def value_to_disk(value: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A stored socket value as named CPU tensors plus a JSON tree that says where each field's content is.
+
+    Tensors are copied (two fields may share one tensor; safetensors stores each apart) and remember their
+    device; nested stored values (a Latent's Schedule) are walked; anything else is refused with TypeError."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def encode(item: Any, path: str) -> dict[str, Any]:
+        if isinstance(item, torch.Tensor):
+            tensors[path] = item.detach().to("cpu").contiguous().clone()
+            return {"tensor": path, "device": str(item.device)}
+        if isinstance(item, float) and not math.isfinite(item):  # JSON has no infinity (DPM++'s lambda_min_clipped)
+            return {"float": repr(item)}
+        if item is None or isinstance(item, (bool, int, float, str)):
+            return {"json": item}
+        if isinstance(item, (tuple, list)):
+            return {type(item).__name__: [encode(v, f"{path}.{i}") for i, v in enumerate(item)]}
+        if isinstance(item, dict) and all(isinstance(k, str) for k in item):
+            return {"dict": {k: encode(v, f"{path}.{k}") for k, v in item.items()}}
+        if type(item) in STORED_TAGS:
+            return {"value": STORED_TAGS[type(item)],
+                    "fields": {f.name: encode(getattr(item, f.name), f"{path}.{f.name}") for f in fields(item)}}
+        raise TypeError(f"a {type(item).__name__} cannot be stored on disk")
+
+    return tensors, encode(value, "v")
+
+
+def value_from_disk(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Any:
+    """The value :func:`value_to_disk` wrote; raises on any tree, field or type that does not fit the classes."""
+
+    def decode(node: Any) -> Any:
+        if not isinstance(node, dict):
+            raise ValueError("malformed value description")
+        if "tensor" in node:
+            tensor = tensors[node["tensor"]]
+            return tensor if node["device"] == "cpu" else tensor.to(node["device"])
+        if "json" in node:
+            return node["json"]
+        if "float" in node:
+            if node["float"] not in ("inf", "-inf", "nan"):
+                raise ValueError(f"not a special float: {node['float']!r}")
+            return float(node["float"])
+        if "tuple" in node or "list" in node:
+            items = [decode(v) for v in node.get("tuple", node.get("list"))]
+            return tuple(items) if "tuple" in node else items
+        if "dict" in node:
+            return {str(k): decode(v) for k, v in node["dict"].items()}
+        cls = STORED_TYPES[node["value"]]
+        names = {f.name for f in fields(cls)}
+        if set(node["fields"]) != names:
+            raise ValueError(f"{cls.__name__} fields differ: stored {sorted(node['fields'])}, expected {sorted(names)}")
+        hints = typing.get_type_hints(cls)
+        values = {name: decode(part) for name, part in node["fields"].items()}
+        for name, item in values.items():
+            if not matches(item, hints[name]):
+                raise TypeError(f"{cls.__name__}.{name}: a stored {type(item).__name__} is not a {hints[name]}")
+        return cls(**values)
+
+    return decode(meta)
+
+
+def matches(item: Any, hint: Any) -> bool:
+    """Whether a decoded field fits its annotation (tensors, plain types, optionals, tuples, dicts, Any)."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(matches(item, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return item is None
+    if origin is tuple:
+        return isinstance(item, tuple) and all(matches(v, typing.get_args(hint)[0]) for v in item)
+    if origin is dict:
+        return isinstance(item, dict)
+    return isinstance(item, origin or hint)
+
+
+STORED_TYPES = {"tokens": Tokens, "conditioning": Conditioning, "schedule": Schedule, "latent": Latent,
+                "image": Image, "mask": Mask}
+STORED_TAGS = {cls: tag for tag, cls in STORED_TYPES.items()}
+for _tag, _cls in STORED_TYPES.items():
+    register_value(_cls, f"sd.{_tag}", value_to_disk, value_from_disk)

@@ -8,7 +8,7 @@ import torch
 
 from .common import CheckpointError, list_keys
 
-Weights = dict[str, torch.Tensor]
+Weights = dict[str, "torch.Tensor"]  # torch is not touched at import (see nodes/__init__.py)
 
 
 def load_exact(module: torch.nn.Module, weights: Weights, component: str) -> torch.nn.Module:

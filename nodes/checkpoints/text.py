@@ -14,7 +14,7 @@ import torch
 from .common import indices, shape
 from .keymap import swap_prefix
 
-Weights = dict[str, torch.Tensor]
+Weights = dict[str, "torch.Tensor"]  # torch is not touched at import (see nodes/__init__.py)
 
 
 def clip_from_original(weights: Weights) -> Weights:
