@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from .context import CancelToken, Settings
+from .env import EnvironmentInvalid
 from .errors import Cancelled, GraphflowError, NodeFailed, WorkflowFormatError, WorkflowInvalid
 from .events import Event, NodeCached, NodeFinished, Progress, RunFailed
 
@@ -180,24 +181,35 @@ def build_parser() -> argparse.ArgumentParser:
 def add_pack_commands(sub: Any) -> None:
     """Commands node packs add: a pack's module may define ``add_commands(subparsers)`` (each command's handler
     takes the parsed arguments and returns an exit code). Importing a pack's module must stay cheap."""
-    import importlib
-
-    from .registry import pack_modules
+    from .registry import import_pack, pack_modules
 
     for name in pack_modules():
-        add = getattr(importlib.import_module(name), "add_commands", None)
+        add = getattr(import_pack(name), "add_commands", None)
         if add is not None:
             add(sub)
 
 
+def environment_problems() -> int | None:
+    """Refuse to start, exit 2, when a GRAPHFLOW_* variable holds a bad value: one line per variable."""
+    from .env import check_environment
+
+    problems = check_environment()
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    return EXIT_INVALID if problems else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["serve"]:  # the server parses its own options (same as server.py)
+    if argv[:1] == ["serve"]:  # the server parses its own options (same as server.py) and checks the environment
         return cmd_serve(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
+    refused = environment_problems()
+    if refused is not None:
+        return refused
     try:
         return args.handler(args)
-    except (WorkflowFormatError, WorkflowInvalid) as exc:
+    except (WorkflowFormatError, WorkflowInvalid, EnvironmentInvalid) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except NodeFailed as exc:

@@ -6,7 +6,6 @@ re-implements a step. An engine owns one cache and runs one workflow at a time.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from . import env
 from .cache import ResultCache, digest
 from .context import CancelToken, RunContext, Settings
 from .errors import Cancelled, NodeFailed, NodeInputError
@@ -60,7 +60,7 @@ class Engine:
         self.settings = settings or Settings.from_env()
         self.cache = cache if cache is not None else ResultCache()
         if check_mutations is None:
-            check_mutations = os.environ.get("GRAPHFLOW_CHECK_MUTATIONS", "") not in ("", "0")
+            check_mutations = env.read("GRAPHFLOW_CHECK_MUTATIONS", False)
         self.check_mutations = check_mutations
         self._lock = threading.Lock()
 
