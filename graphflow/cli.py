@@ -200,6 +200,15 @@ def environment_problems() -> int | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The entry point. Ctrl-C at any moment, even while the first imports of a command run, exits 130 quietly."""
+    try:
+        return run_command(argv)
+    except KeyboardInterrupt:
+        print("\ncancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+
+
+def run_command(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:  # the server parses its own options (same as server.py) and checks the environment
         return cmd_serve(argparse.Namespace(rest=argv[1:]))
