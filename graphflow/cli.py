@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence, TextIO
@@ -15,6 +16,7 @@ from .context import CancelToken, Settings
 from .env import EnvironmentInvalid
 from .errors import Cancelled, GraphflowError, NodeFailed, WorkflowFormatError, WorkflowInvalid
 from .events import Event, NodeCached, NodeFinished, Progress, RunFailed
+from .paths import UnusableFolder
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130
 
@@ -55,6 +57,18 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(models_dir=args.models, input_dir=args.inputs, output_dir=args.out)
 
 
+def prepare_output_folder(args: argparse.Namespace, folder: Path) -> None:
+    """Before anything runs: a file or a read-only folder as the output folder would otherwise fail only at the
+    first save, after all the sampling. Then sweep what interrupted writes left there: only our own hidden
+    temporaries, and only those untouched for 10 minutes (another graphflow may be writing in this folder now)."""
+    from .paths import check_writable_folder, sweep_temporaries
+
+    label = "--out" if args.out else "GRAPHFLOW_OUTPUT_DIR" if os.environ.get("GRAPHFLOW_OUTPUT_DIR") else "output folder"
+    check_writable_folder(folder, label)
+    if folder.is_dir():
+        sweep_temporaries(folder, older_than=600)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .execute import Engine
     from .workflow import load
@@ -65,6 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     workflow = workflow_in_png(source) if args.from_png else load(source)
     workflow = workflow.with_values(dict(parse_assignment(a) for a in args.set or []))
     engine = Engine(settings=_settings(args).with_asset_dir(source.resolve().parent / "assets"))
+    prepare_output_folder(args, Path(engine.settings.output_dir))
     cancel = CancelToken()
     try:
         report = engine.run(workflow, outputs=args.output or None, on_event=ProgressPrinter(), cancel=cancel)
@@ -218,7 +233,7 @@ def run_command(argv: Sequence[str] | None = None) -> int:
         return refused
     try:
         return args.handler(args)
-    except (WorkflowFormatError, WorkflowInvalid, EnvironmentInvalid) as exc:
+    except (WorkflowFormatError, WorkflowInvalid, EnvironmentInvalid, UnusableFolder) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except NodeFailed as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import env
+from ..paths import UnusableFolder
 from .app import LOOPBACK_HOSTS, ServerConfig, create_app
 from .limits import DEFAULT_MAX_LITERAL, Limits
 
@@ -89,7 +90,7 @@ def serve_from_args(argv: Sequence[str] | None = None, prog: str = "graphflow se
     try:
         app = create_app(config)  # discovers the node modules: a broken node pack stops us here
     except Exception as exc:
-        print(f"error: cannot start the server: {exc if isinstance(exc, (RuntimeError, env.EnvironmentInvalid)) else f'{type(exc).__name__}: {exc}'}",
+        print(f"error: cannot start the server: {exc if isinstance(exc, (RuntimeError, env.EnvironmentInvalid, UnusableFolder)) else f'{type(exc).__name__}: {exc}'}",
               file=sys.stderr)
         return 1
     url_host = f"[{args.host}]" if ":" in args.host else args.host

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from .. import paths
 from ..context import Settings
 from ..errors import WorkflowFormatError, WorkflowInvalid
 from ..execute import Engine
@@ -51,9 +52,11 @@ class Server:
         self.config, self.limits = config, config.limits
         self.outputs_dir = config.data_dir / "outputs"
         self.uploads_dir = config.data_dir / "uploads"
+        paths.check_writable_folder(config.data_dir, "--data-dir")
         for directory in (self.outputs_dir, self.uploads_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self._lock_file = _lock_data_dir(config.data_dir)
+        _sweep_interrupted_writes(self.outputs_dir, self.uploads_dir)
         self.store = JobStore(config.data_dir / "jobs.sqlite")
         interrupted = self.store.recover()
         if interrupted:
@@ -259,6 +262,15 @@ async def _read_at_most(part: BodyPartReader, limit: int) -> bytes:
         if len(data) > limit:
             raise ApiError(413, f"upload too large: more than {limit} bytes")
     return bytes(data)
+
+
+def _sweep_interrupted_writes(*folders: Path) -> None:
+    """A server killed mid-save leaves the hidden temporary file of its atomic write; with the data directory
+    locked no other server writes here, so every such leftover is ours to delete."""
+    for folder in folders:
+        swept = paths.sweep_temporaries(folder)
+        if swept:
+            log.warning("removed %d unfinished file(s) left by an interrupted write in %s", len(swept), folder)
 
 
 def _lock_data_dir(data_dir: Path):
