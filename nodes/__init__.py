@@ -1,12 +1,18 @@
 """graphflow's Stable Diffusion node library: one module per stage family.
 
 Importing this package puts Hugging Face libraries in offline mode before they are imported: graphflow
-loads models from local files only and never downloads behind the user's back."""
+loads models from local files only and never downloads behind the user's back. It also quiets them (no
+progress bars, errors only in their logs), so graphflow's progress is all a run prints."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Their progress bars ("Loading weights ...") and info/warning logs would interleave with graphflow's own
+# progress on stderr; loading local files needs neither. Set these variables yourself to see them again.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 def add_commands(subparsers) -> None:
