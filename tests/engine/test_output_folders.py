@@ -69,6 +69,21 @@ def test_the_sweep_can_spare_recent_temporaries(tmp_path):
     assert fresh.exists()
 
 
+def test_a_temporary_folder_goes_whole_unless_something_in_it_changed_recently(tmp_path):
+    def temporary_folder(name: str, age_inside: float) -> Path:
+        folder = tmp_path / f".{name}.0123abcd.tmp"
+        (folder / "unet").mkdir(parents=True)
+        inside = leftover(folder / "unet", "weights.safetensors", age=age_inside)
+        for path in (folder / "unet", folder):
+            os.utime(path, (time.time() - 3600, time.time() - 3600))
+        return inside
+
+    temporary_folder("old-model", age_inside=3600)
+    busy = temporary_folder("busy-model", age_inside=0)
+    assert sweep_temporaries(tmp_path, older_than=600) == [tmp_path / ".old-model.0123abcd.tmp"]
+    assert busy.exists() and not (tmp_path / ".old-model.0123abcd.tmp").exists()
+
+
 def test_the_sweep_matches_what_atomic_write_leaves(tmp_path):
     class Killed(BaseException):
         pass
