@@ -204,7 +204,7 @@ def add_pack_commands(sub: Any) -> None:
             add(sub)
 
 
-def environment_problems() -> int | None:
+def refuse_bad_environment() -> int | None:
     """Refuse to start, exit 2, when a GRAPHFLOW_* variable holds a bad value: one line per variable."""
     from .env import check_environment
 
@@ -228,7 +228,7 @@ def run_command(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["serve"]:  # the server parses its own options (same as server.py) and checks the environment
         return cmd_serve(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
-    refused = environment_problems()
+    refused = refuse_bad_environment()
     if refused is not None:
         return refused
     try:
