@@ -1,4 +1,5 @@
-"""Every command in the README's ```sh blocks runs as written, so a new block is tested by default.
+"""Every command in the README's ```sh blocks and every ```python block runs as written, so a new block is
+tested by default.
 
 Commands run with bash in a scratch folder that holds copies of ``workflows/`` and ``server.py`` (so they
 write nothing into the repository), with ``python``/``python3``/``graphflow`` being this interpreter and this
@@ -10,6 +11,9 @@ checkout. Three kinds:
   in a reader's terminal) against a server this test starts, with ``S`` set to its address; ``curl`` fails on
   an HTTP error answer, so a refused request fails the test;
 - every other command must exit 0.
+
+A ```python block runs as a script in the same folder; one that talks to ``http://127.0.0.1:8188`` talks to a
+server this test starts instead (the address is the only change).
 
 A command that cannot run in a test is listed in EXEMPT with the reason, one that needs a change to run here
 in SUBSTITUTE, and the files a command expects the reader to have in FIXTURES. An entry that matches no README
@@ -136,7 +140,7 @@ def test_every_exemption_substitution_and_fixture_names_a_readme_command():
     texts = {c.text for c in COMMANDS}
     for table in (EXEMPT, SUBSTITUTE, FIXTURES, MAY_ANSWER_AN_ERROR):
         assert set(table) <= texts, f"no such README command: {sorted(set(table) - texts)}"
-    assert len(COMMANDS) - len(EXEMPT) >= 15, "the README's commands were not found"
+    assert len(COMMANDS) - len(EXEMPT) >= 15 and len(python_blocks()) >= 3, "the README's blocks were not found"
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +259,40 @@ def test_the_api_commands_run_in_order_against_a_server(scratch, tmp_path):
             f"README.md:{command.line}: {command.runnable()}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
     assert result.returncode == 0, result.stderr
     assert failed == [], "jobs the README's commands submitted failed"
+
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8188"
+
+
+def python_blocks() -> list:
+    blocks, start, lines = [], None, []
+    for number, line in enumerate(README.read_text(encoding="utf-8").splitlines(), start=1):
+        if start is None:
+            if line.strip() == "```python":
+                start, lines = number, []
+        elif line.strip() == "```":
+            blocks.append(pytest.param("\n".join(lines) + "\n", id=f"README.md:{start}"))
+            start = None
+        else:
+            lines.append(line)
+    return blocks
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("code", python_blocks())
+def test_the_python_block_runs(code, scratch, tmp_path):
+    process = None
+    if DEFAULT_ADDRESS in code:
+        process = start_server(f"python server.py --data-dir {tmp_path / 'data'}", scratch, port := free_port())
+        code = code.replace(DEFAULT_ADDRESS, f"http://127.0.0.1:{port}")
+    try:
+        result = subprocess.run([sys.executable, "-c", code], cwd=scratch["root"], env=scratch["env"],
+                                capture_output=True, text=True, timeout=840)
+    finally:
+        if process is not None:
+            stop(process)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
 
 
 def test_every_set_example_names_a_node_input_of_a_shipped_workflow():
