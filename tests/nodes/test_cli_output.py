@@ -1,7 +1,8 @@
-"""What a real `graphflow run` of a shipped workflow prints: graphflow's own lines only (no library progress
-bars, no library warnings), and the path of the PNG it wrote."""
+"""What a real `graphflow run` of a shipped workflow prints and writes: graphflow's own lines only (no library
+progress bars, no library warnings), the path of the PNG it wrote, and a PNG with the mode the umask gives."""
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,8 @@ def txt2img(tmp_path_factory):
     env["PYTHONPATH"] = str(ROOT)
     result = subprocess.run([sys.executable, "-m", "graphflow", "run", "workflows/txt2img.json",
                              "--set", "schedule.steps=2", "--out", str(out)],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+                            preexec_fn=lambda: os.umask(0o022))  # the usual umask, whatever this session's is
     assert result.returncode == 0, result.stderr
     return result, out
 
@@ -43,3 +45,9 @@ def test_stdout_is_the_path_of_the_png_written(txt2img):
     result, out = txt2img
     assert result.stdout.splitlines() == [str(out / "txt2img_00001.png")]
     assert (out / "txt2img_00001.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_png_has_the_mode_any_new_file_gets(txt2img):
+    """0644 under umask 022, as for any file the user's programs create (mkstemp's 0600 would hide it from others)."""
+    _, out = txt2img
+    assert oct(stat.S_IMODE((out / "txt2img_00001.png").stat().st_mode)) == oct(0o644)
