@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
@@ -214,6 +216,24 @@ def refuse_bad_environment() -> int | None:
     return EXIT_INVALID if problems else None
 
 
+class CtrlC:
+    """Whether Ctrl-C was pressed during this command. A library can swallow the KeyboardInterrupt (diffusers'
+    lazy imports turn one that lands mid-import into a RuntimeError), and the node then fails; the user still
+    cancelled, and is told so."""
+
+    pressed = False
+
+    @classmethod
+    def install(cls) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, cls._handle)
+
+    @classmethod
+    def _handle(cls, signum, frame) -> None:
+        cls.pressed = True
+        raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The entry point. Ctrl-C at any moment, even while the first imports of a command run, exits 130 quietly."""
     try:
@@ -227,6 +247,7 @@ def run_command(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:  # the server parses its own options (same as server.py) and checks the environment
         return cmd_serve(argparse.Namespace(rest=argv[1:]))
+    CtrlC.install()  # not for the server: asyncio handles Ctrl-C there only while Python's own handler is set
     args = build_parser().parse_args(argv)
     refused = refuse_bad_environment()
     if refused is not None:
@@ -237,6 +258,8 @@ def run_command(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except NodeFailed as exc:
+        if CtrlC.pressed:
+            raise KeyboardInterrupt from None
         print(f"\nerror: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (Cancelled, KeyboardInterrupt):
