@@ -248,10 +248,14 @@ def run_command(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["serve"]:  # the server parses its own options (same as server.py) and checks the environment
         return cmd_serve(argparse.Namespace(rest=argv[1:]))
     CtrlC.install()  # not for the server: asyncio handles Ctrl-C there only while Python's own handler is set
-    args = build_parser().parse_args(argv)
-    refused = refuse_bad_environment()
+    refused = refuse_bad_environment()  # before the parser, which imports the node packs GRAPHFLOW_NODES names
     if refused is not None:
         return refused
+    try:
+        args = build_parser().parse_args(argv)
+    except EnvironmentInvalid as exc:  # a node pack GRAPHFLOW_NODES names that does not exist
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     try:
         return args.handler(args)
     except (WorkflowFormatError, WorkflowInvalid, EnvironmentInvalid, UnusableFolder) as exc:
