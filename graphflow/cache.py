@@ -12,13 +12,13 @@ A value bigger than the whole budget is simply not kept.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Callable, Iterator
 
+from . import env
 from .workflow import canonical_json
 
 DEFAULT_VALUE_BUDGET = 2 * 1024**3
@@ -97,8 +97,8 @@ class _Entry:
 
 class ResultCache:
     def __init__(self, value_budget: int | None = None, max_models: int | None = None):
-        self.value_budget = value_budget if value_budget is not None else int(os.environ.get("GRAPHFLOW_CACHE_BYTES", DEFAULT_VALUE_BUDGET))
-        self.max_models = max_models if max_models is not None else int(os.environ.get("GRAPHFLOW_MAX_MODELS", DEFAULT_MAX_MODELS))
+        self.value_budget = value_budget if value_budget is not None else env.read("GRAPHFLOW_CACHE_BYTES", DEFAULT_VALUE_BUDGET)
+        self.max_models = max_models if max_models is not None else env.read("GRAPHFLOW_MAX_MODELS", DEFAULT_MAX_MODELS)
         self._values: OrderedDict[str, _Entry] = OrderedDict()
         self._models: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from .context import CancelToken, Settings
+from .env import EnvironmentInvalid
 from .errors import Cancelled, GraphflowError, NodeFailed, WorkflowFormatError, WorkflowInvalid
 from .events import Event, NodeCached, NodeFinished, Progress, RunFailed
+from .paths import UnusableFolder
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130
 
@@ -54,6 +59,18 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(models_dir=args.models, input_dir=args.inputs, output_dir=args.out)
 
 
+def prepare_output_folder(args: argparse.Namespace, folder: Path) -> None:
+    """Before anything runs: a file or a read-only folder as the output folder would otherwise fail only at the
+    first save, after all the sampling. Then sweep what interrupted writes left there: only our own hidden
+    temporaries, and only those untouched for 10 minutes (another graphflow may be writing in this folder now)."""
+    from .paths import check_writable_folder, sweep_temporaries
+
+    label = "--out" if args.out else "GRAPHFLOW_OUTPUT_DIR" if os.environ.get("GRAPHFLOW_OUTPUT_DIR") else "output folder"
+    check_writable_folder(folder, label)
+    if folder.is_dir():
+        sweep_temporaries(folder, older_than=600)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .execute import Engine
     from .workflow import load
@@ -67,6 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     engine = Engine(settings=_settings(args).with_asset_dir(source.resolve().parent / "assets"),
                     disk_cache=DiskCache.from_env(args.disk_cache))
+    prepare_output_folder(args, Path(engine.settings.output_dir))
     cancel = CancelToken()
     try:
         report = engine.run(workflow, outputs=args.output or None, on_event=ProgressPrinter(), cancel=cancel)
@@ -185,27 +203,72 @@ def build_parser() -> argparse.ArgumentParser:
 def add_pack_commands(sub: Any) -> None:
     """Commands node packs add: a pack's module may define ``add_commands(subparsers)`` (each command's handler
     takes the parsed arguments and returns an exit code). Importing a pack's module must stay cheap."""
-    import importlib
-
-    from .registry import pack_modules
+    from .registry import import_pack, pack_modules
 
     for name in pack_modules():
-        add = getattr(importlib.import_module(name), "add_commands", None)
+        add = getattr(import_pack(name), "add_commands", None)
         if add is not None:
             add(sub)
 
 
+def refuse_bad_environment() -> int | None:
+    """Refuse to start, exit 2, when a GRAPHFLOW_* variable holds a bad value: one line per variable."""
+    from .env import check_environment
+
+    problems = check_environment()
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    return EXIT_INVALID if problems else None
+
+
+class CtrlC:
+    """Whether Ctrl-C was pressed during this command. A library can swallow the KeyboardInterrupt (diffusers'
+    lazy imports turn one that lands mid-import into a RuntimeError), and the node then fails; the user still
+    cancelled, and is told so."""
+
+    pressed = False
+
+    @classmethod
+    def install(cls) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, cls._handle)
+
+    @classmethod
+    def _handle(cls, signum, frame) -> None:
+        cls.pressed = True
+        raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The entry point. Ctrl-C at any moment, even while the first imports of a command run, exits 130 quietly."""
+    try:
+        return run_command(argv)
+    except KeyboardInterrupt:
+        print("\ncancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+
+
+def run_command(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["serve"]:  # the server parses its own options (same as server.py)
+    if argv[:1] == ["serve"]:  # the server parses its own options (same as server.py) and checks the environment
         return cmd_serve(argparse.Namespace(rest=argv[1:]))
-    args = build_parser().parse_args(argv)
+    CtrlC.install()  # not for the server: asyncio handles Ctrl-C there only while Python's own handler is set
+    refused = refuse_bad_environment()  # before the parser, which imports the node packs GRAPHFLOW_NODES names
+    if refused is not None:
+        return refused
+    try:
+        args = build_parser().parse_args(argv)
+    except EnvironmentInvalid as exc:  # a node pack GRAPHFLOW_NODES names that does not exist
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     try:
         return args.handler(args)
-    except (WorkflowFormatError, WorkflowInvalid) as exc:
+    except (WorkflowFormatError, WorkflowInvalid, EnvironmentInvalid, UnusableFolder) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except NodeFailed as exc:
+        if CtrlC.pressed:
+            raise KeyboardInterrupt from None
         print(f"\nerror: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (Cancelled, KeyboardInterrupt):

@@ -1,12 +1,12 @@
 """What a running node may touch: settings (directories, options), progress, previews, the cancel flag."""
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from . import env
 from .errors import Cancelled
 from .events import Event, Preview, Progress, Warning_
 
@@ -36,12 +36,9 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Settings":
-        env = {
-            "models_dir": os.environ.get("GRAPHFLOW_MODELS_DIR"),
-            "input_dir": os.environ.get("GRAPHFLOW_INPUT_DIR"),
-            "output_dir": os.environ.get("GRAPHFLOW_OUTPUT_DIR"),
-        }
-        values = {k: Path(v) for k, v in env.items() if v}
+        given = {"models_dir": env.read("GRAPHFLOW_MODELS_DIR"), "input_dir": env.read("GRAPHFLOW_INPUT_DIR"),
+                 "output_dir": env.read("GRAPHFLOW_OUTPUT_DIR")}
+        values = {k: v for k, v in given.items() if v is not None}
         values.update({k: (Path(v) if k.endswith("_dir") else v) for k, v in overrides.items() if v is not None})
         return cls(**values)
 

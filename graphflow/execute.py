@@ -6,7 +6,6 @@ re-implements a step. An engine owns one cache and runs one workflow at a time.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from . import env
 from .cache import ResultCache, digest
 from .context import CancelToken, RunContext, Settings
 from .disk_cache import DiskCache
@@ -63,7 +63,7 @@ class Engine:
         self.cache = cache if cache is not None else ResultCache()
         self.disk_cache = disk_cache if disk_cache is not None else DiskCache.from_env()
         if check_mutations is None:
-            check_mutations = os.environ.get("GRAPHFLOW_CHECK_MUTATIONS", "") not in ("", "0")
+            check_mutations = env.read("GRAPHFLOW_CHECK_MUTATIONS", False)
         self.check_mutations = check_mutations
         self._lock = threading.Lock()
 

@@ -10,11 +10,17 @@ import re
 import secrets
 import shutil
 import stat
+import tempfile
+import time
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO, Callable
 
+from .errors import GraphflowError
+
 Writer = Callable[[BinaryIO], None]  # writes a file's bytes into the open file it is given
 PathWriter = Callable[[Path], None]  # writes a complete file (or folder) at the path it is given
+# What atomic writes put beside NAME while writing it (see _placeholder): ".NAME." + 8 random characters + ".tmp".
+_OUR_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 class UnsafePath(ValueError):
@@ -144,6 +150,62 @@ def _publish_exclusively(temporary: Path, path: Path) -> None:
     except OSError:  # no hard links here (FAT, some network shares)
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         os.replace(temporary, path)
+
+
+def sweep_temporaries(folder: Path, older_than: float = 0.0) -> list[Path]:
+    """Delete what interrupted atomic writes left under ``folder`` (a process killed mid-write leaves its hidden
+    temporary file or folder) and return the paths. Only what is named like our temporaries goes, never anything
+    else; ``older_than`` (seconds since the last change inside) spares what a live process may be writing now."""
+    swept = []
+    deadline = time.time() - older_than
+    for parent, folders, files in os.walk(folder):  # symlinked folders are not followed
+        for name in [*folders, *files]:
+            path = Path(parent) / name
+            if not _OUR_TEMPORARY.fullmatch(name) or path.is_symlink():
+                continue
+            try:
+                if _last_change(path) > deadline:
+                    continue
+                if path.is_dir():  # a folder written the same way
+                    shutil.rmtree(path)
+                    folders.remove(name)
+                else:
+                    path.unlink()
+                swept.append(path)
+            except OSError:  # gone already, or not ours to delete
+                pass
+    return swept
+
+
+def _last_change(path: Path) -> float:
+    if not path.is_dir():
+        return path.lstat().st_mtime
+    return max([path.lstat().st_mtime] + [(Path(parent) / name).lstat().st_mtime
+                                          for parent, folders, files in os.walk(path) for name in folders + files])
+
+
+class UnusableFolder(GraphflowError):
+    """An output folder that is a file, cannot be created or cannot be written to."""
+
+
+def check_writable_folder(folder: Path, label: str) -> None:
+    """Raise :class:`UnusableFolder` unless files can be written in ``folder``, or it can be created: checked
+    before any work whose result the first write would lose. Creates nothing. ``label`` names where the folder
+    came from (``--out``, ``--data-dir``)."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        what = "a file" if existing == folder else f"{existing}, which is a file"
+        raise UnusableFolder(f"{label} {folder}: expected a folder to write to, received {what}")
+    if existing != folder:  # to be created by the first write: its nearest existing parent must take new entries
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UnusableFolder(f"{label} {folder}: cannot create the folder, {existing} is not writable")
+        return
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UnusableFolder(f"{label} {folder}: cannot write in the folder ({exc.strerror})") from None
 
 
 def hide_folders(value: object, folders: dict[str, Path]) -> object:

@@ -8,12 +8,12 @@ node packs plug in without editing graphflow.
 from __future__ import annotations
 
 import importlib
-import os
 import pkgutil
 from importlib.metadata import entry_points
 from types import ModuleType
 from typing import Any, Iterable
 
+from . import env
 from .node import NodeSpec, literal_default, spec_of
 
 ENTRY_POINT_GROUP = "graphflow.nodes"
@@ -91,19 +91,33 @@ def discover(include_entry_points: bool = True, builtin: str | None = "nodes") -
     ``GRAPHFLOW_NODES=pack_a,pack_b`` replaces that list with exactly these modules (tests, sandboxes)."""
     registry = Registry()
     for module_name in pack_modules(include_entry_points, builtin):
-        registry.add_module(importlib.import_module(module_name))
+        registry.add_module(import_pack(module_name))
     return registry
 
 
 def pack_modules(include_entry_points: bool = True, builtin: str | None = "nodes") -> list[str]:
     """The node packs' module names, in discovery order (``GRAPHFLOW_NODES`` replaces the list)."""
-    chosen = os.environ.get("GRAPHFLOW_NODES")
+    chosen = env.read("GRAPHFLOW_NODES")
     if chosen:
-        return [m.strip() for m in chosen.split(",") if m.strip()]
+        return chosen
     modules = [builtin] if builtin else []
     if include_entry_points:
         modules += [ep.value for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.value not in modules]
     return modules
+
+
+def import_pack(module_name: str) -> ModuleType:
+    """Import a node pack's module. One that ``GRAPHFLOW_NODES`` names but that does not exist is a bad value of
+    that variable (:class:`EnvironmentInvalid`), not a traceback."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        chosen = env.read("GRAPHFLOW_NODES") or []
+        named_module_missing = exc.name is not None and f"{module_name}.".startswith(f"{exc.name}.")
+        if module_name not in chosen or not named_module_missing:
+            raise  # a node pack that exists but imports something missing: its own error
+        raise env.EnvironmentInvalid("GRAPHFLOW_NODES", "names of importable modules", ",".join(chosen),
+                                     f"there is no module named {exc.name!r}") from None
 
 
 _default: Registry | None = None

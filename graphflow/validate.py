@@ -101,8 +101,20 @@ def _check_literals(node_id: str, given: dict[str, Any], spec: NodeSpec, issues:
         for error in exc.errors():
             name = str(error["loc"][0]) if error["loc"] else None
             received = values.get(name) if error["type"] != "missing" else None
-            issues.append(Issue(node_id, name, error["msg"], describe_expected(properties.get(name, {})), received))
+            schema = properties.get(name, {})
+            issues.append(Issue(node_id, name, literal_message(error, schema, received), describe_expected(schema), received))
         return {}
+
+
+def literal_message(error: dict[str, Any], schema: dict[str, Any], received: Any) -> str:
+    """pydantic's message, except for a value outside a Literal/enum: pydantic lists every choice there, which
+    ``expected`` already does; say instead which choice is nearest."""
+    choices = schema.get("enum") or [c for option in schema.get("anyOf", []) for c in option.get("enum", [])]
+    if error["type"] not in ("literal_error", "enum") or not choices:
+        return error["msg"]
+    by_text = {str(choice).lower(): choice for choice in choices}
+    close = difflib.get_close_matches(str(received).lower(), list(by_text), n=1, cutoff=0.5)
+    return f"not one of the {len(choices)} choices" + (f"; did you mean {by_text[close[0]]!r}?" if close else "")
 
 
 def describe_expected(schema: dict[str, Any]) -> str:

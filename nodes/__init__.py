@@ -1,7 +1,8 @@
 """graphflow's Stable Diffusion node library: one module per stage family.
 
 Importing this package puts Hugging Face libraries in offline mode before they are imported: graphflow
-loads models from local files only and never downloads behind the user's back.
+loads models from local files only and never downloads behind the user's back. It also quiets them (no
+progress bars, errors only in their logs), so graphflow's progress is all a run prints.
 
 It also makes ``import torch`` in the node modules free until torch is first used: discovering the nodes
 (``graphflow validate``, ``graphflow nodes``, the server's catalog) needs their signatures, not torch, whose
@@ -19,6 +20,11 @@ import types
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Their progress bars ("Loading weights ...") and info/warning logs would interleave with graphflow's own
+# progress on stderr; loading local files needs neither. Set these variables yourself to see them again.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 class LazyModule(types.ModuleType):

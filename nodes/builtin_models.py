@@ -8,11 +8,11 @@ Its images are noise: it proves that tensors flow, not that prompts are followed
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
+from graphflow import env
 from graphflow.paths import atomic_folder
 
 PACKAGE_MODELS = Path(__file__).resolve().parent / "models"
@@ -36,8 +36,7 @@ SD_SCHEDULER_CONFIG = {
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("GRAPHFLOW_CACHE_DIR") or Path.home() / ".cache" / "graphflow"
-    return Path(root)
+    return env.read("GRAPHFLOW_CACHE_DIR", Path.home() / ".cache" / "graphflow")
 
 
 def clip_tokenizer(pad_token: str = "<|endoftext|>"):

@@ -19,6 +19,7 @@ wrong row.
 """
 from __future__ import annotations
 
+import inspect
 import re
 import weakref
 from dataclasses import dataclass
@@ -379,8 +380,9 @@ def _run_text_encoder(core, inputs_embeds: torch.Tensor, clip_skip: int, attenti
     from transformers.masking_utils import create_causal_mask
 
     hidden = core.embeddings(inputs_embeds=inputs_embeds)
-    mask = create_causal_mask(config=core.config, inputs_embeds=hidden, attention_mask=attention_mask,
-                              past_key_values=None)
+    # Newer transformers renamed past_key_values to cache (the old name warns); there is no cache either way.
+    no_cache = {"cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values": None}
+    mask = create_causal_mask(config=core.config, inputs_embeds=hidden, attention_mask=attention_mask, **no_cache)
     for layer in core.encoder.layers[: len(core.encoder.layers) - clip_skip + 1]:
         hidden = layer(hidden, mask, is_causal=True)
     return core.final_layer_norm(hidden)

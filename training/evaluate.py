@@ -7,12 +7,19 @@ model card's table:
 
     python -m training.evaluate                          # the shipped model, seeds 0-9
     python -m training.evaluate --model /tmp/toy --seeds 30
+
+The table goes to stdout; a line per batch of pictures (prompt, options, seeds, what they show, seconds) goes to
+stderr as each is measured.
 """
 from __future__ import annotations
 
 import argparse
+import sys
+from collections import Counter
 import tempfile
+import time
 from pathlib import Path
+from typing import TextIO
 
 from PIL import Image as PILImage
 
@@ -32,9 +39,11 @@ Result = tuple[str, str]  # (colour, shape)
 class ToyRuns:
     """Builds and runs toy-model workflows through one Engine (its cache shares first passes between checks).
 
-    ``model`` is a LoadCheckpoint name (``toy-shapes``) or a diffusers folder anywhere on disk."""
+    ``model`` is a LoadCheckpoint name (``toy-shapes``) or a diffusers folder anywhere on disk; with ``progress``
+    (a text stream) every batch of pictures measured (one per prompt and options, all seeds) gets a line there."""
 
-    def __init__(self, root: Path, model: str | Path = "toy-shapes", seeds=range(10), sampler: str = SAMPLER):
+    def __init__(self, root: Path, model: str | Path = "toy-shapes", seeds=range(10), sampler: str = SAMPLER,
+                 progress: TextIO | None = None):
         folder = Path(model)
         models_dir, self.model = (folder.parent, folder.name) if folder.is_dir() else (root / "models", str(model))
         settings = Settings(models_dir=models_dir, input_dir=root / "inputs", output_dir=root / "outputs")
@@ -43,6 +52,8 @@ class ToyRuns:
         self.engine = Engine(settings=settings)
         self.seeds = list(seeds)
         self.sampler = sampler
+        self.progress = progress
+        self.batches = 0  # measured so far
         self._measured: dict[tuple, list[Result]] = {}
 
     def picture(self, prompt, negative="", seed=0, **options) -> PILImage.Image:
@@ -89,8 +100,20 @@ class ToyRuns:
         """(colour, shape) for each seed; remembered, since several checks share runs."""
         key = (prompt, negative, cfg, tuple(sorted(options.items())))
         if key not in self._measured:
+            started = time.perf_counter()
             self._measured[key] = [classify(p) for p in self.pictures(prompt, negative, self.seeds, cfg, **options)]
+            self._report(prompt, negative, cfg, options, self._measured[key], time.perf_counter() - started)
         return self._measured[key]
+
+    def _report(self, prompt, negative, cfg, options, results: list[Result], seconds: float) -> None:
+        self.batches += 1
+        if self.progress is None:
+            return
+        extra = "".join(f", {name} {value}" for name, value in sorted(options.items()))
+        negative_text = f", negative {negative!r}" if negative else ""
+        seen = ", ".join(f"{colour} {shape} x{n}" for (colour, shape), n in Counter(results).most_common())
+        print(f"batch {self.batches}: {prompt!r}{negative_text}, cfg {cfg:g}{extra}, seeds {self.seeds[0]}-{self.seeds[-1]}"
+              f" -> {seen} ({seconds:.1f} s)", file=self.progress, flush=True)
 
     def hires_kept(self, prompt: str, hires_strength: float = 0.5) -> list[bool]:
         """Per seed: does the hires fix (128x128) show the colour and shape of the 64x64 first pass?"""
@@ -133,7 +156,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sampler", default=SAMPLER, help="a Schedule sampler name")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as root:
-        runs = ToyRuns(Path(root), args.model, range(args.seeds), args.sampler)
+        runs = ToyRuns(Path(root), args.model, range(args.seeds), args.sampler, progress=sys.stderr)
         print("| check | result |\n| --- | --- |")
         for check, result in card_rows(runs):
             print(f"| {check} | {result} |", flush=True)

@@ -1,6 +1,7 @@
 """Train ``toy-shapes``: a few-megabyte Stable Diffusion (real SD 1.x classes) that draws what its prompt says.
 
-Run (from the repository root; about 30 minutes on a free 2-core CPU):
+Run from any folder (``pip install -e .`` installs the ``training`` package too; about 30 minutes on a free
+2-core CPU):
 
     python -m training.train_toy --out nodes/models/toy-shapes
     python -m training.train_toy --out /tmp/toy-smoke --smoke     # 1-2 minute check of the whole path

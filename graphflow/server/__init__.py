@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from .. import env
+from ..paths import UnusableFolder
 from .app import LOOPBACK_HOSTS, ServerConfig, create_app
 from .limits import DEFAULT_MAX_LITERAL, Limits
 
@@ -65,7 +66,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     limits = Limits(max_body_bytes=args.max_body, max_upload_bytes=args.max_upload,
                     max_upload_pixels=args.max_upload_pixels, max_nodes=args.max_nodes,
                     max_queued=args.max_queued, max_pixels=args.max_pixels, max_literal=max_literal)
-    token = args.token if args.token is not None else os.environ.get("GRAPHFLOW_TOKEN") or None
+    token = args.token if args.token is not None else env.read("GRAPHFLOW_TOKEN")
     loopback = args.host in LOOPBACK_HOSTS
     allowed_hosts = LOOPBACK_HOSTS | {h.lower() for h in args.allow_host} if loopback else None
     return ServerConfig(data_dir=args.data_dir, token=token or None, models_dir=args.models_dir,
@@ -76,6 +77,11 @@ def serve_from_args(argv: Sequence[str] | None = None, prog: str = "graphflow se
     from aiohttp import web
 
     args = build_parser(prog).parse_args(argv)
+    problems = env.check_environment()
+    if problems:
+        for line in problems:
+            print(f"error: cannot start the server: {line}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     config = config_from_args(args)
     if args.host not in LOOPBACK_HOSTS and not config.token:
@@ -84,7 +90,7 @@ def serve_from_args(argv: Sequence[str] | None = None, prog: str = "graphflow se
     try:
         app = create_app(config)  # discovers the node modules: a broken node pack stops us here
     except Exception as exc:
-        print(f"error: cannot start the server: {exc if isinstance(exc, RuntimeError) else f'{type(exc).__name__}: {exc}'}",
+        print(f"error: cannot start the server: {exc if isinstance(exc, (RuntimeError, env.EnvironmentInvalid, UnusableFolder)) else f'{type(exc).__name__}: {exc}'}",
               file=sys.stderr)
         return 1
     url_host = f"[{args.host}]" if ":" in args.host else args.host

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from .. import paths
 from ..context import Settings
 from ..errors import WorkflowFormatError, WorkflowInvalid
 from ..execute import Engine
@@ -51,9 +52,11 @@ class Server:
         self.config, self.limits = config, config.limits
         self.outputs_dir = config.data_dir / "outputs"
         self.uploads_dir = config.data_dir / "uploads"
+        paths.check_writable_folder(config.data_dir, "--data-dir")
         for directory in (self.outputs_dir, self.uploads_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self._lock_file = _lock_data_dir(config.data_dir)
+        _sweep_interrupted_writes(self.outputs_dir, self.uploads_dir)
         self.store = JobStore(config.data_dir / "jobs.sqlite")
         interrupted = self.store.recover()
         if interrupted:
@@ -196,8 +199,15 @@ class Server:
         await self.hub.serve(ws, job_id, first)
         return ws
 
+    async def index(self, request: web.Request) -> web.Response:
+        counts = {status: self.store.count(status) for status in STATUSES}
+        return web.Response(text=index_page(counts, self.worker.running, self.routes()), content_type="text/html",
+                            headers={"X-Content-Type-Options": "nosniff",
+                                     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"})
+
     def routes(self) -> list[web.RouteDef]:
         return [
+            web.get("/", self.index),
             web.post("/jobs", self.submit),
             web.get("/jobs", self.jobs),
             web.get("/jobs/{id}", self.job),
@@ -220,6 +230,55 @@ def create_app(config: ServerConfig, registry: Registry | None = None) -> web.Ap
     app.on_shutdown.append(server.shutdown)
     app.on_cleanup.append(server.cleanup)
     return app
+
+
+# -- the index page ----------------------------------------------------------------------------------------
+# One line per route for the page at /; a route missing here fails tests/server/test_index.py.
+ROUTE_HELP = {
+    ("GET", "/"): "this page",
+    ("POST", "/jobs"): 'submit a workflow: {"workflow": {...}, "outputs": [...], "priority": 0} → 202 {"id", "status"}',
+    ("GET", "/jobs"): "the jobs, newest first (?status=&limit=&offset=)",
+    ("GET", "/jobs/{id}"): "one job: status, progress, outputs, timings, error",
+    ("DELETE", "/jobs/{id}"): "cancel a queued or running job",
+    ("GET", "/outputs/{name}"): "a file a job wrote (the url of an entry in a job's outputs)",
+    ("POST", "/uploads"): "upload an input image as multipart field 'image' → its name for LoadImage",
+    ("GET", "/nodes"): "the node catalog: inputs, outputs, defaults and bounds of every node type",
+    ("GET", "/health"): "liveness and queue length (open without the token)",
+    ("GET", "/ws"): "WebSocket of job events (?job=ID to follow one job)",
+}
+LINKED = ("/nodes", "/jobs", "/health")
+
+
+def index_page(counts: dict[str, int], running: str | None, routes: list[web.RouteDef]) -> str:
+    """A small HTML page saying what this server is, what its queue holds and which routes it answers."""
+    from html import escape
+
+    queue = "".join(f"<tr><td>{escape(status)}</td><td>{count}</td></tr>" for status, count in counts.items())
+    rows = []
+    for route in routes:
+        path = route.path.replace("{name:.+}", "{name}")
+        target = f'<a href="{path}">{path}</a>' if route.method == "GET" and path in LINKED else escape(path)
+        rows.append(f"<tr><td>{route.method}</td><td><code>{target}</code></td>"
+                    f"<td>{escape(ROUTE_HELP.get((route.method, path), ''))}</td></tr>")
+    now = f"running job <code>{escape(running)}</code>" if running else "no job running"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>graphflow server</title>
+<style>body{{font-family:sans-serif;max-width:52em;margin:2em auto;padding:0 1em}}td{{padding:.15em .8em .15em 0}}</style>
+</head><body>
+<h1>graphflow server</h1>
+<p>This is a graphflow job server: it runs node-graph workflows for Stable Diffusion as jobs, one at a time,
+streams their progress over a WebSocket and serves the images they write. Clients send JSON; see
+<a href="/nodes">/nodes</a> for the node types, <a href="/jobs">/jobs</a> for the jobs and
+<a href="/health">/health</a> for a liveness check.</p>
+<h2>Queue</h2>
+<p>{now}.</p>
+<table>{queue}</table>
+<h2>API</h2>
+<table>{"".join(rows)}</table>
+<p>Request and answer formats, with curl examples: the <em>HTTP server → API</em> section of graphflow's
+README.md.</p>
+</body></html>
+"""
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
@@ -259,6 +318,15 @@ async def _read_at_most(part: BodyPartReader, limit: int) -> bytes:
         if len(data) > limit:
             raise ApiError(413, f"upload too large: more than {limit} bytes")
     return bytes(data)
+
+
+def _sweep_interrupted_writes(*folders: Path) -> None:
+    """A server killed mid-save leaves the hidden temporary file of its atomic write; with the data directory
+    locked no other server writes here, so every such leftover is ours to delete."""
+    for folder in folders:
+        swept = paths.sweep_temporaries(folder)
+        if swept:
+            log.warning("removed %d unfinished file(s) left by an interrupted write in %s", len(swept), folder)
 
 
 def _lock_data_dir(data_dir: Path):

@@ -43,24 +43,39 @@ def served_file(root: Path, name: str) -> Path | None:
 
 def store_image(data: bytes, directory: Path, max_pixels: int) -> dict[str, object]:
     """Check that ``data`` is a whole image of an accepted format and store it; returns {name, width, height}."""
-    from PIL import Image
+    kind, width, height = decode_upload(data, max_pixels)
+    name = hashlib.sha256(data).hexdigest() + IMAGE_EXTENSIONS[kind]
+    _write_new(directory / name, data)
+    return {"name": name, "width": width, "height": height}
 
+
+def decode_upload(data: bytes, max_pixels: int) -> tuple[str, int, int]:
+    """(format, width, height) of an image that decodes completely, or :class:`Rejected` saying what is wrong
+    with it: empty, not an image, a format we do not accept, too many pixels, or truncated/corrupt. The message
+    is ours, never Pillow's (which names in-memory objects by address)."""
+    from PIL import Image, UnidentifiedImageError
+
+    accepted = ", ".join(IMAGE_EXTENSIONS)
+    if not data:
+        raise Rejected(400, "field 'image' is empty")
+    kind = ""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            kind, (width, height) = image.format, image.size
+            kind, (width, height) = image.format or "", image.size
+            if kind not in IMAGE_EXTENSIONS:
+                raise Rejected(400, f"unsupported image format {kind}; expected one of {accepted}")
             if width * height > max_pixels:
                 raise Rejected(400, f"image too large: {width}x{height} is {width * height} pixels, the limit is {max_pixels}")
             image.load()  # decode every pixel: truncated or corrupt files fail here
     except Rejected:
         raise
-    except Exception as exc:
-        raise Rejected(400, f"field 'image' is not a readable image ({type(exc).__name__}: {exc})") from None
-    extension = IMAGE_EXTENSIONS.get(kind or "")
-    if extension is None:
-        raise Rejected(400, f"unsupported image format {kind}; expected one of {', '.join(IMAGE_EXTENSIONS)}")
-    name = hashlib.sha256(data).hexdigest() + extension
-    _write_new(directory / name, data)
-    return {"name": name, "width": width, "height": height}
+    except UnidentifiedImageError:
+        raise Rejected(400, f"field 'image' is not an image in a format this server reads; expected one of {accepted}") from None
+    except Image.DecompressionBombError:
+        raise Rejected(400, f"image too large: more pixels than Pillow will decode, the limit is {max_pixels}") from None
+    except Exception:
+        raise Rejected(400, f"field 'image' is a truncated or corrupt {kind or 'image'} file: it does not decode completely") from None
+    return kind, width, height
 
 
 def _write_new(target: Path, data: bytes) -> None:

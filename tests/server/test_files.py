@@ -1,9 +1,11 @@
 """Path resolution for /outputs and storage of uploads, without a server."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from graphflow.server.files import Rejected, served_file, store_image
+from graphflow.server.files import Rejected, decode_upload, served_file, store_image
 
 from .toyimages import png_bytes
 
@@ -43,3 +45,39 @@ def test_store_image_refuses_unsupported_formats(tmp_path):
     Image.new("RGB", (4, 4)).save(buffer, format="ICO")
     with pytest.raises(Rejected, match="unsupported image format ICO"):
         store_image(buffer.getvalue(), tmp_path, max_pixels=100)
+
+
+def _refusal(data: bytes, max_pixels: int = 10_000) -> str:
+    with pytest.raises(Rejected) as caught:
+        decode_upload(data, max_pixels)
+    assert caught.value.status == 400
+    return caught.value.message
+
+
+def test_a_bad_upload_is_told_what_is_wrong_with_it_never_an_object_address():
+    from PIL import Image
+    import io
+
+    def saved(fmt: str, size=(8, 8)) -> bytes:
+        buffer = io.BytesIO()
+        Image.effect_noise(size, 50).convert("RGB").save(buffer, format=fmt)
+        return buffer.getvalue()
+
+    accepted = "expected one of PNG, JPEG, WEBP, BMP, GIF, TIFF"
+    messages = {
+        "empty": _refusal(b""),
+        "text": _refusal(b"#!/bin/sh\necho hello\n"),
+        "ico": _refusal(saved("ICO")),
+        "truncated png": _refusal(saved("PNG")[:-30]),
+        "truncated jpeg": _refusal(saved("JPEG", (64, 64))[:-200]),
+        "too many pixels": _refusal(saved("PNG", (200, 100)), max_pixels=10_000),
+    }
+    assert messages == {
+        "empty": "field 'image' is empty",
+        "text": f"field 'image' is not an image in a format this server reads; {accepted}",
+        "ico": f"unsupported image format ICO; {accepted}",
+        "truncated png": "field 'image' is a truncated or corrupt PNG file: it does not decode completely",
+        "truncated jpeg": "field 'image' is a truncated or corrupt JPEG file: it does not decode completely",
+        "too many pixels": "image too large: 200x100 is 20000 pixels, the limit is 10000",
+    }
+    assert not any(re.search(r"0x[0-9a-f]{6}|BytesIO|Error", m) for m in messages.values())

@@ -173,8 +173,8 @@ async def test_upload_stores_a_verified_image_under_its_content_hash(server, dat
 
 
 @pytest.mark.parametrize("data, reason", [
-    (b"#!/bin/sh\nrm -rf /\n", "not a readable image"),
-    (png_bytes(8, 8, 1)[:-30], "not a readable image"),  # truncated PNG
+    (b"#!/bin/sh\nrm -rf /\n", "is not an image in a format this server reads"),
+    (png_bytes(8, 8, 1)[:-30], "is a truncated or corrupt PNG file"),
 ])
 async def test_upload_of_a_non_image_is_refused(server, data_dir, data, reason):
     async with aiohttp.ClientSession() as session:
