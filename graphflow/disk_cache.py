@@ -31,21 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import GraphflowError
-from .paths import atomic_write
+from .paths import atomic_write, check_writable_folder
 
 FORMAT_VERSION = 1
 META_KEY = "graphflow"
 DEFAULT_BYTES = 1024**3
 SUFFIX = ".safetensors"
 KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
-UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 ARRAY_LIBRARIES = {"torch": "safetensors.torch", "numpy": "safetensors.numpy"}
 log = logging.getLogger("graphflow.disk_cache")
-
-
-class DiskCacheSettingError(GraphflowError):
-    """A disk-cache setting (environment variable or flag) that cannot be used; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -80,14 +74,6 @@ def codec_of(value: Any) -> ValueCodec | None:
     return _codecs_by_type.get(type(value))
 
 
-def parse_bytes(text: str, name: str) -> int:
-    """``1073741824``, ``512M``, ``2G``, ``1.5GiB`` → bytes; anything else is a clear error naming ``name``."""
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
-    if not match:
-        raise DiskCacheSettingError(f"{name}={text!r}: expected a size in bytes such as 1073741824, 512M or 2G")
-    return int(float(match.group(1)) * UNITS[match.group(2).lower()])
-
-
 class DiskCache:
     """The files of one cache folder. ``get`` and ``put`` never raise for a bad file or a full disk: the
     cache is an optimisation, and a run must not fail because of it."""
@@ -102,14 +88,14 @@ class DiskCache:
     def from_env(cls, folder: str | Path | None = None) -> DiskCache | None:
         """The cache ``folder`` (or ``GRAPHFLOW_DISK_CACHE``) names, bounded by ``GRAPHFLOW_DISK_CACHE_BYTES``;
         None when neither names a folder."""
-        folder = folder or os.environ.get("GRAPHFLOW_DISK_CACHE")
+        from . import env
+
+        folder = folder or env.read("GRAPHFLOW_DISK_CACHE")
         if not folder:
             return None
-        raw = os.environ.get("GRAPHFLOW_DISK_CACHE_BYTES")
-        max_bytes = parse_bytes(raw, "GRAPHFLOW_DISK_CACHE_BYTES") if raw else DEFAULT_BYTES
+        max_bytes = env.read("GRAPHFLOW_DISK_CACHE_BYTES", DEFAULT_BYTES)
         path = Path(folder).expanduser()
-        if path.exists() and not path.is_dir():
-            raise DiskCacheSettingError(f"disk cache {str(path)!r} is a file, not a folder")
+        check_writable_folder(path, "disk cache")  # before the run, whose results it would fail to keep
         return cls(path, max_bytes)
 
     def path_of(self, key: str) -> Path:

@@ -109,6 +109,8 @@ VARIABLES: dict[str, Callable[..., Any]] = {
     "GRAPHFLOW_OUTPUT_DIR": env_dir,
     "GRAPHFLOW_CACHE_DIR": env_dir,
     "GRAPHFLOW_CACHE_BYTES": env_bytes,
+    "GRAPHFLOW_DISK_CACHE": env_dir,
+    "GRAPHFLOW_DISK_CACHE_BYTES": env_bytes,
     "GRAPHFLOW_MAX_MODELS": env_int,
     "GRAPHFLOW_CHECK_MUTATIONS": env_flag,
     "GRAPHFLOW_NODES": env_modules,
