@@ -39,8 +39,9 @@ def parse_assignment(text: str) -> tuple[tuple[str, str], Any]:
 class ProgressPrinter:
     """Draws a one-line progress bar on stderr for long nodes and a line per finished node."""
 
-    def __init__(self, stream: TextIO = sys.stderr, width: int = 30):
-        self.stream, self.width = stream, width
+    def __init__(self, stream: TextIO | None = None, width: int = 30):
+        # sys.stderr as it is now, not as it was when this module was imported (a test's capture may be gone)
+        self.stream, self.width = stream or sys.stderr, width
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, Progress):
