@@ -1,19 +1,38 @@
 """The errors the engine reports. Each one names where the problem is, so no caller needs a traceback."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+# What kind of problem an :class:`Issue` is, for programs (APIs, web pages) that must not parse messages.
+IssueCode = Literal[
+    "unknown_node_type",  # the node's type is not registered
+    "unknown_input",  # an input name the node type does not have
+    "missing_input",  # a required input is not given
+    "wrong_input_kind",  # a link where a literal belongs, or the other way round
+    "missing_link",  # a link to a node, or to an output, that does not exist
+    "type_mismatch",  # a link whose output type the input does not accept
+    "bad_value",  # a literal that its schema refuses (type, bounds, enum)
+    "cycle",  # the links form a loop
+    "no_output",  # no output node in the workflow, or none requested
+    "not_an_output",  # a requested output that is missing or is not an output node
+    "missing_file",  # a named file (model, image, ...) that does not exist
+    "bad_document",  # not a graphflow workflow at all (server answers only)
+    "over_limit",  # valid, but more than this server allows
+]
 
 
 @dataclass(frozen=True)
 class Issue:
-    """One problem with one input of one node (``node`` is None for document-level problems)."""
+    """One problem with one input of one node (``node`` is None for document-level problems).
+    ``code`` says what kind of problem it is (an :data:`IssueCode`); ``message`` says it to a person."""
 
     node: str | None
     input: str | None
     message: str
     expected: Any = None
     received: Any = None
+    code: IssueCode = field(kw_only=True)
 
     def __str__(self) -> str:
         where = ".".join(p for p in (self.node, self.input) if p) or "workflow"

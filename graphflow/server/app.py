@@ -101,7 +101,7 @@ class Server:
         try:
             workflow = parse(document)
         except WorkflowFormatError as exc:
-            raise ApiError(400, str(exc), node_errors={"": [issue(None, str(exc), "a graphflow workflow", None)]}) from None
+            raise ApiError(400, str(exc), node_errors={"": [issue(None, str(exc), "a graphflow workflow", None, code="bad_document")]}) from None
         too_big = check_size(len(workflow.nodes), self.limits)
         if too_big:
             raise ApiError(400, "workflow exceeds this server's limits", node_errors=too_big)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import IssueCode
 from ..validate import CheckedWorkflow
 
 DEFAULT_MAX_LITERAL = {"steps": 200, "batch_size": 16}
@@ -25,14 +26,14 @@ class Limits:
     max_literal: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MAX_LITERAL))
 
 
-def issue(input_name: str | None, message: str, expected: Any, received: Any) -> dict[str, Any]:
+def issue(input_name: str | None, message: str, expected: Any, received: Any, *, code: IssueCode) -> dict[str, Any]:
     """One entry of a ``node_errors`` list (the same shape validation errors have)."""
-    return {"input": input_name, "message": message, "expected": expected, "received": received}
+    return {"input": input_name, "message": message, "expected": expected, "received": received, "code": code}
 
 
 def check_size(node_count: int, limits: Limits) -> dict[str, list[dict[str, Any]]]:
     if node_count > limits.max_nodes:
-        return {"": [issue(None, "too many nodes", f"at most {limits.max_nodes} nodes", node_count)]}
+        return {"": [issue(None, "too many nodes", f"at most {limits.max_nodes} nodes", node_count, code="over_limit")]}
     return {}
 
 
@@ -41,12 +42,12 @@ def check_literals(checked: CheckedWorkflow, limits: Limits) -> dict[str, list[d
     problems: dict[str, list[dict[str, Any]]] = {}
     for node_id, node in checked.nodes.items():
         values = node.literals
-        found = [issue(name, f"{name} is above this server's limit", f"at most {limit}", values[name])
+        found = [issue(name, f"{name} is above this server's limit", f"at most {limit}", values[name], code="over_limit")
                  for name, limit in limits.max_literal.items() if _number(values.get(name)) > limit]
         pixels = _pixels(values)
         if pixels > limits.max_pixels:
             found.append(issue("width", "image too large for this server (width × height × batch_size)",
-                               f"at most {limits.max_pixels} pixels", pixels))
+                               f"at most {limits.max_pixels} pixels", pixels, code="over_limit"))
         if found:
             problems[node_id] = found
     return problems

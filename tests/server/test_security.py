@@ -131,7 +131,8 @@ async def test_limits_name_the_node_and_input(start_server):
         async with session.post(f"{server.url}/jobs", json={"workflow": slow}) as response:
             assert response.status == 400
             assert (await response.json())["node_errors"] == {
-                "s": [{"input": "steps", "message": "steps is above this server's limit", "expected": "at most 50", "received": 51}]}
+                "s": [{"input": "steps", "message": "steps is above this server's limit", "expected": "at most 50", "received": 51,
+                       "code": "over_limit"}]}
         async with session.post(f"{server.url}/jobs", json={"workflow": gray_workflow(width=101, height=100)}) as response:
             assert response.status == 400
             [problem] = (await response.json())["node_errors"]["save"]
