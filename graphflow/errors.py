@@ -1,8 +1,9 @@
 """The errors the engine reports. Each one names where the problem is, so no caller needs a traceback."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 # What kind of problem an :class:`Issue` is, for programs (APIs, web pages) that must not parse messages.
 IssueCode = Literal[
@@ -89,6 +90,28 @@ class NodeInputError(GraphflowError):
         if self.expected is None and self.received is None:
             return self.message
         return f"{self.message} (expected {self.expected}, received {self.received})"
+
+
+class InvalidArgument(ValueError):
+    """Raised by a pure helper (a function that knows nothing of nodes) when one of its arguments is
+    unusable; ``argument`` is the helper's own parameter name. The node that called the helper re-raises
+    it as a :class:`NodeInputError` named after the node's input, with :func:`node_inputs`."""
+
+    def __init__(self, argument: str, message: str, expected: Any = None, received: Any = None):
+        self.argument, self.message, self.expected, self.received = argument, message, expected, received
+        super().__init__(message)
+
+
+@contextmanager
+def node_inputs(**inputs: str) -> Iterator[None]:
+    """Inside a node function: ``with node_inputs(table="source", key="name"): helper(...)`` turns an
+    :class:`InvalidArgument` about the helper's argument ``table`` into a NodeInputError on input
+    ``source``. An argument that is not mapped keeps the node's input of the same name."""
+    try:
+        yield
+    except InvalidArgument as exc:
+        name = inputs.get(exc.argument, exc.argument)
+        raise NodeInputError(name, exc.message, exc.expected, exc.received) from exc
 
 
 class NodeFailed(GraphflowError):

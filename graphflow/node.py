@@ -11,10 +11,24 @@ The function's parameters are its inputs:
 - a parameter whose default is ``Input("TYPE")`` is a *socket* input, fed by a link;
 - every other parameter is a *literal* input ("widget"); its annotation and pydantic ``Field`` give type,
   default, bounds, enum (``typing.Literal``) and description, and one pydantic model validates them all;
-- a parameter named ``ctx`` receives the :class:`~graphflow.context.RunContext` (progress, cancel, settings).
+- a keyword-only parameter ``*, ctx: RunContext`` (no default) receives the
+  :class:`~graphflow.context.RunContext` (progress, cancel, settings, warnings). The engine always passes
+  it, so a node never checks for None or falls back to settings of its own; tests call nodes through a
+  helper that builds a real context the same way.
 
 It returns one value per declared output (a tuple when there are several). An *output node*
 (``output=True``) declares no outputs and returns a JSON-able dict that lands in the run report.
+
+Errors. A bad input is a :class:`~graphflow.errors.NodeInputError` naming the node's input. Code that knows
+which input it reads (the node function, a resolver handed the input's name) raises it directly; pure
+helpers, which know nothing of nodes, raise :class:`~graphflow.errors.InvalidArgument` naming their own
+parameter, and the node translates (``with node_inputs(helper_arg="input"): ...``, or an ``except``
+that adds context). Any other exception is a bug and is reported as such.
+
+Fingerprints. ``fingerprint(literals, settings)`` is called on every plan, before any node runs, with the
+engine's settings. It returns a cheap identity of the outside state the node will read: paths with sizes and
+modification times, never file contents. When an input names nothing usable it raises the NodeInputError
+the node itself would raise, so the run stops before anything executes; it never returns a placeholder.
 """
 from __future__ import annotations
 
@@ -102,7 +116,7 @@ def node(
     pool: Pool = "value",
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a node type. ``fingerprint(literals, settings)`` returns a string that changes when the
-    outside world the node reads changes (a file's content); ``cache="never"`` reruns the node every time;
+    outside world the node reads changes (see the module docstring); ``cache="never"`` reruns the node every time;
     ``pool="model"`` keeps results in the model pool (shared weights) instead of the byte-budgeted LRU."""
 
     def declare(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -126,6 +140,9 @@ def build_spec(function, name, outputs, category, version, output, cache, finger
     order = []
     for param in inspect.signature(function, eval_str=True).parameters.values():
         if param.name == "ctx":
+            if param.kind is not param.KEYWORD_ONLY or param.default is not inspect.Parameter.empty:
+                raise TypeError(f"node {name}: take the run context as a keyword-only parameter without a "
+                                f"default (`*, ctx: RunContext`): the engine always passes it")
             wants_context = True
             continue
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):

@@ -44,6 +44,15 @@ def test_declaration_mistakes_are_caught_early():
         Input("latent")
 
 
+@pytest.mark.parametrize("declaration", ["def n(ctx=None): return 1", "def n(ctx): return 1", "def n(*, ctx=None): return 1"])
+def test_the_run_context_is_taken_one_way(declaration):
+    scope: dict = {}
+    exec(declaration, scope)
+    with pytest.raises(TypeError, match=r"\*, ctx: RunContext"):
+        node(outputs={"x": "NUMBER"})(scope["n"])
+    assert node(outputs={"x": "NUMBER"})(lambda *, ctx: 1).__graphflow_node__.wants_context
+
+
 def test_version_is_part_of_the_key(registry, engine):
     from graphflow.plan import make_plan
     from .conftest import chain
