@@ -52,14 +52,15 @@ class Registry:
 
     def catalog(self) -> dict[str, Any]:
         """Every node type with its inputs, outputs, defaults, bounds and a JSON Schema of its literal inputs."""
-        return {name: describe(self._specs[name]) for name in self.names()}
+        return {name: catalog_entry(self._specs[name]) for name in self.names()}
 
 
 def _origin(spec: NodeSpec) -> str:
     return f"{spec.function.__module__}.{spec.function.__qualname__}"
 
 
-def describe(spec: NodeSpec) -> dict[str, Any]:
+def catalog_entry(spec: NodeSpec) -> dict[str, Any]:
+    """One node type as the catalog (``graphflow nodes --json``, ``GET /nodes``) shows it."""
     schema = spec.literals.model_json_schema()
     inputs: dict[str, Any] = {}
     for name in spec.input_order:

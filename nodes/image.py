@@ -4,8 +4,6 @@ Files are read from ``settings.input_dir``, then from the read-only asset folder
 see :mod:`nodes.search`), under the rules of :mod:`nodes.files`: a name that would leave its folder (``..``,
 an absolute path, a symlink pointing out) is refused.
 """
-# No `from __future__ import annotations` here: the node decorator hands annotations to pydantic as they
-# are, and an enum alias (a Literal bound to a name) must reach it as an object, not as a string.
 
 from pathlib import Path
 from typing import Any, Literal

@@ -5,8 +5,6 @@ as diffusers' ``vae_scale_factor``): 8 for Stable Diffusion's VAEs, 4 for toy-sh
 one. A node that converts between pixel sizes and latent sizes takes f from a VAE input and never guesses it:
 the VAE is required where the conversion always happens, and refused by name where it is missing but needed.
 """
-# No `from __future__ import annotations` here: the node decorator hands annotations to pydantic as they
-# are, and an enum alias (a Literal bound to a name) must reach it as an object, not as a string.
 
 from typing import Literal
 

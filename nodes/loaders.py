@@ -28,7 +28,6 @@ the file name: "768" or "v-pred"/"vpred" in it means v_prediction (the official 
 
 ``device="auto"`` uses CUDA in float16 when available, else the CPU in float32.
 """
-# No "from __future__ import annotations": the engine reads the literal inputs' annotations as objects.
 from pathlib import Path
 from typing import Annotated, Any, Literal
 

@@ -13,8 +13,6 @@ mask (InpaintEncode, SetLatentNoiseMask) is inpainted as ``StableDiffusionInpain
 diffusers schedulers are stateful (step counters, multistep history), so a Schedule stores the complete
 scheduler config, and every node that needs a scheduler builds a fresh one from it.
 """
-# No `from __future__ import annotations` here: the node decorator hands annotations to pydantic as they
-# are, and an enum alias (a Literal bound to a name) must reach it as an object, not as a string.
 
 import inspect
 from dataclasses import dataclass, field
@@ -29,8 +27,8 @@ from graphflow.node import Input, node
 
 from .preview import PreviewMode, StepPreviews
 from .prompt import pad_conditionings
-from .values import CONDITIONING, IMAGE, LATENT, MODEL, SCHEDULE, VAE, Conditioning, Image, Latent, Model, Vae
-from .values import Schedule as ScheduleValue
+from .values import (CONDITIONING, IMAGE, LATENT, MODEL, SCHEDULE, VAE, Conditioning, Image, Latent, Model,
+                     ScheduleValue, Vae)
 
 MAX_SEED = 2**64 - 1
 BatchSeeds = Literal["one_stream", "seed_plus_index"]

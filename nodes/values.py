@@ -171,7 +171,7 @@ class Conditioning(SocketValue):
 
 
 @dataclass(frozen=True, eq=False)
-class Schedule(SocketValue):
+class ScheduleValue(SocketValue):
     """SCHEDULE: a sampler over a fixed number of steps, and where denoising starts.
 
     ``start_index`` indexes ``timesteps``: 0 for txt2img, later for img2img (strength < 1).
@@ -185,10 +185,6 @@ class Schedule(SocketValue):
     scheduler_config: dict[str, Any]
     timesteps: torch.Tensor
     start_index: int
-
-    @property
-    def remaining_timesteps(self) -> torch.Tensor:
-        return self.timesteps[self.start_index:]
 
 
 @dataclass(frozen=True, eq=False)
@@ -210,11 +206,10 @@ class Latent(SocketValue):
     masked_image: torch.Tensor | None = None
     paste_pixels: torch.Tensor | None = None
     paste_mask: torch.Tensor | None = None
-    schedule: Schedule | None = None
+    schedule: ScheduleValue | None = None
     clean: torch.Tensor | None = None
     noise: torch.Tensor | None = None
     rng_state: torch.Tensor | None = None
-    steps_done: int = 0
 
     @property
     def batch_size(self) -> int:

@@ -2,7 +2,7 @@
 import pytest
 
 from graphflow.node import Input, node
-from graphflow.registry import Registry, describe, discover
+from graphflow.registry import Registry, catalog_entry, discover
 
 from . import toynodes
 
@@ -64,5 +64,5 @@ def test_version_is_part_of_the_key(registry, engine):
     assert before != after
 
 
-def test_describe_reports_output_nodes():
-    assert describe(toynodes.Show.__graphflow_node__)["output_node"] is True
+def test_catalog_entry_reports_output_nodes():
+    assert catalog_entry(toynodes.Show.__graphflow_node__)["output_node"] is True
