@@ -39,16 +39,16 @@ def parse_assignment(text: str) -> tuple[tuple[str, str], Any]:
 class ProgressPrinter:
     """Draws a one-line progress bar on stderr for long nodes and a line per finished node."""
 
-    def __init__(self, stream: TextIO = sys.stderr, width: int = 30):
-        self.stream, self.width = stream, width
+    def __init__(self, stream: TextIO = sys.stderr, bar: int = 30):
+        self.stream, self.bar = stream, bar
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, Progress):
-            filled = int(self.width * event.value / max(event.max, 1))
-            self.stream.write(f"\r  {event.node} [{'#' * filled}{'.' * (self.width - filled)}] {event.value}/{event.max}")
+            filled = int(self.bar * event.value / max(event.max, 1))
+            self.stream.write(f"\r  {event.node} [{'#' * filled}{'.' * (self.bar - filled)}] {event.value}/{event.max}")
             self.stream.flush()
         elif isinstance(event, NodeFinished):
-            self.stream.write(f"\r  {event.node} ({event.node_type}) {event.seconds:.2f}s{' ' * self.width}\n")
+            self.stream.write(f"\r  {event.node} ({event.node_type}) {event.seconds:.2f}s{' ' * self.bar}\n")
         elif isinstance(event, NodeCached):
             self.stream.write(f"  {event.node} ({event.node_type}) cached\n")
         elif isinstance(event, RunFailed):
@@ -164,7 +164,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="graphflow", description="Node-graph workflows for Stable Diffusion.")
+    parser = argparse.ArgumentParser(prog="graphflow", description="Run and check node-graph workflows.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_dirs(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

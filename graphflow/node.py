@@ -1,11 +1,11 @@
 """How a node type declares itself: one decorated function.
 
-    @node(outputs={"latent": "LATENT"}, category="latent")
-    def EmptyLatent(width: int = Field(512, ge=64, multiple_of=8),
-                    height: int = Field(512, ge=64, multiple_of=8),
-                    batch_size: int = Field(1, ge=1, le=64)):
-        \"\"\"An all-zero latent batch.\"\"\"
-        return Latent(...)
+    @node(outputs={"value": "NUMBER"}, category="math")
+    def Add(a: float = Input("NUMBER"),
+            b: float = Input("NUMBER", optional=True),
+            bias: int = Field(0, ge=0, le=10, multiple_of=2)):
+        \"\"\"a + b + bias.\"\"\"
+        return a + (b or 0) + bias
 
 The function's parameters are its inputs:
 - a parameter whose default is ``Input("TYPE")`` is a *socket* input, fed by a link;
@@ -77,6 +77,7 @@ class NodeSpec:
     pool: Pool
     wants_context: bool
     input_order: tuple[str, ...] = field(default=())
+    pixels: tuple[str, ...] = ()  # literal inputs whose product is the number of pixels the node makes
 
     @property
     def literal_names(self) -> tuple[str, ...]:
@@ -114,20 +115,24 @@ def node(
     cache: CachePolicy = "content",
     fingerprint: Callable[[dict[str, Any], Any], str] | None = None,
     pool: Pool = "value",
+    pixels: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a node type. ``fingerprint(literals, settings)`` returns a string that changes when the
     outside world the node reads changes (see the module docstring); ``cache="never"`` reruns the node every time;
-    ``pool="model"`` keeps results in the model pool (shared weights) instead of the byte-budgeted LRU."""
+    ``pool="model"`` keeps results in the model pool (shared weights) instead of the byte-budgeted LRU;
+    ``pixels`` names the literal inputs whose product is how many pixels the node makes (a shared server
+    bounds it, whatever the inputs are called)."""
 
     def declare(function: Callable[..., Any]) -> Callable[..., Any]:
-        spec = build_spec(function, name or function.__name__, outputs or {}, category, version, output, cache, fingerprint, pool)
+        spec = build_spec(function, name or function.__name__, outputs or {}, category, version, output, cache,
+                          fingerprint, pool, tuple(pixels))
         setattr(function, NODE_ATTRIBUTE, spec)
         return function
 
     return declare
 
 
-def build_spec(function, name, outputs, category, version, output, cache, fingerprint, pool) -> NodeSpec:
+def build_spec(function, name, outputs, category, version, output, cache, fingerprint, pool, pixels=()) -> NodeSpec:
     if output and outputs:
         raise TypeError(f"node {name}: an output node reports a UI dict and declares no socket outputs")
     if not output and not outputs:
@@ -154,6 +159,9 @@ def build_spec(function, name, outputs, category, version, output, cache, finger
         annotation = Any if param.annotation is inspect.Parameter.empty else param.annotation
         default = ... if param.default is inspect.Parameter.empty else param.default
         literal_fields[param.name] = (annotation, default)
+    unknown = [p for p in pixels if p not in literal_fields]
+    if unknown:
+        raise TypeError(f"node {name}: pixels= names {unknown}, which are not literal inputs")
     literals = create_model(
         f"{name}Inputs",
         __config__=ConfigDict(extra="forbid", strict=True, frozen=True, title=name),
@@ -174,6 +182,7 @@ def build_spec(function, name, outputs, category, version, output, cache, finger
         pool=pool,
         wants_context=wants_context,
         input_order=tuple(order),
+        pixels=tuple(pixels),
     )
 
 

@@ -162,7 +162,9 @@ def _check_outputs(workflow: Workflow, registry: Registry, outputs: Iterable[str
     output_nodes = [i for i, e in workflow.nodes.items() if (s := registry.get(e.type)) is not None and s.output_node]
     if outputs is None:
         if not output_nodes and not any(i.code == "unknown_node_type" for i in issues):
-            issues.append(Issue(None, None, "workflow has no output node", "at least one output node (e.g. SaveImage)", "none", code="no_output"))
+            example = f" (e.g. {registry.output_example})" if registry.output_example else ""
+            issues.append(Issue(None, None, "workflow has no output node", f"at least one output node{example}", "none",
+                                code="no_output"))
         return tuple(output_nodes)
     requested = tuple(outputs)
     for node_id in requested:

@@ -103,7 +103,7 @@ _PIL_FILTERS = {
 }
 
 
-@node(outputs={"image": IMAGE}, category="image")
+@node(outputs={"image": IMAGE}, category="image", pixels=("width", "height"))
 def ImageScale(
     image: Image = Input(IMAGE),
     method: ScaleMethod = "lanczos",

@@ -33,7 +33,7 @@ def latent_geometry(vae: Vae | None, why: str = "it gives the latent scale") -> 
     return vae.downscale, int(vae.vae.config.latent_channels)
 
 
-@node(outputs={"latent": LATENT}, category="latent")
+@node(outputs={"latent": LATENT}, category="latent", pixels=("width", "height", "batch_size"))
 def EmptyLatent(
     width: int = Field(512, ge=64, le=8192, multiple_of=8, description="image width in pixels"),
     height: int = Field(512, ge=64, le=8192, multiple_of=8, description="image height in pixels"),
@@ -51,7 +51,7 @@ def EmptyLatent(
     return Latent(samples=torch.zeros(batch_size, channels, height // factor, width // factor))
 
 
-@node(outputs={"latent": LATENT}, category="latent")
+@node(outputs={"latent": LATENT}, category="latent", pixels=("width", "height"))
 def LatentUpscale(
     latent: Latent = Input(LATENT),
     method: UpscaleMethod = "nearest-exact",

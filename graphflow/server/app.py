@@ -49,7 +49,7 @@ class Server:
     """Everything one running server owns: data directories, job store, engine (and its cache), worker, hub."""
 
     def __init__(self, config: ServerConfig, registry: Registry | None = None):
-        self.config, self.limits = config, config.limits
+        self.config = config
         self.outputs_dir = config.data_dir / "outputs"
         self.uploads_dir = config.data_dir / "uploads"
         paths.check_writable_folder(config.data_dir, "--data-dir")
@@ -63,6 +63,7 @@ class Server:
             log.warning("%d job(s) were running when the server last stopped; marked failed", interrupted)
         settings = Settings.from_env(models_dir=config.models_dir, input_dir=self.uploads_dir, output_dir=self.outputs_dir)
         self.engine = Engine(registry or default_registry(), settings)
+        self.limits = config.limits.over_defaults(self.engine.registry.literal_limits)
         self.hub = Hub()
         self.worker = Worker(self.engine, self.store, self._publish_from_thread)
         self._loop: asyncio.AbstractEventLoop | None = None

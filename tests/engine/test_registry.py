@@ -2,7 +2,7 @@
 import pytest
 
 from graphflow.node import Input, node
-from graphflow.registry import Registry, catalog_entry, discover
+from graphflow.registry import NodePack, Registry, catalog_entry, discover
 
 from . import toynodes
 
@@ -42,6 +42,23 @@ def test_declaration_mistakes_are_caught_early():
         node(outputs={"x": "lower"})(lambda: 1)
     with pytest.raises(ValueError):
         Input("latent")
+
+    def sized(v=Input("NUMBER"), width: int = 1):
+        return v
+
+    with pytest.raises(TypeError, match="not literal inputs"):  # a pixel count is made of literal inputs
+        node(outputs={"x": "NUMBER"}, pixels=("width", "v"))(sized)
+    assert node(outputs={"x": "NUMBER"}, pixels=("width",))(sized).__graphflow_node__.pixels == ("width",)
+
+
+def test_a_module_declares_its_pack(monkeypatch):
+    import types
+    pack = types.ModuleType("pack")
+    pack.GRAPHFLOW_PACK = NodePack(literal_limits={"count": 5}, output_example="Show")
+    registry = Registry()
+    registry.add_module(pack)
+    registry.add_module(toynodes)  # declares nothing: the pack's declarations stay
+    assert (registry.literal_limits, registry.output_example) == ({"count": 5}, "Show")
 
 
 @pytest.mark.parametrize("declaration", ["def n(ctx=None): return 1", "def n(ctx): return 1", "def n(*, ctx=None): return 1"])
