@@ -14,7 +14,11 @@ under "paste-back" check what it does.
 import pytest
 import torch
 
-from graphflow.errors import NodeInputError
+from graphflow.errors import NodeInputError, WorkflowInvalid
+from graphflow.node import spec_of
+from graphflow.registry import Registry
+from graphflow.validate import validate
+from graphflow.workflow import parse
 from nodes.latent import EmptyLatent, SetLatentNoiseMask
 from nodes.sampling import SAMPLERS, AddNoise, Sample, Schedule, build_scheduler
 from nodes.text import CLIPTextEncode, Tokenize
@@ -240,11 +244,13 @@ def test_a_mask_of_another_size_is_resized_with_a_warning(sd_vae, tmp_path):
     assert len(recorder.warnings) == 1 and fitting.noise_mask.shape == latent.noise_mask.shape
 
 
-def test_set_latent_noise_mask_without_a_vae_assumes_factor_8(tmp_path):
-    ctx, recorder = make_ctx(tmp_path)
-    latent = run_node(SetLatentNoiseMask, ctx=ctx, latent=Latent(samples=torch.zeros(1, 4, 8, 12)),
-                  mask=Mask(mask=torch.ones(1, 64, 96)))
-    assert latent.noise_mask.shape == (1, 1, 8, 12) and not recorder.warnings
+def test_set_latent_noise_mask_needs_the_vae_that_gives_the_image_size():
+    # the mask is at image size, latent size × the VAE's factor (8 for SD, 4 for toy-shapes): never guessed
+    document = {"graphflow": 1, "nodes": {"m": {"type": "SetLatentNoiseMask", "inputs": {}}}}
+    with pytest.raises(WorkflowInvalid) as error:
+        validate(parse(document), Registry([spec_of(SetLatentNoiseMask)]))
+    missing = {i.input for i in error.value.issues if i.code == "missing_input"}
+    assert missing == {"latent", "mask", "vae"}
 
 
 def test_masks_must_fit_the_batch(sd_vae):
