@@ -104,7 +104,7 @@ def test_a_symlink_out_of_the_models_dir_is_refused(loader_ctx, models_dir, tmp_
     outside.write_bytes(b"x")
     (models_dir / "escape.safetensors").symlink_to(outside)
     with pytest.raises(NodeInputError, match="relative path inside the models directory.*symlink") as caught:
-        LoadCheckpoint(link, ctx=loader_ctx)
+        run_node(LoadCheckpoint, loader_ctx, name=link)
     assert caught.value.input == "name"
 
 
