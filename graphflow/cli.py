@@ -99,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def workflow_in_png(path: Path):
-    """The workflow a PNG carries in its "workflow" text chunk (SaveImage writes the workflow as it ran)."""
+    """The workflow a PNG carries in its "workflow" text chunk (where output nodes write the workflow as it ran)."""
     from PIL import Image, UnidentifiedImageError
 
     from .workflow import parse_text
@@ -111,7 +111,7 @@ def workflow_in_png(path: Path):
         raise WorkflowFormatError(f"{path}: not a readable PNG ({exc})") from None
     if text is None:
         raise WorkflowFormatError(f"{path}: this image carries no graphflow workflow (no \"workflow\" text chunk; "
-                                  "graphflow's SaveImage writes one)")
+                                  "graphflow's image-saving output nodes write one)")
     return parse_text(text, f"{path} (its workflow chunk)")
 
 

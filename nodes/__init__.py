@@ -85,6 +85,7 @@ lazy_module("torch")
 # What a shared server bounds by default (its --max-literal overrides), and the output node hints name.
 GRAPHFLOW_PACK = NodePack(literal_limits={"steps": 200, "batch_size": 16}, output_example="SaveImage")
 
+
 def add_commands(subparsers) -> None:
     """The node library's own command (graphflow's CLI asks every node pack): ``graphflow import-a1111``."""
     command = subparsers.add_parser(
