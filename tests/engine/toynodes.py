@@ -97,7 +97,7 @@ def Show(value=Input("*"), label: str = ""):
 
 
 @node(output=True, category="test")
-def WriteNote(value=Input("NUMBER"), name: str = "notes/note.txt", ctx=None):
+def WriteNote(value=Input("NUMBER"), name: str = "notes/note.txt", *, ctx):
     """Output node writing a text file (an output of a kind other than images); ``name`` inside the output folder."""
     from graphflow.outputs import OutputFile
 
