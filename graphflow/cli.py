@@ -61,7 +61,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def prepare_output_folder(args: argparse.Namespace, folder: Path) -> None:
     """Before anything runs: a file or a read-only folder as the output folder would otherwise fail only at the
-    first save, after all the sampling. Then sweep what interrupted writes left there: only our own hidden
+    first save, after all the work. Then sweep what interrupted writes left there: only our own hidden
     temporaries, and only those untouched for 10 minutes (another graphflow may be writing in this folder now)."""
     from .paths import check_writable_folder, sweep_temporaries
 

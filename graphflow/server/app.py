@@ -267,7 +267,7 @@ def index_page(counts: dict[str, int], running: str | None, routes: list[web.Rou
 <style>body{{font-family:sans-serif;max-width:52em;margin:2em auto;padding:0 1em}}td{{padding:.15em .8em .15em 0}}</style>
 </head><body>
 <h1>graphflow server</h1>
-<p>This is a graphflow job server: it runs node-graph workflows for Stable Diffusion as jobs, one at a time,
+<p>This is a graphflow job server: it runs node-graph workflows as jobs, one at a time,
 streams their progress over a WebSocket and serves the images they write. Clients send JSON; see
 <a href="/nodes">/nodes</a> for the node types, <a href="/jobs">/jobs</a> for the jobs and
 <a href="/health">/health</a> for a liveness check.</p>
