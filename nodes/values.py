@@ -250,7 +250,7 @@ def value_to_disk(value: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A stored socket value as named CPU tensors plus a JSON tree that says where each field's content is.
 
     Tensors are copied (two fields may share one tensor; safetensors stores each apart) and remember their
-    device; nested stored values (a Latent's Schedule) are walked; anything else is refused with TypeError."""
+    device; nested stored values (a Latent's ScheduleValue) are walked; anything else is refused with TypeError."""
     tensors: dict[str, torch.Tensor] = {}
 
     def encode(item: Any, path: str) -> dict[str, Any]:
@@ -323,7 +323,7 @@ def matches(item: Any, hint: Any) -> bool:
     return isinstance(item, origin or hint)
 
 
-STORED_TYPES = {"tokens": Tokens, "conditioning": Conditioning, "schedule": Schedule, "latent": Latent,
+STORED_TYPES = {"tokens": Tokens, "conditioning": Conditioning, "schedule": ScheduleValue, "latent": Latent,
                 "image": Image, "mask": Mask}
 STORED_TAGS = {cls: tag for tag, cls in STORED_TYPES.items()}
 for _tag, _cls in STORED_TYPES.items():
