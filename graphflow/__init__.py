@@ -13,7 +13,8 @@ _EXPORTS = {
     "Graph": "builder", "CancelToken": "context", "RunContext": "context", "Settings": "context",
     "Cancelled": "errors", "Issue": "errors", "NodeFailed": "errors", "NodeInputError": "errors",
     "WorkflowFormatError": "errors", "WorkflowInvalid": "errors", "Engine": "execute", "RunReport": "execute",
-    "Input": "node", "node": "node", "OutputFile": "outputs", "Registry": "registry", "discover": "registry",
+    "Input": "node", "node": "node", "OutputFile": "outputs", "NodePack": "registry", "Registry": "registry",
+    "discover": "registry",
 }
 __all__ = list(_EXPORTS)
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from .execute import Engine, RunReport
     from .node import Input, node
     from .outputs import OutputFile
-    from .registry import Registry, discover
+    from .registry import NodePack, Registry, discover
 
 
 def __getattr__(name: str) -> Any:

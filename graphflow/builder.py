@@ -1,13 +1,13 @@
 """Build workflows in Python with typed handles; the result is the same JSON a file would hold.
 
     g = Graph()
-    ckpt = g.add("LoadCheckpoint", name="tiny-sd")
-    pos = g.add("TextEncode", clip=ckpt.clip, text="a red circle")
+    x = g.add("Number", value=2)
+    total = g.add("Add", a=x.value, bias=1)
     ...
     g.to_json()          # {"graphflow": 1, "nodes": {...}}
     g.run()              # through an Engine
 
-An output handle knows its socket type, so wiring a LATENT into an IMAGE input fails here, at build time.
+An output handle knows its socket type, so wiring a TEXT output into a NUMBER input fails here, at build time.
 """
 from __future__ import annotations
 

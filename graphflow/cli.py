@@ -39,17 +39,17 @@ def parse_assignment(text: str) -> tuple[tuple[str, str], Any]:
 class ProgressPrinter:
     """Draws a one-line progress bar on stderr for long nodes and a line per finished node."""
 
-    def __init__(self, stream: TextIO | None = None, width: int = 30):
+    def __init__(self, stream: TextIO | None = None, bar: int = 30):
         # sys.stderr as it is now, not as it was when this module was imported (a test's capture may be gone)
-        self.stream, self.width = stream or sys.stderr, width
+        self.stream, self.bar = stream or sys.stderr, bar
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, Progress):
-            filled = int(self.width * event.value / max(event.max, 1))
-            self.stream.write(f"\r  {event.node} [{'#' * filled}{'.' * (self.width - filled)}] {event.value}/{event.max}")
+            filled = int(self.bar * event.value / max(event.max, 1))
+            self.stream.write(f"\r  {event.node} [{'#' * filled}{'.' * (self.bar - filled)}] {event.value}/{event.max}")
             self.stream.flush()
         elif isinstance(event, NodeFinished):
-            self.stream.write(f"\r  {event.node} ({event.node_type}) {event.seconds:.2f}s{' ' * self.width}\n")
+            self.stream.write(f"\r  {event.node} ({event.node_type}) {event.seconds:.2f}s{' ' * self.bar}\n")
         elif isinstance(event, NodeCached):
             self.stream.write(f"  {event.node} ({event.node_type}) cached\n")
         elif isinstance(event, RunFailed):
@@ -62,7 +62,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def prepare_output_folder(args: argparse.Namespace, folder: Path) -> None:
     """Before anything runs: a file or a read-only folder as the output folder would otherwise fail only at the
-    first save, after all the sampling. Then sweep what interrupted writes left there: only our own hidden
+    first save, after all the work. Then sweep what interrupted writes left there: only our own hidden
     temporaries, and only those untouched for 10 minutes (another graphflow may be writing in this folder now)."""
     from .paths import check_writable_folder, sweep_temporaries
 
@@ -100,7 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def workflow_in_png(path: Path):
-    """The workflow a PNG carries in its "workflow" text chunk (SaveImage writes the workflow as it ran)."""
+    """The workflow a PNG carries in its "workflow" text chunk (where output nodes write the workflow as it ran)."""
     from PIL import Image, UnidentifiedImageError
 
     from .workflow import parse_text
@@ -112,7 +112,7 @@ def workflow_in_png(path: Path):
         raise WorkflowFormatError(f"{path}: not a readable PNG ({exc})") from None
     if text is None:
         raise WorkflowFormatError(f"{path}: this image carries no graphflow workflow (no \"workflow\" text chunk; "
-                                  "graphflow's SaveImage writes one)")
+                                  "graphflow's image-saving output nodes write one)")
     return parse_text(text, f"{path} (its workflow chunk)")
 
 
@@ -165,7 +165,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="graphflow", description="Node-graph workflows for Stable Diffusion.")
+    parser = argparse.ArgumentParser(prog="graphflow", description="Run and check node-graph workflows.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_dirs(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -76,7 +76,7 @@ class RunContext:
         return self.cancel_token.cancelled
 
     def check_cancelled(self) -> None:
-        """Call between steps of long work: raises :class:`Cancelled` once the run was cancelled."""
+        """Call between pieces of long work: raises :class:`Cancelled` once the run was cancelled."""
         if self.cancel_token.cancelled:
             raise Cancelled(self.node_id)
 

@@ -1,19 +1,39 @@
 """The errors the engine reports. Each one names where the problem is, so no caller needs a traceback."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Literal
+
+# What kind of problem an :class:`Issue` is, for programs (APIs, web pages) that must not parse messages.
+IssueCode = Literal[
+    "unknown_node_type",  # the node's type is not registered
+    "unknown_input",  # an input name the node type does not have
+    "missing_input",  # a required input is not given
+    "wrong_input_kind",  # a link where a literal belongs, or the other way round
+    "missing_link",  # a link to a node, or to an output, that does not exist
+    "type_mismatch",  # a link whose output type the input does not accept
+    "bad_value",  # a literal that its schema refuses (type, bounds, enum)
+    "cycle",  # the links form a loop
+    "no_output",  # no output node in the workflow, or none requested
+    "not_an_output",  # a requested output that is missing or is not an output node
+    "missing_file",  # a named file (model, image, ...) that does not exist
+    "bad_document",  # not a graphflow workflow at all (server answers only)
+    "over_limit",  # valid, but more than this server allows
+]
 
 
 @dataclass(frozen=True)
 class Issue:
-    """One problem with one input of one node (``node`` is None for document-level problems)."""
+    """One problem with one input of one node (``node`` is None for document-level problems).
+    ``code`` says what kind of problem it is (an :data:`IssueCode`); ``message`` says it to a person."""
 
     node: str | None
     input: str | None
     message: str
     expected: Any = None
     received: Any = None
+    code: IssueCode = field(kw_only=True)
 
     def __str__(self) -> str:
         where = ".".join(p for p in (self.node, self.input) if p) or "workflow"
@@ -70,6 +90,28 @@ class NodeInputError(GraphflowError):
         if self.expected is None and self.received is None:
             return self.message
         return f"{self.message} (expected {self.expected}, received {self.received})"
+
+
+class InvalidArgument(ValueError):
+    """Raised by a pure helper (a function that knows nothing of nodes) when one of its arguments is
+    unusable; ``argument`` is the helper's own parameter name. The node that called the helper re-raises
+    it as a :class:`NodeInputError` named after the node's input, with :func:`node_inputs`."""
+
+    def __init__(self, argument: str, message: str, expected: Any = None, received: Any = None):
+        self.argument, self.message, self.expected, self.received = argument, message, expected, received
+        super().__init__(message)
+
+
+@contextmanager
+def node_inputs(**inputs: str) -> Iterator[None]:
+    """Inside a node function: ``with node_inputs(table="source", key="name"): helper(...)`` turns an
+    :class:`InvalidArgument` about the helper's argument ``table`` into a NodeInputError on input
+    ``source``. An argument that is not mapped keeps the node's input of the same name."""
+    try:
+        yield
+    except InvalidArgument as exc:
+        name = inputs.get(exc.argument, exc.argument)
+        raise NodeInputError(name, exc.message, exc.expected, exc.received) from exc
 
 
 class NodeFailed(GraphflowError):

@@ -1,20 +1,34 @@
 """How a node type declares itself: one decorated function.
 
-    @node(outputs={"latent": "LATENT"}, category="latent")
-    def EmptyLatent(width: int = Field(512, ge=64, multiple_of=8),
-                    height: int = Field(512, ge=64, multiple_of=8),
-                    batch_size: int = Field(1, ge=1, le=64)):
-        \"\"\"An all-zero latent batch.\"\"\"
-        return Latent(...)
+    @node(outputs={"value": "NUMBER"}, category="math")
+    def Add(a: float = Input("NUMBER"),
+            b: float = Input("NUMBER", optional=True),
+            bias: int = Field(0, ge=0, le=10, multiple_of=2)):
+        \"\"\"a + b + bias.\"\"\"
+        return a + (b or 0) + bias
 
 The function's parameters are its inputs:
 - a parameter whose default is ``Input("TYPE")`` is a *socket* input, fed by a link;
 - every other parameter is a *literal* input ("widget"); its annotation and pydantic ``Field`` give type,
   default, bounds, enum (``typing.Literal``) and description, and one pydantic model validates them all;
-- a parameter named ``ctx`` receives the :class:`~graphflow.context.RunContext` (progress, cancel, settings).
+- a keyword-only parameter ``*, ctx: RunContext`` (no default) receives the
+  :class:`~graphflow.context.RunContext` (progress, cancel, settings, warnings). The engine always passes
+  it, so a node never checks for None or falls back to settings of its own; tests call nodes through a
+  helper that builds a real context the same way.
 
 It returns one value per declared output (a tuple when there are several). An *output node*
 (``output=True``) declares no outputs and returns a JSON-able dict that lands in the run report.
+
+Errors. A bad input is a :class:`~graphflow.errors.NodeInputError` naming the node's input. Code that knows
+which input it reads (the node function, a resolver handed the input's name) raises it directly; pure
+helpers, which know nothing of nodes, raise :class:`~graphflow.errors.InvalidArgument` naming their own
+parameter, and the node translates (``with node_inputs(helper_arg="input"): ...``, or an ``except``
+that adds context). Any other exception is a bug and is reported as such.
+
+Fingerprints. ``fingerprint(literals, settings)`` is called on every plan, before any node runs, with the
+engine's settings. It returns a cheap identity of the outside state the node will read: paths with sizes and
+modification times, never file contents. When an input names nothing usable it raises the NodeInputError
+the node itself would raise, so the run stops before anything executes; it never returns a placeholder.
 """
 from __future__ import annotations
 
@@ -63,6 +77,7 @@ class NodeSpec:
     pool: Pool
     wants_context: bool
     input_order: tuple[str, ...] = field(default=())
+    pixels: tuple[str, ...] = ()  # literal inputs whose product is the number of pixels the node makes
 
     @property
     def literal_names(self) -> tuple[str, ...]:
@@ -100,20 +115,24 @@ def node(
     cache: CachePolicy = "content",
     fingerprint: Callable[[dict[str, Any], Any], str] | None = None,
     pool: Pool = "value",
+    pixels: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a node type. ``fingerprint(literals, settings)`` returns a string that changes when the
-    outside world the node reads changes (a file's content); ``cache="never"`` reruns the node every time;
-    ``pool="model"`` keeps results in the model pool (shared weights) instead of the byte-budgeted LRU."""
+    outside world the node reads changes (see the module docstring); ``cache="never"`` reruns the node every time;
+    ``pool="model"`` keeps results in the model pool (shared weights) instead of the byte-budgeted LRU;
+    ``pixels`` names the literal inputs whose product is how many pixels the node makes (a shared server
+    bounds it, whatever the inputs are called)."""
 
     def declare(function: Callable[..., Any]) -> Callable[..., Any]:
-        spec = build_spec(function, name or function.__name__, outputs or {}, category, version, output, cache, fingerprint, pool)
+        spec = build_spec(function, name or function.__name__, outputs or {}, category, version, output, cache,
+                          fingerprint, pool, tuple(pixels))
         setattr(function, NODE_ATTRIBUTE, spec)
         return function
 
     return declare
 
 
-def build_spec(function, name, outputs, category, version, output, cache, fingerprint, pool) -> NodeSpec:
+def build_spec(function, name, outputs, category, version, output, cache, fingerprint, pool, pixels=()) -> NodeSpec:
     if output and outputs:
         raise TypeError(f"node {name}: an output node reports a UI dict and declares no socket outputs")
     if not output and not outputs:
@@ -126,6 +145,9 @@ def build_spec(function, name, outputs, category, version, output, cache, finger
     order = []
     for param in inspect.signature(function, eval_str=True).parameters.values():
         if param.name == "ctx":
+            if param.kind is not param.KEYWORD_ONLY or param.default is not inspect.Parameter.empty:
+                raise TypeError(f"node {name}: take the run context as a keyword-only parameter without a "
+                                f"default (`*, ctx: RunContext`): the engine always passes it")
             wants_context = True
             continue
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -137,6 +159,9 @@ def build_spec(function, name, outputs, category, version, output, cache, finger
         annotation = Any if param.annotation is inspect.Parameter.empty else param.annotation
         default = ... if param.default is inspect.Parameter.empty else param.default
         literal_fields[param.name] = (annotation, default)
+    unknown = [p for p in pixels if p not in literal_fields]
+    if unknown:
+        raise TypeError(f"node {name}: pixels= names {unknown}, which are not literal inputs")
     literals = create_model(
         f"{name}Inputs",
         __config__=ConfigDict(extra="forbid", strict=True, frozen=True, title=name),
@@ -157,6 +182,7 @@ def build_spec(function, name, outputs, category, version, output, cache, finger
         pool=pool,
         wants_context=wants_context,
         input_order=tuple(order),
+        pixels=tuple(pixels),
     )
 
 

@@ -3,25 +3,42 @@
 Node types come from modules: every function decorated with ``@node`` in a scanned module is
 registered. The built-in ``nodes`` package is scanned, and so is every package that declares an
 entry point in the ``graphflow.nodes`` group (its value names a module or package), so third-party
-node packs plug in without editing graphflow.
+node packs plug in without editing graphflow. A scanned module may also declare what its pack knows
+beyond single nodes, as ``GRAPHFLOW_PACK = NodePack(...)``: the engine itself knows no node's domain.
 """
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from . import env
 from .node import NodeSpec, literal_default, spec_of
 
 ENTRY_POINT_GROUP = "graphflow.nodes"
+PACK_ATTRIBUTE = "GRAPHFLOW_PACK"
+
+
+@dataclass(frozen=True)
+class NodePack:
+    """What a node pack declares besides its nodes.
+
+    ``literal_limits``: default upper bounds, by literal input name, that a shared server applies to every
+    node type (its ``--max-literal`` overrides them; when two packs bound one name the lower bound wins).
+    ``output_example``: an output node type that messages name when a workflow has no output node."""
+
+    literal_limits: Mapping[str, float] = field(default_factory=dict)
+    output_example: str | None = None
 
 
 class Registry:
     def __init__(self, specs: Iterable[NodeSpec] = ()):
         self._specs: dict[str, NodeSpec] = {}
+        self.literal_limits: dict[str, float] = {}
+        self.output_example: str | None = None
         for spec in specs:
             self.add(spec)
 
@@ -31,8 +48,17 @@ class Registry:
             raise ValueError(f"two node types are named {spec.name!r}: {_origin(known)} and {_origin(spec)}")
         self._specs[spec.name] = spec
 
+    def add_pack(self, pack: NodePack) -> None:
+        for name, limit in pack.literal_limits.items():
+            self.literal_limits[name] = min(limit, self.literal_limits.get(name, limit))
+        self.output_example = self.output_example or pack.output_example
+
     def add_module(self, module: ModuleType) -> None:
-        """Register every node in a module, and in its submodules when it is a package."""
+        """Register every node in a module, and in its submodules when it is a package, and the module's
+        :class:`NodePack` declaration if it has one."""
+        pack = getattr(module, PACK_ATTRIBUTE, None)
+        if isinstance(pack, NodePack):
+            self.add_pack(pack)
         for value in vars(module).values():
             spec = spec_of(value)
             if spec is not None:
@@ -52,14 +78,15 @@ class Registry:
 
     def catalog(self) -> dict[str, Any]:
         """Every node type with its inputs, outputs, defaults, bounds and a JSON Schema of its literal inputs."""
-        return {name: describe(self._specs[name]) for name in self.names()}
+        return {name: catalog_entry(self._specs[name]) for name in self.names()}
 
 
 def _origin(spec: NodeSpec) -> str:
     return f"{spec.function.__module__}.{spec.function.__qualname__}"
 
 
-def describe(spec: NodeSpec) -> dict[str, Any]:
+def catalog_entry(spec: NodeSpec) -> dict[str, Any]:
+    """One node type as the catalog (``graphflow nodes --json``, ``GET /nodes``) shows it."""
     schema = spec.literals.model_json_schema()
     inputs: dict[str, Any] = {}
     for name in spec.input_order:

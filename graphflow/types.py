@@ -1,6 +1,6 @@
 """Socket type names and the rule for which output may feed which input.
 
-Socket types are plain upper-case strings ("MODEL", "LATENT", ...): the engine does not know what
+Socket types are plain upper-case strings ("NUMBER", "IMAGE", ...): the engine does not know what
 they mean, only whether two of them may be linked. ``ANY`` on either side accepts everything.
 """
 from __future__ import annotations

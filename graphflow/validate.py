@@ -41,7 +41,7 @@ def validate(workflow: Workflow, registry: Registry, outputs: Iterable[str] | No
         if spec is None:
             close = difflib.get_close_matches(entry.type, registry.names(), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            issues.append(Issue(node_id, None, f"unknown node type{hint}", "a registered node type", entry.type))
+            issues.append(Issue(node_id, None, f"unknown node type{hint}", "a registered node type", entry.type, code="unknown_node_type"))
             continue
         node_issues = _check_inputs(node_id, entry.inputs, spec, workflow, registry)
         literals = _check_literals(node_id, entry.literals(), spec, node_issues)
@@ -60,35 +60,35 @@ def _check_inputs(node_id: str, inputs: dict[str, Any], spec: NodeSpec, workflow
     known = set(spec.sockets) | set(spec.literal_names)
     for name in inputs:
         if name not in known:
-            issues.append(Issue(node_id, name, "unknown input", f"one of {sorted(known)}", name))
+            issues.append(Issue(node_id, name, "unknown input", f"one of {sorted(known)}", name, code="unknown_input"))
     for name, socket in spec.sockets.items():
         value = inputs.get(name)
         if value is None:
             if not socket.optional:
-                issues.append(Issue(node_id, name, "missing required input", f"a link from a {socket.type} output", None))
+                issues.append(Issue(node_id, name, "missing required input", f"a link from a {socket.type} output", None, code="missing_input"))
             continue
         if not isinstance(value, Link):
-            issues.append(Issue(node_id, name, "this input takes a link, not a literal", f'{{"from": NODE, "output": NAME}} of type {socket.type}', value))
+            issues.append(Issue(node_id, name, "this input takes a link, not a literal", f'{{"from": NODE, "output": NAME}} of type {socket.type}', value, code="wrong_input_kind"))
             continue
         issues += _check_link(node_id, name, value, socket.type, workflow, registry)
     for name in spec.literal_names:
         if isinstance(inputs.get(name), Link):
-            issues.append(Issue(node_id, name, "this input takes a literal value, not a link", "a literal", inputs[name].to_json()))
+            issues.append(Issue(node_id, name, "this input takes a literal value, not a link", "a literal", inputs[name].to_json(), code="wrong_input_kind"))
     return issues
 
 
 def _check_link(node_id: str, name: str, link: Link, want: str, workflow: Workflow, registry: Registry) -> list[Issue]:
     source = workflow.nodes.get(link.node)
     if source is None:
-        return [Issue(node_id, name, "link to a node that does not exist", f"one of {sorted(workflow.nodes)}", link.node)]
+        return [Issue(node_id, name, "link to a node that does not exist", f"one of {sorted(workflow.nodes)}", link.node, code="missing_link")]
     source_spec = registry.get(source.type)
     if source_spec is None:
         return []  # already reported on the source node
     have = source_spec.output_type(link.output)
     if have is None:
-        return [Issue(node_id, name, f"node {link.node} ({source.type}) has no output {link.output!r}", f"one of {list(source_spec.outputs)}", link.output)]
+        return [Issue(node_id, name, f"node {link.node} ({source.type}) has no output {link.output!r}", f"one of {list(source_spec.outputs)}", link.output, code="missing_link")]
     if not is_compatible(have, want):
-        return [Issue(node_id, name, f"type mismatch on link from {link.node}.{link.output}", want, have)]
+        return [Issue(node_id, name, f"type mismatch on link from {link.node}.{link.output}", want, have, code="type_mismatch")]
     return []
 
 
@@ -102,7 +102,8 @@ def _check_literals(node_id: str, given: dict[str, Any], spec: NodeSpec, issues:
             name = str(error["loc"][0]) if error["loc"] else None
             received = values.get(name) if error["type"] != "missing" else None
             schema = properties.get(name, {})
-            issues.append(Issue(node_id, name, literal_message(error, schema, received), describe_expected(schema), received))
+            issues.append(Issue(node_id, name, literal_message(error, schema, received), describe_expected(schema), received,
+                                code="missing_input" if error["type"] == "missing" else "bad_value"))
         return {}
 
 
@@ -153,22 +154,24 @@ def _check_cycles(workflow: Workflow) -> list[Issue]:
             continue
         cycle = [u for u, _ in nx.find_cycle(loop)]
         path = " → ".join(cycle + [cycle[0]])
-        issues.append(Issue(cycle[0], None, f"cycle: {path}", "an acyclic graph", path))
+        issues.append(Issue(cycle[0], None, f"cycle: {path}", "an acyclic graph", path, code="cycle"))
     return issues
 
 
 def _check_outputs(workflow: Workflow, registry: Registry, outputs: Iterable[str] | None, issues: list[Issue]) -> tuple[str, ...]:
     output_nodes = [i for i, e in workflow.nodes.items() if (s := registry.get(e.type)) is not None and s.output_node]
     if outputs is None:
-        if not output_nodes and not any(i.message.startswith("unknown node type") for i in issues):
-            issues.append(Issue(None, None, "workflow has no output node", "at least one output node (e.g. SaveImage)", "none"))
+        if not output_nodes and not any(i.code == "unknown_node_type" for i in issues):
+            example = f" (e.g. {registry.output_example})" if registry.output_example else ""
+            issues.append(Issue(None, None, "workflow has no output node", f"at least one output node{example}", "none",
+                                code="no_output"))
         return tuple(output_nodes)
     requested = tuple(outputs)
     for node_id in requested:
         if node_id not in workflow.nodes:
-            issues.append(Issue(node_id, None, "requested output node does not exist", f"one of {output_nodes}", node_id))
+            issues.append(Issue(node_id, None, "requested output node does not exist", f"one of {output_nodes}", node_id, code="not_an_output"))
         elif node_id not in output_nodes and registry.get(workflow.nodes[node_id].type) is not None:
-            issues.append(Issue(node_id, None, "requested output is not an output node", f"one of {output_nodes}", workflow.nodes[node_id].type))
+            issues.append(Issue(node_id, None, "requested output is not an output node", f"one of {output_nodes}", workflow.nodes[node_id].type, code="not_an_output"))
     if not requested:
-        issues.append(Issue(None, None, "no output nodes requested", "at least one output node", "[]"))
+        issues.append(Issue(None, None, "no output nodes requested", "at least one output node", "[]", code="no_output"))
     return requested

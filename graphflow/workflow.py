@@ -1,9 +1,9 @@
 """The workflow JSON format: parse text into a :class:`Workflow`, and back.
 
     {"graphflow": 1,
-     "nodes": {"ckpt": {"type": "LoadCheckpoint", "inputs": {"name": "tiny-sd"}},
-               "pos":  {"type": "CLIPTextEncode", "title": "positive",
-                        "inputs": {"clip": {"from": "ckpt", "output": "clip"}, "text": "a red circle"}}}}
+     "nodes": {"x":   {"type": "Number", "inputs": {"value": 2}},
+               "sum": {"type": "Add", "title": "x plus one",
+                       "inputs": {"a": {"from": "x", "output": "value"}, "bias": 1}}}}
 
 A link is exactly ``{"from": NODE_ID, "output": OUTPUT_NAME}``; every other input value is a literal.
 """

@@ -17,6 +17,8 @@ import sys
 import threading
 import types
 
+from graphflow.registry import NodePack
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -79,6 +81,9 @@ def lazy_module(name: str) -> types.ModuleType:
 
 
 lazy_module("torch")
+
+# What a shared server bounds by default (its --max-literal overrides), and the output node hints name.
+GRAPHFLOW_PACK = NodePack(literal_limits={"steps": 200, "batch_size": 16}, output_example="SaveImage")
 
 
 def add_commands(subparsers) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
+from graphflow.context import RunContext
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
@@ -144,10 +145,7 @@ def _resolve(names: str, folders: list[Path]) -> dict[str, Path]:
 
 def _fingerprint(literals: dict, settings) -> str:
     """The identity of every file the node would load: changes when one is rewritten, shadowed or added."""
-    try:
-        files = _resolve(literals.get("names", ""), embedding_folders(settings))
-    except NodeInputError:
-        return "missing"  # the node reports the error when it runs
+    files = _resolve(literals.get("names", ""), embedding_folders(settings))
     return hashlib.sha256("\n".join(f"{n}|{file_fingerprint(p)}" for n, p in files.items()).encode()).hexdigest()
 
 
@@ -156,7 +154,8 @@ def LoadEmbeddings(
     clip: Clip = Input(CLIP),
     names: str = Field("", description="comma-separated embedding names (file names without extension) from "
                        "<models_dir>/embeddings or an asset folder's embeddings/; empty loads every one found"),
-    ctx=None,
+    *,
+    ctx: RunContext,
 ) -> Clip:
     """Attach textual-inversion embeddings to a CLIP so prompts can use them by name.
 

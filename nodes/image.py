@@ -4,10 +4,7 @@ Files are read from ``settings.input_dir``, then from the read-only asset folder
 see :mod:`nodes.search`), under the rules of :mod:`nodes.files`: a name that would leave its folder (``..``,
 an absolute path, a symlink pointing out) is refused.
 """
-# No `from __future__ import annotations` here: the node decorator hands annotations to pydantic as they
-# are, and an enum alias (a Literal bound to a name) must reach it as an object, not as a string.
 
-import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,13 +14,14 @@ from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
 from pydantic import Field
 
+from graphflow.context import RunContext
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
 from .latent import scaled_size
 from .mask import load_mask_from_rgba, luminance, match_mask_to_image
 from .pixels import image_grid, pil_to_pixels
-from .search import find_file, search_folders
+from .search import file_fingerprint, find_file, search_folders
 from .values import IMAGE, MASK, Image, Mask
 
 # ---------------------------------------------------------------------------------------------- LoadImage
@@ -55,14 +53,10 @@ def _available(folders: list[Path], limit: int = 20) -> list[str]:
 
 
 def _file_fingerprint(literals: dict[str, Any], settings: Any) -> str:
-    """sha256 of the bytes of the files read (the image, and the mask file if named): editing or replacing
-    either, or a file in the input folder shadowing an asset, reruns LoadImage."""
-    hasher = hashlib.sha256()
-    for input_name in ("name", "mask"):
-        name = literals.get(input_name)
-        if name:
-            hasher.update(input_name.encode() + b"\0" + input_file(name, settings, input_name).read_bytes())
-    return hasher.hexdigest()
+    """The identity of the files read (the image, and the mask file if named): editing or replacing either,
+    or a file in the input folder shadowing an asset, reruns LoadImage."""
+    names = [(n, literals[n]) for n in ("name", "mask") if literals.get(n)]
+    return "|".join(f"{n}:{file_fingerprint(input_file(name, settings, n))}" for n, name in names)
 
 
 def open_picture(path: Path, input_name: str, name: str) -> PILImage.Image:
@@ -80,7 +74,8 @@ def LoadImage(
     name: str = Field(..., description="file name inside the input folder (sub-folders allowed)"),
     mask: str = Field("", description="optional mask file in the input folder: white repaints, black keeps; "
                       "empty = the image's transparency (transparent repaints)"),
-    ctx=None,
+    *,
+    ctx: RunContext,
 ) -> tuple[Image, Mask]:
     """Load an image file as RGB (EXIF rotation applied, alpha dropped) and its inpainting mask.
 
@@ -108,7 +103,7 @@ _PIL_FILTERS = {
 }
 
 
-@node(outputs={"image": IMAGE}, category="image")
+@node(outputs={"image": IMAGE}, category="image", pixels=("width", "height"))
 def ImageScale(
     image: Image = Input(IMAGE),
     method: ScaleMethod = "lanczos",

@@ -1,17 +1,17 @@
 """Latent-space nodes that need no model: empty latents, resizing, and a view of the channels.
 
 Latents are 1/f the image size, where f is the VAE's downscale factor (``2 ** (len(block_out_channels) - 1)``,
-as diffusers' ``vae_scale_factor``): 8 for every Stable Diffusion VAE, 2 for the built-in tiny one. Nodes that
-convert between pixel sizes and latent sizes take an optional VAE input for f and assume 8 without one.
+as diffusers' ``vae_scale_factor``): 8 for Stable Diffusion's VAEs, 4 for toy-shapes', 2 for the built-in tiny
+one. A node that converts between pixel sizes and latent sizes takes f from a VAE input and never guesses it:
+the VAE is required where the conversion always happens, and refused by name where it is missing but needed.
 """
-# No `from __future__ import annotations` here: the node decorator hands annotations to pydantic as they
-# are, and an enum alias (a Literal bound to a name) must reach it as an object, not as a string.
 
 from typing import Literal
 
 import torch
 from pydantic import Field
 
+from graphflow.context import RunContext
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
@@ -22,32 +22,28 @@ from .values import IMAGE, LATENT, MASK, VAE, Image, Latent, Mask, Vae
 
 F = lazy_module("torch.nn.functional")  # torch loads on first use (see nodes/__init__.py)
 
-SD_LATENT_CHANNELS = 4
-SD_DOWNSCALE = 8
-
 UpscaleMethod = Literal["nearest-exact", "bilinear", "bicubic", "bilinear-antialiased", "bicubic-antialiased"]
 
 
-def latent_geometry(vae: Vae | None) -> tuple[int, int]:
-    """(downscale factor, latent channels) of a VAE, or Stable Diffusion's (8, 4) when none is connected.
+def latent_geometry(vae: Vae | None, why: str = "it gives the latent scale") -> tuple[int, int]:
+    """(downscale factor, latent channels) of the VAE connected to input ``vae``; none connected is refused,
+    since factors differ between models (8 for SD, 4 for toy-shapes) and a guess makes a wrong-sized latent."""
+    if vae is None:
+        raise NodeInputError("vae", f"connect the VAE the latent is for: {why}", "a VAE link", "nothing connected")
+    return vae.downscale, int(vae.vae.config.latent_channels)
 
-    An unconnected optional socket arrives as None or as its ``Input`` marker; both mean "no VAE"."""
-    if isinstance(vae, Vae):
-        return vae.downscale, int(vae.vae.config.latent_channels)
-    return SD_DOWNSCALE, SD_LATENT_CHANNELS
 
-
-@node(outputs={"latent": LATENT}, category="latent")
+@node(outputs={"latent": LATENT}, category="latent", pixels=("width", "height", "batch_size"))
 def EmptyLatent(
     width: int = Field(512, ge=64, le=8192, multiple_of=8, description="image width in pixels"),
     height: int = Field(512, ge=64, le=8192, multiple_of=8, description="image height in pixels"),
     batch_size: int = Field(1, ge=1, le=64),
-    vae: Vae | None = Input(VAE, optional=True, description="gives the latent scale; without it 8 (every SD VAE)"),
+    vae: Vae = Input(VAE, description="gives the latent's channels and scale (its downscale factor)"),
 ) -> Latent:
     """An all-zero latent batch for a width × height image; AddNoise turns it into the starting noise.
 
-    The latent is (batch, 4, height/f, width/f) with f the VAE's downscale factor (8 unless a VAE with a
-    different factor is connected, like the built-in tiny model's 2)."""
+    The latent is (batch, channels, height/f, width/f) with the VAE's latent channels and downscale factor
+    f (8 for SD, 4 for toy-shapes, 2 for the built-in tiny model)."""
     factor, channels = latent_geometry(vae)
     for name, side in (("width", width), ("height", height)):
         if side % factor:
@@ -55,22 +51,24 @@ def EmptyLatent(
     return Latent(samples=torch.zeros(batch_size, channels, height // factor, width // factor))
 
 
-@node(outputs={"latent": LATENT}, category="latent")
+@node(outputs={"latent": LATENT}, category="latent", pixels=("width", "height"))
 def LatentUpscale(
     latent: Latent = Input(LATENT),
     method: UpscaleMethod = "nearest-exact",
     scale_by: float = Field(2.0, ge=0.05, le=8.0, description="used when width and height are both 0"),
     width: int = Field(0, ge=0, le=16384, multiple_of=8, description="target image width in pixels; 0 = from height's ratio (or scale_by)"),
     height: int = Field(0, ge=0, le=16384, multiple_of=8, description="target image height in pixels; 0 = from width's ratio (or scale_by)"),
-    vae: Vae | None = Input(VAE, optional=True, description="gives the latent scale for width/height; without it 8"),
+    vae: Vae | None = Input(VAE, optional=True, description="gives the latent scale; needed when width or height is set"),
 ) -> Latent:
     """Resize latents (the first step of a latent hires fix); the result is a clean latent to re-noise.
 
     Width and height are in image pixels: give both, one (the other keeps the aspect ratio), or neither
     (then ``scale_by`` scales both sides). A noise mask and masked-image latents are resized with it."""
-    factor, _ = latent_geometry(vae)
+    if width or height:
+        factor, _ = latent_geometry(vae, "width and height are in image pixels")
+        width, height = width // factor, height // factor
     h, w = latent.samples.shape[-2:]
-    new_w, new_h = scaled_size(w, h, width // factor, height // factor, scale_by)
+    new_w, new_h = scaled_size(w, h, width, height, scale_by)
     size = (new_h, new_w)
     return Latent(
         samples=resize_latents(latent.samples, size, method),
@@ -83,8 +81,9 @@ def LatentUpscale(
 def SetLatentNoiseMask(
     latent: Latent = Input(LATENT),
     mask: Mask = Input(MASK, description="at image size; 1 = repaint"),
-    vae: Vae | None = Input(VAE, optional=True, description="gives the latent scale; without it 8"),
-    ctx=None,
+    vae: Vae = Input(VAE, description="gives the latent scale, to fit the mask"),
+    *,
+    ctx: RunContext,
 ) -> Latent:
     """Limit sampling to the masked area: outside it, Sample keeps this latent (re-noised step by step).
 
@@ -96,7 +95,7 @@ def SetLatentNoiseMask(
         raise NodeInputError("latent", "set the noise mask before AddNoise, on the clean latent", "a latent without noise", f"a latent noised for {latent.schedule.sampler}")
     factor, _ = latent_geometry(vae)
     h, w = latent.samples.shape[-2:]
-    fitted = match_mask_to_image(mask, h * factor, w * factor, ctx.warn if ctx is not None else None)
+    fitted = match_mask_to_image(mask, h * factor, w * factor, ctx.warn)
     noise_mask = latent_noise_mask(fitted, (h, w))
     masks_for_batch(noise_mask, latent.batch_size)  # refuses mask counts that fit neither 1 nor the batch
     return latent.replace(noise_mask=noise_mask.to(latent.samples.device))

@@ -28,7 +28,6 @@ the file name: "768" or "v-pred"/"vpred" in it means v_prediction (the official 
 
 ``device="auto"`` uses CUDA in float16 when available, else the CPU in float32.
 """
-# No "from __future__ import annotations": the engine reads the literal inputs' annotations as objects.
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -36,7 +35,7 @@ import torch
 from pydantic import Field
 
 from graphflow import paths
-from graphflow.context import Settings
+from graphflow.context import RunContext, Settings
 from graphflow.errors import NodeInputError
 from graphflow.node import node
 
@@ -139,15 +138,11 @@ def file_identity(path: Path) -> str:
 def model_fingerprint(folders_of, suffixes: tuple[str, ...], is_folder):
     """A node fingerprint: the identity of the file or folder ``name`` resolves to."""
 
-    def fingerprint(literals: dict[str, Any], settings: Settings | None) -> str:
+    def fingerprint(literals: dict[str, Any], settings: Settings) -> str:
         name = literals.get("name", "")
         if name in ("tiny-sd", "tiny-sd-inpainting"):
             return f"builtin:{name}:v{TINY_VERSION}"  # deterministic: no need to build it just to fingerprint
-        models_dir = getattr(settings, "models_dir", None) or Settings().models_dir
-        try:
-            return file_identity(resolve(name, folders_of(models_dir), suffixes, is_folder))
-        except NodeInputError:
-            return f"unresolved:{name}"  # the node itself reports the error when it runs
+        return file_identity(resolve(name, folders_of(settings.models_dir), suffixes, is_folder))
 
     return fingerprint
 
@@ -172,10 +167,6 @@ def pick_dtype(dtype: str, device: "torch.device") -> "torch.dtype":
     return getattr(torch, dtype)  # a name of the Dtype literal: torch.float32, torch.float16, torch.bfloat16
 
 
-def settings_of(ctx) -> Settings:
-    return ctx.settings if ctx is not None else Settings.from_env()
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Nodes
 # ---------------------------------------------------------------------------------------------------------------
@@ -192,12 +183,13 @@ def LoadCheckpoint(
         description="what the UNet predicts; auto reads the scheduler config, a sidecar .yaml or the file name")] = "auto",
     dtype: Dtype = "auto",
     device: Device = "auto",
-    ctx=None,
+    *,
+    ctx: RunContext,
 ):
     """Load a Stable Diffusion 1.x / 2.x checkpoint: a built-in name, a diffusers folder or a single file.
 
     ``prediction_type`` overrides what the model is taken to predict (SD 2.x 768 models predict velocity)."""
-    path = resolve(name, checkpoint_dirs(settings_of(ctx).models_dir), CHECKPOINT_SUFFIXES, is_checkpoint_folder)
+    path = resolve(name, checkpoint_dirs(ctx.settings.models_dir), CHECKPOINT_SUFFIXES, is_checkpoint_folder)
     target = pick_device(device)
     torch_dtype = pick_dtype(dtype, target)
     try:
@@ -224,10 +216,11 @@ def LoadVAE(
     name: Annotated[str, Field(description="a VAE file or diffusers folder in models/vae/ or models/")],
     dtype: Dtype = "auto",
     device: Device = "auto",
-    ctx=None,
+    *,
+    ctx: RunContext,
 ) -> Vae:
     """Load a separate VAE (e.g. vae-ft-mse-840000-ema-pruned) from models/vae: a single file or a diffusers folder."""
-    path = resolve(name, vae_dirs(settings_of(ctx).models_dir), VAE_SUFFIXES, is_vae_folder)
+    path = resolve(name, vae_dirs(ctx.settings.models_dir), VAE_SUFFIXES, is_vae_folder)
     target = pick_device(device)
     torch_dtype = pick_dtype(dtype, target)
     try:

@@ -30,7 +30,8 @@ from typing import Mapping
 import torch
 from pydantic import Field
 
-from graphflow.errors import NodeInputError
+from graphflow.context import RunContext
+from graphflow.errors import InvalidArgument, NodeInputError
 from graphflow.node import Input, node
 
 from .patching import clone_with_weights
@@ -84,7 +85,7 @@ def parse_lora(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] 
 
     ``unet_config`` lets diffusers map LDM block numbers (``input_blocks_4_1``) to diffusers blocks."""
     if not tensors:
-        raise ValueError("the file holds no tensors")
+        raise InvalidArgument("tensors", "the file holds no tensors")
     if all(key.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for key in tensors):
         peft = _kohya_to_peft(tensors, unet_config)
     else:
@@ -100,19 +101,22 @@ def _kohya_to_peft(tensors: Mapping[str, torch.Tensor], unet_config) -> dict[str
     for key, tensor in tensors.items():
         lora_name, _, part = key.partition(".")
         if lora_name.startswith("lora_te2_"):
-            raise ValueError(f"{key}: a second text encoder (SDXL) LoRA; SD 1.x/2.x models have one text encoder")
+            raise InvalidArgument("tensors", f"{key}: a second text encoder (SDXL) LoRA; SD 1.x/2.x models have one text encoder")
         if part not in _KOHYA_PARTS:
-            raise ValueError(f"{key}: unsupported LoRA key (LoHa/LoKr/DoRA and other LyCORIS types are not "
+            raise InvalidArgument("tensors", f"{key}: unsupported LoRA key (LoHa/LoKr/DoRA and other LyCORIS types are not "
                              f"supported; expected {', '.join(_KOHYA_PARTS)})")
         groups.setdefault(lora_name, {})[part] = tensor
     converted: dict[str, tuple[torch.Tensor | float, str]] = {}
     for lora_name, parts in groups.items():
         if "lora_down.weight" not in parts or "lora_up.weight" not in parts:
-            raise ValueError(f"{lora_name}: needs both lora_down.weight and lora_up.weight")
+            raise InvalidArgument("tensors", f"{lora_name}: needs both lora_down.weight and lora_up.weight")
         one = {f"{lora_name}.lora_down.weight": parts["lora_down.weight"],
                f"{lora_name}.lora_up.weight": parts["lora_up.weight"]}
         # diffusers' own Kohya → diffusers translation, one layer at a time so alphas stay attached
-        translated, _ = StableDiffusionLoraLoaderMixin.lora_state_dict(one, unet_config=unet_config)
+        try:
+            translated, _ = StableDiffusionLoraLoaderMixin.lora_state_dict(one, unet_config=unet_config)
+        except ValueError as exc:  # diffusers refuses a layer it cannot map
+            raise InvalidArgument("tensors", f"{lora_name}: {exc}") from exc
         peft = _to_peft_names(translated)
         for key, value in peft.items():
             converted[key] = (value, lora_name)
@@ -127,7 +131,7 @@ def _diffusers_to_peft(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[t
     for key, value in tensors.items():
         prefix = key.split(".", 1)[0]
         if prefix == "text_encoder_2":
-            raise ValueError(f"{key}: a second text encoder (SDXL) LoRA; SD 1.x/2.x models have one text encoder")
+            raise InvalidArgument("tensors", f"{key}: a second text encoder (SDXL) LoRA; SD 1.x/2.x models have one text encoder")
         full = key if prefix in TARGETS else f"unet.{key}"  # diffusers files without a prefix are UNet-only
         (new_key, new_value), = _to_peft_names({full: value}).items()
         converted[new_key] = (float(new_value.item()) if new_key.endswith(".alpha") else new_value, key)
@@ -151,7 +155,7 @@ def _module_of(peft_key: str) -> str:
     for suffix in (".lora_A.weight", ".lora_B.weight", ".alpha"):
         if peft_key.endswith(suffix):
             return peft_key[: -len(suffix)]
-    raise ValueError(f"{peft_key}: not a LoRA weight (expected lora_A/lora_B weights or alpha)")
+    raise InvalidArgument("tensors", f"{peft_key}: not a LoRA weight (expected lora_A/lora_B weights or alpha)")
 
 
 def _metadata_alphas(metadata: Mapping[str, str]) -> dict[str, float]:
@@ -163,7 +167,7 @@ def _metadata_alphas(metadata: Mapping[str, str]) -> dict[str, float]:
     for target in TARGETS:
         if config.get(f"{target}.alpha_pattern") or config.get(f"{target}.rank_pattern"):
             # per-layer patterns would need peft's pattern matching; a wrong scale must not pass silently
-            raise ValueError(f"per-layer alpha/rank patterns in lora_adapter_metadata ({target}) are not supported")
+            raise InvalidArgument("metadata", f"per-layer alpha/rank patterns in lora_adapter_metadata ({target}) are not supported")
     return {t: float(config[f"{t}.lora_alpha"]) for t in TARGETS if f"{t}.lora_alpha" in config}
 
 
@@ -176,10 +180,10 @@ def _group_peft(peft: Mapping[str, tuple[torch.Tensor | float, str]], default_al
     for module, found in parts.items():
         if "lora_A.weight" not in found or "lora_B.weight" not in found:
             source = next(iter(found.values()))[1]
-            raise ValueError(f"{source}: needs both down (lora_A) and up (lora_B) weights")
+            raise InvalidArgument("tensors", f"{source}: needs both down (lora_A) and up (lora_B) weights")
         target, _, path = module.partition(".")
         if target not in TARGETS:
-            raise ValueError(f"{found['lora_A.weight'][1]}: unknown LoRA target {target!r} (expected unet or text_encoder)")
+            raise InvalidArgument("tensors", f"{found['lora_A.weight'][1]}: unknown LoRA target {target!r} (expected unet or text_encoder)")
         alpha = found["alpha"][0] if "alpha" in found else default_alpha.get(target)
         down, source = found["lora_A.weight"]
         grouped[target][path] = LoraModule(down, found["lora_B.weight"][0], alpha, source)
@@ -208,7 +212,7 @@ def resolve_modules(module: torch.nn.Module, loras: Mapping[str, LoraModule]) ->
             continue
         resolved.setdefault(f"{path}.weight", []).append(lora)
     if unmatched:
-        raise ValueError(f"{len(unmatched)} LoRA layer(s) match no layer of this {type(module).__name__}, "
+        raise InvalidArgument("module", f"{len(unmatched)} LoRA layer(s) match no layer of this {type(module).__name__}, "
                          f"first: {unmatched[0]}")
     return resolved
 
@@ -216,12 +220,12 @@ def resolve_modules(module: torch.nn.Module, loras: Mapping[str, LoraModule]) ->
 def lora_delta(lora: LoraModule, weight_shape: torch.Size, device: torch.device | str = "cpu") -> torch.Tensor:
     """``up @ down`` (float32, on ``device``) shaped like the weight: linear (out, in) or conv (out, in, kh, kw)."""
     if lora.up.ndim == 4 and lora.up.shape[2:] != (1, 1):
-        raise ValueError(f"{lora.source}: up weights with a {tuple(lora.up.shape[2:])} kernel are not supported")
+        raise InvalidArgument("lora", f"{lora.source}: up weights with a {tuple(lora.up.shape[2:])} kernel are not supported")
     if lora.up.shape[1] != lora.down.shape[0]:
-        raise ValueError(f"{lora.source}: up {tuple(lora.up.shape)} and down {tuple(lora.down.shape)} ranks differ")
+        raise InvalidArgument("lora", f"{lora.source}: up {tuple(lora.up.shape)} and down {tuple(lora.down.shape)} ranks differ")
     delta = lora.up.flatten(1).to(device, torch.float32) @ lora.down.flatten(1).to(device, torch.float32)  # (out, in·kh·kw)
     if delta.numel() != weight_shape.numel() or delta.shape[0] != weight_shape[0]:
-        raise ValueError(f"{lora.source}: gives a {tuple(delta.shape)} update for a weight of shape {tuple(weight_shape)}")
+        raise InvalidArgument("lora", f"{lora.source}: gives a {tuple(delta.shape)} update for a weight of shape {tuple(weight_shape)}")
     return delta.reshape(weight_shape)
 
 
@@ -271,10 +275,7 @@ def find_lora(folders: list[Path], name: str) -> Path:
 
 
 def _fingerprint(literals: dict, settings) -> str:
-    try:
-        return file_fingerprint(find_lora(lora_folders(settings), literals.get("name", "")))
-    except NodeInputError:
-        return "missing"  # the node reports the error when it runs
+    return file_fingerprint(find_lora(lora_folders(settings), literals.get("name", "")))
 
 
 @node(outputs={"model": MODEL, "clip": CLIP}, category="loaders", fingerprint=_fingerprint, pool="model")
@@ -285,7 +286,8 @@ def LoraLoader(
                       "(with or without .safetensors; may name sub-folders)"),
     strength_model: float = Field(1.0, ge=-10.0, le=10.0, description="multiplier of the UNet update (0 = off)"),
     strength_clip: float = Field(1.0, ge=-10.0, le=10.0, description="multiplier of the text-encoder update (0 = off)"),
-    ctx=None,
+    *,
+    ctx: RunContext,
 ) -> tuple[Model, Clip]:
     """Apply a LoRA (Kohya/A1111 or diffusers/peft format) to a model and its text encoder.
 
@@ -301,8 +303,8 @@ def LoraLoader(
         loras = parse_lora(tensors, metadata, unet_config=model.unet.config)
         unet = apply_lora(model.unet, loras["unet"], strength_model)
         text_encoder = apply_lora(clip.text_encoder, loras["text_encoder"], strength_clip)
-    except ValueError as exc:
-        raise NodeInputError("name", f"{path.name}: {exc}", "a LoRA for this model", name) from exc
+    except InvalidArgument as exc:  # whatever the helpers found wrong is wrong with the file this input names
+        raise NodeInputError("name", f"{path.name}: {exc.message}", "a LoRA for this model", name) from exc
     label = Path(name).with_suffix("").as_posix() if name.endswith(".safetensors") else name
     if unet is not model.unet:
         model = replace(model, unet=unet, patches=model.patches + (f"lora:{label}:{strength_model:g}",))

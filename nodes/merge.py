@@ -20,7 +20,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from graphflow.errors import NodeInputError
+from graphflow.context import RunContext
+from graphflow.errors import InvalidArgument, NodeInputError, node_inputs
 from graphflow.node import Input, node
 
 from .patching import clone_with_weights
@@ -32,21 +33,22 @@ MODE = Field("weighted_sum", description="weighted_sum: A·(1−α) + B·α; add
 
 
 def merge_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], c: dict[str, torch.Tensor] | None,
-                mode: MergeMode, alpha: float, names: tuple[str, str, str] = ("a", "b", "c")) -> dict[str, torch.Tensor]:
-    """The merged state dict (A's dtypes and devices). Raises NodeInputError naming the first mismatch."""
-    check_same_layout(a, b, names[0], names[1])
+                mode: MergeMode, alpha: float) -> dict[str, torch.Tensor]:
+    """The merged state dict (A's dtypes and devices). Raises InvalidArgument on ``b``, ``c`` or ``mode``
+    naming the first mismatch."""
+    check_same_layout(a, b, "b")
     if mode == "add_difference":
         if c is None:
-            raise NodeInputError(names[2], "add_difference needs a third model C (A + (B − C)·α)", "a link", None)
-        check_same_layout(a, c, names[0], names[2])
+            raise InvalidArgument("c", "add_difference needs a third model C (A + (B − C)·α)", "a link", None)
+        check_same_layout(a, c, "c")
     elif mode != "weighted_sum":
-        raise NodeInputError("mode", "unknown merge mode", "weighted_sum or add_difference", mode)
+        raise InvalidArgument("mode", "unknown merge mode", "weighted_sum or add_difference", mode)
     merged = {}
     for key, ta in a.items():
         tb = b[key]
         if not ta.is_floating_point():
             if not torch.equal(ta, tb.to(ta.device)):
-                raise NodeInputError(names[1], f"non-float tensor {key!r} differs between {names[0]} and {names[1]}")
+                raise InvalidArgument("b", f"non-float tensor {key!r} differs between A and B")
             continue
         fa, fb = ta.float(), tb.to(ta.device).float()
         if mode == "weighted_sum":
@@ -57,30 +59,27 @@ def merge_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], c: dict[
     return merged
 
 
-def check_same_layout(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], name_a: str, name_b: str) -> None:
-    """Same keys with the same shapes, or a NodeInputError on ``name_b`` naming the first difference."""
+def check_same_layout(a: dict[str, torch.Tensor], other: dict[str, torch.Tensor], argument: str) -> None:
+    """Same keys with the same shapes as A, or an InvalidArgument on ``argument`` (the other's name: "b" or
+    "c") naming the first difference."""
+    which = argument.upper()
     for key, ta in a.items():
-        if key not in b:
-            raise NodeInputError(name_b, f"incompatible architectures: {name_a} has {key!r}, {name_b} does not",
-                                 f"the keys of {name_a}", f"no {key}")
-        if tuple(ta.shape) != tuple(b[key].shape):
-            raise NodeInputError(name_b, f"incompatible architectures: {key!r} has a different shape",
-                                 f"{tuple(ta.shape)} as in {name_a}", tuple(b[key].shape))
-    extra = next((key for key in b if key not in a), None)
+        if key not in other:
+            raise InvalidArgument(argument, f"incompatible architectures: A has {key!r}, {which} does not",
+                                  "the keys of A", f"no {key}")
+        if tuple(ta.shape) != tuple(other[key].shape):
+            raise InvalidArgument(argument, f"incompatible architectures: {key!r} has a different shape",
+                                  f"{tuple(ta.shape)} as in A", tuple(other[key].shape))
+    extra = next((key for key in other if key not in a), None)
     if extra is not None:
-        raise NodeInputError(name_b, f"incompatible architectures: {name_b} has {extra!r}, {name_a} does not",
-                             f"the keys of {name_a}", extra)
+        raise InvalidArgument(argument, f"incompatible architectures: {which} has {extra!r}, A does not",
+                              "the keys of A", extra)
 
 
-def merge_modules(a: torch.nn.Module, b: torch.nn.Module, c: torch.nn.Module | None, mode: MergeMode, alpha: float,
-                  names: tuple[str, str, str]) -> torch.nn.Module:
-    state = merge_state(a.state_dict(), b.state_dict(), c.state_dict() if c is not None else None, mode, alpha, names)
+def merge_modules(a: torch.nn.Module, b: torch.nn.Module, c: torch.nn.Module | None, mode: MergeMode,
+                  alpha: float) -> torch.nn.Module:
+    state = merge_state(a.state_dict(), b.state_dict(), c.state_dict() if c is not None else None, mode, alpha)
     return clone_with_weights(a, state)
-
-
-def _present(value):
-    """An optional socket that is not linked arrives as None (or as its Input marker): treat both as absent."""
-    return None if value is None or isinstance(value, Input) else value
 
 
 def _label(mode: MergeMode, alpha: float, b, c) -> str:
@@ -95,18 +94,18 @@ def _label(mode: MergeMode, alpha: float, b, c) -> str:
 def MergeModels(
     model_a: Model = Input(MODEL),
     model_b: Model = Input(MODEL),
-    model_c: Model = Input(MODEL, optional=True, description="C for add_difference"),
+    model_c: Model | None = Input(MODEL, optional=True, description="C for add_difference"),
     mode: MergeMode = MODE,
     alpha: float = ALPHA,
-    ctx=None,
+    *,
+    ctx: RunContext,
 ) -> Model:
     """Merge two UNets (or add the difference B − C to A); scheduler settings come from A."""
-    model_c = _present(model_c)
-    if ctx is not None and model_b.prediction_type != model_a.prediction_type:
+    if model_b.prediction_type != model_a.prediction_type:
         ctx.warn(f"model_a predicts {model_a.prediction_type}, model_b {model_b.prediction_type}; the merge keeps "
                  f"model_a's {model_a.prediction_type}")
-    unet = merge_modules(model_a.unet, model_b.unet, model_c.unet if model_c else None, mode, alpha,
-                         ("model_a", "model_b", "model_c"))
+    with node_inputs(a="model_a", b="model_b", c="model_c"):
+        unet = merge_modules(model_a.unet, model_b.unet, model_c.unet if model_c is not None else None, mode, alpha)
     label = _label(mode, alpha, model_b, model_c)
     return replace(model_a, unet=unet, patches=model_a.patches + (label,))
 
@@ -115,14 +114,14 @@ def MergeModels(
 def MergeClip(
     clip_a: Clip = Input(CLIP),
     clip_b: Clip = Input(CLIP),
-    clip_c: Clip = Input(CLIP, optional=True, description="C for add_difference"),
+    clip_c: Clip | None = Input(CLIP, optional=True, description="C for add_difference"),
     mode: MergeMode = MODE,
     alpha: float = ALPHA,
 ) -> Clip:
     """Merge two text encoders (or add the difference B − C to A); tokenizer and embeddings come from A."""
-    clip_c = _present(clip_c)
-    encoder = merge_modules(clip_a.text_encoder, clip_b.text_encoder, clip_c.text_encoder if clip_c else None, mode,
-                            alpha, ("clip_a", "clip_b", "clip_c"))
+    with node_inputs(a="clip_a", b="clip_b", c="clip_c"):
+        encoder = merge_modules(clip_a.text_encoder, clip_b.text_encoder,
+                                clip_c.text_encoder if clip_c is not None else None, mode, alpha)
     label = _label(mode, alpha, clip_b, clip_c)
     return replace(clip_a, text_encoder=encoder, patches=clip_a.patches + (label,))
 
@@ -131,11 +130,11 @@ def MergeClip(
 def MergeVae(
     vae_a: Vae = Input(VAE),
     vae_b: Vae = Input(VAE),
-    vae_c: Vae = Input(VAE, optional=True, description="C for add_difference"),
+    vae_c: Vae | None = Input(VAE, optional=True, description="C for add_difference"),
     mode: MergeMode = MODE,
     alpha: float = ALPHA,
 ) -> Vae:
     """Merge two VAEs (or add the difference B − C to A)."""
-    vae_c = _present(vae_c)
-    merged = merge_modules(vae_a.vae, vae_b.vae, vae_c.vae if vae_c else None, mode, alpha, ("vae_a", "vae_b", "vae_c"))
+    with node_inputs(a="vae_a", b="vae_b", c="vae_c"):
+        merged = merge_modules(vae_a.vae, vae_b.vae, vae_c.vae if vae_c is not None else None, mode, alpha)
     return replace(vae_a, vae=merged)

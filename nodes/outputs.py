@@ -29,7 +29,8 @@ from .values import CLIP, IMAGE, MODEL, VAE, Clip, Image, Model, Vae
 def SaveImage(
     images: Image = Input(IMAGE),
     filename_prefix: str = Field("graphflow", min_length=1, description="files are <prefix>_00001.png, _00002.png, ...; may include sub-folders"),
-    ctx=None,
+    *,
+    ctx: RunContext,
 ) -> list[OutputFile]:
     """Save images as PNG files in the output folder, with the workflow and its settings embedded.
 
@@ -97,7 +98,8 @@ def SaveCheckpoint(
     vae: Vae = Input(VAE),
     filename_prefix: str = Field("checkpoints/merged", description="<output_dir>/<prefix>_NNNNN.safetensors; may "
                                  "name sub-folders, never leave the output folder"),
-    ctx=None,
+    *,
+    ctx: RunContext,
 ) -> list[OutputFile]:
     """Write model, text encoder and VAE as one .safetensors checkpoint in the original SD key layout.
 

@@ -18,7 +18,6 @@ from graphflow.context import RunContext
 from graphflow.errors import NodeInputError
 
 from . import lazy_module
-from .latent import latent_geometry
 from .pixels import image_grid, normalise, pixels_to_pil
 from .vae import decode_latents
 from .values import Image, Latent, Vae
@@ -36,6 +35,7 @@ SD_LATENT_RGB_FACTORS = (
     (-0.2120, -0.2616, -0.7177),
 )
 SD_LATENT_RGB_BIAS = (0.0, 0.0, 0.0)
+SD_DOWNSCALE = 8  # the picture size of latent_rgb frames when no VAE tells the real factor
 PNG_COMPRESS_LEVEL = 1  # previews are sent every few steps: speed over size
 
 
@@ -94,13 +94,14 @@ class StepPreviews:
     one grid, so the frames make one animation. Frames stay in memory until :meth:`frames` returns them
     (an image's worth of floats each)."""
 
-    def __init__(self, every: int, mode: PreviewMode, vae: Vae | None, ctx: RunContext | None):
+    def __init__(self, every: int, mode: PreviewMode, vae: Vae | None, ctx: RunContext):
         if mode == "vae" and every > 0 and not isinstance(vae, Vae):
             raise NodeInputError("vae", 'preview_mode "vae" decodes the previews with a VAE; connect one',
                                  "a VAE link", "nothing connected")
         self.every, self.mode, self.ctx = every, mode, ctx
         self.vae = vae if isinstance(vae, Vae) else None
-        self.factor, _ = latent_geometry(self.vae)
+        # Without a VAE only the frames' picture size is unknown: draw them at SD's scale.
+        self.factor = self.vae.downscale if self.vae is not None else SD_DOWNSCALE
         self._frames: list[torch.Tensor] = []
 
     def due(self, step: int, total: int) -> bool:
@@ -110,8 +111,7 @@ class StepPreviews:
     def add(self, latents: torch.Tensor, step: int) -> None:
         frame = self.frame(latents, self.mode)
         self._frames.append(frame)
-        if self.ctx is not None:
-            self.ctx.preview(preview_png(frame), step)
+        self.ctx.preview(preview_png(frame), step)
 
     def frame(self, latents: torch.Tensor, mode: PreviewMode) -> torch.Tensor:
         if mode == "vae":

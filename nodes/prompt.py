@@ -27,7 +27,7 @@ from typing import Literal, Mapping, Sequence
 
 import torch
 
-from graphflow.errors import NodeInputError
+from graphflow.errors import InvalidArgument, NodeInputError
 
 from .values import Clip, Conditioning, Tokens
 
@@ -185,8 +185,8 @@ def tokenize_prompt(
             else:
                 name, vectors = piece
                 if vectors.shape[0] > chunk_length:
-                    raise NodeInputError("text", f"embedding {name!r} has {vectors.shape[0]} vectors, more than a "
-                                         f"window holds", f"at most {chunk_length}", vectors.shape[0])
+                    raise InvalidArgument("text", f"embedding {name!r} has {vectors.shape[0]} vectors, more than a "
+                                          f"window holds", f"at most {chunk_length}", vectors.shape[0])
                 units.append(_Unit(table.slot_ids(name, vectors), weight))
     window_backtrack = backtrack_window if comma_backtrack else 0
     chunks = _fill_chunks(units, chunk_length, window_backtrack)
@@ -259,7 +259,7 @@ def _embedding_lookup(embeddings: Mapping[str, torch.Tensor]) -> dict[str, tuple
     for name, vectors in embeddings.items():
         key = name.lower()
         if key in lookup:
-            raise NodeInputError("clip", f"two embeddings differ only in case: {lookup[key][0]!r} and {name!r}")
+            raise InvalidArgument("embeddings", f"two embeddings differ only in case: {lookup[key][0]!r} and {name!r}")
         lookup[key] = (name, vectors if vectors.ndim == 2 else vectors.reshape(1, -1))
     return lookup
 
@@ -276,9 +276,9 @@ def _split_embedding_names(text: str, lookup: dict[str, tuple[str, torch.Tensor]
     for match in re.finditer(pattern, text, flags=re.IGNORECASE):
         name = (match.group("explicit") or match.group("bare")).lower()
         if name not in lookup:
-            raise NodeInputError("text", f"the prompt uses {EMBEDDING_PREFIX}{name} but no such embedding is loaded "
-                                 "(load it with LoadEmbeddings)", sorted(v[0] for v in lookup.values()) or "an embedding",
-                                 name)
+            raise InvalidArgument("text", f"the prompt uses {EMBEDDING_PREFIX}{name} but no such embedding is loaded "
+                                  "(load it with LoadEmbeddings)", sorted(v[0] for v in lookup.values()) or "an embedding",
+                                  name)
         yield text[position:match.start()]
         yield lookup[name]
         position = match.end()
@@ -330,11 +330,11 @@ def encode_tokens(
     window = int(core.embeddings.position_embedding.num_embeddings)
     layers = len(core.encoder.layers)
     if not 1 <= clip_skip <= layers:
-        raise NodeInputError("clip_skip", f"this text encoder has {layers} layers", f"1..{layers}", clip_skip)
+        raise InvalidArgument("clip_skip", f"this text encoder has {layers} layers", f"1..{layers}", clip_skip)
     if input_ids.ndim != 2 or input_ids.shape[1] % window:
-        raise NodeInputError("tokens", f"token ids must be (batch, {window}·k)", f"(B, {window}·k)", tuple(input_ids.shape))
+        raise InvalidArgument("input_ids", f"token ids must be (batch, {window}·k)", f"(B, {window}·k)", tuple(input_ids.shape))
     if weights is not None and weights.shape != input_ids.shape:
-        raise NodeInputError("tokens", "weights must match token ids", tuple(input_ids.shape), tuple(weights.shape))
+        raise InvalidArgument("weights", "weights must match token ids", tuple(input_ids.shape), tuple(weights.shape))
     use_mask = bool(getattr(text_encoder.config, "use_attention_mask", False))
     device = core.embeddings.token_embedding.weight.device
     outputs = []
@@ -358,15 +358,15 @@ def _input_embeddings(core, ids: torch.Tensor, embedding_vectors: torch.Tensor |
     if not slots.any():
         return table(ids)
     if embedding_vectors is None:
-        raise NodeInputError("tokens", "tokens mark textual-inversion positions but carry no embedding vectors")
+        raise InvalidArgument("embedding_vectors", "tokens mark textual-inversion positions but carry no embedding vectors")
     rows = -1 - ids[slots]
     if int(rows.max()) >= embedding_vectors.shape[0]:
-        raise NodeInputError("tokens", "a textual-inversion position points past the tokens' embedding vectors",
-                             f"< {embedding_vectors.shape[0]}", int(rows.max()))
+        raise InvalidArgument("input_ids", "a textual-inversion position points past the tokens' embedding vectors",
+                              f"< {embedding_vectors.shape[0]}", int(rows.max()))
     if embedding_vectors.shape[1] != table.embedding_dim:
-        raise NodeInputError("clip", f"the prompt's textual-inversion vectors have width {embedding_vectors.shape[1]}, "
-                             f"this text encoder {table.embedding_dim}", f"width {table.embedding_dim}",
-                             f"width {embedding_vectors.shape[1]}")
+        raise InvalidArgument("text_encoder", f"the prompt's textual-inversion vectors have width "
+                              f"{embedding_vectors.shape[1]}, this text encoder {table.embedding_dim}",
+                              f"width {table.embedding_dim}", f"width {embedding_vectors.shape[1]}")
     embeds = table(ids.clamp(min=0))
     embeds[slots] = embedding_vectors.to(embeds.device, embeds.dtype)[rows]
     return embeds
@@ -450,7 +450,8 @@ def pad_to_same_chunks(a: torch.Tensor, b: torch.Tensor, empty_a: torch.Tensor,
     empty_b = empty_a if empty_b is None else empty_b
     window = empty_a.shape[1]
     if a.shape[1] % window or b.shape[1] % window:
-        raise ValueError(f"conditioning lengths {a.shape[1]} and {b.shape[1]} are not multiples of {window}")
+        raise InvalidArgument("a" if a.shape[1] % window else "b", f"conditioning lengths {a.shape[1]} and "
+                              f"{b.shape[1]} are not multiples of {window}", f"a multiple of {window}", (a.shape[1], b.shape[1]))
     return _pad_with(a, empty_a, b.shape[1]), _pad_with(b, empty_b, a.shape[1])
 
 
@@ -466,10 +467,12 @@ def pad_conditionings(positive, negative) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`pad_to_same_chunks` for two CONDITIONING values, each padded with its own ``empty_chunk``."""
     if positive.embeds.shape[1] == negative.embeds.shape[1]:
         return positive.embeds, negative.embeds
-    shorter = positive if positive.embeds.shape[1] < negative.embeds.shape[1] else negative
+    shorter, longer = (positive, negative) if positive.embeds.shape[1] < negative.embeds.shape[1] else (negative, positive)
     if shorter.empty_chunk is None:
-        raise ValueError("positive and negative conditioning differ in length and the shorter one carries no "
-                         "encoded empty prompt to pad with")
+        raise InvalidArgument("positive" if shorter is positive else "negative",
+                              "positive and negative conditioning differ in length and the shorter one carries no "
+                              "encoded empty prompt to pad with", f"{longer.embeds.shape[1]} tokens, or a "
+                              "conditioning from CLIPTextEncode", f"{shorter.embeds.shape[1]} tokens")
     empty_pos = positive.empty_chunk if positive.empty_chunk is not None else negative.empty_chunk
     empty_neg = negative.empty_chunk if negative.empty_chunk is not None else positive.empty_chunk
     return pad_to_same_chunks(positive.embeds, negative.embeds, empty_pos, empty_neg)

@@ -13,8 +13,6 @@ mask (InpaintEncode, SetLatentNoiseMask) is inpainted as ``StableDiffusionInpain
 diffusers schedulers are stateful (step counters, multistep history), so a Schedule stores the complete
 scheduler config, and every node that needs a scheduler builds a fresh one from it.
 """
-# No `from __future__ import annotations` here: the node decorator hands annotations to pydantic as they
-# are, and an enum alias (a Literal bound to a name) must reach it as an object, not as a string.
 
 import inspect
 from dataclasses import dataclass, field
@@ -23,13 +21,14 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from graphflow.errors import NodeInputError
+from graphflow.context import RunContext
+from graphflow.errors import NodeInputError, node_inputs
 from graphflow.node import Input, node
 
 from .preview import PreviewMode, StepPreviews
 from .prompt import pad_conditionings
-from .values import CONDITIONING, IMAGE, LATENT, MODEL, SCHEDULE, VAE, Conditioning, Image, Latent, Model, Vae
-from .values import Schedule as ScheduleValue
+from .values import (CONDITIONING, IMAGE, LATENT, MODEL, SCHEDULE, VAE, Conditioning, Image, Latent, Model,
+                     ScheduleValue, Vae)
 
 MAX_SEED = 2**64 - 1
 BatchSeeds = Literal["one_stream", "seed_plus_index"]
@@ -206,7 +205,8 @@ def Sample(
     preview_every: int = Field(0, ge=0, le=1000, description="show (and keep as a `previews` frame) the work in progress every N steps; 0 = off"),
     preview_mode: PreviewMode = Field("latent_rgb", description="latent_rgb: fast approximate colours; vae: decode with the connected VAE (slower, exact)"),
     vae: Vae | None = Input(VAE, optional=True, description="decodes the previews when preview_mode is vae; sizes latent_rgb frames"),
-    ctx=None,
+    *,
+    ctx: RunContext,
 ) -> tuple[Latent, Image]:
     """Denoise a noised latent with the UNet and classifier-free guidance; returns the clean result.
 
@@ -249,8 +249,7 @@ def Sample(
                 latents = inpaint.keep_unmasked(scheduler, latents, next_timestep=timesteps[i + 1:i + 2])
             if previews.due(i + 1, len(timesteps)):
                 previews.add(_finished_guess(step, latents), i + 1)
-            if ctx is not None:
-                ctx.progress(i + 1, len(timesteps))
+            ctx.progress(i + 1, len(timesteps))
     return Latent(samples=latents, paste_pixels=latent.paste_pixels, paste_mask=latent.paste_mask), previews.frames(latents)
 
 
@@ -329,10 +328,8 @@ def _guidance_embeds(model: Model, positive: Conditioning, negative: Conditionin
     if not isinstance(negative, Conditioning):
         raise NodeInputError("negative", f"cfg {cfg} > 1 needs a negative conditioning (encode \"\" for none)", "a CONDITIONING link", "nothing connected")
     _check_width(model, negative, "negative")
-    try:
+    with node_inputs():  # pad_conditionings names positive or negative, as Sample's inputs are named
         cond, uncond = pad_conditionings(positive, negative)
-    except ValueError as exc:
-        raise NodeInputError("negative", str(exc), f"{positive.embeds.shape[1]} tokens like the positive", negative.embeds.shape[1]) from None
     cond = _conditioning_for_batch(model, cond, batch, "positive")
     uncond = _conditioning_for_batch(model, uncond, batch, "negative")
     return torch.cat([uncond, cond])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from graphflow.errors import node_inputs
 from graphflow.node import Input, node
 
 from .prompt import Emphasis, prompt_conditioning, prompt_tokens
@@ -30,7 +31,8 @@ def Tokenize(clip: Clip = Input(CLIP), text: str = TEXT, comma_backtrack: bool =
     Prompts longer than 75 tokens take several windows instead of being cut; ``BREAK`` starts a new one.
     Textual-inversion names loaded into the CLIP (LoadEmbeddings) become their vectors. The empty prompt
     is one window of padding, which is what diffusers encodes as the unconditional prompt."""
-    return prompt_tokens(clip, text, comma_backtrack)
+    with node_inputs(embeddings="clip"):
+        return prompt_tokens(clip, text, comma_backtrack)
 
 
 @node(outputs={"conditioning": CONDITIONING}, category="conditioning", version=2)
@@ -45,7 +47,8 @@ def CLIPTextEncode(
     Each 77-token window is encoded on its own and the results are joined (77·k positions). ``clip_skip``
     counts layers from the end the way A1111 does: 1 uses the final layer's output; n ≥ 2 takes the n-th
     layer from the end through the final layer norm (diffusers' ``clip_skip = n - 1``)."""
-    return prompt_conditioning(clip, tokens, clip_skip, emphasis)
+    with node_inputs(input_ids="tokens", weights="tokens", embedding_vectors="tokens", text_encoder="clip"):
+        return prompt_conditioning(clip, tokens, clip_skip, emphasis)
 
 
 @node(outputs={"conditioning": CONDITIONING}, category="conditioning", version=2)
@@ -57,4 +60,5 @@ def TextEncode(
     comma_backtrack: bool = COMMA_BACKTRACK,
 ) -> Conditioning:
     """Tokenize and encode a prompt in one node (Tokenize followed by CLIPTextEncode)."""
-    return prompt_conditioning(clip, prompt_tokens(clip, text, comma_backtrack), clip_skip, emphasis)
+    with node_inputs(embeddings="clip", input_ids="text", weights="text", embedding_vectors="text", text_encoder="clip"):
+        return prompt_conditioning(clip, prompt_tokens(clip, text, comma_backtrack), clip_skip, emphasis)

@@ -95,11 +95,7 @@ def supported_architectures() -> list[str]:
 def model_file_fingerprint(literals: dict[str, Any], settings: Any) -> str:
     """Changes when the model file is replaced or edited, or a file in the models folder shadows an asset,
     so the engine reloads it."""
-    try:
-        path = model_path(literals["name"], settings)
-    except NodeInputError:
-        return f"unresolved:{literals['name']}"  # the node reports the error itself when it runs
-    return file_fingerprint(path)
+    return file_fingerprint(model_path(literals["name"], settings))
 
 
 def load_upscale_model(path: Path, name: str, device: torch.device | str = "cpu") -> UpscaleModel:

@@ -12,9 +12,9 @@ result over the original with it. ``paste_back=False`` gives the pipeline's own 
 from __future__ import annotations
 
 import torch
-
 from pydantic import Field
 
+from graphflow.context import RunContext
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
@@ -93,7 +93,8 @@ def InpaintEncode(
     mask: Mask = Input(MASK, description="1 = repaint"),
     paste_back: bool = Field(True, description="after decoding, put the original pixels back outside the (blurred) mask, as the WebUI does"),
     mask_blur: int = Field(4, ge=0, le=256, description="blur radius in pixels of the paste-back mask (BlurMask's Gaussian)"),
-    ctx=None,
+    *,
+    ctx: RunContext,
 ) -> Latent:
     """Encode an image for inpainting: its latents, the noise mask, and the masked-image latents.
 
@@ -108,7 +109,7 @@ def InpaintEncode(
     and overlay): pixels farther than ``mask_blur`` from the mask stay exactly as they were. Off, the decoded
     image is the sampler's alone, equal to diffusers' StableDiffusionInpaintPipeline."""
     check_encodable(vae, image)
-    fitted = match_mask_to_image(mask, image.height, image.width, ctx.warn if ctx is not None else None)
+    fitted = match_mask_to_image(mask, image.height, image.width, ctx.warn)
     masks = masks_for_batch(fitted.mask, image.batch_size).to(image.pixels.device)
     keep = (masks < 0.5)[..., None]
     masked_pixels = torch.where(keep, image.pixels, torch.full_like(image.pixels, BLANK))

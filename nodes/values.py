@@ -171,7 +171,7 @@ class Conditioning(SocketValue):
 
 
 @dataclass(frozen=True, eq=False)
-class Schedule(SocketValue):
+class ScheduleValue(SocketValue):
     """SCHEDULE: a sampler over a fixed number of steps, and where denoising starts.
 
     ``start_index`` indexes ``timesteps``: 0 for txt2img, later for img2img (strength < 1).
@@ -185,10 +185,6 @@ class Schedule(SocketValue):
     scheduler_config: dict[str, Any]
     timesteps: torch.Tensor
     start_index: int
-
-    @property
-    def remaining_timesteps(self) -> torch.Tensor:
-        return self.timesteps[self.start_index:]
 
 
 @dataclass(frozen=True, eq=False)
@@ -210,11 +206,10 @@ class Latent(SocketValue):
     masked_image: torch.Tensor | None = None
     paste_pixels: torch.Tensor | None = None
     paste_mask: torch.Tensor | None = None
-    schedule: Schedule | None = None
+    schedule: ScheduleValue | None = None
     clean: torch.Tensor | None = None
     noise: torch.Tensor | None = None
     rng_state: torch.Tensor | None = None
-    steps_done: int = 0
 
     @property
     def batch_size(self) -> int:
@@ -255,7 +250,7 @@ def value_to_disk(value: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A stored socket value as named CPU tensors plus a JSON tree that says where each field's content is.
 
     Tensors are copied (two fields may share one tensor; safetensors stores each apart) and remember their
-    device; nested stored values (a Latent's Schedule) are walked; anything else is refused with TypeError."""
+    device; nested stored values (a Latent's ScheduleValue) are walked; anything else is refused with TypeError."""
     tensors: dict[str, torch.Tensor] = {}
 
     def encode(item: Any, path: str) -> dict[str, Any]:
@@ -328,7 +323,7 @@ def matches(item: Any, hint: Any) -> bool:
     return isinstance(item, origin or hint)
 
 
-STORED_TYPES = {"tokens": Tokens, "conditioning": Conditioning, "schedule": Schedule, "latent": Latent,
+STORED_TYPES = {"tokens": Tokens, "conditioning": Conditioning, "schedule": ScheduleValue, "latent": Latent,
                 "image": Image, "mask": Mask}
 STORED_TAGS = {cls: tag for tag, cls in STORED_TYPES.items()}
 for _tag, _cls in STORED_TYPES.items():

@@ -5,7 +5,7 @@
 
 Modules: ``store`` (SQLite job queue and history), ``worker`` (the one thread that runs jobs), ``hub``
 (WebSocket fan-out), ``files`` (safe output paths, verified uploads), ``limits`` (request limits), ``app``
-(routes and middlewares). Like the rest of the engine this package knows nothing of Stable Diffusion.
+(routes and middlewares). Like the rest of the engine this package knows no node domain.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Sequence
 from .. import env
 from ..paths import UnusableFolder
 from .app import LOOPBACK_HOSTS, ServerConfig, create_app
-from .limits import DEFAULT_MAX_LITERAL, Limits
+from .limits import Limits
 
 __all__ = ["ServerConfig", "Limits", "create_app", "build_parser", "config_from_args", "serve_from_args", "main"]
 
@@ -39,30 +39,31 @@ def build_parser(prog: str = "server.py") -> argparse.ArgumentParser:
     limits.add_argument("--max-body", type=int, default=defaults.max_body_bytes, metavar="BYTES", help="JSON request body")
     limits.add_argument("--max-upload", type=int, default=defaults.max_upload_bytes, metavar="BYTES", help="one uploaded image")
     limits.add_argument("--max-upload-pixels", type=int, default=defaults.max_upload_pixels, metavar="N",
-                        help="width × height of one uploaded image")
+                        help="pixels of one uploaded image")
     limits.add_argument("--max-nodes", type=int, default=defaults.max_nodes, metavar="N", help="nodes in one workflow")
     limits.add_argument("--max-queued", type=int, default=defaults.max_queued, metavar="N", help="jobs waiting to run")
     limits.add_argument("--max-pixels", type=int, default=defaults.max_pixels, metavar="N",
-                        help="width × height × batch_size of any node with width and height inputs")
+                        help="pixels made by one node, for node types that declare a pixel count")
     limits.add_argument("--max-literal", action="append", default=[], metavar="NAME=MAX", type=literal_limit,
-                        help=f"upper bound for every literal input with this name; repeatable (defaults {DEFAULT_MAX_LITERAL})")
+                        help="upper bound for every literal input with this name; repeatable (defaults: what the "
+                             "installed node packs declare)")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     return parser
 
 
 def literal_limit(text: str) -> tuple[str, float]:
-    """``steps=150`` → ("steps", 150.0), for --max-literal."""
+    """``count=150`` → ("count", 150.0), for --max-literal."""
     name, sep, value = text.partition("=")
     try:
         if not sep or not name.strip():
             raise ValueError
         return name.strip(), float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER (e.g. steps=150), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER (e.g. count=150), got {text!r}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    max_literal = {**DEFAULT_MAX_LITERAL, **dict(args.max_literal)}
+    max_literal = dict(args.max_literal)  # the server adds the node packs' defaults under these
     limits = Limits(max_body_bytes=args.max_body, max_upload_bytes=args.max_upload,
                     max_upload_pixels=args.max_upload_pixels, max_nodes=args.max_nodes,
                     max_queued=args.max_queued, max_pixels=args.max_pixels, max_literal=max_literal)

@@ -49,7 +49,7 @@ class Server:
     """Everything one running server owns: data directories, job store, engine (and its cache), worker, hub."""
 
     def __init__(self, config: ServerConfig, registry: Registry | None = None):
-        self.config, self.limits = config, config.limits
+        self.config = config
         self.outputs_dir = config.data_dir / "outputs"
         self.uploads_dir = config.data_dir / "uploads"
         paths.check_writable_folder(config.data_dir, "--data-dir")
@@ -63,6 +63,7 @@ class Server:
             log.warning("%d job(s) were running when the server last stopped; marked failed", interrupted)
         settings = Settings.from_env(models_dir=config.models_dir, input_dir=self.uploads_dir, output_dir=self.outputs_dir)
         self.engine = Engine(registry or default_registry(), settings)
+        self.limits = config.limits.over_defaults(self.engine.registry.literal_limits)
         self.hub = Hub()
         self.worker = Worker(self.engine, self.store, self._publish_from_thread)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -101,7 +102,7 @@ class Server:
         try:
             workflow = parse(document)
         except WorkflowFormatError as exc:
-            raise ApiError(400, str(exc), node_errors={"": [issue(None, str(exc), "a graphflow workflow", None)]}) from None
+            raise ApiError(400, str(exc), node_errors={"": [issue(None, str(exc), "a graphflow workflow", None, code="bad_document")]}) from None
         too_big = check_size(len(workflow.nodes), self.limits)
         if too_big:
             raise ApiError(400, "workflow exceeds this server's limits", node_errors=too_big)
@@ -266,7 +267,7 @@ def index_page(counts: dict[str, int], running: str | None, routes: list[web.Rou
 <style>body{{font-family:sans-serif;max-width:52em;margin:2em auto;padding:0 1em}}td{{padding:.15em .8em .15em 0}}</style>
 </head><body>
 <h1>graphflow server</h1>
-<p>This is a graphflow job server: it runs node-graph workflows for Stable Diffusion as jobs, one at a time,
+<p>This is a graphflow job server: it runs node-graph workflows as jobs, one at a time,
 streams their progress over a WebSocket and serves the images they write. Clients send JSON; see
 <a href="/nodes">/nodes</a> for the node types, <a href="/jobs">/jobs</a> for the jobs and
 <a href="/health">/health</a> for a liveness check.</p>

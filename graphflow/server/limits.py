@@ -1,17 +1,17 @@
 """What one request may ask of the server, checked before a job is queued.
 
-The checks are generic: they look at literal input *names* (any node with a ``steps`` literal is bounded by
-``max_literal["steps"]``) and at nodes that have both ``width`` and ``height`` literals (their pixel count times
-``batch_size``), so node packs are covered without the server knowing them.
+The checks know no node type: literal inputs are bounded by *name* (``max_literal``: the node packs declare
+defaults in their :class:`~graphflow.registry.NodePack`, ``--max-literal`` overrides them), and a node that
+declares a pixel count (``@node(pixels=(...))``: the literals whose product it is) is bounded by ``max_pixels``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
 
+from ..errors import IssueCode
 from ..validate import CheckedWorkflow
-
-DEFAULT_MAX_LITERAL = {"steps": 200, "batch_size": 16}
 
 
 @dataclass(frozen=True)
@@ -21,18 +21,22 @@ class Limits:
     max_upload_pixels: int = 4096 * 4096
     max_nodes: int = 500
     max_queued: int = 1000  # jobs waiting; more → 429
-    max_pixels: int = 2048 * 2048 * 4  # width × height × batch_size of any node with width and height literals
-    max_literal: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MAX_LITERAL))
+    max_pixels: int = 2048 * 2048 * 4  # the pixel count of any node that declares one
+    max_literal: dict[str, float] = field(default_factory=dict)  # by literal name, over the node packs' defaults
+
+    def over_defaults(self, defaults: Mapping[str, float]) -> "Limits":
+        """These limits with ``defaults`` (a registry's ``literal_limits``) under the literal bounds set here."""
+        return replace(self, max_literal={**defaults, **self.max_literal})
 
 
-def issue(input_name: str | None, message: str, expected: Any, received: Any) -> dict[str, Any]:
+def issue(input_name: str | None, message: str, expected: Any, received: Any, *, code: IssueCode) -> dict[str, Any]:
     """One entry of a ``node_errors`` list (the same shape validation errors have)."""
-    return {"input": input_name, "message": message, "expected": expected, "received": received}
+    return {"input": input_name, "message": message, "expected": expected, "received": received, "code": code}
 
 
 def check_size(node_count: int, limits: Limits) -> dict[str, list[dict[str, Any]]]:
     if node_count > limits.max_nodes:
-        return {"": [issue(None, "too many nodes", f"at most {limits.max_nodes} nodes", node_count)]}
+        return {"": [issue(None, "too many nodes", f"at most {limits.max_nodes} nodes", node_count, code="over_limit")]}
     return {}
 
 
@@ -41,12 +45,13 @@ def check_literals(checked: CheckedWorkflow, limits: Limits) -> dict[str, list[d
     problems: dict[str, list[dict[str, Any]]] = {}
     for node_id, node in checked.nodes.items():
         values = node.literals
-        found = [issue(name, f"{name} is above this server's limit", f"at most {limit}", values[name])
+        found = [issue(name, f"{name} is above this server's limit", f"at most {limit}", values[name], code="over_limit")
                  for name, limit in limits.max_literal.items() if _number(values.get(name)) > limit]
-        pixels = _pixels(values)
+        factors = node.spec.pixels  # validated literals, so numbers
+        pixels = math.prod(values[name] for name in factors) if factors else 0
         if pixels > limits.max_pixels:
-            found.append(issue("width", "image too large for this server (width × height × batch_size)",
-                               f"at most {limits.max_pixels} pixels", pixels))
+            found.append(issue(factors[0], f"image too large for this server ({' × '.join(factors)})",
+                               f"at most {limits.max_pixels} pixels", pixels, code="over_limit"))
         if found:
             problems[node_id] = found
     return problems
@@ -54,11 +59,3 @@ def check_literals(checked: CheckedWorkflow, limits: Limits) -> dict[str, list[d
 
 def _number(value: Any) -> float:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else float("-inf")
-
-
-def _pixels(values: dict[str, Any]) -> float:
-    width, height = _number(values.get("width")), _number(values.get("height"))
-    if width == float("-inf") or height == float("-inf"):
-        return 0
-    batch = _number(values.get("batch_size"))
-    return width * height * (batch if batch != float("-inf") else 1)

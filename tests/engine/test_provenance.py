@@ -9,14 +9,14 @@ SEEN = {}
 
 
 @node(output=True, category="test")
-def Record(value=Input("NUMBER"), ctx=None):
+def Record(value=Input("NUMBER"), *, ctx):
     """Output node keeping what the engine handed it."""
     SEEN["graph"] = ctx.graph
     return {}
 
 
 @node(outputs={"value": "NUMBER"}, category="test")
-def Peek(value=Input("NUMBER"), ctx=None):
+def Peek(value=Input("NUMBER"), *, ctx):
     """An ordinary node: it sees only its inputs."""
     SEEN["peek"] = ctx.graph
     return value

@@ -2,7 +2,7 @@
 import pytest
 
 from graphflow.node import Input, node
-from graphflow.registry import Registry, describe, discover
+from graphflow.registry import NodePack, Registry, catalog_entry, discover
 
 from . import toynodes
 
@@ -43,6 +43,32 @@ def test_declaration_mistakes_are_caught_early():
     with pytest.raises(ValueError):
         Input("latent")
 
+    def sized(v=Input("NUMBER"), width: int = 1):
+        return v
+
+    with pytest.raises(TypeError, match="not literal inputs"):  # a pixel count is made of literal inputs
+        node(outputs={"x": "NUMBER"}, pixels=("width", "v"))(sized)
+    assert node(outputs={"x": "NUMBER"}, pixels=("width",))(sized).__graphflow_node__.pixels == ("width",)
+
+
+def test_a_module_declares_its_pack(monkeypatch):
+    import types
+    pack = types.ModuleType("pack")
+    pack.GRAPHFLOW_PACK = NodePack(literal_limits={"count": 5}, output_example="Show")
+    registry = Registry()
+    registry.add_module(pack)
+    registry.add_module(toynodes)  # declares nothing: the pack's declarations stay
+    assert (registry.literal_limits, registry.output_example) == ({"count": 5}, "Show")
+
+
+@pytest.mark.parametrize("declaration", ["def n(ctx=None): return 1", "def n(ctx): return 1", "def n(*, ctx=None): return 1"])
+def test_the_run_context_is_taken_one_way(declaration):
+    scope: dict = {}
+    exec(declaration, scope)
+    with pytest.raises(TypeError, match=r"\*, ctx: RunContext"):
+        node(outputs={"x": "NUMBER"})(scope["n"])
+    assert node(outputs={"x": "NUMBER"})(lambda *, ctx: 1).__graphflow_node__.wants_context
+
 
 def test_version_is_part_of_the_key(registry, engine):
     from graphflow.plan import make_plan
@@ -55,5 +81,5 @@ def test_version_is_part_of_the_key(registry, engine):
     assert before != after
 
 
-def test_describe_reports_output_nodes():
-    assert describe(toynodes.Show.__graphflow_node__)["output_node"] is True
+def test_catalog_entry_reports_output_nodes():
+    assert catalog_entry(toynodes.Show.__graphflow_node__)["output_node"] is True

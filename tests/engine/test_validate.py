@@ -29,13 +29,14 @@ def test_unknown_node_type_suggests_close_names(engine):
     doc["nodes"]["sum"]["type"] = "Ad"
     issue = only(issues_of(engine, doc))
     assert (issue.node, issue.received) == ("sum", "Ad") and "Add" in issue.message
+    assert issue.code == "unknown_node_type"
 
 
 def test_unknown_input_name(engine):
     doc = chain()
     doc["nodes"]["x"]["inputs"]["valu"] = 3
     issue = only(issues_of(engine, doc))
-    assert (issue.node, issue.input, issue.received) == ("x", "valu", "valu")
+    assert (issue.node, issue.input, issue.received, issue.code) == ("x", "valu", "valu", "unknown_input")
 
 
 def test_missing_required_socket(engine):
@@ -43,13 +44,14 @@ def test_missing_required_socket(engine):
     del doc["nodes"]["sum"]["inputs"]["a"]
     issue = only(issues_of(engine, doc))
     assert (issue.node, issue.input, issue.message) == ("sum", "a", "missing required input")
-    assert "NUMBER" in issue.expected
+    assert "NUMBER" in issue.expected and issue.code == "missing_input"
 
 
 def test_missing_required_literal(engine):
     doc = wf(r=("ReadNumber", {}), s=("Show", {"value": link("r")}))
     issue = only(issues_of(engine, doc))
     assert (issue.node, issue.input) == ("r", "name") and "required" in issue.message.lower()
+    assert issue.code == "missing_input"
 
 
 def test_link_to_missing_node_and_missing_output(engine):
@@ -59,6 +61,7 @@ def test_link_to_missing_node_and_missing_output(engine):
     found = {(i.node, i.input): i for i in issues_of(engine, doc)}
     assert found[("sum", "a")].received == "nowhere"
     assert found[("show", "value")].received == "colour" and "text" in found[("show", "value")].expected
+    assert {i.code for i in found.values()} == {"missing_link"}
 
 
 def test_socket_type_mismatch(engine):
@@ -67,6 +70,7 @@ def test_socket_type_mismatch(engine):
     doc["nodes"]["sum"]["inputs"]["b"] = link("words", "text")
     issue = only(issues_of(engine, doc))
     assert (issue.node, issue.input, issue.expected, issue.received) == ("sum", "b", "NUMBER", "TEXT")
+    assert issue.code == "type_mismatch"
 
 
 def test_literal_out_of_bounds_wrong_type_and_enum(engine):
@@ -81,14 +85,15 @@ def test_literal_out_of_bounds_wrong_type_and_enum(engine):
     assert found[("y", "value")].received == "two"
     assert "multiple of 2" in found[("sum", "bias")].expected
     assert "plain" in found[("desc", "mode")].expected
+    assert {i.code for i in found.values()} == {"bad_value"}
 
 
 def test_literal_given_to_socket_and_link_given_to_literal(engine):
     doc = chain()
     doc["nodes"]["sum"]["inputs"]["a"] = 1.0
     doc["nodes"]["x"]["inputs"]["value"] = link("y")
-    found = {(i.node, i.input) for i in issues_of(engine, doc)}
-    assert found == {("sum", "a"), ("x", "value")}
+    found = {(i.node, i.input): i.code for i in issues_of(engine, doc)}
+    assert found == {("sum", "a"): "wrong_input_kind", ("x", "value"): "wrong_input_kind"}
 
 
 def test_cycle_is_named(engine):
@@ -99,7 +104,7 @@ def test_cycle_is_named(engine):
         s=("Show", {"value": link("c")}),
     )
     issue = only(issues_of(engine, doc))
-    assert issue.message.startswith("cycle: ")
+    assert issue.message.startswith("cycle: ") and issue.code == "cycle"
     for name in "abc":
         assert name in issue.message
 
@@ -112,12 +117,19 @@ def test_self_loop_is_a_cycle(engine):
 def test_no_output_node(engine):
     doc = wf(x=("Number", {"value": 1.0}))
     issue = only(issues_of(engine, doc))
-    assert issue.node is None and "no output node" in issue.message
+    assert issue.node is None and "no output node" in issue.message and issue.code == "no_output"
 
 
 def test_requested_output_must_be_an_output_node(engine):
     issue = only(issues_of(engine, chain(), outputs=["sum"]))
-    assert issue.node == "sum"
+    assert (issue.node, issue.code) == ("sum", "not_an_output")
+    assert only(issues_of(engine, chain(), outputs=["nowhere"])).code == "not_an_output"
+    assert only(issues_of(engine, chain(), outputs=[])).code == "no_output"
+
+
+def test_a_workflow_of_unknown_types_is_not_also_told_it_has_no_output(engine):
+    issue = only(issues_of(engine, wf(x=("Nope", {}))))
+    assert issue.code == "unknown_node_type"
 
 
 def test_all_errors_at_once(engine):
@@ -156,4 +168,5 @@ def test_issues_group_by_node_for_apis(engine):
         engine.validate(doc)
     grouped = err.value.by_node()
     assert list(grouped) == ["x"]
-    assert set(grouped["x"][0]) == {"input", "message", "expected", "received"}
+    assert set(grouped["x"][0]) == {"input", "message", "expected", "received", "code"}
+    assert grouped["x"][0]["code"] == "bad_value"

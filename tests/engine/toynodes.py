@@ -52,7 +52,7 @@ def AppendInPlace(items=Input("LIST")):
 
 @node(outputs={"value": "NUMBER"}, category="test", fingerprint=lambda literals, settings: hashlib.sha256(
     (Path(settings.input_dir) / literals["name"]).read_bytes()).hexdigest())
-def ReadNumber(name: str, ctx=None):
+def ReadNumber(name: str, *, ctx):
     """Reads a number from a file in the input directory; the file's content is its fingerprint."""
     CALLS["ReadNumber"] += 1
     return float((Path(ctx.settings.input_dir) / name).read_text())
@@ -66,7 +66,7 @@ def Clock():
 
 
 @node(outputs={"value": "NUMBER"}, category="test")
-def Slow(value=Input("NUMBER"), steps: int = Field(5, ge=1), ctx=None):
+def Slow(value=Input("NUMBER"), steps: int = Field(5, ge=1), *, ctx):
     """Reports progress; stops when cancelled. Hook ``ON_STEP`` lets a test act mid-run."""
     CALLS["Slow"] += 1
     for i in range(steps):
@@ -97,7 +97,7 @@ def Show(value=Input("*"), label: str = ""):
 
 
 @node(output=True, category="test")
-def WriteNote(value=Input("NUMBER"), name: str = "notes/note.txt", ctx=None):
+def WriteNote(value=Input("NUMBER"), name: str = "notes/note.txt", *, ctx):
     """Output node writing a text file (an output of a kind other than images); ``name`` inside the output folder."""
     from graphflow.outputs import OutputFile
 

@@ -1,10 +1,17 @@
-"""A real RunContext for calling node functions directly in tests, recording what they emit."""
+"""Calling node functions in tests the way the engine calls them, with a real RunContext that records what
+they emit."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 from graphflow.context import CancelToken, RunContext, Settings
 from graphflow.events import Event, Preview, Progress, Warning_
+from graphflow.node import spec_of
+
+# The folders of the context run_node makes when a test passes none: they do not exist, so a node that
+# reads or writes files says so instead of touching the working directory (pass ``stage_ctx``'s context).
+NOWHERE = Path("/nonexistent/graphflow-tests")
 
 
 class Recorder:
@@ -39,3 +46,25 @@ def make_ctx(root: Path, node_type: str = "Test", cancel_after_progress: int | N
     recorder = Recorder(cancel, cancel_after_progress)
     ctx = RunContext("run", "node", node_type, settings, recorder, cancel)
     return ctx, recorder
+
+
+def run_node(fn: Callable[..., Any], /, ctx: RunContext | None = None, **inputs: Any) -> Any:
+    """Call a node function as the engine does: inputs by name, literals validated by the node's pydantic
+    model (which fills in defaults and refuses what validation would refuse), unlinked optional sockets as
+    None, a missing required socket refused, and always a real RunContext (one over :data:`NOWHERE` when
+    none is given). Returns the single output (a tuple for several; what an output node returns, its OutputFile list)."""
+    spec = spec_of(fn)
+    unknown = set(inputs) - set(spec.input_order)
+    if unknown:
+        raise TypeError(f"{spec.name} has no inputs {sorted(unknown)}; it has {list(spec.input_order)}")
+    sockets = {k: v for k, v in inputs.items() if k in spec.sockets}
+    missing = [k for k, s in spec.sockets.items() if not s.optional and sockets.get(k) is None]
+    if missing:
+        raise TypeError(f"{spec.name} needs its sockets {missing}")
+    literals = dict(spec.literals.model_validate({k: v for k, v in inputs.items() if k not in spec.sockets}))
+    if ctx is None:
+        ctx, _ = make_ctx(NOWHERE, spec.name)
+    result = spec.call(sockets, literals, ctx)
+    if spec.output_node:
+        return result
+    return result[0] if len(result) == 1 else result

@@ -14,7 +14,7 @@ from nodes.prompt import encode_tokens, tokenize_prompt
 from nodes.tiny_assets import ensure_assets, save_embedding
 from nodes.values import Clip, digest_of
 
-from .runctx import make_ctx
+from .runctx import make_ctx, run_node
 
 
 @pytest.fixture(scope="module")
@@ -79,22 +79,22 @@ def test_listing_prefers_safetensors(tmp_path):
 def test_load_embeddings_node_adds_to_a_new_clip(clip, ctx, emb_dir):
     paths = ensure_assets(ctx.settings.models_dir)
     before = digest_of(clip)
-    loaded = LoadEmbeddings(clip, "", ctx)  # empty: every file in the folder
+    loaded = run_node(LoadEmbeddings, ctx, clip=clip, names="")  # empty: every file in the folder
     assert set(loaded.embeddings) == {"tinyneg", "tinystyle"}
     assert loaded.embeddings["tinyneg"].shape == (2, 32) and loaded.embeddings["tinystyle"].shape == (3, 32)
     assert torch.equal(loaded.embeddings["tinyneg"], load_embedding(paths["tinyneg"]))
     assert loaded is not clip and clip.embeddings == {}
     assert loaded.text_encoder is clip.text_encoder  # weights are shared, not copied
     assert digest_of(clip) == before
-    only = LoadEmbeddings(clip, " tinystyle ", ctx)
+    only = run_node(LoadEmbeddings, ctx, clip=clip, names=" tinystyle ")
     assert set(only.embeddings) == {"tinystyle"}
-    both = LoadEmbeddings(only, "tinyneg", ctx)  # chained loads accumulate
+    both = run_node(LoadEmbeddings, ctx, clip=only, names="tinyneg")  # chained loads accumulate
     assert set(both.embeddings) == {"tinyneg", "tinystyle"}
 
 
 def test_loaded_embedding_changes_the_encoding(clip, ctx, emb_dir):
     ensure_assets(ctx.settings.models_dir)
-    loaded = LoadEmbeddings(clip, "tinyneg", ctx)
+    loaded = run_node(LoadEmbeddings, ctx, clip=clip, names="tinyneg")
     with_emb = tokenize_prompt(loaded.tokenizer, "a cat, tinyneg", embeddings=loaded.embeddings)
     without = tokenize_prompt(clip.tokenizer, "a cat, tinyneg")
     a = encode_tokens(loaded.text_encoder, with_emb.input_ids, with_emb.weights,
@@ -107,7 +107,7 @@ def test_loaded_embedding_changes_the_encoding(clip, ctx, emb_dir):
 def test_unknown_name_lists_what_is_there(clip, ctx, emb_dir):
     save_embedding(torch.randn(1, 32), emb_dir / "present.pt")
     with pytest.raises(NodeInputError) as error:
-        LoadEmbeddings(clip, "present, absent", ctx)
+        run_node(LoadEmbeddings, ctx, clip=clip, names="present, absent")
     assert error.value.input == "names" and "absent" in error.value.message
     assert error.value.expected == ["present"]
 
@@ -115,14 +115,14 @@ def test_unknown_name_lists_what_is_there(clip, ctx, emb_dir):
 def test_wrong_width_is_a_clear_error(clip, ctx, emb_dir):
     save_embedding(torch.randn(2, 768), emb_dir / "sd15only.safetensors")
     with pytest.raises(NodeInputError) as error:
-        LoadEmbeddings(clip, "sd15only", ctx)
+        run_node(LoadEmbeddings, ctx, clip=clip, names="sd15only")
     assert "768" in error.value.message and "32" in error.value.message
 
 
 def test_unreadable_file_names_the_input(clip, ctx, emb_dir):
     torch.save({"string_to_param": {"*": torch.randn(1, 32)}, "extra": NotAllowed()}, emb_dir / "evil.pt")
     with pytest.raises(NodeInputError) as error:
-        LoadEmbeddings(clip, "evil", ctx)
+        run_node(LoadEmbeddings, ctx, clip=clip, names="evil")
     assert error.value.input == "names"
 
 
@@ -135,15 +135,15 @@ def test_asset_folders_are_searched_after_the_models_folder(clip, ctx, emb_dir, 
     save_embedding(vectors["other"], second / "embeddings" / "dull.safetensors")
     fingerprint = spec_of(LoadEmbeddings).fingerprint
     from_asset = fingerprint({"names": "shiny"}, ctx.settings)
-    loaded = LoadEmbeddings(clip, "shiny, dull", ctx)
+    loaded = run_node(LoadEmbeddings, ctx, clip=clip, names="shiny, dull")
     assert torch.equal(loaded.embeddings["shiny"], vectors["first"]), "the first folder holding the name wins"
     assert torch.equal(loaded.embeddings["dull"], vectors["other"])
-    assert set(LoadEmbeddings(clip, "", ctx).embeddings) == {"shiny", "dull"}, "empty: every name in every folder"
+    assert set(run_node(LoadEmbeddings, ctx, clip=clip, names="").embeddings) == {"shiny", "dull"}, "empty: every name in every folder"
     save_embedding(vectors["user"], emb_dir / "shiny.pt")
-    assert torch.equal(LoadEmbeddings(clip, "shiny", ctx).embeddings["shiny"], vectors["user"]), "the models folder first"
+    assert torch.equal(run_node(LoadEmbeddings, ctx, clip=clip, names="shiny").embeddings["shiny"], vectors["user"]), "the models folder first"
     assert fingerprint({"names": "shiny"}, ctx.settings) != from_asset, "a shadowing file changes the cache key"
     with pytest.raises(NodeInputError) as error:
-        LoadEmbeddings(clip, "absent", ctx)
+        run_node(LoadEmbeddings, ctx, clip=clip, names="absent")
     assert error.value.expected == ["dull", "shiny"] and str(second / "embeddings") in error.value.message
 
 
@@ -157,12 +157,14 @@ def test_fingerprint_covers_the_files_it_loads(ctx, emb_dir):
     assert fingerprint({"names": ""}, ctx.settings) != everything
     save_embedding(torch.randn(1, 32), emb_dir / "c.pt")  # a new file joins "every embedding"
     assert fingerprint({"names": ""}, ctx.settings) not in (everything, only_a)
-    assert fingerprint({"names": "missing"}, ctx.settings) == "missing"
+    with pytest.raises(NodeInputError) as error:  # the run stops before any node runs, as the node itself would
+        fingerprint({"names": "missing"}, ctx.settings)
+    assert error.value.input == "names"
 
 
 def test_symlink_leading_out_is_refused(clip, ctx, emb_dir, tmp_path):
     secret = save_embedding(torch.randn(1, 32), tmp_path / "elsewhere" / "secret.pt")
     (emb_dir / "secret.pt").symlink_to(secret)
     with pytest.raises(NodeInputError) as error:
-        LoadEmbeddings(clip, "secret", ctx)
+        run_node(LoadEmbeddings, ctx, clip=clip, names="secret")
     assert error.value.input == "names"

@@ -11,7 +11,7 @@ from graphflow.errors import NodeInputError
 from graphflow.node import spec_of
 from nodes.image import ImageGrid, ImageScale, LoadImage
 from nodes.values import Image
-from tests.nodes.stage_helpers import call
+from tests.nodes.runctx import run_node
 
 
 def link(node, output):
@@ -33,7 +33,7 @@ def test_load_image_reads_rgb_pixels(stage_ctx):
     ctx, _ = stage_ctx
     array = np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8)
     write_png(ctx.settings.input_dir / "photo.png", array)
-    image, mask = call(LoadImage, ctx=ctx, name="photo.png")
+    image, mask = run_node(LoadImage, ctx=ctx, name="photo.png")
     assert image.pixels.shape == (1, 12, 20, 3) and image.pixels.dtype == torch.float32
     assert mask.mask.shape == (1, 12, 20) and not mask.mask.any()  # no alpha, no mask file: nothing to repaint
     assert torch.equal(image.pixels[0], torch.from_numpy(array).float() / 255)
@@ -46,7 +46,7 @@ def test_load_image_turns_alpha_into_the_mask_and_reads_subfolders(stage_ctx):
     rgba[..., 0], rgba[..., 3] = 200, 255
     rgba[2:5, 3:7, 3] = 0  # erased: repaint
     PILImage.fromarray(rgba).save(ctx.settings.input_dir / "sub" / "cut.png")
-    image, mask = call(LoadImage, ctx=ctx, name="sub/cut.png")
+    image, mask = run_node(LoadImage, ctx=ctx, name="sub/cut.png")
     assert image.pixels.shape == (1, 8, 8, 3)
     assert torch.allclose(image.pixels[0, 0, 0], torch.tensor([200 / 255, 0.0, 0.0]))
     expected = torch.zeros(1, 8, 8)
@@ -63,7 +63,7 @@ def test_a_mask_file_white_repaints_and_wins_over_alpha(stage_ctx):
     drawn[4:, :] = 255
     drawn[0, 7] = 128
     PILImage.fromarray(drawn, mode="L").save(ctx.settings.input_dir / "photo_mask.png")
-    _, mask = call(LoadImage, ctx=ctx, name="photo.png", mask="photo_mask.png")
+    _, mask = run_node(LoadImage, ctx=ctx, name="photo.png", mask="photo_mask.png")
     assert mask.mask.shape == (1, 8, 8) and mask.mask[0, 0, 0] == 0
     assert torch.all(mask.mask[0, 4:] == 1) and not mask.mask[0, :4, :7].any()
     assert abs(mask.mask[0, 0, 7].item() - 128 / 255) < 1e-6  # grey blends
@@ -74,7 +74,7 @@ def test_a_mask_file_of_another_size_is_resized_with_a_warning(stage_ctx):
     ctx, recorder = stage_ctx
     write_png(ctx.settings.input_dir / "photo.png", np.zeros((16, 24, 3), dtype=np.uint8))
     PILImage.fromarray(np.full((8, 12), 255, dtype=np.uint8), mode="L").save(ctx.settings.input_dir / "small.png")
-    _, mask = call(LoadImage, ctx=ctx, name="photo.png", mask="small.png")
+    _, mask = run_node(LoadImage, ctx=ctx, name="photo.png", mask="small.png")
     assert mask.mask.shape == (1, 16, 24) and torch.all(mask.mask == 1)
     assert len(recorder.warnings) == 1 and "resized" in recorder.warnings[0]
 
@@ -83,10 +83,10 @@ def test_a_missing_mask_file_is_an_error_on_mask(stage_ctx):
     ctx, _ = stage_ctx
     write_png(ctx.settings.input_dir / "photo.png", np.zeros((4, 4, 3), dtype=np.uint8))
     with pytest.raises(NodeInputError) as error:
-        call(LoadImage, ctx=ctx, name="photo.png", mask="nope.png")
+        run_node(LoadImage, ctx=ctx, name="photo.png", mask="nope.png")
     assert error.value.input == "mask" and error.value.received == "nope.png"
     with pytest.raises(NodeInputError) as error:
-        call(LoadImage, ctx=ctx, name="photo.png", mask="../photo.png")
+        run_node(LoadImage, ctx=ctx, name="photo.png", mask="../photo.png")
     assert error.value.input == "mask"
 
 
@@ -107,24 +107,24 @@ def test_asset_folders_are_searched_after_the_input_folder(stage_ctx, tmp_path):
     ctx = with_assets(ctx, first, second)
 
     def value(name):
-        return round(call(LoadImage, ctx=ctx, name=name)[0].pixels[0, 0, 0, 0].item() * 255)
+        return round(run_node(LoadImage, ctx=ctx, name=name)[0].pixels[0, 0, 0, 0].item() * 255)
 
     assert value("shared.png") == 10  # the first asset folder wins
     assert value("only_here.png") == 30
     write_png(ctx.settings.input_dir / "shared.png", np.full((2, 2, 3), 40, dtype=np.uint8))
     assert value("shared.png") == 40  # the user's input folder wins over every asset
     with pytest.raises(NodeInputError) as error:
-        call(LoadImage, ctx=ctx, name="gone.png")
+        run_node(LoadImage, ctx=ctx, name="gone.png")
     assert error.value.expected == ["only_here.png", "shared.png"]
     with pytest.raises(NodeInputError):
-        call(LoadImage, ctx=ctx, name="../assets2/only_here.png")
+        run_node(LoadImage, ctx=ctx, name="../assets2/only_here.png")
 
 
 def test_a_file_that_is_not_an_image_is_an_input_error(stage_ctx):
     ctx, _ = stage_ctx
     (ctx.settings.input_dir / "notes.png").write_text("not a picture")
     with pytest.raises(NodeInputError) as error:
-        call(LoadImage, ctx=ctx, name="notes.png")
+        run_node(LoadImage, ctx=ctx, name="notes.png")
     assert error.value.input == "name" and "not a readable image" in error.value.message
 
 
@@ -132,7 +132,7 @@ def test_a_missing_file_lists_what_is_there(stage_ctx):
     ctx, _ = stage_ctx
     write_png(ctx.settings.input_dir / "there.png", np.zeros((2, 2, 3), dtype=np.uint8))
     with pytest.raises(NodeInputError) as error:
-        call(LoadImage, ctx=ctx, name="gone.png")
+        run_node(LoadImage, ctx=ctx, name="gone.png")
     assert error.value.expected == ["there.png"] and error.value.received == "gone.png"
 
 
@@ -141,7 +141,7 @@ def test_names_leaving_the_input_folder_are_refused(stage_ctx, name):
     ctx, _ = stage_ctx
     write_png(ctx.settings.input_dir.parent / "secret.png", np.zeros((2, 2, 3), dtype=np.uint8))
     with pytest.raises(NodeInputError) as error:
-        call(LoadImage, ctx=ctx, name=name)
+        run_node(LoadImage, ctx=ctx, name=name)
     assert error.value.input == "name"
 
 
@@ -151,10 +151,17 @@ def test_a_symlink_pointing_out_is_refused(stage_ctx):
     write_png(outside, np.zeros((2, 2, 3), dtype=np.uint8))
     os.symlink(outside, ctx.settings.input_dir / "link.png")
     with pytest.raises(NodeInputError):
-        call(LoadImage, ctx=ctx, name="link.png")
+        run_node(LoadImage, ctx=ctx, name="link.png")
 
 
-def test_fingerprint_is_the_file_content(stage_ctx):
+def edited_later(path):
+    """Move a file's modification time a second on, as an edit made later would (timestamps are coarser than
+    the time between two writes in a test)."""
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
+def test_fingerprint_is_the_files_identity_and_refuses_a_bad_name(stage_ctx):
     ctx, _ = stage_ctx
     fingerprint = spec_of(LoadImage).fingerprint
     path = ctx.settings.input_dir / "a.png"
@@ -162,9 +169,13 @@ def test_fingerprint_is_the_file_content(stage_ctx):
     first = fingerprint({"name": "a.png", "mask": ""}, ctx.settings)
     assert fingerprint({"name": "a.png", "mask": ""}, ctx.settings) == first
     write_png(path, np.full((4, 4, 3), 9, dtype=np.uint8))
+    edited_later(path)
     assert fingerprint({"name": "a.png", "mask": ""}, ctx.settings) != first
     with pytest.raises(NodeInputError):
         fingerprint({"name": "../a.png", "mask": ""}, ctx.settings)
+    with pytest.raises(NodeInputError) as error:  # the run stops before any node runs, as the node itself would
+        fingerprint({"name": "a.png", "mask": "absent.png"}, ctx.settings)
+    assert error.value.input == "mask"
 
 
 def test_fingerprint_covers_the_mask_file_and_the_resolved_file(stage_ctx, tmp_path):
@@ -179,6 +190,7 @@ def test_fingerprint_covers_the_mask_file_and_the_resolved_file(stage_ctx, tmp_p
     first = fingerprint(literals, settings)
     assert first != fingerprint({"name": "a.png", "mask": ""}, settings)
     write_png(assets / "m.png", np.full((4, 4, 3), 255, dtype=np.uint8))
+    edited_later(assets / "m.png")
     second = fingerprint(literals, settings)
     assert second != first
     write_png(ctx.settings.input_dir / "a.png", np.full((4, 4, 3), 7, dtype=np.uint8))  # shadows the asset
@@ -190,15 +202,15 @@ def test_fingerprint_covers_the_mask_file_and_the_resolved_file(stage_ctx, tmp_p
 
 def test_scale_to_width_keeps_aspect_ratio():
     image = Image(pixels=random_pixels(height=16, width=24))
-    assert call(ImageScale, image=image, width=48).pixels.shape == (1, 32, 48, 3)
-    assert call(ImageScale, image=image, height=8).pixels.shape == (1, 8, 12, 3)
-    assert call(ImageScale, image=image, width=10, height=10).pixels.shape == (1, 10, 10, 3)
-    assert call(ImageScale, image=image, scale_by=1.5).pixels.shape == (1, 24, 36, 3)
+    assert run_node(ImageScale, image=image, width=48).pixels.shape == (1, 32, 48, 3)
+    assert run_node(ImageScale, image=image, height=8).pixels.shape == (1, 8, 12, 3)
+    assert run_node(ImageScale, image=image, width=10, height=10).pixels.shape == (1, 10, 10, 3)
+    assert run_node(ImageScale, image=image, scale_by=1.5).pixels.shape == (1, 24, 36, 3)
 
 
 def test_lanczos_is_pils_lanczos_on_float_channels():
     pixels = random_pixels(batch=2)
-    out = call(ImageScale, image=Image(pixels=pixels), method="lanczos", width=40, height=30).pixels
+    out = run_node(ImageScale, image=Image(pixels=pixels), method="lanczos", width=40, height=30).pixels
     channel = PILImage.fromarray(pixels[1, :, :, 2].numpy()).resize((40, 30), PILImage.Resampling.LANCZOS)
     assert torch.equal(out[1, :, :, 2], torch.from_numpy(np.array(channel)).clamp(0, 1))
     assert out.min() >= 0 and out.max() <= 1  # lanczos overshoots; the result is clipped back
@@ -206,7 +218,7 @@ def test_lanczos_is_pils_lanczos_on_float_channels():
 
 def test_nearest_doubling_repeats_pixels():
     pixels = random_pixels(height=4, width=4)
-    out = call(ImageScale, image=Image(pixels=pixels), method="nearest", scale_by=2.0).pixels
+    out = run_node(ImageScale, image=Image(pixels=pixels), method="nearest", scale_by=2.0).pixels
     assert torch.equal(out, pixels.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2))
 
 
@@ -222,7 +234,7 @@ def test_scale_rejects_bad_literals():
 
 def test_grid_of_four_is_two_by_two_row_major():
     pixels = random_pixels(batch=4, height=6, width=5)
-    grid = call(ImageGrid, images=Image(pixels=pixels)).pixels
+    grid = run_node(ImageGrid, images=Image(pixels=pixels)).pixels
     assert grid.shape == (1, 12, 10, 3)
     assert torch.equal(grid[0, :6, :5], pixels[0]) and torch.equal(grid[0, :6, 5:], pixels[1])
     assert torch.equal(grid[0, 6:, :5], pixels[2]) and torch.equal(grid[0, 6:, 5:], pixels[3])
@@ -230,11 +242,11 @@ def test_grid_of_four_is_two_by_two_row_major():
 
 def test_grid_columns_and_black_leftover_cells():
     pixels = random_pixels(batch=3, height=6, width=5)
-    grid = call(ImageGrid, images=Image(pixels=pixels)).pixels  # auto: 2 columns, 2 rows
+    grid = run_node(ImageGrid, images=Image(pixels=pixels)).pixels  # auto: 2 columns, 2 rows
     assert grid.shape == (1, 12, 10, 3) and not torch.any(grid[0, 6:, 5:])
-    row = call(ImageGrid, images=Image(pixels=pixels), columns=3).pixels
+    row = run_node(ImageGrid, images=Image(pixels=pixels), columns=3).pixels
     assert row.shape == (1, 6, 15, 3) and torch.equal(row[0, :, 10:], pixels[2])
-    assert call(ImageGrid, images=Image(pixels=pixels), columns=10).pixels.shape == (1, 6, 15, 3)
+    assert run_node(ImageGrid, images=Image(pixels=pixels), columns=10).pixels.shape == (1, 6, 15, 3)
 
 
 # ----------------------------------------------------------------------------------------------- all
@@ -245,10 +257,10 @@ def test_image_nodes_leave_inputs_untouched_and_repeat(stage_ctx):
     image = Image(pixels=random_pixels(batch=3))
     before = image.__graphflow_digest__()
     for method in ("lanczos", "bicubic", "bilinear", "nearest"):
-        first = call(ImageScale, image=image, method=method, scale_by=1.7).pixels
-        assert torch.equal(first, call(ImageScale, image=image, method=method, scale_by=1.7).pixels)
-    call(ImageGrid, images=image)
+        first = run_node(ImageScale, image=image, method=method, scale_by=1.7).pixels
+        assert torch.equal(first, run_node(ImageScale, image=image, method=method, scale_by=1.7).pixels)
+    run_node(ImageGrid, images=image)
     from nodes.outputs import SaveImage  # the output node reads the same pixels
 
-    call(SaveImage, ctx=ctx, images=image)
+    run_node(SaveImage, ctx=ctx, images=image)
     assert image.__graphflow_digest__() == before

@@ -14,14 +14,18 @@ under "paste-back" check what it does.
 import pytest
 import torch
 
-from graphflow.errors import NodeInputError
+from graphflow.errors import NodeInputError, WorkflowInvalid
+from graphflow.node import spec_of
+from graphflow.registry import Registry
+from graphflow.validate import validate
+from graphflow.workflow import parse
 from nodes.latent import EmptyLatent, SetLatentNoiseMask
 from nodes.sampling import SAMPLERS, AddNoise, Sample, Schedule, build_scheduler
 from nodes.text import CLIPTextEncode, Tokenize
 from nodes.vae import InpaintEncode, VAEDecode, VAEEncode, encode_pixels
 from nodes.values import Image, Latent, Mask, Model
-from tests.nodes.runctx import make_ctx
-from tests.nodes.stage_helpers import call, channels_last
+from tests.nodes.runctx import make_ctx, run_node
+from tests.nodes.stage_helpers import channels_last
 
 SIZE, STEPS, CFG = 64, 8, 7.5
 PROMPT, NEGATIVE = "a red circle on a blue square", "blurry, low quality"
@@ -55,13 +59,13 @@ def box_mask(top=13, bottom=45, left=21, right=50, height=SIZE, width=SIZE) -> M
 
 
 def encode(clip, text):
-    return call(CLIPTextEncode, clip=clip, tokens=call(Tokenize, clip=clip, text=text))
+    return run_node(CLIPTextEncode, clip=clip, tokens=run_node(Tokenize, clip=clip, text=text))
 
 
 def run_nodes(model, clip, vae, latent, sampler, seed, strength):
-    schedule = call(Schedule, model=model, sampler=sampler, steps=STEPS, denoise=strength)
-    noised = call(AddNoise, latent=latent, schedule=schedule, seed=seed)
-    result, _ = call(Sample, model=model, positive=encode(clip, PROMPT), negative=encode(clip, NEGATIVE),
+    schedule = run_node(Schedule, model=model, sampler=sampler, steps=STEPS, denoise=strength)
+    noised = run_node(AddNoise, latent=latent, schedule=schedule, seed=seed)
+    result, _ = run_node(Sample, model=model, positive=encode(clip, PROMPT), negative=encode(clip, NEGATIVE),
                      latent=noised, cfg=CFG)
     return result
 
@@ -91,8 +95,8 @@ def assert_same_pixels(ours, theirs):
 @pytest.mark.parametrize("sampler", SAMPLERS_TESTED)
 def test_4_channel_inpainting_matches_the_inpaint_pipeline(tiny_parts, sd_model, sd_clip, sd_vae, sampler, strength):
     mask = box_mask()
-    latent = call(InpaintEncode, vae=sd_vae, image=start_image(), mask=mask, paste_back=False)
-    ours = call(VAEDecode, vae=sd_vae, latent=run_nodes(sd_model, sd_clip, sd_vae, latent, sampler, 5, strength)).pixels
+    latent = run_node(InpaintEncode, vae=sd_vae, image=start_image(), mask=mask, paste_back=False)
+    ours = run_node(VAEDecode, vae=sd_vae, latent=run_nodes(sd_model, sd_clip, sd_vae, latent, sampler, 5, strength)).pixels
     theirs = run_pipeline(tiny_parts, latent, mask, sampler, 5, strength)
     assert_same_pixels(ours, channels_last(theirs))
 
@@ -102,17 +106,17 @@ def test_4_channel_inpainting_matches_the_inpaint_pipeline(tiny_parts, sd_model,
 def test_9_channel_inpainting_matches_the_inpaint_pipeline(inpaint_parts, inpaint_model, sd_clip, sd_vae, sampler,
                                                            strength):
     mask = box_mask()
-    latent = call(InpaintEncode, vae=sd_vae, image=start_image(), mask=mask, paste_back=False)
+    latent = run_node(InpaintEncode, vae=sd_vae, image=start_image(), mask=mask, paste_back=False)
     result = run_nodes(inpaint_model, sd_clip, sd_vae, latent, sampler, 9, strength)
-    ours = call(VAEDecode, vae=sd_vae, latent=result).pixels
+    ours = run_node(VAEDecode, vae=sd_vae, latent=result).pixels
     theirs = run_pipeline(inpaint_parts, latent, mask, sampler, 9, strength)
     assert_same_pixels(ours, channels_last(theirs))
 
 
 def test_vae_encode_plus_set_latent_noise_mask_is_the_same_4_channel_input(tiny_parts, sd_model, sd_clip, sd_vae):
     mask = box_mask()
-    inpaint = call(InpaintEncode, vae=sd_vae, image=start_image(), mask=mask)
-    masked = call(SetLatentNoiseMask, latent=call(VAEEncode, vae=sd_vae, image=start_image()), mask=mask, vae=sd_vae)
+    inpaint = run_node(InpaintEncode, vae=sd_vae, image=start_image(), mask=mask)
+    masked = run_node(SetLatentNoiseMask, latent=run_node(VAEEncode, vae=sd_vae, image=start_image()), mask=mask, vae=sd_vae)
     assert torch.equal(masked.samples, inpaint.samples) and torch.equal(masked.noise_mask, inpaint.noise_mask)
     assert masked.masked_image is None
     a = run_nodes(sd_model, sd_clip, sd_vae, masked, "dpmpp_2m", 3, 0.7).samples
@@ -125,23 +129,23 @@ def test_vae_encode_plus_set_latent_noise_mask_is_the_same_4_channel_input(tiny_
 
 def test_an_empty_mask_keeps_the_latent_exactly(sd_model, sd_clip, sd_vae):
     # after the last step the unmasked area is the clean latent itself, not a re-noised copy
-    latent = call(InpaintEncode, vae=sd_vae, image=start_image(), mask=Mask(mask=torch.zeros(1, SIZE, SIZE)))
+    latent = run_node(InpaintEncode, vae=sd_vae, image=start_image(), mask=Mask(mask=torch.zeros(1, SIZE, SIZE)))
     result = run_nodes(sd_model, sd_clip, sd_vae, latent, "euler_a", 1, 1.0)
     assert torch.equal(result.samples, latent.samples)
 
 
 def test_a_full_mask_at_full_strength_is_txt2img(sd_model, sd_clip, sd_vae):
     # the inpainting pipeline starts from pure noise at strength 1, as txt2img does
-    latent = call(InpaintEncode, vae=sd_vae, image=start_image(), mask=Mask(mask=torch.ones(1, SIZE, SIZE)))
+    latent = run_node(InpaintEncode, vae=sd_vae, image=start_image(), mask=Mask(mask=torch.ones(1, SIZE, SIZE)))
     inpainted = run_nodes(sd_model, sd_clip, sd_vae, latent, "euler", 4, 1.0)
-    empty = call(EmptyLatent, width=SIZE, height=SIZE, vae=sd_vae)
+    empty = run_node(EmptyLatent, width=SIZE, height=SIZE, vae=sd_vae)
     txt2img = run_nodes(sd_model, sd_clip, sd_vae, empty, "euler", 4, 1.0)
     assert torch.equal(inpainted.samples, txt2img.samples)
 
 
 def test_outside_the_mask_stays_close_to_the_input_inside_it_changes(sd_model, sd_clip, sd_vae):
     mask = box_mask()
-    latent = call(InpaintEncode, vae=sd_vae, image=start_image(), mask=mask)
+    latent = run_node(InpaintEncode, vae=sd_vae, image=start_image(), mask=mask)
     result = run_nodes(sd_model, sd_clip, sd_vae, latent, "dpmpp_2m", 2, 1.0).samples
     latent_mask = latent.noise_mask.bool().expand_as(result)
     assert torch.equal(result[~latent_mask], latent.samples[~latent_mask])
@@ -152,8 +156,8 @@ def test_outside_the_mask_stays_close_to_the_input_inside_it_changes(sd_model, s
 
 
 def inpainted_pixels(sd_model, sd_clip, sd_vae, mask, **encode_options):
-    latent = call(InpaintEncode, vae=sd_vae, image=start_image(), mask=mask, **encode_options)
-    return call(VAEDecode, vae=sd_vae, latent=run_nodes(sd_model, sd_clip, sd_vae, latent, "euler", 2, 1.0)).pixels
+    latent = run_node(InpaintEncode, vae=sd_vae, image=start_image(), mask=mask, **encode_options)
+    return run_node(VAEDecode, vae=sd_vae, latent=run_nodes(sd_model, sd_clip, sd_vae, latent, "euler", 2, 1.0)).pixels
 
 
 def test_paste_back_keeps_the_original_pixels_outside_the_blurred_mask(sd_model, sd_clip, sd_vae):
@@ -184,29 +188,29 @@ def test_mask_blur_0_pastes_back_with_the_mask_itself(sd_model, sd_clip, sd_vae)
 def test_paste_back_goes_with_the_latent_through_noise_and_sampling_but_not_a_resize(sd_vae):
     from nodes.latent import LatentUpscale
 
-    latent = call(InpaintEncode, vae=sd_vae, image=start_image(), mask=box_mask())
+    latent = run_node(InpaintEncode, vae=sd_vae, image=start_image(), mask=box_mask())
     assert latent.paste_pixels.shape == (1, SIZE, SIZE, 3) and latent.paste_mask.shape == (1, SIZE, SIZE)
-    assert call(InpaintEncode, vae=sd_vae, image=start_image(), mask=box_mask(), paste_back=False).paste_pixels is None
-    upscaled = call(LatentUpscale, latent=latent, scale_by=2.0, vae=sd_vae)
+    assert run_node(InpaintEncode, vae=sd_vae, image=start_image(), mask=box_mask(), paste_back=False).paste_pixels is None
+    upscaled = run_node(LatentUpscale, latent=latent, scale_by=2.0, vae=sd_vae)
     assert upscaled.paste_pixels is None and upscaled.paste_mask is None, "a resized latent has no original to paste"
 
 
 def test_an_inpainting_batch_from_repeat_latent_pastes_back_into_every_image(sd_vae):
     from nodes.latent import RepeatLatent
 
-    latent = call(InpaintEncode, vae=sd_vae, image=start_image(), mask=box_mask())
-    batch = call(RepeatLatent, latent=latent, amount=3)
+    latent = run_node(InpaintEncode, vae=sd_vae, image=start_image(), mask=box_mask())
+    batch = run_node(RepeatLatent, latent=latent, amount=3)
     assert batch.paste_pixels.shape == (3, SIZE, SIZE, 3) and batch.paste_mask.shape == (3, SIZE, SIZE)
-    decoded = call(VAEDecode, vae=sd_vae, latent=batch.replace(samples=torch.randn_like(batch.samples))).pixels
+    decoded = run_node(VAEDecode, vae=sd_vae, latent=batch.replace(samples=torch.randn_like(batch.samples))).pixels
     keep = batch.paste_mask[0] == 0
     assert all(torch.equal(image[keep], start_image().pixels[0][keep]) for image in decoded)
 
 
 def test_a_paste_back_that_does_not_fit_the_decoded_size_is_refused(sd_vae):
-    latent = call(InpaintEncode, vae=sd_vae, image=start_image(), mask=box_mask())
+    latent = run_node(InpaintEncode, vae=sd_vae, image=start_image(), mask=box_mask())
     shrunk = latent.replace(samples=latent.samples[..., :16, :16])
     with pytest.raises(NodeInputError) as error:
-        call(VAEDecode, vae=sd_vae, latent=shrunk)
+        run_node(VAEDecode, vae=sd_vae, latent=shrunk)
     assert error.value.input == "latent" and "resized" in error.value.message
 
 
@@ -215,77 +219,79 @@ def test_a_paste_back_that_does_not_fit_the_decoded_size_is_refused(sd_vae):
 
 def test_inpaint_encode_blanks_the_masked_pixels_to_grey(sd_vae):
     image, mask = start_image(), box_mask()
-    latent = call(InpaintEncode, vae=sd_vae, image=image, mask=mask)
+    latent = run_node(InpaintEncode, vae=sd_vae, image=image, mask=mask)
     blanked = image.pixels.clone()
     blanked[0, 13:45, 21:50] = 0.5  # 0 in the VAE's [-1, 1], what the pipeline's `image * (mask < 0.5)` leaves
     assert torch.equal(latent.masked_image, encode_pixels(sd_vae, blanked))
-    assert torch.equal(latent.samples, call(VAEEncode, vae=sd_vae, image=image).samples)
+    assert torch.equal(latent.samples, run_node(VAEEncode, vae=sd_vae, image=image).samples)
     assert latent.noise_mask.shape == (1, 1, SIZE // 2, SIZE // 2)
 
 
 def test_noise_mask_is_the_pipelines_nearest_resize(sd_vae):
     # soft values survive (the pipeline binarizes first; for a 0/1 mask that changes nothing)
     mask = torch.rand(1, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-    latent = call(SetLatentNoiseMask, latent=Latent(samples=torch.zeros(1, 4, 32, 32)), mask=Mask(mask=mask), vae=sd_vae)
+    latent = run_node(SetLatentNoiseMask, latent=Latent(samples=torch.zeros(1, 4, 32, 32)), mask=Mask(mask=mask), vae=sd_vae)
     assert torch.equal(latent.noise_mask, mask[:, None, ::2, ::2])
 
 
 def test_a_mask_of_another_size_is_resized_with_a_warning(sd_vae, tmp_path):
     ctx, recorder = make_ctx(tmp_path)
     small = box_mask(top=6, bottom=22, left=10, right=25, height=SIZE // 2, width=SIZE // 2)
-    latent = call(InpaintEncode, ctx=ctx, vae=sd_vae, image=start_image(), mask=small)
+    latent = run_node(InpaintEncode, ctx=ctx, vae=sd_vae, image=start_image(), mask=small)
     assert latent.noise_mask.shape == (1, 1, SIZE // 2, SIZE // 2)
     assert len(recorder.warnings) == 1 and "resized" in recorder.warnings[0]
-    fitting = call(InpaintEncode, ctx=ctx, vae=sd_vae, image=start_image(), mask=box_mask())
+    fitting = run_node(InpaintEncode, ctx=ctx, vae=sd_vae, image=start_image(), mask=box_mask())
     assert len(recorder.warnings) == 1 and fitting.noise_mask.shape == latent.noise_mask.shape
 
 
-def test_set_latent_noise_mask_without_a_vae_assumes_factor_8(tmp_path):
-    ctx, recorder = make_ctx(tmp_path)
-    latent = call(SetLatentNoiseMask, ctx=ctx, latent=Latent(samples=torch.zeros(1, 4, 8, 12)),
-                  mask=Mask(mask=torch.ones(1, 64, 96)))
-    assert latent.noise_mask.shape == (1, 1, 8, 12) and not recorder.warnings
+def test_set_latent_noise_mask_needs_the_vae_that_gives_the_image_size():
+    # the mask is at image size, latent size × the VAE's factor (8 for SD, 4 for toy-shapes): never guessed
+    document = {"graphflow": 1, "nodes": {"m": {"type": "SetLatentNoiseMask", "inputs": {}}}}
+    with pytest.raises(WorkflowInvalid) as error:
+        validate(parse(document), Registry([spec_of(SetLatentNoiseMask)]))
+    missing = {i.input for i in error.value.issues if i.code == "missing_input"}
+    assert missing == {"latent", "mask", "vae"}
 
 
 def test_masks_must_fit_the_batch(sd_vae):
     two_masks = Mask(mask=torch.ones(2, SIZE, SIZE))
     three_images = Image(pixels=torch.rand(3, SIZE, SIZE, 3))
     with pytest.raises(NodeInputError) as error:
-        call(InpaintEncode, vae=sd_vae, image=three_images, mask=two_masks)
+        run_node(InpaintEncode, vae=sd_vae, image=three_images, mask=two_masks)
     assert error.value.input == "mask"
-    one = call(InpaintEncode, vae=sd_vae, image=three_images, mask=Mask(mask=torch.ones(1, SIZE, SIZE)))
+    one = run_node(InpaintEncode, vae=sd_vae, image=three_images, mask=Mask(mask=torch.ones(1, SIZE, SIZE)))
     assert one.masked_image.shape[0] == 3 and one.noise_mask.shape[0] == 1
 
 
 def test_the_mask_goes_on_before_the_noise(sd_model, sd_vae):
-    noised = call(AddNoise, latent=call(EmptyLatent, width=SIZE, height=SIZE, vae=sd_vae),
-                  schedule=call(Schedule, model=sd_model, steps=2), seed=0)
+    noised = run_node(AddNoise, latent=run_node(EmptyLatent, width=SIZE, height=SIZE, vae=sd_vae),
+                  schedule=run_node(Schedule, model=sd_model, steps=2), seed=0)
     with pytest.raises(NodeInputError) as error:
-        call(SetLatentNoiseMask, latent=noised, mask=box_mask(), vae=sd_vae)
+        run_node(SetLatentNoiseMask, latent=noised, mask=box_mask(), vae=sd_vae)
     assert error.value.input == "latent" and "before AddNoise" in error.value.message
 
 
 def test_an_inpainting_unet_needs_inpaint_encode(inpaint_model, sd_clip, sd_vae):
-    plain = call(VAEEncode, vae=sd_vae, image=start_image())
-    for latent in (plain, call(SetLatentNoiseMask, latent=plain, mask=box_mask(), vae=sd_vae)):
-        noised = call(AddNoise, latent=latent, schedule=call(Schedule, model=inpaint_model, steps=2), seed=0)
+    plain = run_node(VAEEncode, vae=sd_vae, image=start_image())
+    for latent in (plain, run_node(SetLatentNoiseMask, latent=plain, mask=box_mask(), vae=sd_vae)):
+        noised = run_node(AddNoise, latent=latent, schedule=run_node(Schedule, model=inpaint_model, steps=2), seed=0)
         with pytest.raises(NodeInputError) as error:
-            call(Sample, model=inpaint_model, positive=encode(sd_clip, PROMPT), latent=noised, cfg=1.0)
+            run_node(Sample, model=inpaint_model, positive=encode(sd_clip, PROMPT), latent=noised, cfg=1.0)
         assert error.value.input == "latent" and "InpaintEncode" in error.value.expected
 
 
 def test_a_unet_of_another_channel_count_is_refused(sd_model, sd_clip):
     odd = Latent(samples=torch.zeros(1, 3, 16, 16))
-    noised = call(AddNoise, latent=odd, schedule=call(Schedule, model=sd_model, steps=2), seed=0)
+    noised = run_node(AddNoise, latent=odd, schedule=run_node(Schedule, model=sd_model, steps=2), seed=0)
     with pytest.raises(NodeInputError) as error:
-        call(Sample, model=sd_model, positive=encode(sd_clip, PROMPT), latent=noised, cfg=1.0)
+        run_node(Sample, model=sd_model, positive=encode(sd_clip, PROMPT), latent=noised, cfg=1.0)
     assert error.value.input == "model"
 
 
 def test_inpainting_leaves_inputs_untouched(sd_model, inpaint_model, sd_clip, sd_vae):
     image, mask = start_image(), box_mask()
     digests = [v.__graphflow_digest__() for v in (image, mask)]
-    latent = call(InpaintEncode, vae=sd_vae, image=image, mask=mask)
+    latent = run_node(InpaintEncode, vae=sd_vae, image=image, mask=mask)
     latent_digest = latent.__graphflow_digest__()
     for model in (sd_model, inpaint_model):
         run_nodes(model, sd_clip, sd_vae, latent, "euler_a", 0, 0.5)

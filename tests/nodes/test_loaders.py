@@ -16,11 +16,12 @@ from nodes.builtin_models import tiny_sd_folder
 from nodes.loaders import LoadCheckpoint, LoadVAE
 from nodes.values import Clip, Model, Vae
 
+from .runctx import run_node
 from .test_checkpoints import as_values, assert_same_weights, unet_output
 
 
 def test_tiny_builtin_loads_as_sd1_on_cpu(loader_ctx):
-    model, clip, vae = LoadCheckpoint("tiny-sd", ctx=loader_ctx)
+    model, clip, vae = run_node(LoadCheckpoint, loader_ctx, name="tiny-sd")
     assert isinstance(model, Model) and isinstance(clip, Clip) and isinstance(vae, Vae)
     assert (model.family, model.prediction_type, clip.family) == ("sd1", "epsilon", "sd1")
     assert model.scheduler_config["prediction_type"] == "epsilon"
@@ -30,17 +31,17 @@ def test_tiny_builtin_loads_as_sd1_on_cpu(loader_ctx):
 
 
 def test_inpainting_builtin(loader_ctx):
-    model, _, _ = LoadCheckpoint("tiny-sd-inpainting", ctx=loader_ctx)
+    model, _, _ = run_node(LoadCheckpoint, loader_ctx, name="tiny-sd-inpainting")
     assert model.is_inpainting
 
 
 def test_prediction_type_override(loader_ctx):
-    model, _, _ = LoadCheckpoint("tiny-sd", prediction_type="v_prediction", ctx=loader_ctx)
+    model, _, _ = run_node(LoadCheckpoint, loader_ctx, name="tiny-sd", prediction_type="v_prediction")
     assert model.prediction_type == model.scheduler_config["prediction_type"] == "v_prediction"
 
 
 def test_explicit_dtype(loader_ctx):
-    model, clip, vae = LoadCheckpoint("tiny-sd", dtype="bfloat16", device="cpu", ctx=loader_ctx)
+    model, clip, vae = run_node(LoadCheckpoint, loader_ctx, name="tiny-sd", dtype="bfloat16", device="cpu")
     assert model.dtype == torch.bfloat16
     assert {p.dtype for p in list(clip.text_encoder.parameters()) + list(vae.vae.parameters())} == {torch.bfloat16}
 
@@ -48,7 +49,7 @@ def test_explicit_dtype(loader_ctx):
 def test_single_file_round_trip_through_the_node(loader_ctx, models_dir, tiny_components):
     """tiny diffusers folder → save_single_file → LoadCheckpoint: the same weights and the same UNet function."""
     ck.save_single_file(*as_values(tiny_components), models_dir / "checkpoints" / "tiny-single.safetensors")
-    model, clip, vae = LoadCheckpoint("tiny-single", ctx=loader_ctx)
+    model, clip, vae = run_node(LoadCheckpoint, loader_ctx, name="tiny-single")
     assert_same_weights(tiny_components.unet, model.unet)
     assert_same_weights(tiny_components.text_encoder, clip.text_encoder)
     assert_same_weights(tiny_components.vae, vae.vae)
@@ -58,7 +59,7 @@ def test_single_file_round_trip_through_the_node(loader_ctx, models_dir, tiny_co
 
 def test_diffusers_folder_in_models_dir(loader_ctx, models_dir):
     shutil.copytree(tiny_sd_folder(), models_dir / "my-model")
-    model, _, _ = LoadCheckpoint("my-model", ctx=loader_ctx)
+    model, _, _ = run_node(LoadCheckpoint, loader_ctx, name="my-model")
     assert model.unet.config.cross_attention_dim == 32 and model.family == "sd1"
 
 
@@ -82,7 +83,7 @@ def test_unknown_name_lists_what_is_available(loader_ctx, models_dir):
     (models_dir / "checkpoints" / "real-model.safetensors").write_bytes(b"x")
     (models_dir / "notes.txt").write_text("not a model")
     with pytest.raises(NodeInputError) as caught:
-        LoadCheckpoint("no-such-model", ctx=loader_ctx)
+        run_node(LoadCheckpoint, loader_ctx, name="no-such-model")
     assert caught.value.input == "name"
     assert caught.value.received == "no-such-model"
     assert {"tiny-sd", "tiny-sd-inpainting", "real-model.safetensors"} <= set(caught.value.expected)
@@ -92,7 +93,7 @@ def test_unknown_name_lists_what_is_available(loader_ctx, models_dir):
 @pytest.mark.parametrize("name", ["../secret", "checkpoints/../../etc/passwd", "/etc/passwd", "C:\\models\\x", "..\\x", "", "  "])
 def test_names_cannot_leave_the_models_dir(loader_ctx, name):
     with pytest.raises(NodeInputError, match="relative path inside the models directory") as caught:
-        LoadCheckpoint(name, ctx=loader_ctx)
+        run_node(LoadCheckpoint, loader_ctx, name=name)
     assert caught.value.input == "name"
 
 
@@ -103,27 +104,27 @@ def test_a_symlink_out_of_the_models_dir_is_refused(loader_ctx, models_dir, tmp_
     outside.write_bytes(b"x")
     (models_dir / "escape.safetensors").symlink_to(outside)
     with pytest.raises(NodeInputError, match="relative path inside the models directory.*symlink") as caught:
-        LoadCheckpoint(link, ctx=loader_ctx)
+        run_node(LoadCheckpoint, loader_ctx, name=link)
     assert caught.value.input == "name"
 
 
 def test_a_file_that_is_not_a_checkpoint(loader_ctx, models_dir):
     (models_dir / "junk.safetensors").write_bytes(b"definitely not tensors")
     with pytest.raises(NodeInputError, match="junk cannot be loaded: .*neither a safetensors file") as caught:
-        LoadCheckpoint("junk", ctx=loader_ctx)
+        run_node(LoadCheckpoint, loader_ctx, name="junk")
     assert caught.value.input == "name"
 
 
 def test_tensor_file_without_a_unet(loader_ctx, models_dir):
     save_file({"weight": torch.zeros(2)}, str(models_dir / "lora.safetensors"))
     with pytest.raises(NodeInputError, match="no UNet weights"):
-        LoadCheckpoint("lora", ctx=loader_ctx)
+        run_node(LoadCheckpoint, loader_ctx, name="lora")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests the message for a missing GPU")
 def test_unavailable_device(loader_ctx):
     with pytest.raises(NodeInputError) as caught:
-        LoadCheckpoint("tiny-sd", device="cuda", ctx=loader_ctx)
+        run_node(LoadCheckpoint, loader_ctx, name="tiny-sd", device="cuda")
     assert caught.value.input == "device" and "cpu" in caught.value.expected
 
 
@@ -147,9 +148,11 @@ def test_fingerprint_follows_the_file(models_dir):
     second = fingerprint({"name": "m"}, settings)
     path.with_suffix(".yaml").write_text("model: {params: {parameterization: v}}")
     assert fingerprint({"name": "m"}, settings) != second  # the sidecar can change the prediction type
-    assert fingerprint({"name": "tiny-sd"}, settings) == fingerprint({"name": "tiny-sd"}, None)
-    assert fingerprint({"name": "missing"}, settings) == "unresolved:missing"
-    assert fingerprint({"name": "../x"}, settings) == "unresolved:../x"
+    assert fingerprint({"name": "tiny-sd"}, settings) == fingerprint({"name": "tiny-sd"}, Settings())  # no file read
+    for name in ("missing", "../x"):  # the run stops before any node runs, as the node itself would
+        with pytest.raises(NodeInputError) as error:
+            fingerprint({"name": name}, settings)
+        assert error.value.input == "name"
 
 
 def test_loader_nodes_keep_results_in_the_model_pool():
@@ -198,22 +201,22 @@ def test_load_vae_from_the_vae_folder(loader_ctx, models_dir, tiny_components):
     vae = tiny_components.vae
     tensors = {k: v.contiguous() for k, v in ck.vae_to_original(vae.state_dict(), dict(vae.config)).items()}
     save_file(tensors, str(models_dir / "vae" / "vae-ft-tiny.safetensors"))
-    loaded = LoadVAE("vae-ft-tiny", ctx=loader_ctx)
+    loaded = run_node(LoadVAE, loader_ctx, name="vae-ft-tiny")
     assert isinstance(loaded, Vae) and loaded.name == "vae-ft-tiny"
     assert_same_weights(vae, loaded.vae)
 
 
 def test_load_vae_from_diffusers_folders(loader_ctx, models_dir, tiny_components):
     shutil.copytree(tiny_sd_folder() / "vae", models_dir / "vae" / "tiny-vae")
-    assert_same_weights(tiny_components.vae, LoadVAE("tiny-vae", ctx=loader_ctx).vae)
-    assert_same_weights(tiny_components.vae, LoadVAE("tiny-sd", ctx=loader_ctx).vae)  # a pipeline folder's vae/
+    assert_same_weights(tiny_components.vae, run_node(LoadVAE, loader_ctx, name="tiny-vae").vae)
+    assert_same_weights(tiny_components.vae, run_node(LoadVAE, loader_ctx, name="tiny-sd").vae)  # a pipeline folder's vae/
 
 
 def test_load_vae_errors_name_the_input(loader_ctx, models_dir):
     (models_dir / "vae" / "broken.pt").write_bytes(b"nope")
     with pytest.raises(NodeInputError) as caught:
-        LoadVAE("missing-vae", ctx=loader_ctx)
+        run_node(LoadVAE, loader_ctx, name="missing-vae")
     assert caught.value.input == "name" and "broken.pt" in caught.value.expected
     with pytest.raises(NodeInputError, match="broken cannot be loaded") as caught:
-        LoadVAE("broken", ctx=loader_ctx)
+        run_node(LoadVAE, loader_ctx, name="broken")
     assert caught.value.input == "name"

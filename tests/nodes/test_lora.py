@@ -17,7 +17,7 @@ from nodes.tiny_assets import (LORA_ALPHA, LORA_RANK, LORA_RELATIVE_SIZE, TINY_L
                                make_kohya_lora, save_lora)
 from nodes.values import CLIP, MODEL, Clip, Model, digest_of
 
-from .runctx import make_ctx
+from .runctx import make_ctx, run_node
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_the_node_is_discoverable():
 def test_kohya_lora_changes_both_parts_and_leaves_inputs_alone(model, clip, ctx):
     digests = digest_of(model), digest_of(clip)
     base_unet, base_text = unet_output(model.unet), text_output(clip)
-    new_model, new_clip = LoraLoader(model, clip, "tiny-lora-a", 1.0, 1.0, ctx)
+    new_model, new_clip = run_node(LoraLoader, ctx, model=model, clip=clip, name="tiny-lora-a", strength_model=1.0, strength_clip=1.0)
     assert new_model is not model and new_clip is not clip
     assert new_model.unet is not model.unet and new_clip.text_encoder is not clip.text_encoder
     assert not torch.allclose(unet_output(new_model.unet), base_unet, atol=1e-4)
@@ -80,7 +80,7 @@ def test_kohya_lora_changes_both_parts_and_leaves_inputs_alone(model, clip, ctx)
 
 
 def test_only_patched_weights_are_new_tensors(model, clip, ctx):
-    new_model, _ = LoraLoader(model, clip, "tiny-lora-a", 1.0, 1.0, ctx)
+    new_model, _ = run_node(LoraLoader, ctx, model=model, clip=clip, name="tiny-lora-a", strength_model=1.0, strength_clip=1.0)
     old = dict(model.unet.named_parameters())
     shared = {n for n, p in new_model.unet.named_parameters() if p.data_ptr() == old[n].data_ptr()}
     patched = set(old) - shared
@@ -97,7 +97,7 @@ def test_merged_weight_follows_the_formula(tiny, model, clip, ctx):
     state = make_asset_lora(tiny["unet"], tiny["text_encoder"], seed=TINY_LORAS["tiny-lora-a"])  # what the file holds
     key = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
     down, up = state[f"{key}.lora_down.weight"].float(), state[f"{key}.lora_up.weight"].float()
-    new_model, new_clip = LoraLoader(model, clip, "tiny-lora-a", 0.7, 1.0, ctx)
+    new_model, new_clip = run_node(LoraLoader, ctx, model=model, clip=clip, name="tiny-lora-a", strength_model=0.7, strength_clip=1.0)
     name = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"
     expected = model.unet.get_parameter(name) + 0.7 * (LORA_ALPHA / LORA_RANK) * (up @ down)
     assert torch.allclose(new_model.unet.get_parameter(name), expected, atol=1e-6)
@@ -120,25 +120,31 @@ def test_update_size_follows_the_weight_size(tiny):
 
 
 def test_strength_zero_is_no_lora_bit_for_bit(model, clip, ctx):
-    new_model, new_clip = LoraLoader(model, clip, "tiny-lora-a", 0.0, 0.0, ctx)
+    new_model, new_clip = run_node(LoraLoader, ctx, model=model, clip=clip, name="tiny-lora-a", strength_model=0.0, strength_clip=0.0)
     assert new_model is model and new_clip is clip
-    only_clip = LoraLoader(model, clip, "tiny-lora-a", 0.0, 1.0, ctx)
+    only_clip = run_node(LoraLoader, ctx, model=model, clip=clip, name="tiny-lora-a", strength_model=0.0, strength_clip=1.0)
     assert only_clip[0] is model and only_clip[1] is not clip
 
 
 def test_unet_only_and_text_only_files(tiny, model, clip, ctx):
     save_lora(make_kohya_lora(tiny["unet"], None, seed=5), loras(ctx) / "unet-only.safetensors")
     save_lora(make_kohya_lora(None, tiny["text_encoder"], seed=6), loras(ctx) / "sub" / "te-only.safetensors")
-    m, c = LoraLoader(model, clip, "unet-only", 1.0, 1.0, ctx)
+    m, c = run_node(LoraLoader, ctx, model=model, clip=clip, name="unet-only", strength_model=1.0, strength_clip=1.0)
     assert m is not model and c is clip
-    m, c = LoraLoader(model, clip, "sub/te-only.safetensors", 1.0, 1.0, ctx)
+    m, c = run_node(LoraLoader, ctx, model=model, clip=clip, name="sub/te-only.safetensors", strength_model=1.0, strength_clip=1.0)
     assert m is model and c is not clip and c.patches == ("lora:sub/te-only:1",)
 
 
 def test_stacked_loras_compose_in_any_order(model, clip, ctx):
-    ab = LoraLoader(*LoraLoader(model, clip, "tiny-lora-a", 0.8, 0.5, ctx), "tiny-lora-b", 0.6, 1.2, ctx)
-    ba = LoraLoader(*LoraLoader(model, clip, "tiny-lora-b", 0.6, 1.2, ctx), "tiny-lora-a", 0.8, 0.5, ctx)
-    a_only = LoraLoader(model, clip, "tiny-lora-a", 0.8, 0.5, ctx)
+    first = dict(name="tiny-lora-a", strength_model=0.8, strength_clip=0.5)
+    second = dict(name="tiny-lora-b", strength_model=0.6, strength_clip=1.2)
+
+    def stacked(one, other):
+        m, c = run_node(LoraLoader, ctx, model=model, clip=clip, **one)
+        return run_node(LoraLoader, ctx, model=m, clip=c, **other)
+
+    ab, ba = stacked(first, second), stacked(second, first)
+    a_only = run_node(LoraLoader, ctx, model=model, clip=clip, **first)
     assert ab[0].patches == ("lora:tiny-lora-a:0.8", "lora:tiny-lora-b:0.6")
     assert torch.allclose(unet_output(ab[0].unet), unet_output(ba[0].unet), atol=1e-5)
     assert torch.allclose(text_output(ab[1]), text_output(ba[1]), atol=1e-5)
@@ -146,7 +152,7 @@ def test_stacked_loras_compose_in_any_order(model, clip, ctx):
     for (name, x), y in zip(ab[0].unet.state_dict().items(), ba[0].unet.state_dict().values()):
         assert torch.allclose(x, y, atol=1e-6), name
     # the first LoRA's output is still what it was: the second built new modules again
-    assert torch.equal(unet_output(a_only[0].unet), unet_output(LoraLoader(model, clip, "tiny-lora-a", 0.8, 0.5, ctx)[0].unet))
+    assert torch.equal(unet_output(a_only[0].unet), unet_output(run_node(LoraLoader, ctx, model=model, clip=clip, **first)[0].unet))
 
 
 LDM_ATTENTIONS = {  # the tiny UNet (2 levels, 2 layers per block): diffusers attention → original LDM block
@@ -199,9 +205,9 @@ def test_peft_format_matches_kohya(tiny, model, clip, ctx):
     save_lora(state, loras(ctx) / "kohya.safetensors")
     save_lora(kohya_to_peft(tiny, state), loras(ctx) / "peft.safetensors", metadata={})
     save_lora(kohya_to_peft(tiny, state, prefix_text_model=False), loras(ctx) / "peft2.safetensors", metadata={})
-    kohya = LoraLoader(model, clip, "kohya", 1.0, 1.0, ctx)
+    kohya = run_node(LoraLoader, ctx, model=model, clip=clip, name="kohya", strength_model=1.0, strength_clip=1.0)
     for name in ("peft", "peft2"):
-        peft = LoraLoader(model, clip, name, 1.0, 1.0, ctx)
+        peft = run_node(LoraLoader, ctx, model=model, clip=clip, name=name, strength_model=1.0, strength_clip=1.0)
         assert digest_of(peft[0].unet) == digest_of(kohya[0].unet)
         assert digest_of(peft[1].text_encoder) == digest_of(kohya[1].text_encoder)
 
@@ -211,8 +217,8 @@ def test_peft_alpha_from_adapter_metadata(tiny, model, clip, ctx):
     peft = {k: v for k, v in kohya_to_peft(tiny, state).items() if not k.endswith(".alpha")}
     save_lora(peft, loras(ctx) / "meta.safetensors", metadata={"lora_adapter_metadata": '{"unet.lora_alpha": 8, "unet.r": 4}'})
     save_lora(state, loras(ctx) / "kohya8.safetensors")
-    with_meta = LoraLoader(model, clip, "meta", 1.0, 1.0, ctx)[0]
-    assert digest_of(with_meta.unet) == digest_of(LoraLoader(model, clip, "kohya8", 1.0, 1.0, ctx)[0].unet)
+    with_meta = run_node(LoraLoader, ctx, model=model, clip=clip, name="meta", strength_model=1.0, strength_clip=1.0)[0]
+    assert digest_of(with_meta.unet) == digest_of(run_node(LoraLoader, ctx, model=model, clip=clip, name="kohya8", strength_model=1.0, strength_clip=1.0)[0].unet)
 
 
 def test_key_matching_no_layer_fails_loudly(tiny, model, clip, ctx):
@@ -221,7 +227,7 @@ def test_key_matching_no_layer_fails_loudly(tiny, model, clip, ctx):
     state["lora_unet_down_blocks_7_attentions_0_proj_in.lora_up.weight"] = torch.zeros(32, 4)
     save_lora(state, loras(ctx) / "stray.safetensors")
     with pytest.raises(NodeInputError) as error:
-        LoraLoader(model, clip, "stray", 1.0, 1.0, ctx)
+        run_node(LoraLoader, ctx, model=model, clip=clip, name="stray", strength_model=1.0, strength_clip=1.0)
     assert error.value.input == "name"
     assert "lora_unet_down_blocks_7_attentions_0_proj_in" in error.value.message
 
@@ -230,13 +236,13 @@ def test_unsupported_lycoris_keys_are_rejected(model, clip, ctx):
     save_lora({"lora_unet_down_blocks_1_attentions_0_proj_in.hada_w1_a": torch.zeros(4, 4)},
               loras(ctx) / "loha.safetensors")
     with pytest.raises(NodeInputError, match="unsupported"):
-        LoraLoader(model, clip, "loha", 1.0, 1.0, ctx)
+        run_node(LoraLoader, ctx, model=model, clip=clip, name="loha", strength_model=1.0, strength_clip=1.0)
 
 
 def test_damaged_file_is_reported_on_the_name(model, clip, ctx):
     (loras(ctx) / "broken.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(NodeInputError, match="not a readable"):
-        LoraLoader(model, clip, "broken", 1.0, 1.0, ctx)
+        run_node(LoraLoader, ctx, model=model, clip=clip, name="broken", strength_model=1.0, strength_clip=1.0)
 
 
 def test_wrong_shapes_are_rejected(model, clip, ctx):
@@ -244,17 +250,17 @@ def test_wrong_shapes_are_rejected(model, clip, ctx):
                "lora_unet_down_blocks_1_attentions_0_proj_in.lora_up.weight": torch.zeros(320, 4, 1, 1)},
               loras(ctx) / "sd15.safetensors")
     with pytest.raises(NodeInputError, match="shape"):
-        LoraLoader(model, clip, "sd15", 1.0, 1.0, ctx)
+        run_node(LoraLoader, ctx, model=model, clip=clip, name="sd15", strength_model=1.0, strength_clip=1.0)
 
 
 def test_missing_file_lists_available(model, clip, ctx):
     with pytest.raises(NodeInputError) as error:
-        LoraLoader(model, clip, "nope", 1.0, 1.0, ctx)
+        run_node(LoraLoader, ctx, model=model, clip=clip, name="nope", strength_model=1.0, strength_clip=1.0)
     assert error.value.expected == ["tiny-lora-a", "tiny-lora-b"]
     outside = ctx.settings.models_dir / "outside.safetensors"
     outside.write_bytes((loras(ctx) / "tiny-lora-a.safetensors").read_bytes())
     with pytest.raises(NodeInputError):  # names cannot leave the loras folder
-        LoraLoader(model, clip, "../outside", 1.0, 1.0, ctx)
+        run_node(LoraLoader, ctx, model=model, clip=clip, name="../outside", strength_model=1.0, strength_clip=1.0)
 
 
 # ------------------------------------------------------------------------------------------------ asset folders
@@ -268,7 +274,7 @@ def test_asset_folders_are_searched_after_the_models_folder(tiny, model, clip, c
     save_lora(states[13], second / "loras" / "packs" / "extra.safetensors")
 
     def applied(name):
-        return digest_of(LoraLoader(model, clip, name, 1.0, 1.0, ctx)[0].unet)
+        return digest_of(run_node(LoraLoader, ctx, model=model, clip=clip, name=name, strength_model=1.0, strength_clip=1.0)[0].unet)
 
     def expected(seed):
         return digest_of(apply_lora(model.unet, parse_lora(states[seed], {}, model.unet.config)["unet"], 1.0))
@@ -281,12 +287,12 @@ def test_asset_folders_are_searched_after_the_models_folder(tiny, model, clip, c
     assert applied("style") == expected(14), "the user's models folder comes before every asset folder"
     assert fingerprint({"name": "style"}, ctx.settings) != from_asset, "a shadowing file changes the cache key"
     with pytest.raises(NodeInputError) as error:
-        LoraLoader(model, clip, "nope", 1.0, 1.0, ctx)
+        run_node(LoraLoader, ctx, model=model, clip=clip, name="nope", strength_model=1.0, strength_clip=1.0)
     assert error.value.expected == ["packs/extra", "style", "tiny-lora-a", "tiny-lora-b"]
     assert str(first / "loras") in error.value.message
     (second / "outside.safetensors").write_bytes((second / "loras" / "style.safetensors").read_bytes())
     with pytest.raises(NodeInputError):  # an asset folder is no way out either
-        LoraLoader(model, clip, "../outside", 1.0, 1.0, ctx)
+        run_node(LoraLoader, ctx, model=model, clip=clip, name="../outside", strength_model=1.0, strength_clip=1.0)
 
 
 def test_fingerprint_covers_the_resolved_file(ctx):
@@ -297,7 +303,9 @@ def test_fingerprint_covers_the_resolved_file(ctx):
     path = loras(ctx) / "tiny-lora-a.safetensors"
     path.write_bytes(path.read_bytes() + b" ")  # rewritten: another size
     assert fingerprint({"name": "tiny-lora-a"}, ctx.settings) != before
-    assert fingerprint({"name": "nope"}, ctx.settings) == "missing"
+    with pytest.raises(NodeInputError) as error:  # the run stops before any node runs, as the node itself would
+        fingerprint({"name": "nope"}, ctx.settings)
+    assert error.value.input == "name"
 
 
 # ------------------------------------------------------------------------------------------------ in a workflow

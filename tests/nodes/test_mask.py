@@ -7,6 +7,8 @@ from nodes.mask import (FeatherMask, GrowMask, InvertMask, MaskFromImage, PadIma
                         load_mask_from_rgba, match_mask_to_image)
 from nodes.values import Image, Mask
 
+from .runctx import run_node
+
 
 def square_mask(size=21, half=2) -> Mask:
     m = torch.zeros(1, size, size)
@@ -18,10 +20,10 @@ def square_mask(size=21, half=2) -> Mask:
 def test_mask_from_image_channels():
     pixels = torch.tensor([[[[1.0, 0.5, 0.0], [0.0, 0.0, 1.0]]]])  # one 1×2 image
     image = Image(pixels=pixels)
-    assert MaskFromImage(image, "red").mask.tolist() == [[[1.0, 0.0]]]
-    assert MaskFromImage(image, "green").mask.tolist() == [[[0.5, 0.0]]]
-    assert MaskFromImage(image, "blue").mask.tolist() == [[[0.0, 1.0]]]
-    lum = MaskFromImage(image, "luminance").mask
+    assert run_node(MaskFromImage, image=image, channel="red").mask.tolist() == [[[1.0, 0.0]]]
+    assert run_node(MaskFromImage, image=image, channel="green").mask.tolist() == [[[0.5, 0.0]]]
+    assert run_node(MaskFromImage, image=image, channel="blue").mask.tolist() == [[[0.0, 1.0]]]
+    lum = run_node(MaskFromImage, image=image, channel="luminance").mask
     assert lum.shape == (1, 1, 2)
     assert torch.allclose(lum, torch.tensor([[[0.299 + 0.5 * 0.587, 0.114]]]))
 
@@ -51,47 +53,47 @@ def test_load_mask_from_palette_transparency():
 
 def test_invert_mask():
     mask = Mask(mask=torch.tensor([[[0.0, 0.25, 1.0]]]))
-    assert InvertMask(mask).mask.tolist() == [[[1.0, 0.75, 0.0]]]
+    assert run_node(InvertMask, mask=mask).mask.tolist() == [[[1.0, 0.75, 0.0]]]
 
 
 def test_grow_square_and_tapered_shapes():
     mask = square_mask(size=21, half=2)  # a 5×5 square
-    square = GrowMask(mask, pixels=3, tapered=False).mask
+    square = run_node(GrowMask, mask=mask, pixels=3, tapered=False).mask
     assert square.shape == mask.mask.shape
     assert square.sum() == 11 * 11  # a square grows into a larger square, corners included
-    tapered = GrowMask(mask, pixels=3, tapered=True).mask
+    tapered = run_node(GrowMask, mask=mask, pixels=3, tapered=True).mask
     assert tapered.sum() == 11 * 11 - 4 * (1 + 2 + 3)  # diamond growth cuts the corners
     assert tapered[0, 10, 13 + 2] == 1 and tapered[0, 7 - 2, 7 - 2] == 0
 
 
 def test_grow_negative_shrinks_and_zero_copies():
     mask = square_mask(size=21, half=4)  # 9×9
-    assert GrowMask(mask, pixels=-2, tapered=False).mask.sum() == 5 * 5
-    assert GrowMask(mask, pixels=-5, tapered=True).mask.sum() == 0
-    same = GrowMask(mask, pixels=0, tapered=True).mask
+    assert run_node(GrowMask, mask=mask, pixels=-2, tapered=False).mask.sum() == 5 * 5
+    assert run_node(GrowMask, mask=mask, pixels=-5, tapered=True).mask.sum() == 0
+    same = run_node(GrowMask, mask=mask, pixels=0, tapered=True).mask
     assert torch.equal(same, mask.mask) and same is not mask.mask
 
 
 def test_grow_keeps_soft_values_and_border_masks():
     soft = Mask(mask=torch.tensor([[[0.0, 0.0, 0.4, 0.0, 0.0]]]))
-    assert GrowMask(soft, pixels=1, tapered=True).mask[0, 0].tolist() == pytest.approx([0.0, 0.4, 0.4, 0.4, 0.0])
+    assert run_node(GrowMask, mask=soft, pixels=1, tapered=True).mask[0, 0].tolist() == pytest.approx([0.0, 0.4, 0.4, 0.4, 0.0])
     border = Mask(mask=torch.tensor([[[1.0, 1.0, 1.0, 0.0, 0.0]]]))
-    assert GrowMask(border, pixels=-1, tapered=True).mask.tolist() == [[[1.0, 1.0, 0.0, 0.0, 0.0]]]
+    assert run_node(GrowMask, mask=border, pixels=-1, tapered=True).mask.tolist() == [[[1.0, 1.0, 0.0, 0.0, 0.0]]]
 
 
 def test_feather_mask_ramps_at_the_given_edges_only():
     full = Mask(mask=torch.ones(1, 6, 10))
-    out = FeatherMask(full, left=3, top=0, right=0, bottom=2).mask
+    out = run_node(FeatherMask, mask=full, left=3, top=0, right=0, bottom=2).mask
     assert out.shape == (1, 6, 10)
     assert out[0, 0, :4].tolist() == pytest.approx([0.25, 0.5, 0.75, 1.0])  # left ramp
     assert out[0, :, 4].tolist() == pytest.approx([1, 1, 1, 1, 2 / 3, 1 / 3])  # bottom ramp
     assert out[0, 0, 9] == 1.0  # no right feathering
-    assert torch.equal(FeatherMask(full, 0, 0, 0, 0).mask, full.mask)
+    assert torch.equal(run_node(FeatherMask, mask=full, left=0, top=0, right=0, bottom=0).mask, full.mask)
 
 
 def test_blur_mask_softens_the_outline_and_keeps_the_range():
     mask = square_mask(size=33, half=6)
-    blurred = BlurMask(mask, radius=4).mask
+    blurred = run_node(BlurMask, mask=mask, radius=4).mask
     assert blurred.shape == mask.mask.shape
     assert 0 <= blurred.min() and blurred.max() <= 1
     centre_row = blurred[0, 16]
@@ -102,7 +104,7 @@ def test_blur_mask_softens_the_outline_and_keeps_the_range():
 
 def test_pad_image_for_outpaint_canvas_and_mask():
     pixels = torch.rand(2, 16, 24, 3)
-    image, mask = PadImageForOutpaint(Image(pixels=pixels), left=8, top=0, right=16, bottom=8, feathering=4)
+    image, mask = run_node(PadImageForOutpaint, image=Image(pixels=pixels), left=8, top=0, right=16, bottom=8, feathering=4)
     assert image.pixels.shape == (2, 24, 48, 3)
     assert mask.mask.shape == (2, 24, 48)
     assert torch.equal(image.pixels[:, 0:16, 8:32], pixels)  # original untouched
@@ -117,7 +119,7 @@ def test_pad_image_for_outpaint_canvas_and_mask():
 
 
 def test_pad_image_for_outpaint_without_feathering():
-    _, mask = PadImageForOutpaint(Image(pixels=torch.rand(1, 8, 8, 3)), left=0, top=8, right=0, bottom=0, feathering=0)
+    _, mask = run_node(PadImageForOutpaint, image=Image(pixels=torch.rand(1, 8, 8, 3)), left=0, top=8, right=0, bottom=0, feathering=0)
     assert mask.mask[0, :8].eq(1).all() and mask.mask[0, 8:].eq(0).all()
 
 

@@ -4,14 +4,13 @@ Two tiny models built from different seeds stand in for two checkpoints of one a
 import pytest
 import torch
 
-from graphflow.errors import NodeInputError
-from graphflow.node import Input
+from graphflow.errors import InvalidArgument, NodeInputError
 from nodes.builtin_models import SD_SCHEDULER_CONFIG, build_tiny_components
 from nodes.merge import MergeClip, MergeModels, MergeVae, merge_state
 from nodes.outputs import SaveCheckpoint
 from nodes.values import Clip, Model, Vae, digest_of
 
-from .runctx import make_ctx
+from .runctx import make_ctx, run_node
 
 
 def values(seed: int, name: str, **kwargs):
@@ -48,16 +47,16 @@ def assert_same(x: torch.nn.Module, y: torch.nn.Module):
 
 
 def test_alpha_zero_is_a_and_alpha_one_is_b(a, b):
-    assert_same(MergeModels(a[0], b[0], None, "weighted_sum", 0.0).unet, a[0].unet)
-    assert_same(MergeModels(a[0], b[0], None, "weighted_sum", 1.0).unet, b[0].unet)
-    assert_same(MergeClip(a[1], b[1], None, "weighted_sum", 0.0).text_encoder, a[1].text_encoder)
-    assert_same(MergeClip(a[1], b[1], None, "weighted_sum", 1.0).text_encoder, b[1].text_encoder)
-    assert_same(MergeVae(a[2], b[2], None, "weighted_sum", 0.0).vae, a[2].vae)
-    assert_same(MergeVae(a[2], b[2], None, "weighted_sum", 1.0).vae, b[2].vae)
+    assert_same(run_node(MergeModels, model_a=a[0], model_b=b[0], model_c=None, mode="weighted_sum", alpha=0.0).unet, a[0].unet)
+    assert_same(run_node(MergeModels, model_a=a[0], model_b=b[0], model_c=None, mode="weighted_sum", alpha=1.0).unet, b[0].unet)
+    assert_same(run_node(MergeClip, clip_a=a[1], clip_b=b[1], clip_c=None, mode="weighted_sum", alpha=0.0).text_encoder, a[1].text_encoder)
+    assert_same(run_node(MergeClip, clip_a=a[1], clip_b=b[1], clip_c=None, mode="weighted_sum", alpha=1.0).text_encoder, b[1].text_encoder)
+    assert_same(run_node(MergeVae, vae_a=a[2], vae_b=b[2], vae_c=None, mode="weighted_sum", alpha=0.0).vae, a[2].vae)
+    assert_same(run_node(MergeVae, vae_a=a[2], vae_b=b[2], vae_c=None, mode="weighted_sum", alpha=1.0).vae, b[2].vae)
 
 
 def test_weighted_sum_in_between(a, b):
-    merged = MergeModels(a[0], b[0], None, "weighted_sum", 0.3)
+    merged = run_node(MergeModels, model_a=a[0], model_b=b[0], model_c=None, mode="weighted_sum", alpha=0.3)
     key = "down_blocks.1.attentions.0.proj_in.weight"
     expected = state(a[0].unet)[key] * 0.7 + state(b[0].unet)[key] * 0.3
     assert torch.allclose(state(merged.unet)[key], expected, atol=1e-7)
@@ -67,9 +66,9 @@ def test_weighted_sum_in_between(a, b):
 
 
 def test_add_difference(a, b, c):
-    same = MergeModels(a[0], b[0], b[0], "add_difference", 0.8)  # B − B = 0: A comes back exactly
+    same = run_node(MergeModels, model_a=a[0], model_b=b[0], model_c=b[0], mode="add_difference", alpha=0.8)  # B − B = 0: A comes back exactly
     assert_same(same.unet, a[0].unet)
-    merged = MergeClip(a[1], b[1], c[1], "add_difference", 0.5)
+    merged = run_node(MergeClip, clip_a=a[1], clip_b=b[1], clip_c=c[1], mode="add_difference", alpha=0.5)
     key = "encoder.layers.0.mlp.fc1.weight"
     expected = state(a[1].text_encoder)[key] + (state(b[1].text_encoder)[key] - state(c[1].text_encoder)[key]) * 0.5
     assert torch.allclose(state(merged.text_encoder)[key], expected, atol=1e-7)
@@ -78,49 +77,53 @@ def test_add_difference(a, b, c):
 
 def test_inputs_are_untouched(a, b, c):
     before = [digest_of(v) for v in (*a, *b, *c)]
-    MergeModels(a[0], b[0], c[0], "add_difference", 0.5)
-    MergeClip(a[1], b[1], None, "weighted_sum", 0.5)
-    MergeVae(a[2], b[2], c[2], "add_difference", 1.0)
+    run_node(MergeModels, model_a=a[0], model_b=b[0], model_c=c[0], mode="add_difference", alpha=0.5)
+    run_node(MergeClip, clip_a=a[1], clip_b=b[1], clip_c=None, mode="weighted_sum", alpha=0.5)
+    run_node(MergeVae, vae_a=a[2], vae_b=b[2], vae_c=c[2], mode="add_difference", alpha=1.0)
     assert [digest_of(v) for v in (*a, *b, *c)] == before
 
 
 def test_merged_model_runs(a, b):
-    merged = MergeModels(a[0], b[0], None, "weighted_sum", 0.5)
+    merged = run_node(MergeModels, model_a=a[0], model_b=b[0], model_c=None, mode="weighted_sum", alpha=0.5)
     with torch.no_grad():
         out = merged.unet(torch.randn(1, 4, 16, 16), torch.tensor([10]), encoder_hidden_states=torch.randn(1, 77, 32)).sample
     assert out.shape == (1, 4, 16, 16) and torch.isfinite(out).all()
 
 
-def test_unlinked_optional_input_counts_as_absent(a, b):
-    merged = MergeModels(a[0], b[0], Input("MODEL", optional=True), "weighted_sum", 0.0)
+def test_unlinked_model_c_is_not_needed_for_a_weighted_sum(a, b):
+    merged = run_node(MergeModels, model_a=a[0], model_b=b[0], mode="weighted_sum", alpha=0.0)
     assert_same(merged.unet, a[0].unet)
 
 
 def test_add_difference_needs_c(a, b):
     with pytest.raises(NodeInputError) as error:
-        MergeModels(a[0], b[0], None, "add_difference", 0.5)
+        run_node(MergeModels, model_a=a[0], model_b=b[0], model_c=None, mode="add_difference", alpha=0.5)
     assert error.value.input == "model_c"
 
 
 def test_incompatible_architectures_name_the_first_mismatch(a):
     wide = values(5, "wide", cross_attention_dim=64)
     with pytest.raises(NodeInputError) as error:
-        MergeModels(a[0], wide[0], None, "weighted_sum", 0.5)
+        run_node(MergeModels, model_a=a[0], model_b=wide[0], model_c=None, mode="weighted_sum", alpha=0.5)
     assert error.value.input == "model_b"
     assert "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight" in error.value.message
     inpainting = values(6, "inpaint", in_channels=9)
-    with pytest.raises(NodeInputError, match="conv_in.weight"):
-        MergeModels(a[0], a[0], inpainting[0], "add_difference", 0.5)
-    with pytest.raises(NodeInputError, match="embeddings.token_embedding.weight"):
-        MergeClip(a[1], wide[1], None, "weighted_sum", 0.5)
+    with pytest.raises(NodeInputError, match="conv_in.weight") as error:
+        run_node(MergeModels, model_a=a[0], model_b=a[0], model_c=inpainting[0], mode="add_difference", alpha=0.5)
+    assert error.value.input == "model_c"
+    with pytest.raises(NodeInputError, match="embeddings.token_embedding.weight") as error:
+        run_node(MergeClip, clip_a=a[1], clip_b=wide[1], clip_c=None, mode="weighted_sum", alpha=0.5)
+    assert error.value.input == "clip_b"
 
 
-def test_missing_and_extra_keys():
+def test_missing_and_extra_keys_are_domain_errors_on_the_argument_that_differs():
     x = {"w": torch.zeros(2), "v": torch.zeros(1)}
-    with pytest.raises(NodeInputError, match="'v'"):
+    with pytest.raises(InvalidArgument, match="'v'") as error:
         merge_state(x, {"w": torch.zeros(2)}, None, "weighted_sum", 0.5)
-    with pytest.raises(NodeInputError, match="'extra'"):
-        merge_state(x, {**x, "extra": torch.zeros(1)}, None, "weighted_sum", 0.5)
+    assert error.value.argument == "b" and not isinstance(error.value, NodeInputError)
+    with pytest.raises(InvalidArgument, match="'extra'") as error:
+        merge_state(x, x, {**x, "extra": torch.zeros(1)}, "add_difference", 0.5)
+    assert error.value.argument == "c"
 
 
 def test_half_precision_a_keeps_its_dtype():
@@ -134,12 +137,12 @@ def test_save_checkpoint_writes_a_file_that_reloads_identically(a, b, tmp_path):
     from nodes.checkpoints import load_single_file
 
     ctx, _ = make_ctx(tmp_path)
-    model = MergeModels(a[0], b[0], None, "weighted_sum", 0.25)
-    clip = MergeClip(a[1], b[1], None, "weighted_sum", 0.25)
-    vae = MergeVae(a[2], b[2], None, "weighted_sum", 0.25)
-    (first,) = SaveCheckpoint(model, clip, vae, "merged", ctx)
-    (second,) = SaveCheckpoint(model, clip, vae, "sub/merged", ctx)
-    (third,) = SaveCheckpoint(model, clip, vae, "merged", ctx)
+    model = run_node(MergeModels, model_a=a[0], model_b=b[0], model_c=None, mode="weighted_sum", alpha=0.25)
+    clip = run_node(MergeClip, clip_a=a[1], clip_b=b[1], clip_c=None, mode="weighted_sum", alpha=0.25)
+    vae = run_node(MergeVae, vae_a=a[2], vae_b=b[2], vae_c=None, mode="weighted_sum", alpha=0.25)
+    (first,) = run_node(SaveCheckpoint, ctx, model=model, clip=clip, vae=vae, filename_prefix="merged")
+    (second,) = run_node(SaveCheckpoint, ctx, model=model, clip=clip, vae=vae, filename_prefix="sub/merged")
+    (third,) = run_node(SaveCheckpoint, ctx, model=model, clip=clip, vae=vae, filename_prefix="merged")
     assert {x.kind for x in (first, second, third)} == {"checkpoint"}
     assert [x.filename for x in (first, second, third)] == [
         "merged_00001.safetensors", "sub/merged_00001.safetensors", "merged_00002.safetensors"]
@@ -156,7 +159,7 @@ def test_save_checkpoint_writes_a_file_that_reloads_identically(a, b, tmp_path):
 def test_save_checkpoint_refuses_paths_outside_the_output_folder(a, tmp_path, prefix):
     ctx, _ = make_ctx(tmp_path)
     with pytest.raises(NodeInputError) as error:
-        SaveCheckpoint(*a, prefix, ctx)
+        run_node(SaveCheckpoint, ctx, model=a[0], clip=a[1], vae=a[2], filename_prefix=prefix)
     assert error.value.input == "filename_prefix"
 
 

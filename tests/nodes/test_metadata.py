@@ -27,7 +27,7 @@ def txt2img(**changes):
         "pos": {"type": "TextEncode", "inputs": {"clip": link("ckpt", "clip"), "text": "a red fox"}},
         "neg_tok": {"type": "Tokenize", "inputs": {"clip": link("ckpt", "clip"), "text": "blurry"}},
         "neg": {"type": "CLIPTextEncode", "inputs": {"clip": link("ckpt", "clip"), "tokens": link("neg_tok", "tokens")}},
-        "empty": {"type": "EmptyLatent", "inputs": {"width": 64, "height": 64}},
+        "empty": {"type": "EmptyLatent", "inputs": {"width": 64, "height": 64, "vae": link("ckpt", "vae")}},
         "sched": {"type": "Schedule", "inputs": {"model": link("ckpt", "model"), "sampler": "euler_a", "steps": 12}},
         "noise": {"type": "AddNoise", "inputs": {"latent": link("empty", "latent"), "schedule": link("sched", "schedule"),
                                                  "seed": 1234}},

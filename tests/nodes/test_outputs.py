@@ -10,8 +10,7 @@ from graphflow.errors import NodeInputError
 from graphflow.outputs import OutputFile, report_form
 from nodes.outputs import SaveAnimation, SaveImage
 from nodes.values import Image
-from tests.nodes.runctx import make_ctx
-from tests.nodes.stage_helpers import call
+from tests.nodes.runctx import make_ctx, run_node
 
 
 def link(node, output):
@@ -28,14 +27,14 @@ def random_pixels(batch=1, height=16, width=24, seed=0):
 def test_save_image_writes_numbered_pngs_and_reports_them(stage_ctx):
     ctx, _ = stage_ctx
     pixels = random_pixels(batch=2)
-    result = call(SaveImage, ctx=ctx, images=Image(pixels=pixels), filename_prefix="shot")
+    result = run_node(SaveImage, ctx=ctx, images=Image(pixels=pixels), filename_prefix="shot")
     assert result == [OutputFile("image", "shot_00001.png", {"width": 24, "height": 16}),
                       OutputFile("image", "shot_00002.png", {"width": 24, "height": 16})]
     assert report_form(result) == {"images": [{"filename": "shot_00001.png", "width": 24, "height": 16},
                                  {"filename": "shot_00002.png", "width": 24, "height": 16}]}
     saved = np.asarray(PILImage.open(ctx.settings.output_dir / "shot_00002.png"))
     assert np.array_equal(saved, (pixels[1].numpy() * 255).round().astype(np.uint8))
-    again = call(SaveImage, ctx=ctx, images=Image(pixels=pixels[:1]), filename_prefix="shot")
+    again = run_node(SaveImage, ctx=ctx, images=Image(pixels=pixels[:1]), filename_prefix="shot")
     assert again[0].filename == "shot_00003.png"
 
 
@@ -43,7 +42,7 @@ def test_save_image_never_overwrites(stage_ctx):
     ctx, _ = stage_ctx
     out = ctx.settings.output_dir
     (out / "keep_00007.png").write_bytes(b"someone else's file")
-    result = call(SaveImage, ctx=ctx, images=Image(pixels=random_pixels()), filename_prefix="keep")
+    result = run_node(SaveImage, ctx=ctx, images=Image(pixels=random_pixels()), filename_prefix="keep")
     assert result[0].filename == "keep_00008.png"
     assert (out / "keep_00007.png").read_bytes() == b"someone else's file"
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temporary files left behind"
@@ -52,7 +51,7 @@ def test_save_image_never_overwrites(stage_ctx):
 def test_save_image_refuses_prefixes_leaving_the_output_folder(stage_ctx):
     ctx, _ = stage_ctx
     with pytest.raises(NodeInputError) as error:
-        call(SaveImage, ctx=ctx, images=Image(pixels=random_pixels()), filename_prefix="../escape")
+        run_node(SaveImage, ctx=ctx, images=Image(pixels=random_pixels()), filename_prefix="../escape")
     assert error.value.input == "filename_prefix"
 
 
@@ -63,7 +62,7 @@ def test_png_carries_the_workflow_as_run_and_the_a1111_parameters(stage_ctx):
 
     ctx, _ = stage_ctx
     graph = provenance(txt2img(), TXT2IMG_VALUES, drawn={("noise", "seed"): 77})
-    result = call(SaveImage, ctx=replace(ctx, graph=graph), images=Image(pixels=random_pixels(height=64, width=64)))
+    result = run_node(SaveImage, ctx=replace(ctx, graph=graph), images=Image(pixels=random_pixels(height=64, width=64)))
     png = PILImage.open(ctx.settings.output_dir / result[0].filename)
     assert json.loads(png.text["workflow"]) == graph.document
     assert json.loads(png.text["workflow"])["nodes"]["noise"]["inputs"]["seed"] == 77
@@ -74,7 +73,7 @@ def test_png_carries_the_workflow_as_run_and_the_a1111_parameters(stage_ctx):
 
 def test_an_image_saved_outside_a_run_records_its_size_only(stage_ctx):
     ctx, _ = stage_ctx
-    result = call(SaveImage, ctx=ctx, images=Image(pixels=random_pixels(height=16, width=24)))
+    result = run_node(SaveImage, ctx=ctx, images=Image(pixels=random_pixels(height=16, width=24)))
     png = PILImage.open(ctx.settings.output_dir / result[0].filename)
     assert png.text == {"parameters": "Size: 24x16"}
 
@@ -94,8 +93,8 @@ def frames(count=4, size=(24, 32)):
 @pytest.mark.parametrize("fmt", ["gif", "webp"])
 def test_save_animation_writes_a_multiframe_file_and_never_overwrites(tmp_path, fmt):
     ctx, _ = make_ctx(tmp_path)
-    first = SaveAnimation(frames(), format=fmt, fps=10.0, filename_prefix="anim/clip", loop=0, lossless=False, ctx=ctx)
-    second = SaveAnimation(frames(), format=fmt, fps=10.0, filename_prefix="anim/clip", loop=0, lossless=False, ctx=ctx)
+    first = run_node(SaveAnimation, ctx, images=frames(), format=fmt, fps=10.0, filename_prefix="anim/clip", loop=0, lossless=False)
+    second = run_node(SaveAnimation, ctx, images=frames(), format=fmt, fps=10.0, filename_prefix="anim/clip", loop=0, lossless=False)
     (entry,), (entry2,) = first, second
     assert report_form(first) == {"images": [{"filename": f"anim/clip_00001.{fmt}", "width": 32, "height": 24,
                                               "frames": 4, "format": fmt}]}
@@ -115,6 +114,6 @@ def test_save_animation_writes_a_multiframe_file_and_never_overwrites(tmp_path, 
 def test_save_animation_refuses_prefixes_leaving_the_output_folder(tmp_path):
     ctx, _ = make_ctx(tmp_path)
     with pytest.raises(NodeInputError) as info:
-        SaveAnimation(frames(2), format="gif", fps=5.0, filename_prefix="../escape", loop=0, lossless=False, ctx=ctx)
+        run_node(SaveAnimation, ctx, images=frames(2), format="gif", fps=5.0, filename_prefix="../escape", loop=0, lossless=False)
     assert info.value.input == "filename_prefix"
     assert not (tmp_path / "escape_00001.gif").exists()

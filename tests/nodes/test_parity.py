@@ -13,7 +13,8 @@ from nodes.sampling import SAMPLERS, AddNoise, Sample, Schedule
 from nodes.text import CLIPTextEncode, Tokenize
 from nodes.vae import VAEDecode, VAEEncode
 from nodes.values import Image
-from tests.nodes.stage_helpers import call, channels_last, pipeline
+from tests.nodes.runctx import run_node
+from tests.nodes.stage_helpers import channels_last, pipeline
 
 SIZE, STEPS, CFG = 64, 8, 7.5
 PROMPT, NEGATIVE = "a red circle on a blue square", "blurry, low quality"
@@ -22,7 +23,7 @@ IMG2IMG_SAMPLERS = ["euler", "euler_a", "dpmpp_2m_karras", "ddim", "pndm", "lms"
 
 
 def encode(clip, text):
-    return call(CLIPTextEncode, clip=clip, tokens=call(Tokenize, clip=clip, text=text))
+    return run_node(CLIPTextEncode, clip=clip, tokens=run_node(Tokenize, clip=clip, text=text))
 
 
 def run_nodes(model, clip, vae, sampler, seed, latent=None, denoise=1.0, batch_size=1, cfg=CFG, eta=0.0,
@@ -30,14 +31,14 @@ def run_nodes(model, clip, vae, sampler, seed, latent=None, denoise=1.0, batch_s
     positive = encode(clip, PROMPT)
     negative = encode(clip, negative) if negative is not None else None
     if latent is None:
-        latent = call(EmptyLatent, width=SIZE, height=SIZE, batch_size=batch_size, vae=vae)
-    schedule = call(Schedule, model=model, sampler=sampler, steps=STEPS, denoise=denoise)
-    noised = call(AddNoise, latent=latent, schedule=schedule, seed=seed)
+        latent = run_node(EmptyLatent, width=SIZE, height=SIZE, batch_size=batch_size, vae=vae)
+    schedule = run_node(Schedule, model=model, sampler=sampler, steps=STEPS, denoise=denoise)
+    noised = run_node(AddNoise, latent=latent, schedule=schedule, seed=seed)
     inputs = dict(model=model, positive=positive, latent=noised, cfg=cfg, eta=eta)
     if negative is not None:
         inputs["negative"] = negative
-    latent, _previews = call(Sample, **inputs)
-    return call(VAEDecode, vae=vae, latent=latent).pixels
+    latent, _previews = run_node(Sample, **inputs)
+    return run_node(VAEDecode, vae=vae, latent=latent).pixels
 
 
 def generator(seed):
@@ -63,7 +64,7 @@ def test_txt2img_matches_stable_diffusion_pipeline(tiny_parts, sd_model, sd_clip
 @pytest.mark.parametrize("sampler", IMG2IMG_SAMPLERS)
 def test_img2img_matches_img2img_pipeline(tiny_parts, sd_model, sd_clip, sd_vae, sampler, strength):
     start_image = Image(pixels=torch.linspace(0, 1, SIZE * SIZE * 3).reshape(1, SIZE, SIZE, 3))
-    clean = call(VAEEncode, vae=sd_vae, image=start_image)
+    clean = run_node(VAEEncode, vae=sd_vae, image=start_image)
     ours = run_nodes(sd_model, sd_clip, sd_vae, sampler, seed=7, latent=clean, denoise=strength)
     theirs = pipeline(tiny_parts, sampler, img2img=True)(
         PROMPT, image=clean.samples, strength=strength, negative_prompt=NEGATIVE, num_inference_steps=STEPS,
@@ -102,7 +103,7 @@ def test_ddim_eta_matches_pipeline(tiny_parts, sd_model, sd_clip, sd_vae):
 def test_full_strength_on_an_image_latent_is_img2img_not_txt2img(tiny_parts, sd_model, sd_clip, sd_vae):
     # AddNoise treats a non-empty latent at denoise 1 as img2img at strength 1 (add_noise at the first timestep).
     start_image = Image(pixels=torch.linspace(1, 0, SIZE * SIZE * 3).reshape(1, SIZE, SIZE, 3))
-    clean = call(VAEEncode, vae=sd_vae, image=start_image)
+    clean = run_node(VAEEncode, vae=sd_vae, image=start_image)
     ours = run_nodes(sd_model, sd_clip, sd_vae, "ddim", seed=13, latent=clean, denoise=1.0)
     theirs = pipeline(tiny_parts, "ddim", img2img=True)(
         PROMPT, image=clean.samples, strength=1.0, negative_prompt=NEGATIVE, num_inference_steps=STEPS,

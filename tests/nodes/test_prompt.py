@@ -5,7 +5,7 @@ Parity: plain prompts must tokenize and encode exactly as diffusers' StableDiffu
 import pytest
 import torch
 
-from graphflow.errors import NodeInputError
+from graphflow.errors import InvalidArgument
 from nodes.builtin_models import build_tiny_components
 from nodes.prompt import (BREAK, apply_emphasis, encode_empty_chunk, encode_tokens, pad_conditionings,
                           pad_to_same_chunks, parse_prompt_attention, tokenize_prompt)
@@ -179,9 +179,9 @@ def test_clip_skip_uses_the_earlier_layer_and_the_final_norm(tiny):
         hidden = encoder(tokens.input_ids, output_hidden_states=True).hidden_states
         expected = encoder.final_layer_norm(hidden[-2])  # diffusers' clip_skip=1 == A1111's 2
     assert torch.equal(encode_tokens(encoder, tokens.input_ids, clip_skip=2), expected)
-    with pytest.raises(NodeInputError) as error:
+    with pytest.raises(InvalidArgument) as error:  # a helper's error names its own argument; nodes translate
         encode_tokens(encoder, tokens.input_ids, clip_skip=6)  # the tiny encoder has 5 layers
-    assert error.value.input == "clip_skip"
+    assert error.value.argument == "clip_skip"
 
 
 @pytest.mark.parametrize("clip_skip", [1, 2])
@@ -294,8 +294,9 @@ def test_long_negative_pads_against_short_positive(tiny):
     # the same through CONDITIONING values, as the sampler does it
     a, b = pad_conditionings(Conditioning(pos, ("a cat",), empty), Conditioning(neg, (negative_text,), empty))
     assert torch.equal(a, padded_pos) and b is neg
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidArgument) as error:
         pad_conditionings(Conditioning(pos), Conditioning(neg))  # nothing to pad with
+    assert error.value.argument == "positive"  # the shorter one
 
 
 def test_empty_chunk_is_the_empty_prompt(tiny, pipe):
@@ -375,15 +376,16 @@ def test_explicit_names_end_before_punctuation(tiny):
 
 
 def test_unknown_explicit_embedding_is_an_error(tiny):
-    with pytest.raises(NodeInputError) as error:
+    with pytest.raises(InvalidArgument) as error:
         tokenize_prompt(tiny["tokenizer"], "a embedding:missing cat", embeddings={"neg": torch.randn(1, 32)})
-    assert error.value.input == "text" and "missing" in str(error.value)
+    assert error.value.argument == "text" and "missing" in str(error.value)
 
 
 def test_encoder_width_mismatch_is_reported(tiny):
     tokens = tokenize_prompt(tiny["tokenizer"], "x", embeddings={"x": torch.randn(1, 768)})
-    with pytest.raises(NodeInputError, match="width"):
+    with pytest.raises(InvalidArgument, match="width") as error:
         encode_tokens(tiny["text_encoder"], tokens.input_ids, tokens.weights, embedding_vectors=tokens.embedding_vectors)
+    assert error.value.argument == "text_encoder"
 
 
 # ------------------------------------------------------------------------------------------------ socket values

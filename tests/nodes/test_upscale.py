@@ -12,7 +12,7 @@ from graphflow.registry import Registry
 from nodes.upscale import (LoadUpscaleModel, UpscaleModel, UpscaleWithModel, axis_weights, model_file_fingerprint,
                            tile_starts)
 from nodes.values import IMAGE, Image
-from tests.nodes.runctx import make_ctx
+from tests.nodes.runctx import make_ctx, run_node
 from tests.upscale_assets import write_tiny_esrgan
 
 
@@ -38,7 +38,7 @@ def root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def x4(root) -> UpscaleModel:
     ctx, _ = make_ctx(root)
-    return LoadUpscaleModel("tiny_x4.pth", device="cpu", ctx=ctx)
+    return run_node(LoadUpscaleModel, ctx, name="tiny_x4.pth", device="cpu")
 
 
 def picture(batch=1, height=72, width=56, seed=0) -> Image:
@@ -57,14 +57,14 @@ def test_load_pth_and_safetensors(root, x4):
     assert (x4.scale, x4.architecture, x4.name) == (4, "ESRGAN", "tiny_x4.pth")
     assert x4.nbytes > 0
     ctx, _ = make_ctx(root)
-    x2 = LoadUpscaleModel("sub/tiny_x2.safetensors", device="cpu", ctx=ctx)
+    x2 = run_node(LoadUpscaleModel, ctx, name="sub/tiny_x2.safetensors", device="cpu")
     assert (x2.scale, x2.architecture) == (2, "ESRGAN")
 
 
 def test_unknown_name_lists_available_files(root):
     ctx, _ = make_ctx(root)
     with pytest.raises(NodeInputError) as info:
-        LoadUpscaleModel("RealESRGAN_x4plus.pth", device="cpu", ctx=ctx)
+        run_node(LoadUpscaleModel, ctx, name="RealESRGAN_x4plus.pth", device="cpu")
     assert info.value.input == "name"
     assert "sub/tiny_x2.safetensors" in info.value.expected and "tiny_x4.pth" in info.value.expected
 
@@ -73,7 +73,7 @@ def test_names_outside_the_folder_are_refused(root):
     ctx, _ = make_ctx(root)
     for name in ("../upscale_models/tiny_x4.pth", "/etc/passwd"):
         with pytest.raises(NodeInputError) as info:
-            LoadUpscaleModel(name, device="cpu", ctx=ctx)
+            run_node(LoadUpscaleModel, ctx, name=name, device="cpu")
         assert info.value.input == "name"
 
 
@@ -84,11 +84,11 @@ def test_unrecognised_architecture_lists_supported_ones(tmp_path):
     (folder / "broken.safetensors").write_bytes(b"not a safetensors file")
     ctx, _ = make_ctx(tmp_path)
     with pytest.raises(NodeInputError) as info:
-        LoadUpscaleModel("mystery.pth", device="cpu", ctx=ctx)
+        run_node(LoadUpscaleModel, ctx, name="mystery.pth", device="cpu")
     assert "does not recognise" in info.value.message
     assert "ESRGAN" in info.value.expected and "SwinIR" in info.value.expected
     with pytest.raises(NodeInputError, match="could not read"):
-        LoadUpscaleModel("broken.safetensors", device="cpu", ctx=ctx)
+        run_node(LoadUpscaleModel, ctx, name="broken.safetensors", device="cpu")
 
 
 def test_fingerprint_follows_the_file(tmp_path):
@@ -98,7 +98,9 @@ def test_fingerprint_follows_the_file(tmp_path):
     write_tiny_esrgan(path, scale=2, seed=5)
     path.touch()
     assert model_file_fingerprint({"name": "m.pth"}, settings) != before
-    assert model_file_fingerprint({"name": "missing.pth"}, settings) == "unresolved:missing.pth"
+    with pytest.raises(NodeInputError) as error:  # the run stops before any node runs, as the node itself would
+        model_file_fingerprint({"name": "missing.pth"}, settings)
+    assert error.value.input == "name"
 
 
 def test_asset_folders_are_searched_after_the_models_folder(tmp_path):
@@ -110,10 +112,10 @@ def test_asset_folders_are_searched_after_the_models_folder(tmp_path):
     write_tiny_esrgan(tmp_path / "models" / "upscale_models" / "both.pth", scale=4)
     ctx, _ = make_ctx(tmp_path)
     ctx = replace(ctx, settings=replace(ctx.settings, asset_dirs=(assets,)))
-    assert LoadUpscaleModel("shipped.pth", device="cpu", ctx=ctx).scale == 2
-    assert LoadUpscaleModel("both.pth", device="cpu", ctx=ctx).scale == 4  # the user's models folder wins
+    assert run_node(LoadUpscaleModel, ctx, name="shipped.pth", device="cpu").scale == 2
+    assert run_node(LoadUpscaleModel, ctx, name="both.pth", device="cpu").scale == 4  # the user's models folder wins
     with pytest.raises(NodeInputError) as info:
-        LoadUpscaleModel("nope.pth", device="cpu", ctx=ctx)
+        run_node(LoadUpscaleModel, ctx, name="nope.pth", device="cpu")
     assert "shipped.pth" in info.value.expected and "both.pth" in info.value.expected
 
 
@@ -156,18 +158,18 @@ def test_tiled_equals_untiled_when_the_receptive_field_fits(tmp_path, x4):
     image = picture(height=40, width=48)
     full = upscale_untiled(x4, image)
     ctx, _ = make_ctx(tmp_path)
-    tiled = UpscaleWithModel(x4, image, tile_size=32, overlap=16, ctx=ctx).pixels[0]  # 2×2 tiles
+    tiled = run_node(UpscaleWithModel, ctx, upscale_model=x4, image=image, tile_size=32, overlap=16).pixels[0]  # 2×2 tiles
     assert tiled.shape == full.shape == (40 * 4, 48 * 4, 3)
     assert (tiled - full).abs().max() <= 1e-3
     # the model does see across tile borders: tiles blended right up to their edges miss the tolerance
-    seams = UpscaleWithModel(x4, image, tile_size=32, overlap=0, ctx=ctx).pixels[0]
+    seams = run_node(UpscaleWithModel, ctx, upscale_model=x4, image=image, tile_size=32, overlap=0).pixels[0]
     assert (seams - full).abs().max() > 1e-3
 
 
 def test_scale_and_batch(tmp_path, root):
     ctx, _ = make_ctx(root)
-    x2 = LoadUpscaleModel("sub/tiny_x2.safetensors", device="cpu", ctx=ctx)
-    out = UpscaleWithModel(x2, picture(batch=2, height=20, width=28), tile_size=512, overlap=32, ctx=ctx)
+    x2 = run_node(LoadUpscaleModel, ctx, name="sub/tiny_x2.safetensors", device="cpu")
+    out = run_node(UpscaleWithModel, ctx, upscale_model=x2, image=picture(batch=2, height=20, width=28), tile_size=512, overlap=32)
     assert out.pixels.shape == (2, 40, 56, 3)
     assert out.pixels.min() >= 0 and out.pixels.max() <= 1
     assert not torch.equal(out.pixels[0], out.pixels[1])
@@ -175,7 +177,7 @@ def test_scale_and_batch(tmp_path, root):
 
 def test_progress_once_per_tile(tmp_path, x4):
     ctx, recorder = make_ctx(tmp_path)
-    UpscaleWithModel(x4, picture(batch=2, height=40, width=36), tile_size=32, overlap=8, ctx=ctx)
+    run_node(UpscaleWithModel, ctx, upscale_model=x4, image=picture(batch=2, height=40, width=36), tile_size=32, overlap=8)
     tiles = len(tile_starts(40, 32, 8)) * len(tile_starts(36, 32, 8))
     assert tiles == 4
     assert recorder.progress == [(i, 2 * tiles) for i in range(1, 2 * tiles + 1)]
@@ -187,7 +189,7 @@ def test_cancel_between_tiles(tmp_path, x4, monkeypatch):
     monkeypatch.setattr(upscale, "run_model", lambda d, t: calls.append(t.shape) or real(d, t))
     ctx, recorder = make_ctx(tmp_path, cancel_after_progress=2)
     with pytest.raises(Cancelled):
-        UpscaleWithModel(x4, picture(height=40, width=36), tile_size=32, overlap=8, ctx=ctx)
+        run_node(UpscaleWithModel, ctx, upscale_model=x4, image=picture(height=40, width=36), tile_size=32, overlap=8)
     assert len(calls) == 2 and len(recorder.progress) == 2
 
 
@@ -204,7 +206,7 @@ def test_out_of_memory_retries_once_with_half_tiles(tmp_path, x4, monkeypatch):
     monkeypatch.setattr(upscale, "run_model", flaky)
     ctx, recorder = make_ctx(tmp_path)
     image = picture(height=72, width=40)
-    out = UpscaleWithModel(x4, image, tile_size=64, overlap=16, ctx=ctx)
+    out = run_node(UpscaleWithModel, ctx, upscale_model=x4, image=image, tile_size=64, overlap=16)
     assert shapes[:2] == [(64, 40), (64, 40)]  # the second of two tiles ran out of memory
     assert set(shapes[2:]) == {(32, 32)} and len(shapes[2:]) == 4 * 2
     assert len(recorder.warnings) == 1 and "32px tiles" in recorder.warnings[0]
@@ -218,7 +220,7 @@ def test_out_of_memory_twice_fails_clearly(tmp_path, x4, monkeypatch):
     monkeypatch.setattr(upscale, "run_model", always)
     ctx, _ = make_ctx(tmp_path)
     with pytest.raises(NodeInputError) as info:
-        UpscaleWithModel(x4, picture(height=40, width=40), tile_size=64, overlap=16, ctx=ctx)
+        run_node(UpscaleWithModel, ctx, upscale_model=x4, image=picture(height=40, width=40), tile_size=64, overlap=16)
     assert info.value.input == "tile_size" and "32px" in info.value.message
 
 
@@ -232,14 +234,14 @@ def test_other_errors_are_not_retried(tmp_path, x4, monkeypatch):
     monkeypatch.setattr(upscale, "run_model", broken)
     ctx, _ = make_ctx(tmp_path)
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        UpscaleWithModel(x4, picture(height=40, width=40), tile_size=64, overlap=16, ctx=ctx)
+        run_node(UpscaleWithModel, ctx, upscale_model=x4, image=picture(height=40, width=40), tile_size=64, overlap=16)
     assert calls == [1]
 
 
 def test_overlap_must_be_smaller_than_the_tile(tmp_path, x4):
     ctx, _ = make_ctx(tmp_path)
     with pytest.raises(NodeInputError) as info:
-        UpscaleWithModel(x4, picture(height=40, width=40), tile_size=32, overlap=32, ctx=ctx)
+        run_node(UpscaleWithModel, ctx, upscale_model=x4, image=picture(height=40, width=40), tile_size=32, overlap=32)
     assert info.value.input == "overlap"
 
 
@@ -252,8 +254,8 @@ def test_grey_models_take_luminance_and_give_rgb(tmp_path):
     folder.mkdir(parents=True)
     save_file(ESRGAN(in_nc=1, out_nc=1, num_filters=4, num_blocks=1, scale=2).state_dict(), str(folder / "grey.safetensors"))
     ctx, _ = make_ctx(tmp_path)
-    model = LoadUpscaleModel("grey.safetensors", device="cpu", ctx=ctx)
-    out = UpscaleWithModel(model, picture(height=12, width=10), tile_size=512, overlap=32, ctx=ctx).pixels
+    model = run_node(LoadUpscaleModel, ctx, name="grey.safetensors", device="cpu")
+    out = run_node(UpscaleWithModel, ctx, upscale_model=model, image=picture(height=12, width=10), tile_size=512, overlap=32).pixels
     assert out.shape == (1, 24, 20, 3)
     assert torch.equal(out[..., 0], out[..., 1]) and torch.equal(out[..., 1], out[..., 2])
 

@@ -6,7 +6,8 @@ from diffusers.image_processor import VaeImageProcessor
 from graphflow.errors import NodeInputError
 from nodes.vae import VAEDecode, VAEEncode
 from nodes.values import Image, Latent
-from tests.nodes.stage_helpers import call, channels_last
+from tests.nodes.runctx import run_node
+from tests.nodes.stage_helpers import channels_last
 
 
 def random_latent(batch=2, seed=0):
@@ -19,7 +20,7 @@ def gradient_image(batch=1, height=32, width=48):
 
 def test_decode_is_the_pipelines_decode_and_postprocess(sd_vae):
     latent = random_latent()
-    image = call(VAEDecode, vae=sd_vae, latent=latent)
+    image = run_node(VAEDecode, vae=sd_vae, latent=latent)
     with torch.no_grad():
         decoded = sd_vae.vae.decode(latent.samples / sd_vae.vae.config.scaling_factor, return_dict=False)[0]
     expected = VaeImageProcessor(vae_scale_factor=2).postprocess(decoded, output_type="pt")
@@ -31,7 +32,7 @@ def test_decode_is_the_pipelines_decode_and_postprocess(sd_vae):
 
 def test_encode_is_the_scaled_mode_of_the_latent_distribution(sd_vae):
     image = gradient_image()
-    latent = call(VAEEncode, vae=sd_vae, image=image)
+    latent = run_node(VAEEncode, vae=sd_vae, image=image)
     normalized = VaeImageProcessor(vae_scale_factor=2).normalize(image.pixels.permute(0, 3, 1, 2))
     with torch.no_grad():
         mode = sd_vae.vae.encode(normalized).latent_dist.mode()
@@ -42,23 +43,23 @@ def test_encode_is_the_scaled_mode_of_the_latent_distribution(sd_vae):
 
 def test_encode_is_deterministic(sd_vae):
     image = gradient_image(batch=2)
-    assert torch.equal(call(VAEEncode, vae=sd_vae, image=image).samples, call(VAEEncode, vae=sd_vae, image=image).samples)
+    assert torch.equal(run_node(VAEEncode, vae=sd_vae, image=image).samples, run_node(VAEEncode, vae=sd_vae, image=image).samples)
 
 
 def test_decode_is_deterministic(sd_vae):
     latent = random_latent(seed=3)
-    assert torch.equal(call(VAEDecode, vae=sd_vae, latent=latent).pixels, call(VAEDecode, vae=sd_vae, latent=latent).pixels)
+    assert torch.equal(run_node(VAEDecode, vae=sd_vae, latent=latent).pixels, run_node(VAEDecode, vae=sd_vae, latent=latent).pixels)
 
 
 def test_encode_needs_sizes_that_fit_the_downscale_factor(sd_vae):
     with pytest.raises(NodeInputError) as error:
-        call(VAEEncode, vae=sd_vae, image=gradient_image(height=33))
+        run_node(VAEEncode, vae=sd_vae, image=gradient_image(height=33))
     assert error.value.input == "image" and error.value.received == 33
 
 
 def test_vae_nodes_leave_inputs_untouched(sd_vae):
     latent, image = random_latent(), gradient_image()
     before = [v.__graphflow_digest__() for v in (sd_vae, latent, image)]
-    call(VAEDecode, vae=sd_vae, latent=latent)
-    call(VAEEncode, vae=sd_vae, image=image)
+    run_node(VAEDecode, vae=sd_vae, latent=latent)
+    run_node(VAEEncode, vae=sd_vae, image=image)
     assert [v.__graphflow_digest__() for v in (sd_vae, latent, image)] == before

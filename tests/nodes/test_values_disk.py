@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from graphflow.disk_cache import DiskCache, codec_of
-from nodes.values import (Conditioning, Image, Latent, Mask, Schedule, Tokens, Vae, value_from_disk,
+from nodes.values import (Conditioning, Image, Latent, Mask, ScheduleValue, Tokens, Vae, value_from_disk,
                           value_to_disk)
 
 KEY = "d" * 64
 
 
-def schedule() -> Schedule:
-    return Schedule(sampler="euler", steps=4, denoise=0.5, scheduler_class="EulerDiscreteScheduler",
+def schedule() -> ScheduleValue:
+    return ScheduleValue(sampler="euler", steps=4, denoise=0.5, scheduler_class="EulerDiscreteScheduler",
                     scheduler_config={"beta_start": 0.00085, "trained_betas": None, "use_karras_sigmas": False,
                                       "lambda_min_clipped": float("-inf"),
                                       "_use_default_values": ["a", "b"]},
@@ -26,7 +26,7 @@ def latent() -> Latent:
     generator = torch.Generator().manual_seed(2)
     noise = torch.randn(1, 4, 8, 8, generator=generator)
     return Latent(samples=samples, schedule=schedule(), clean=samples, noise=noise, rng_state=generator.get_state(),
-                  noise_mask=torch.ones(1, 1, 8, 8), steps_done=1)
+                  noise_mask=torch.ones(1, 1, 8, 8))
 
 
 VALUES = {
@@ -89,4 +89,4 @@ def test_the_description_is_plain_json(tmp_path):
     header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
     description = json.loads(header["__metadata__"]["graphflow"])
     assert description["outputs"][0]["tag"] == "sd.latent"
-    assert description["outputs"][0]["meta"]["fields"]["steps_done"] == {"json": 1}
+    assert description["outputs"][0]["meta"]["fields"]["schedule"]["fields"]["steps"] == {"json": 4}

@@ -103,7 +103,7 @@ def server(start_server) -> RunningServer:
 
 @pytest.fixture
 def slow_steps(monkeypatch):
-    """Make toy ``Slow`` nodes take 50 ms per step (10 s for the 200 steps the default limits allow), so a job
+    """Make toy ``Slow`` nodes take 50 ms per step (10 s for slow_workflow's 200 steps), so a job
     stays running while a test acts on it."""
     toynodes.CALLS.clear()
     monkeypatch.setattr(toynodes, "ON_STEP", lambda i: threading.Event().wait(0.05))

@@ -28,7 +28,8 @@ async def test_invalid_workflow_is_400_with_errors_per_node_and_nothing_is_queue
         assert bias["input"] == "bias" and bias["received"] == 3 and "multiple of 2" in bias["expected"]
         assert "Number" in errors["y"][0]["message"] and errors["y"][0]["received"] == "Numbr"
         assert errors["save"][0]["input"] == "value" and errors["save"][0]["received"] == "nowhere"
-        assert set(bias) == {"input", "message", "expected", "received"}
+        assert set(bias) == {"input", "message", "expected", "received", "code"}
+        assert (bias["code"], errors["y"][0]["code"], errors["save"][0]["code"]) == ("bad_value", "unknown_node_type", "missing_link")
         assert await queued_count(session, server.url) == 0
 
 
@@ -37,11 +38,13 @@ async def test_document_level_problems_are_listed_under_the_empty_key(server):
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{server.url}/jobs", json={"workflow": no_output}) as response:
             assert response.status == 400
-            assert (await response.json())["node_errors"][""][0]["message"] == "workflow has no output node"
+            [problem] = (await response.json())["node_errors"][""]
+            assert (problem["message"], problem["code"]) == ("workflow has no output node", "no_output")
         async with session.post(f"{server.url}/jobs", json={"workflow": {"graphflow": 2, "nodes": {}}}) as response:
             assert response.status == 400
             body = await response.json()
             assert "not a graphflow workflow" in body["error"] and list(body["node_errors"]) == [""]
+            assert body["node_errors"][""][0]["code"] == "bad_document"
         async with session.post(f"{server.url}/jobs", json={"workflow": gray_workflow(), "outputs": ["sum"]}) as response:
             assert response.status == 400
             assert "not an output node" in (await response.json())["node_errors"]["sum"][0]["message"]

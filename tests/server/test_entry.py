@@ -28,14 +28,16 @@ def test_defaults_are_loopback_only_and_tokenless(monkeypatch):
     monkeypatch.delenv("GRAPHFLOW_TOKEN", raising=False)
     cfg = config()
     assert cfg.token is None and cfg.allowed_hosts == LOOPBACK_HOSTS and cfg.data_dir == Path("graphflow-data")
-    assert cfg.limits.max_literal == {"steps": 200, "batch_size": 16}
+    assert cfg.limits.max_literal == {}  # the server puts the node packs' defaults under what the flags set
 
 
 def test_options_and_environment(monkeypatch):
     cfg = config("--host", "0.0.0.0", "--data-dir", "/tmp/x", "--max-literal", "steps=50", "--max-literal", "cfg=30",
                  "--max-body", "1000", env_token="from-env", monkeypatch=monkeypatch)
     assert cfg.token == "from-env" and cfg.allowed_hosts is None  # bound to all interfaces: any Host
-    assert cfg.limits.max_literal == {"steps": 50, "batch_size": 16, "cfg": 30} and cfg.limits.max_body_bytes == 1000
+    assert cfg.limits.max_literal == {"steps": 50, "cfg": 30} and cfg.limits.max_body_bytes == 1000
+    pack_defaults = {"steps": 200, "batch_size": 16}
+    assert cfg.limits.over_defaults(pack_defaults).max_literal == {"steps": 50, "batch_size": 16, "cfg": 30}
     assert config("--token", "flag", "--allow-host", "Box.lan", env_token="env", monkeypatch=monkeypatch).token == "flag"
     assert "box.lan" in config("--allow-host", "Box.lan").allowed_hosts
     with pytest.raises(SystemExit):

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
+from graphflow.registry import NodePack
 from graphflow.server import Limits
 
 from .conftest import gray_workflow, submit
@@ -131,7 +132,8 @@ async def test_limits_name_the_node_and_input(start_server):
         async with session.post(f"{server.url}/jobs", json={"workflow": slow}) as response:
             assert response.status == 400
             assert (await response.json())["node_errors"] == {
-                "s": [{"input": "steps", "message": "steps is above this server's limit", "expected": "at most 50", "received": 51}]}
+                "s": [{"input": "steps", "message": "steps is above this server's limit", "expected": "at most 50", "received": 51,
+                       "code": "over_limit"}]}
         async with session.post(f"{server.url}/jobs", json={"workflow": gray_workflow(width=101, height=100)}) as response:
             assert response.status == 400
             [problem] = (await response.json())["node_errors"]["save"]
@@ -144,6 +146,25 @@ async def test_limits_name_the_node_and_input(start_server):
         async with session.get(f"{server.url}/jobs") as response:
             assert (await response.json())["jobs"] == []
         await submit(session, server.url, gray_workflow(width=50, height=50, batch_size=4))  # at the limits is fine
+
+
+async def test_node_packs_give_the_default_limits_and_hints(start_server, toy_registry):
+    toy_registry.add_pack(NodePack(literal_limits={"steps": 7}, output_example="SaveGray"))
+    toy_registry.add_pack(NodePack(literal_limits={"steps": 9, "bias": 4}))  # two packs: the lower bound wins
+    server = start_server(toy_registry, limits=Limits(max_literal={"bias": 6}))  # a flag overrides a pack's bound
+    slow = {"graphflow": 1, "nodes": {"n": {"type": "Number", "inputs": {}},
+                                      "s": {"type": "Slow", "inputs": {"value": {"from": "n", "output": "value"}, "steps": 8}},
+                                      "show": {"type": "Show", "inputs": {"value": {"from": "s", "output": "value"}}}}}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{server.url}/jobs", json={"workflow": slow}) as response:
+            assert response.status == 400
+            [problem] = (await response.json())["node_errors"]["s"]
+            assert (problem["input"], problem["expected"], problem["code"]) == ("steps", "at most 7", "over_limit")
+        async with session.post(f"{server.url}/jobs", json={"workflow": gray_workflow(bias=6)}) as response:
+            assert response.status == 202
+        no_output = {"graphflow": 1, "nodes": {"x": {"type": "Number", "inputs": {}}}}
+        async with session.post(f"{server.url}/jobs", json={"workflow": no_output}) as response:
+            assert (await response.json())["node_errors"][""][0]["expected"] == "at least one output node (e.g. SaveGray)"
 
 
 async def upload(session: aiohttp.ClientSession, url: str, data: bytes, filename: str = "a.png", field: str = "image"):

@@ -19,9 +19,9 @@ def png_bytes(width: int, height: int, level: int) -> bytes:
     return buffer.getvalue()
 
 
-@node(output=True, category="test")
+@node(output=True, category="test", pixels=("width", "height", "batch_size"))
 def SaveGray(value=Input("NUMBER"), width: int = Field(16, ge=1, le=100_000), height: int = Field(8, ge=1, le=100_000),
-             batch_size: int = Field(1, ge=1, le=1000), previews: int = Field(0, ge=0, le=1000), ctx=None):
+             batch_size: int = Field(1, ge=1, le=1000), previews: int = Field(0, ge=0, le=1000), *, ctx):
     """Writes one gray PNG (level = value mod 256) per batch item, after emitting ``previews`` previews."""
     for step in range(previews):
         ctx.preview(png_bytes(4, 4, step % 256), step)
