@@ -55,8 +55,27 @@ class ProgressPrinter:
             self.stream.write("\n")
 
 
+def _source(args: argparse.Namespace) -> Path:
+    """The workflow file, or the PNG of ``run --from-png``."""
+    from_png = getattr(args, "from_png", None)
+    if (args.workflow is None) == (from_png is None):
+        raise WorkflowFormatError("give a workflow file or --from-png IMAGE.png (one of them)")
+    return Path(args.workflow or from_png)
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(models_dir=args.models, input_dir=args.inputs, output_dir=args.out)
+    """The folders from the options, plus the ``assets/`` folder next to the workflow file (shipped examples)."""
+    settings = Settings.from_env(models_dir=args.models, input_dir=args.inputs, output_dir=args.out)
+    return settings.with_asset_dir(_source(args).resolve().parent / "assets")
+
+
+def _workflow(args: argparse.Namespace):
+    """The workflow (from its file, or from the PNG of ``--from-png``) with the --set overrides applied."""
+    from .workflow import load
+
+    source = _source(args)
+    workflow = workflow_in_png(source) if getattr(args, "from_png", None) else load(source)
+    return workflow.with_values(dict(parse_assignment(a) for a in args.set or []))
 
 
 def prepare_output_folder(args: argparse.Namespace, folder: Path) -> None:
@@ -73,17 +92,11 @@ def prepare_output_folder(args: argparse.Namespace, folder: Path) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .execute import Engine
-    from .workflow import load
 
-    if (args.workflow is None) == (args.from_png is None):
-        raise WorkflowFormatError("give a workflow file or --from-png IMAGE.png (one of them)")
-    source = Path(args.workflow or args.from_png)
-    workflow = workflow_in_png(source) if args.from_png else load(source)
-    workflow = workflow.with_values(dict(parse_assignment(a) for a in args.set or []))
+    workflow = _workflow(args)
     from .disk_cache import DiskCache
 
-    engine = Engine(settings=_settings(args).with_asset_dir(source.resolve().parent / "assets"),
-                    disk_cache=DiskCache.from_env(args.disk_cache))
+    engine = Engine(settings=_settings(args), disk_cache=DiskCache.from_env(args.disk_cache))
     prepare_output_folder(args, Path(engine.settings.output_dir))
     cancel = CancelToken()
     try:
@@ -117,9 +130,8 @@ def workflow_in_png(path: Path):
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .execute import Engine
-    from .workflow import load
 
-    Engine(settings=_settings(args)).validate(load(args.workflow))
+    Engine(settings=_settings(args)).validate(_workflow(args), outputs=args.output or None)
     print(f"{args.workflow}: valid")
     return EXIT_OK
 
@@ -173,17 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", help="output directory (default ./outputs or $GRAPHFLOW_OUTPUT_DIR)")
         return p
 
-    run = with_dirs(sub.add_parser("run", help="run a workflow"))
+    def with_workflow_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="override a literal input (repeatable)")
+        p.add_argument("--output", action="append", metavar="NODE", help="only produce these output nodes (repeatable)")
+        return p
+
+    run = with_workflow_options(with_dirs(sub.add_parser("run", help="run a workflow")))
     run.add_argument("workflow", nargs="?", help="a workflow JSON file")
     run.add_argument("--from-png", metavar="IMAGE.png", help="rerun the workflow a PNG saved by graphflow carries")
-    run.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="override a literal input (repeatable)")
-    run.add_argument("--output", action="append", metavar="NODE", help="only produce these output nodes (repeatable)")
     run.add_argument("--disk-cache", metavar="DIR", help="keep small node outputs in DIR across runs "
                      "(default $GRAPHFLOW_DISK_CACHE; off when neither is set)")
     run.set_defaults(handler=cmd_run)
 
-    check = with_dirs(sub.add_parser("validate", help="check a workflow without running it"))
-    check.add_argument("workflow")
+    check = with_workflow_options(with_dirs(sub.add_parser("validate", help="check a workflow and the files it names without running it")))
+    check.add_argument("workflow", help="a workflow JSON file")
     check.set_defaults(handler=cmd_validate)
 
     nodes = sub.add_parser("nodes", help="list node types with their inputs and outputs")

@@ -68,7 +68,7 @@ class Engine:
         self._lock = threading.Lock()
 
     def validate(self, workflow: WorkflowLike, outputs: Iterable[str] | None = None) -> CheckedWorkflow:
-        return validate(as_workflow(workflow), self.registry, outputs)
+        return validate(as_workflow(workflow), self.registry, outputs, self.settings)
 
     def run(self, workflow: WorkflowLike, outputs: Iterable[str] | None = None, on_event: Observer | None = None,
             cancel: CancelToken | None = None, run_id: str | None = None) -> RunReport:

@@ -13,14 +13,17 @@ The function's parameters are its inputs:
   default, bounds, enum (``typing.Literal``) and description, and one pydantic model validates them all;
 - a parameter named ``ctx`` receives the :class:`~graphflow.context.RunContext` (progress, cancel, settings).
 
+A node that reads named files declares ``preflight(literals, settings)``: it returns a :class:`FileProblem` for
+each file input that names nothing usable, and validation reports them before anything runs.
+
 It returns one value per declared output (a tuple when there are several). An *output node*
 (``output=True``) declares no outputs and returns a JSON-able dict that lands in the run report.
 """
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, create_model
 from pydantic.fields import FieldInfo
@@ -46,6 +49,23 @@ class Input:
 
 
 @dataclass(frozen=True)
+class FileProblem:
+    """A file input that names nothing usable, found by a node's ``preflight`` before the workflow runs.
+
+    ``available`` lists the names that would resolve when the file is missing (validation shows the nearest
+    first); it is None for other problems (a name leaving its folder), which say what they ``expected``."""
+
+    input: str
+    message: str
+    received: Any
+    available: tuple[str, ...] | None = None
+    expected: Any = None
+
+
+Preflight = Callable[[dict[str, Any], Any], Iterable[FileProblem]]
+
+
+@dataclass(frozen=True)
 class NodeSpec:
     """Everything the engine knows about a node type."""
 
@@ -63,6 +83,7 @@ class NodeSpec:
     pool: Pool
     wants_context: bool
     input_order: tuple[str, ...] = field(default=())
+    preflight: Preflight | None = None
 
     @property
     def literal_names(self) -> tuple[str, ...]:
@@ -100,13 +121,17 @@ def node(
     cache: CachePolicy = "content",
     fingerprint: Callable[[dict[str, Any], Any], str] | None = None,
     pool: Pool = "value",
+    preflight: Preflight | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a node type. ``fingerprint(literals, settings)`` returns a string that changes when the
     outside world the node reads changes (a file's content); ``cache="never"`` reruns the node every time;
-    ``pool="model"`` keeps results in the model pool (shared weights) instead of the byte-budgeted LRU."""
+    ``pool="model"`` keeps results in the model pool (shared weights) instead of the byte-budgeted LRU;
+    ``preflight(literals, settings)`` returns the :class:`FileProblem` of each named file that cannot be found."""
 
     def declare(function: Callable[..., Any]) -> Callable[..., Any]:
         spec = build_spec(function, name or function.__name__, outputs or {}, category, version, output, cache, fingerprint, pool)
+        if preflight is not None:
+            spec = replace(spec, preflight=preflight)
         setattr(function, NODE_ATTRIBUTE, spec)
         return function
 

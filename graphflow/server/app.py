@@ -108,7 +108,8 @@ class Server:
         try:
             checked = self.engine.validate(workflow, outputs)
         except WorkflowInvalid as exc:
-            raise ApiError(400, f"{len(exc.issues)} problem(s) in workflow", node_errors=exc.by_node()) from None
+            # a missing file's message names the folders it was looked for in: shown as <models>, <inputs>, ...
+            raise ApiError(400, f"{len(exc.issues)} problem(s) in workflow", node_errors=self.worker.private(exc.by_node())) from None
         over = check_literals(checked, self.limits)
         if over:
             raise ApiError(400, "workflow exceeds this server's limits", node_errors=over)

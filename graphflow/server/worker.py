@@ -144,11 +144,11 @@ class Worker:
                 log.exception("job %s failed unexpectedly", job.id)
             report, status = getattr(exc, "report", None), "failed"
             error = {"node": None, "type": type(exc).__name__, "message": str(exc) or repr(exc)}
-        error = self._private(error)
+        error = self.private(error)
         if report is None:
             outputs, executed, cached, seconds, timings = {}, [], [], None, None
         else:
-            outputs, executed, cached = self._private(public_outputs(report)), list(report.executed), list(report.cached)
+            outputs, executed, cached = self.private(public_outputs(report)), list(report.executed), list(report.cached)
             seconds, timings = report.seconds, dict(report.timings)
         self.store.finish(job.id, status, progress=running.progress, outputs=outputs, executed=executed,
                           cached=cached, error=error, seconds=seconds, timings=timings)
@@ -172,10 +172,10 @@ class Worker:
         message = event.to_json()
         message["job"] = message.pop("run_id")
         if isinstance(event, Warning_):
-            message = self._private(message)
+            message = self.private(message)
         self._send(message)
 
-    def _private(self, value: Any) -> Any:
+    def private(self, value: Any) -> Any:
         """Error and warning texts with the server's folders shown as <models>, <inputs>, <outputs>, <assets>."""
         settings = self.engine.settings
         folders = {"<models>": settings.models_dir, "<inputs>": settings.input_dir, "<outputs>": settings.output_dir}

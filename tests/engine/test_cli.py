@@ -113,3 +113,25 @@ def test_run_from_png_refuses_pictures_without_a_workflow(write, tmp_path):
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     both = cli("run", write(chain()), "--from-png", bare, cwd=tmp_path)
     assert both.returncode == 2 and "one of them" in both.stderr
+
+
+def test_missing_files_exit_2_in_validate_and_run_before_anything_runs(write, tmp_path):
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs" / "seven.txt").write_text("7")
+    doc = wf(a=("LoadNumber", {"name": "sevn.txt"}), b=("LoadNumber", {"name": "eight.txt"}),
+             sum=("Add", {"a": link("a"), "b": link("b")}), s=("Show", {"value": link("sum")}))
+    path = write(doc)
+    for command in ("validate", "run"):
+        result = cli(command, path, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert "a.name: no file 'sevn.txt'; did you mean 'seven.txt'?" in result.stderr
+        assert "b.name: no file 'eight.txt'" in result.stderr and "executed" not in result.stderr
+    fixed = cli("validate", path, "--set", "a.name=seven.txt", "--set", "b.name=seven.txt", cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr
+
+
+def test_files_next_to_the_workflow_in_assets_resolve(write, tmp_path):
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "n.txt").write_text("3")
+    path = write(wf(a=("LoadNumber", {"name": "n.txt"}), s=("Show", {"value": link("a")})))
+    assert cli("validate", path, cwd=tmp_path).returncode == 0
