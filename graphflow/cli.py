@@ -92,6 +92,7 @@ def prepare_output_folder(args: argparse.Namespace, folder: Path) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .execute import Engine
+    from .seeds import offset_seeds
 
     workflow = _workflow(args)
     from .disk_cache import DiskCache
@@ -99,16 +100,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     engine = Engine(settings=_settings(args), disk_cache=DiskCache.from_env(args.disk_cache))
     prepare_output_folder(args, Path(engine.settings.output_dir))
     cancel = CancelToken()
-    try:
-        report = engine.run(workflow, outputs=args.output or None, on_event=ProgressPrinter(), cancel=cancel)
-    except KeyboardInterrupt:
-        cancel.cancel()
-        raise
-    for files in report.files.values():  # every file written, whatever its kind (images, checkpoints, ...)
-        for item in files:
-            print(Path(engine.settings.output_dir) / item.filename)
-    print(f"done in {report.seconds:.2f}s: {len(report.executed)} executed, {len(report.cached)} cached", file=sys.stderr)
+    for index in range(args.repeat):  # A1111's batch count: fixed seeds count up, random ones draw anew
+        try:
+            report = engine.run(offset_seeds(workflow, engine.registry, index), outputs=args.output or None,
+                                on_event=ProgressPrinter(), cancel=cancel)
+        except KeyboardInterrupt:
+            cancel.cancel()
+            raise
+        for files in report.files.values():  # every file written, whatever its kind (images, checkpoints, ...)
+            for item in files:
+                print(Path(engine.settings.output_dir) / item.filename)
+        run = f"run {index + 1}/{args.repeat} " if args.repeat > 1 else ""
+        seeds = ", ".join(f"{node}.{name}={seed}" for node, used in report.seeds.items() for name, seed in used.items())
+        print(f"{run}done in {report.seconds:.2f}s: {len(report.executed)} executed, {len(report.cached)} cached"
+              + (f"; seed {seeds}" if seeds else ""), file=sys.stderr)
     return EXIT_OK
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}")
+    return value
 
 
 def workflow_in_png(path: Path):
@@ -195,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from-png", metavar="IMAGE.png", help="rerun the workflow a PNG saved by graphflow carries")
     run.add_argument("--disk-cache", metavar="DIR", help="keep small node outputs in DIR across runs "
                      "(default $GRAPHFLOW_DISK_CACHE; off when neither is set)")
+    run.add_argument("--repeat", type=_count, default=1, metavar="N",
+                     help="run N times (A1111's batch count): a fixed seed counts up by one per run, -1/random draws anew")
     run.set_defaults(handler=cmd_run)
 
     check = with_workflow_options(with_dirs(sub.add_parser("validate", help="check a workflow and the files it names without running it")))

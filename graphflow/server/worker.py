@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from ..context import CancelToken
 from ..errors import Cancelled, GraphflowError, NodeFailed
-from ..events import Event, Preview, Progress, RunCancelled, RunFailed, RunSucceeded, Warning_
+from ..events import Event, Preview, Progress, RunCancelled, RunFailed, RunSucceeded, SeedsUsed, Warning_
 from ..execute import Engine, RunReport
 from ..paths import hide_folders
 from .store import Job, JobStore
@@ -47,6 +47,7 @@ class _Running:
     job_id: str
     cancel: CancelToken = field(default_factory=CancelToken)
     progress: dict[str, Any] | None = None
+    seeds: dict[str, dict[str, int]] = field(default_factory=dict)  # from the run's SeedsUsed event
     last_preview: float = float("-inf")
     cancelled_by_user: bool = False
 
@@ -87,6 +88,10 @@ class Worker:
     def progress(self, job_id: str) -> dict[str, Any] | None:
         current = self._current
         return current.progress if current and current.job_id == job_id else None
+
+    def seeds(self, job_id: str) -> dict[str, dict[str, int]] | None:
+        current = self._current
+        return current.seeds if current and current.job_id == job_id else None
 
     def cancel(self, job_id: str) -> str | None:
         """'cancelled' (was queued), 'cancelling' (running: it stops at its next check) or None (neither)."""
@@ -151,10 +156,10 @@ class Worker:
             outputs, executed, cached = self.private(public_outputs(report)), list(report.executed), list(report.cached)
             seconds, timings = report.seconds, dict(report.timings)
         self.store.finish(job.id, status, progress=running.progress, outputs=outputs, executed=executed,
-                          cached=cached, error=error, seconds=seconds, timings=timings)
+                          cached=cached, error=error, seconds=seconds, timings=timings, seeds=running.seeds)
         message: dict[str, Any] = {"type": status, "job": job.id}
         if status == "succeeded":
-            message.update(outputs=outputs, executed=executed, cached=cached)
+            message.update(outputs=outputs, executed=executed, cached=cached, seeds=running.seeds)
         elif status == "failed":
             message["error"] = error
         self._send(message)
@@ -164,6 +169,8 @@ class Worker:
             return  # _run publishes these itself, after the store has the result
         if isinstance(event, Progress):
             running.progress = {"node": event.node, "value": event.value, "max": event.max}
+        if isinstance(event, SeedsUsed):
+            running.seeds = event.seeds
         if isinstance(event, Preview):
             now = time.monotonic()
             if now - running.last_preview < self.preview_interval:

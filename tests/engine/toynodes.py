@@ -11,6 +11,7 @@ from pydantic import Field
 
 from graphflow.errors import NodeInputError
 from graphflow.node import FileProblem, Input, node
+from graphflow.seeds import Seed, seed_type
 
 CALLS: Counter = Counter()
 
@@ -77,6 +78,13 @@ def LoadNumber(name: str, ctx=None):
     """Reads a number from a file in the input directory or an asset folder, whose existence validation checks first."""
     CALLS["LoadNumber"] += 1
     return float(_number_file(name, ctx.settings).read_text())
+
+
+@node(outputs={"value": "NUMBER"}, category="test")
+def Seeded(seed: Seed = 0, offset: int = Field(0, ge=0), then: seed_type(minimum=-1, random=("random",)) = -1):
+    """The seed as a number (``then``: -1 = unused, like Sample's "continue the stream")."""
+    CALLS["Seeded"] += 1
+    return float(seed + offset)
 
 
 @node(outputs={"value": "NUMBER"}, category="test", cache="never")
