@@ -93,3 +93,28 @@ def test_a_model_file_in_the_users_folder_passes_and_an_unsafe_name_is_a_bad_val
     engine.validate(shipped("txt2img.json", **{"ckpt.name": "mine"}))
     found = issues(engine, shipped("txt2img.json", **{"ckpt.name": "../mine"}))
     assert list(found) == [("ckpt", "name")] and "relative path" in found["ckpt", "name"].message
+
+
+def test_the_cli_exits_2_naming_all_three_missing_files_and_writes_nothing(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    doc = json.loads((WORKFLOWS / "lora.json").read_text())
+    doc["nodes"]["ckpt"]["inputs"]["name"] = "toy-shape"
+    doc["nodes"]["lora_b"]["inputs"]["name"] = "tiny-lora-c"
+    doc["nodes"]["image"] = {"type": "LoadImage", "inputs": {"name": "inptu.png"}}
+    doc["nodes"]["show"] = {"type": "SaveImage", "inputs": {"images": {"from": "image", "output": "image"}}}
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "assets").symlink_to(ASSETS)
+    path = tmp_path / "workflows" / "broken.json"
+    path.write_text(json.dumps(doc))
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-m", "graphflow", "run", str(path)], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 2, result.stderr
+    assert "3 problem(s)" in result.stderr and "Traceback" not in result.stderr
+    for line in ("ckpt.name: no model named 'toy-shape'", "lora_b.name: no LoRA named 'tiny-lora-c'",
+                 "image.name: no such file in the input folders"):
+        assert line in result.stderr
+    assert not (tmp_path / "outputs").exists()
