@@ -146,11 +146,15 @@ def _check_files(workflow: Workflow, checked: dict[str, CheckedNode], requested:
         if node_id in graph:
             needed |= {node_id} | nx.ancestors(graph, node_id)
     issues = []
-    for node_id in sorted(needed & set(checked)):
-        node = checked[node_id]
-        if node.spec.preflight is None:
+    for node_id, node in checked.items():
+        if node_id not in needed or node.spec.preflight is None:
             continue
-        for problem in node.spec.preflight(node.literals, settings):
+        try:
+            problems = list(node.spec.preflight(node.literals, settings))
+        except Exception as exc:  # a node pack's broken check must not end validation with a traceback
+            issues.append(Issue(node_id, None, f"could not check the files it names: {exc!r}", "a working preflight", None))
+            continue
+        for problem in problems:
             if problem.available is None:
                 issues.append(Issue(node_id, problem.input, problem.message, problem.expected, problem.received))
                 continue
@@ -162,7 +166,7 @@ def _check_files(workflow: Workflow, checked: dict[str, CheckedNode], requested:
 
 
 def short_list(first: list[str], names: Iterable[str], limit: int = 8) -> list[str]:
-    """``first``, then the other names, cut at ``limit`` with a "… N more" entry."""
+    """``first``, then the other names, cut at ``limit`` with a "... N more" entry."""
     ordered = list(dict.fromkeys([*first, *names]))
     if len(ordered) <= limit:
         return ordered

@@ -215,3 +215,18 @@ def test_short_list_puts_the_nearest_first_and_says_how_many_more():
     names = [f"n{i}" for i in range(20)]
     assert short_list(["n7"], names, limit=4) == ["n7", "n0", "n1", "n2", "... 16 more"]
     assert short_list([], ["a", "b"]) == ["a", "b"]
+
+
+def test_a_preflight_that_raises_is_an_issue_not_a_traceback(registry, engine):
+    from graphflow.node import node, spec_of
+
+    def broken(literals, settings):
+        raise KeyError("name")
+
+    @node(outputs={"value": "NUMBER"}, category="test", preflight=broken)
+    def Fragile(name: str = "x"):
+        return 1.0
+
+    registry.add(spec_of(Fragile))
+    issue = only(issues_of(engine, wf(f=("Fragile", {}), s=("Show", {"value": link("f")}))))
+    assert issue.node == "f" and "could not check the files" in issue.message and "KeyError" in issue.message
