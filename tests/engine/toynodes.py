@@ -74,7 +74,7 @@ def _number_file_preflight(literals, settings):
 
 
 @node(outputs={"value": "NUMBER"}, category="test", preflight=_number_file_preflight)
-def LoadNumber(name: str, ctx=None):
+def LoadNumber(name: str, *, ctx):
     """Reads a number from a file in the input directory or an asset folder, whose existence validation checks first."""
     CALLS["LoadNumber"] += 1
     return float(_number_file(name, ctx.settings).read_text())
