@@ -18,7 +18,7 @@ from typing import Annotated, Any, Callable, Literal, Union
 from pydantic import Field, ValidationError, WrapValidator
 from pydantic_core import PydanticCustomError
 
-from .node import NodeSpec
+from .node import NodeSpec, literal_default
 from .registry import Registry
 from .validate import CheckedWorkflow
 from .workflow import Workflow
@@ -94,8 +94,7 @@ def offset_seeds(workflow: Workflow, registry: Registry, offset: int) -> Workflo
         if spec is None:
             continue
         for name, marker in seed_inputs(spec).items():
-            field = spec.literals.model_fields[name]
-            value = entry.inputs.get(name, None if field.is_required() else field.get_default(call_default_factory=True))
+            value = entry.inputs.get(name, literal_default(spec.literals.model_fields[name]))
             if type(value) is int and value >= 0 and not _is_random(value, marker):
                 overrides[node_id, name] = (value + offset) % (marker["maximum"] + 1)
     return workflow.with_values(overrides)
