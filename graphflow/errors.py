@@ -1,7 +1,7 @@
 """The errors the engine reports. Each one names where the problem is, so no caller needs a traceback."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -14,6 +14,7 @@ class Issue:
     message: str
     expected: Any = None
     received: Any = None
+    code: str | None = field(default=None, kw_only=True)  # what kind of problem, for programs: "missing_file", ...
 
     def __str__(self) -> str:
         where = ".".join(p for p in (self.node, self.input) if p) or "workflow"
@@ -23,7 +24,7 @@ class Issue:
         return text
 
     def to_json(self) -> dict[str, Any]:
-        return {k: _jsonable(v) for k, v in asdict(self).items()}
+        return {k: _jsonable(v) for k, v in asdict(self).items() if k != "code" or v is not None}
 
 
 def _jsonable(value: Any) -> Any:

@@ -152,16 +152,18 @@ def _check_files(workflow: Workflow, checked: dict[str, CheckedNode], requested:
         try:
             problems = list(node.spec.preflight(node.literals, settings))
         except Exception as exc:  # a node pack's broken check must not end validation with a traceback
-            issues.append(Issue(node_id, None, f"could not check the files it names: {exc!r}", "a working preflight", None))
+            issues.append(Issue(node_id, None, f"could not check the files it names: {exc!r}", "a working preflight", None,
+                                code="missing_file"))
             continue
         for problem in problems:
             if problem.available is None:
-                issues.append(Issue(node_id, problem.input, problem.message, problem.expected, problem.received))
+                issues.append(Issue(node_id, problem.input, problem.message, problem.expected, problem.received, code="bad_value"))
                 continue
             nearest = difflib.get_close_matches(str(problem.received), problem.available, n=3, cutoff=0.5)
             hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
             issues.append(Issue(node_id, problem.input, problem.message + hint,
-                                short_list(nearest, problem.available) or "an existing file (there are none)", problem.received))
+                                short_list(nearest, problem.available) or "an existing file (there are none)", problem.received,
+                                code="missing_file"))
     return issues
 
 

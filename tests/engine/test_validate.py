@@ -177,6 +177,7 @@ def test_every_missing_file_is_reported_at_once_with_the_nearest_names_first(eng
     assert missing["a"].received == "alpah.txt" and missing["a"].expected[0] == "alpha.txt"
     assert "did you mean 'alpha.txt'" in missing["a"].message
     assert missing["b"].expected[0] == "zeta.txt"
+    assert missing["a"].code == missing["b"].code == "missing_file"
     with pytest.raises(WorkflowInvalid):
         engine.run(doc)
     assert calls["LoadNumber"] == 0
@@ -200,6 +201,7 @@ def test_a_name_leaving_its_folder_says_what_was_expected(engine):
     (engine.settings.input_dir / "b.txt").write_text("1")
     issue = only(issues_of(engine, files_doc("../secret.txt")))
     assert (issue.node, issue.input, issue.expected) == ("a", "name", "a name inside the input folder")
+    assert issue.code == "bad_value"
 
 
 def test_validation_without_settings_checks_no_files(registry):

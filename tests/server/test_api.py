@@ -130,6 +130,7 @@ async def test_missing_files_are_400_with_every_one_named_and_nothing_is_queued(
         assert "2 problem(s)" in body["error"]
         [missing] = body["node_errors"]["a"]
         assert missing["input"] == "name" and missing["received"] == "sevn.txt" and missing["expected"] == ["seven.txt"]
+        assert missing["code"] == "missing_file"
         assert body["node_errors"]["b"][0]["received"] == "eight.txt"
         assert await queued_count(session, server.url) == 0
         workflow["nodes"]["a"]["inputs"]["name"] = workflow["nodes"]["b"]["inputs"]["name"] = "seven.txt"
