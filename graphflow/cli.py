@@ -56,8 +56,27 @@ class ProgressPrinter:
             self.stream.write("\n")
 
 
+def _source(args: argparse.Namespace) -> Path:
+    """The workflow file, or the PNG of ``run --from-png``."""
+    from_png = getattr(args, "from_png", None)
+    if (args.workflow is None) == (from_png is None):
+        raise WorkflowFormatError("give a workflow file or --from-png IMAGE.png (one of them)")
+    return Path(args.workflow or from_png)
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(models_dir=args.models, input_dir=args.inputs, output_dir=args.out)
+    """The folders from the options, plus the ``assets/`` folder next to the workflow file (shipped examples)."""
+    settings = Settings.from_env(models_dir=args.models, input_dir=args.inputs, output_dir=args.out)
+    return settings.with_asset_dir(_source(args).resolve().parent / "assets")
+
+
+def _workflow(args: argparse.Namespace):
+    """The workflow (from its file, or from the PNG of ``--from-png``) with the --set overrides applied."""
+    from .workflow import load
+
+    source = _source(args)
+    workflow = workflow_in_png(source) if getattr(args, "from_png", None) else load(source)
+    return workflow.with_values(dict(parse_assignment(a) for a in args.set or []))
 
 
 def prepare_output_folder(args: argparse.Namespace, folder: Path) -> None:
@@ -74,29 +93,39 @@ def prepare_output_folder(args: argparse.Namespace, folder: Path) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .execute import Engine
-    from .workflow import load
+    from .seeds import offset_seeds
 
-    if (args.workflow is None) == (args.from_png is None):
-        raise WorkflowFormatError("give a workflow file or --from-png IMAGE.png (one of them)")
-    source = Path(args.workflow or args.from_png)
-    workflow = workflow_in_png(source) if args.from_png else load(source)
-    workflow = workflow.with_values(dict(parse_assignment(a) for a in args.set or []))
+    workflow = _workflow(args)
     from .disk_cache import DiskCache
 
-    engine = Engine(settings=_settings(args).with_asset_dir(source.resolve().parent / "assets"),
-                    disk_cache=DiskCache.from_env(args.disk_cache))
+    engine = Engine(settings=_settings(args), disk_cache=DiskCache.from_env(args.disk_cache))
     prepare_output_folder(args, Path(engine.settings.output_dir))
     cancel = CancelToken()
-    try:
-        report = engine.run(workflow, outputs=args.output or None, on_event=ProgressPrinter(), cancel=cancel)
-    except KeyboardInterrupt:
-        cancel.cancel()
-        raise
-    for files in report.files.values():  # every file written, whatever its kind (images, checkpoints, ...)
-        for item in files:
-            print(Path(engine.settings.output_dir) / item.filename)
-    print(f"done in {report.seconds:.2f}s: {len(report.executed)} executed, {len(report.cached)} cached", file=sys.stderr)
+    for index in range(args.repeat):  # A1111's batch count: fixed seeds count up, random ones draw anew
+        try:
+            report = engine.run(offset_seeds(workflow, engine.registry, index), outputs=args.output or None,
+                                on_event=ProgressPrinter(), cancel=cancel)
+        except KeyboardInterrupt:
+            cancel.cancel()
+            raise
+        for files in report.files.values():  # every file written, whatever its kind (images, checkpoints, ...)
+            for item in files:
+                print(Path(engine.settings.output_dir) / item.filename)
+        run = f"run {index + 1}/{args.repeat} " if args.repeat > 1 else ""
+        seeds = ", ".join(f"{node}.{name}={seed}" for node, used in report.seeds.items() for name, seed in used.items())
+        print(f"{run}done in {report.seconds:.2f}s: {len(report.executed)} executed, {len(report.cached)} cached"
+              + (f"; seed {seeds}" if seeds else ""), file=sys.stderr)
     return EXIT_OK
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}")
+    return value
 
 
 def workflow_in_png(path: Path):
@@ -118,9 +147,8 @@ def workflow_in_png(path: Path):
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .execute import Engine
-    from .workflow import load
 
-    Engine(settings=_settings(args)).validate(load(args.workflow))
+    Engine(settings=_settings(args)).validate(_workflow(args), outputs=args.output or None)
     print(f"{args.workflow}: valid")
     return EXIT_OK
 
@@ -174,17 +202,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", help="output directory (default ./outputs or $GRAPHFLOW_OUTPUT_DIR)")
         return p
 
-    run = with_dirs(sub.add_parser("run", help="run a workflow"))
+    def with_workflow_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="override a literal input (repeatable)")
+        p.add_argument("--output", action="append", metavar="NODE", help="only produce these output nodes (repeatable)")
+        return p
+
+    run = with_workflow_options(with_dirs(sub.add_parser("run", help="run a workflow")))
     run.add_argument("workflow", nargs="?", help="a workflow JSON file")
     run.add_argument("--from-png", metavar="IMAGE.png", help="rerun the workflow a PNG saved by graphflow carries")
-    run.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="override a literal input (repeatable)")
-    run.add_argument("--output", action="append", metavar="NODE", help="only produce these output nodes (repeatable)")
     run.add_argument("--disk-cache", metavar="DIR", help="keep small node outputs in DIR across runs "
                      "(default $GRAPHFLOW_DISK_CACHE; off when neither is set)")
+    run.add_argument("--repeat", type=_count, default=1, metavar="N",
+                     help="run N times (A1111's batch count): a fixed seed counts up by one per run, -1/random draws anew")
     run.set_defaults(handler=cmd_run)
 
-    check = with_dirs(sub.add_parser("validate", help="check a workflow without running it"))
-    check.add_argument("workflow")
+    check = with_workflow_options(with_dirs(sub.add_parser("validate", help="check a workflow and the files it names without running it")))
+    check.add_argument("workflow", help="a workflow JSON file")
     check.set_defaults(handler=cmd_validate)
 
     nodes = sub.add_parser("nodes", help="list node types with their inputs and outputs")

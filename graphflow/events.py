@@ -24,6 +24,14 @@ class Event:
 
 
 @dataclass(frozen=True)
+class SeedsUsed(Event):
+    """Sent before the first node: node id → seed input → the seed this run uses (drawn ones included)."""
+
+    seeds: dict[str, dict[str, int]]
+    kind = "seeds"
+
+
+@dataclass(frozen=True)
 class NodeStarted(Event):
     node: str
     node_type: str

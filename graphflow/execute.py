@@ -18,11 +18,13 @@ from .cache import ResultCache, digest
 from .context import CancelToken, RunContext, Settings
 from .disk_cache import DiskCache
 from .errors import Cancelled, NodeFailed, NodeInputError
-from .events import NodeCached, NodeFinished, NodeStarted, Observer, RunCancelled, RunFailed, RunSucceeded, no_observer
+from .events import (NodeCached, NodeFinished, NodeStarted, Observer, RunCancelled, RunFailed, RunSucceeded, SeedsUsed,
+                     no_observer)
 from .outputs import OutputFile, files_of, report_form
 from .plan import make_plan
 from .provenance import Provenance
 from .registry import Registry, default_registry
+from .seeds import draw_seeds
 from .validate import CheckedNode, CheckedWorkflow, validate
 from .workflow import Workflow, load, parse
 
@@ -31,7 +33,8 @@ log = logging.getLogger("graphflow")
 
 @dataclass
 class RunReport:
-    """What a run did: nodes executed and taken from cache (in order), per-node seconds, output-node results.
+    """What a run did: nodes executed and taken from cache (in order), per-node seconds, output-node results,
+    and the seeds used (a random seed input shows the seed drawn for this run).
 
     ``outputs`` holds each output node's result in its JSON form (files grouped by kind, see
     :func:`graphflow.outputs.report_form`), ``files`` the files each one wrote, typed. ``values`` holds every
@@ -45,10 +48,11 @@ class RunReport:
     files: dict[str, list[OutputFile]] = field(default_factory=dict)
     values: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     seconds: float = 0.0
+    seeds: dict[str, dict[str, int]] = field(default_factory=dict)  # node id → seed input → seed used
 
     def to_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "executed": self.executed, "cached": self.cached,
-                "timings": self.timings, "outputs": self.outputs, "seconds": self.seconds}
+                "timings": self.timings, "outputs": self.outputs, "seconds": self.seconds, "seeds": self.seeds}
 
 
 WorkflowLike = Workflow | dict | str | Path
@@ -68,12 +72,15 @@ class Engine:
         self._lock = threading.Lock()
 
     def validate(self, workflow: WorkflowLike, outputs: Iterable[str] | None = None) -> CheckedWorkflow:
-        return validate(as_workflow(workflow), self.registry, outputs)
+        return validate(as_workflow(workflow), self.registry, outputs, self.settings)
 
     def run(self, workflow: WorkflowLike, outputs: Iterable[str] | None = None, on_event: Observer | None = None,
             cancel: CancelToken | None = None, run_id: str | None = None) -> RunReport:
-        """Run a workflow. Raises WorkflowInvalid (nothing ran), NodeFailed or Cancelled (each with ``.report``)."""
-        checked = self.validate(workflow, outputs)
+        """Run a workflow. Raises WorkflowInvalid (nothing ran), NodeFailed or Cancelled (each with ``.report``).
+
+        Random seeds (``-1`` / ``"random"`` on a seed input) are drawn here, before planning, so the cache key
+        and everything downstream use the drawn seed."""
+        checked, seeds = draw_seeds(self.validate(workflow, outputs))
         report = RunReport(run_id or uuid.uuid4().hex)
         emit = on_event or no_observer
         cancel = cancel or CancelToken()
@@ -81,6 +88,9 @@ class Engine:
             started = time.perf_counter()
             try:
                 plan = make_plan(checked, self.settings)
+                report.seeds = {node_id: seeds[node_id] for node_id in plan.order if node_id in seeds}
+                if report.seeds:
+                    emit(SeedsUsed(report.run_id, report.seeds))
                 for node_id in plan.order:
                     if cancel.cancelled:
                         raise Cancelled(node_id)

@@ -16,6 +16,9 @@ The function's parameters are its inputs:
   it, so a node never checks for None or falls back to settings of its own; tests call nodes through a
   helper that builds a real context the same way.
 
+A node that reads named files declares ``preflight(literals, settings)``: it returns a :class:`FileProblem` for
+each file input that names nothing usable, and validation reports them before anything runs.
+
 It returns one value per declared output (a tuple when there are several). An *output node*
 (``output=True``) declares no outputs and returns a JSON-able dict that lands in the run report.
 
@@ -33,8 +36,8 @@ the node itself would raise, so the run stops before anything executes; it never
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, create_model
 from pydantic.fields import FieldInfo
@@ -60,6 +63,23 @@ class Input:
 
 
 @dataclass(frozen=True)
+class FileProblem:
+    """A file input that names nothing usable, found by a node's ``preflight`` before the workflow runs.
+
+    ``available`` lists the names that would resolve when the file is missing (validation shows the nearest
+    first); it is None for other problems (a name leaving its folder), which say what they ``expected``."""
+
+    input: str
+    message: str
+    received: Any
+    available: tuple[str, ...] | None = None
+    expected: Any = None
+
+
+Preflight = Callable[[dict[str, Any], Any], Iterable[FileProblem]]
+
+
+@dataclass(frozen=True)
 class NodeSpec:
     """Everything the engine knows about a node type."""
 
@@ -78,6 +98,7 @@ class NodeSpec:
     wants_context: bool
     input_order: tuple[str, ...] = field(default=())
     pixels: tuple[str, ...] = ()  # literal inputs whose product is the number of pixels the node makes
+    preflight: Preflight | None = None
 
     @property
     def literal_names(self) -> tuple[str, ...]:
@@ -116,16 +137,20 @@ def node(
     fingerprint: Callable[[dict[str, Any], Any], str] | None = None,
     pool: Pool = "value",
     pixels: tuple[str, ...] = (),
+    preflight: Preflight | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a node type. ``fingerprint(literals, settings)`` returns a string that changes when the
     outside world the node reads changes (see the module docstring); ``cache="never"`` reruns the node every time;
     ``pool="model"`` keeps results in the model pool (shared weights) instead of the byte-budgeted LRU;
     ``pixels`` names the literal inputs whose product is how many pixels the node makes (a shared server
-    bounds it, whatever the inputs are called)."""
+    bounds it, whatever the inputs are called); ``preflight(literals, settings)`` returns the
+    :class:`FileProblem` of each named file that cannot be found."""
 
     def declare(function: Callable[..., Any]) -> Callable[..., Any]:
         spec = build_spec(function, name or function.__name__, outputs or {}, category, version, output, cache,
                           fingerprint, pool, tuple(pixels))
+        if preflight is not None:
+            spec = replace(spec, preflight=preflight)
         setattr(function, NODE_ATTRIBUTE, spec)
         return function
 

@@ -32,8 +32,11 @@ class CheckedWorkflow:
     outputs: tuple[str, ...]  # the output nodes to produce
 
 
-def validate(workflow: Workflow, registry: Registry, outputs: Iterable[str] | None = None) -> CheckedWorkflow:
-    """Return the checked workflow, or raise :class:`WorkflowInvalid` listing every issue found."""
+def validate(workflow: Workflow, registry: Registry, outputs: Iterable[str] | None = None,
+             settings: Any = None) -> CheckedWorkflow:
+    """Return the checked workflow, or raise :class:`WorkflowInvalid` listing every issue found.
+
+    With ``settings`` (where files are looked up) every needed node's named files are checked too."""
     issues: list[Issue] = []
     checked: dict[str, CheckedNode] = {}
     for node_id, entry in workflow.nodes.items():
@@ -50,6 +53,8 @@ def validate(workflow: Workflow, registry: Registry, outputs: Iterable[str] | No
             checked[node_id] = CheckedNode(node_id, spec, literals, entry.links())
     issues += _check_cycles(workflow)
     requested = _check_outputs(workflow, registry, outputs, issues)
+    if settings is not None:
+        issues += _check_files(workflow, checked, requested, settings)
     if issues:
         raise WorkflowInvalid(issues)
     return CheckedWorkflow(workflow, checked, requested)
@@ -132,6 +137,43 @@ def describe_expected(schema: dict[str, Any]) -> str:
         if key in schema:
             parts.append(f"{text} {schema[key]}")
     return ", ".join(parts)
+
+
+def _check_files(workflow: Workflow, checked: dict[str, CheckedNode], requested: tuple[str, ...], settings: Any) -> list[Issue]:
+    """Ask each node that produces a requested output and declares a ``preflight`` whether its named files exist."""
+    graph = link_graph(workflow)
+    needed = set()
+    for node_id in requested:
+        if node_id in graph:
+            needed |= {node_id} | nx.ancestors(graph, node_id)
+    issues = []
+    for node_id, node in checked.items():
+        if node_id not in needed or node.spec.preflight is None:
+            continue
+        try:
+            problems = list(node.spec.preflight(node.literals, settings))
+        except Exception as exc:  # a node pack's broken check must not end validation with a traceback
+            issues.append(Issue(node_id, None, f"could not check the files it names: {exc!r}", "a working preflight", None,
+                                code="missing_file"))
+            continue
+        for problem in problems:
+            if problem.available is None:
+                issues.append(Issue(node_id, problem.input, problem.message, problem.expected, problem.received, code="bad_value"))
+                continue
+            nearest = difflib.get_close_matches(str(problem.received), problem.available, n=3, cutoff=0.5)
+            hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
+            issues.append(Issue(node_id, problem.input, problem.message + hint,
+                                short_list(nearest, problem.available) or "an existing file (there are none)", problem.received,
+                                code="missing_file"))
+    return issues
+
+
+def short_list(first: list[str], names: Iterable[str], limit: int = 8) -> list[str]:
+    """``first``, then the other names, cut at ``limit`` with a "... N more" entry."""
+    ordered = list(dict.fromkeys([*first, *names]))
+    if len(ordered) <= limit:
+        return ordered
+    return ordered[:limit] + [f"... {len(ordered) - limit} more"]
 
 
 def link_graph(workflow: Workflow) -> nx.DiGraph:

@@ -28,7 +28,7 @@ from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
 from .files import resolve_inside
-from .search import file_fingerprint, search_folders
+from .search import MissingFile, file_fingerprint, preflight_check, search_folders
 from .values import CLIP, Clip
 
 EMBEDDINGS_SUBDIR = "embeddings"
@@ -130,17 +130,33 @@ def _requested(names: str) -> list[str]:
     return [n.strip() for n in names.split(",") if n.strip()]
 
 
+def _lookup(names: str, folders: list[Path]) -> dict[str, Path | None]:
+    """Name → file (None when missing) for the requested names (all available ones when ``names`` is empty)."""
+    return {name: find_embedding(folders, name) for name in _requested(names) or available_embeddings(folders)}
+
+
+def _missing(name: str, folders: list[Path]) -> MissingFile:
+    where = ", ".join(str(f) for f in folders)
+    return MissingFile("names", f"no embedding file named {name!r} (looked in {where})",
+                       available_embeddings(folders) or f"a .safetensors/.pt/.bin file in {folders[0]}", name)
+
+
 def _resolve(names: str, folders: list[Path]) -> dict[str, Path]:
-    """Name → file for the requested names (all available ones when ``names`` is empty)."""
-    wanted = _requested(names) or available_embeddings(folders)
-    found = {name: find_embedding(folders, name) for name in wanted}
-    missing = [name for name, path in found.items() if path is None]
-    if missing:
-        where = ", ".join(str(f) for f in folders)
-        raise NodeInputError("names", f"no embedding file named {missing[0]!r} (looked in {where})",
-                             available_embeddings(folders) or f"a .safetensors/.pt/.bin file in {folders[0]}",
-                             missing[0])
+    """Name → file for the requested names; the first missing one is an error."""
+    found = _lookup(names, folders)
+    for name, path in found.items():
+        if path is None:
+            raise _missing(name, folders)
     return found
+
+
+def _preflight(literals: dict, settings) -> list:
+    """One problem per missing name, so a workflow naming several wrong embeddings hears of all of them."""
+    folders = embedding_folders(settings)
+    problems = []
+    for name in _requested(literals.get("names", "")):
+        problems += preflight_check(lambda: _resolve(name, folders), lambda: available_embeddings(folders))
+    return problems
 
 
 def _fingerprint(literals: dict, settings) -> str:
@@ -149,7 +165,7 @@ def _fingerprint(literals: dict, settings) -> str:
     return hashlib.sha256("\n".join(f"{n}|{file_fingerprint(p)}" for n, p in files.items()).encode()).hexdigest()
 
 
-@node(outputs={"clip": CLIP}, category="loaders", fingerprint=_fingerprint, pool="model")
+@node(outputs={"clip": CLIP}, category="loaders", fingerprint=_fingerprint, pool="model", preflight=_preflight)
 def LoadEmbeddings(
     clip: Clip = Input(CLIP),
     names: str = Field("", description="comma-separated embedding names (file names without extension) from "

@@ -21,7 +21,7 @@ from graphflow.node import Input, node
 from .latent import scaled_size
 from .mask import load_mask_from_rgba, luminance, match_mask_to_image
 from .pixels import image_grid, pil_to_pixels
-from .search import file_fingerprint, find_file, search_folders
+from .search import MissingFile, file_fingerprint, find_file, preflight_check, search_folders
 from .values import IMAGE, MASK, Image, Mask
 
 # ---------------------------------------------------------------------------------------------- LoadImage
@@ -38,17 +38,33 @@ def input_file(name: str, settings: Any, input_name: str = "name") -> Path:
     path = find_file(folders, [name], input_name)
     if path is None:
         where = ", ".join(str(Path(f).resolve()) for f in folders)
-        raise NodeInputError(input_name, f"no such file in the input folders ({where})", _available(folders), name)
+        raise MissingFile(input_name, f"no such file in the input folders ({where})", _available(folders), name)
     return path
 
 
-def _available(folders: list[Path], limit: int = 20) -> list[str]:
+def _preflight(literals: dict[str, Any], settings: Any) -> list:
+    """The image file, and the mask file when one is named."""
+    problems = []
+    for input_name in ("name", "mask"):
+        name = literals.get(input_name)
+        if name:
+            problems += preflight_check(lambda: input_file(name, settings, input_name),
+                                        lambda: _available(input_folders(settings), limit=None))
+    return problems
+
+
+def _available(folders: list[Path], limit: int | None = 20) -> list[str]:
+    """The image files in the folders (the asset folders also hold models, which are no input)."""
     names: list[str] = []
+    images = PILImage.registered_extensions()
     for folder in map(Path, folders):
         root = folder.resolve()
         if root.is_dir():
-            names += [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+            names += [p.relative_to(root).as_posix() for p in root.rglob("*")
+                      if p.suffix.lower() in images and p.is_file() and not p.name.startswith(".")]
     names = sorted(set(names))
+    if limit is None:
+        return names
     return names[:limit] + ([f"... {len(names) - limit} more"] if len(names) > limit else [])
 
 
@@ -69,7 +85,8 @@ def open_picture(path: Path, input_name: str, name: str) -> PILImage.Image:
         raise NodeInputError(input_name, f"not a readable image: {exc}", "a PNG, JPEG, WebP, ... file", name) from None
 
 
-@node(outputs={"image": IMAGE, "mask": MASK}, category="image", fingerprint=_file_fingerprint, version=2)
+@node(outputs={"image": IMAGE, "mask": MASK}, category="image", fingerprint=_file_fingerprint, version=2,
+      preflight=_preflight)
 def LoadImage(
     name: str = Field(..., description="file name inside the input folder (sub-folders allowed)"),
     mask: str = Field("", description="optional mask file in the input folder: white repaints, black keeps; "

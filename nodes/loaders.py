@@ -41,6 +41,7 @@ from graphflow.node import node
 
 from . import checkpoints
 from .builtin_models import PACKAGE_MODELS, TINY_VERSION, tiny_sd_folder
+from .search import MissingFile, preflight_check
 from .values import CLIP, MODEL, VAE, Clip, Model, Vae
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
@@ -113,18 +114,40 @@ def vae_dirs(models_dir: Path) -> list[Path]:
     return [Path(models_dir) / "vae", Path(models_dir)]
 
 
-def resolve(name: str, folders: list[Path], suffixes: tuple[str, ...], is_folder) -> Path:
-    """Built-in name, then folders in order; a miss lists every name that would work."""
+def available_models(folders: list[Path], suffixes: tuple[str, ...], is_folder) -> list[str]:
+    return list(builtin_folders()) + listing(folders, suffixes, is_folder)
+
+
+def locate(name: str, folders: list[Path], suffixes: tuple[str, ...], is_folder) -> Path | Any:
+    """Built-in name (its folder-building function, not yet called), then folders in order; a miss lists every
+    name that would work."""
     inside(folders[0], name)  # a bad name is refused before built-in names are looked up
     builtins = builtin_folders()
     if name in builtins:
-        return Path(builtins[name]())
+        return builtins[name]
     found = find_in(name, folders, suffixes, is_folder)
     if found is None:
-        available = list(builtins) + listing(folders, suffixes, is_folder)
         where = ", ".join(str(f) for f in folders)
-        raise NodeInputError("name", f"no model named {name!r} (looked in {where})", expected=available, received=name)
+        raise MissingFile("name", f"no model named {name!r} (looked in {where})",
+                          expected=available_models(folders, suffixes, is_folder), received=name)
     return found
+
+
+def resolve(name: str, folders: list[Path], suffixes: tuple[str, ...], is_folder) -> Path:
+    """The model's file or folder; a built-in one is built on first use."""
+    found = locate(name, folders, suffixes, is_folder)
+    return found if isinstance(found, Path) else Path(found())
+
+
+def model_preflight(folders_of, suffixes: tuple[str, ...], is_folder):
+    """A node preflight: does ``name`` resolve (a built-in name does, without building the model)?"""
+
+    def preflight(literals: dict[str, Any], settings: Settings) -> list:
+        folders = folders_of(settings.models_dir)
+        return preflight_check(lambda: locate(literals["name"], folders, suffixes, is_folder),
+                               lambda: available_models(folders, suffixes, is_folder))
+
+    return preflight
 
 
 def file_identity(path: Path) -> str:
@@ -176,6 +199,7 @@ def pick_dtype(dtype: str, device: "torch.device") -> "torch.dtype":
     category="loaders",
     pool="model",
     fingerprint=model_fingerprint(checkpoint_dirs, CHECKPOINT_SUFFIXES, is_checkpoint_folder),
+    preflight=model_preflight(checkpoint_dirs, CHECKPOINT_SUFFIXES, is_checkpoint_folder),
 )
 def LoadCheckpoint(
     name: Annotated[str, Field(description="built-in name, or a diffusers folder / file in models/ or models/checkpoints/")] = "toy-shapes",
@@ -211,6 +235,7 @@ def LoadCheckpoint(
     category="loaders",
     pool="model",
     fingerprint=model_fingerprint(vae_dirs, VAE_SUFFIXES, is_vae_folder),
+    preflight=model_preflight(vae_dirs, VAE_SUFFIXES, is_vae_folder),
 )
 def LoadVAE(
     name: Annotated[str, Field(description="a VAE file or diffusers folder in models/vae/ or models/")],

@@ -35,7 +35,7 @@ from graphflow.errors import InvalidArgument, NodeInputError
 from graphflow.node import Input, node
 
 from .patching import clone_with_weights
-from .search import file_fingerprint, find_file, search_folders
+from .search import MissingFile, file_fingerprint, find_file, preflight_check, search_folders
 from .values import CLIP, MODEL, Clip, Model
 
 LORAS_SUBDIR = "loras"
@@ -269,16 +269,22 @@ def find_lora(folders: list[Path], name: str) -> Path:
     path = find_file(folders, [relative], "name")
     if path is None:
         where = ", ".join(str(f) for f in folders)
-        raise NodeInputError("name", f"no LoRA named {name!r} (looked in {where})",
-                             list_loras(folders) or f"a .safetensors file in {folders[0]}", name)
+        raise MissingFile("name", f"no LoRA named {name!r} (looked in {where})",
+                          list_loras(folders) or f"a .safetensors file in {folders[0]}", name)
     return path
+
+
+def _preflight(literals: dict, settings) -> list:
+    folders = lora_folders(settings)
+    return preflight_check(lambda: find_lora(folders, literals["name"]), lambda: list_loras(folders))
 
 
 def _fingerprint(literals: dict, settings) -> str:
     return file_fingerprint(find_lora(lora_folders(settings), literals.get("name", "")))
 
 
-@node(outputs={"model": MODEL, "clip": CLIP}, category="loaders", fingerprint=_fingerprint, pool="model")
+@node(outputs={"model": MODEL, "clip": CLIP}, category="loaders", fingerprint=_fingerprint, pool="model",
+      preflight=_preflight)
 def LoraLoader(
     model: Model = Input(MODEL),
     clip: Clip = Input(CLIP),

@@ -24,14 +24,16 @@ from pydantic import Field
 from graphflow.context import RunContext
 from graphflow.errors import NodeInputError, node_inputs
 from graphflow.node import Input, node
+from graphflow.seeds import Seed, seed_type
 
 from .preview import PreviewMode, StepPreviews
 from .prompt import pad_conditionings
 from .values import (CONDITIONING, IMAGE, LATENT, MODEL, SCHEDULE, VAE, Conditioning, Image, Latent, Model,
                      ScheduleValue, Vae)
 
-MAX_SEED = 2**64 - 1
 BatchSeeds = Literal["one_stream", "seed_plus_index"]
+# Sample's -1 already means "continue AddNoise's stream", so only "random" draws a seed there.
+SampleSeed = seed_type(minimum=-1, random=("random",))
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ def Schedule(
 def AddNoise(
     latent: Latent = Input(LATENT),
     schedule: ScheduleValue = Input(SCHEDULE),
-    seed: int = Field(0, ge=0, le=MAX_SEED),
+    seed: Seed = Field(0, description="the noise seed; -1 or \"random\" = a new random seed for every run"),
     batch_seeds: BatchSeeds = Field("one_stream", description="one_stream: one random stream for the whole batch (diffusers, ComfyUI); seed_plus_index: image i gets seed + i, as in AUTOMATIC1111's batches, so any image of a batch can be redone alone"),
 ) -> Latent:
     """Add seeded noise for a schedule: the starting point of Sample.
@@ -201,7 +203,8 @@ def Sample(
     latent: Latent = Input(LATENT, description="a noised latent from AddNoise"),
     cfg: float = Field(7.5, ge=0.0, le=100.0, description="classifier-free guidance scale; ≤ 1 = no guidance, negative unused"),
     eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM's η (other samplers ignore it)"),
-    seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 = continue AddNoise's random stream; ≥ 0 = a new generator"),
+    seed: SampleSeed = Field(-1, description="-1 = continue AddNoise's random stream; ≥ 0 = a new generator; "
+                             "\"random\" = a new generator with a random seed for every run"),
     preview_every: int = Field(0, ge=0, le=1000, description="show (and keep as a `previews` frame) the work in progress every N steps; 0 = off"),
     preview_mode: PreviewMode = Field("latent_rgb", description="latent_rgb: fast approximate colours; vae: decode with the connected VAE (slower, exact)"),
     vae: Vae | None = Input(VAE, optional=True, description="decodes the previews when preview_mode is vae; sizes latent_rgb frames"),

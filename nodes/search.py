@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
+
+from graphflow.errors import NodeInputError
+from graphflow.node import FileProblem
 
 from .files import resolve_inside
+
+
+class MissingFile(NodeInputError):
+    """A name that is safe but found in none of the folders: what validation's preflight reports as missing."""
 
 
 def search_folders(settings, subdir: str, first: Path | None = None) -> list[Path]:
@@ -41,3 +48,15 @@ def file_fingerprint(path: Path | None) -> str:
         return "missing"
     stat = path.stat()
     return hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+
+
+def preflight_check(resolve: Callable[[], Any], available: Callable[[], Iterable[str]]) -> list[FileProblem]:
+    """Run a node's own name resolution (``resolve``, which raises NodeInputError) without loading anything,
+    and turn a failure into the FileProblem validation reports; ``available`` lists the names that would work."""
+    try:
+        resolve()
+    except MissingFile as exc:
+        return [FileProblem(exc.input, exc.message, exc.received, tuple(available()))]
+    except NodeInputError as exc:
+        return [FileProblem(exc.input, exc.message, exc.received, expected=exc.expected)]
+    return []

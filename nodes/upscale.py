@@ -21,7 +21,7 @@ from graphflow.node import Input, node
 
 from .loaders import pick_device
 from .mask import luminance
-from .search import file_fingerprint, find_file, search_folders
+from .search import MissingFile, file_fingerprint, find_file, preflight_check, search_folders
 from .values import IMAGE, UPSCALE_MODEL, Image, SocketValue, digest_of, nbytes_of
 
 MODEL_FOLDER = "upscale_models"
@@ -78,7 +78,7 @@ def model_path(name: str, settings: Any) -> Path:
     if path is None:
         available = available_models(settings)
         listing = ", ".join(available) if available else f"none — put .pth/.safetensors files in {model_folders(settings)[0]}"
-        raise NodeInputError("name", f"no upscale model named {name!r}", f"one of: {listing}", name)
+        raise MissingFile("name", f"no upscale model named {name!r}", f"one of: {listing}", name)
     if path.suffix.lower() not in MODEL_SUFFIXES:
         raise NodeInputError("name", "is not a model file spandrel can read",
                              f"a file ending in {', '.join(MODEL_SUFFIXES)}", name)
@@ -96,6 +96,10 @@ def model_file_fingerprint(literals: dict[str, Any], settings: Any) -> str:
     """Changes when the model file is replaced or edited, or a file in the models folder shadows an asset,
     so the engine reloads it."""
     return file_fingerprint(model_path(literals["name"], settings))
+
+
+def model_preflight(literals: dict[str, Any], settings: Any) -> list:
+    return preflight_check(lambda: model_path(literals["name"], settings), lambda: available_models(settings))
 
 
 def load_upscale_model(path: Path, name: str, device: torch.device | str = "cpu") -> UpscaleModel:
@@ -116,7 +120,8 @@ def load_upscale_model(path: Path, name: str, device: torch.device | str = "cpu"
     return UpscaleModel(descriptor=descriptor.eval(), name=name)
 
 
-@node(outputs={"upscale_model": UPSCALE_MODEL}, category="upscale", pool="model", fingerprint=model_file_fingerprint)
+@node(outputs={"upscale_model": UPSCALE_MODEL}, category="upscale", pool="model", fingerprint=model_file_fingerprint,
+      preflight=model_preflight)
 def LoadUpscaleModel(
     name: str = Field(description="file in <models_dir>/upscale_models (or an asset folder's upscale_models), e.g. RealESRGAN_x4plus.pth"),
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto",

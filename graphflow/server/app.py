@@ -21,6 +21,7 @@ from ..context import Settings
 from ..errors import WorkflowFormatError, WorkflowInvalid
 from ..execute import Engine
 from ..registry import Registry, default_registry
+from ..seeds import offset_seeds
 from ..workflow import parse
 from .files import Rejected, served_file, store_image
 from .hub import Hub
@@ -98,7 +99,7 @@ class Server:
             body = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ApiError(400, f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-        document, outputs, priority = _job_request(body)
+        document, outputs, priority, repeat = _job_request(body, self.limits.max_repeat)
         try:
             workflow = parse(document)
         except WorkflowFormatError as exc:
@@ -109,16 +110,21 @@ class Server:
         try:
             checked = self.engine.validate(workflow, outputs)
         except WorkflowInvalid as exc:
-            raise ApiError(400, f"{len(exc.issues)} problem(s) in workflow", node_errors=exc.by_node()) from None
+            # a missing file's message names the folders it was looked for in: shown as <models>, <inputs>, ...
+            raise ApiError(400, f"{len(exc.issues)} problem(s) in workflow", node_errors=self.worker.private(exc.by_node())) from None
         over = check_literals(checked, self.limits)
         if over:
             raise ApiError(400, "workflow exceeds this server's limits", node_errors=over)
-        if self.store.count("queued") >= self.limits.max_queued:
-            raise ApiError(429, f"the queue is full ({self.limits.max_queued} jobs waiting); try again later")
-        job_id = self.store.add(workflow.to_json(), outputs, priority)
-        self.hub.publish({"type": "queued", "job": job_id, "priority": priority})
+        waiting = self.store.count("queued")
+        if waiting + (repeat or 1) > self.limits.max_queued:
+            raise ApiError(429, f"the queue is full ({waiting} of {self.limits.max_queued} jobs waiting); try again later")
+        job_ids = []
+        for index in range(repeat or 1):  # A1111's batch count: fixed seeds count up by one per job
+            job_ids.append(self.store.add(offset_seeds(workflow, self.engine.registry, index).to_json(), outputs, priority))
+            self.hub.publish({"type": "queued", "job": job_ids[-1], "priority": priority})
         self.worker.wake()
-        return json_response({"id": job_id, "status": "queued"}, status=202, headers={"Location": f"/jobs/{job_id}"})
+        answer = {"id": job_ids[0], "status": "queued"} if repeat is None else {"ids": job_ids, "status": "queued"}
+        return json_response(answer, status=202, headers={"Location": f"/jobs/{job_ids[0]}"})
 
     async def job(self, request: web.Request) -> web.Response:
         return json_response(self._job_or_404(request.match_info["id"], with_workflow=True))
@@ -129,6 +135,7 @@ class Server:
             raise ApiError(404, f"no job {job_id!r}")
         if job["status"] == "running":
             job["progress"] = self.worker.progress(job_id) or job["progress"]
+            job["seeds"] = self.worker.seeds(job_id) or job["seeds"]
         return job
 
     async def jobs(self, request: web.Request) -> web.Response:
@@ -283,20 +290,23 @@ README.md.</p>
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
-def _job_request(body: Any) -> tuple[Any, list[str] | None, int]:
-    """Check the shape of a POST /jobs body: {"workflow": {...}, "outputs": [ids], "priority": int}."""
+def _job_request(body: Any, max_repeat: int) -> tuple[Any, list[str] | None, int, int | None]:
+    """Check the shape of a POST /jobs body: {"workflow": {...}, "outputs": [ids], "priority": int, "repeat": int}."""
     if not isinstance(body, dict) or "workflow" not in body:
         raise ApiError(400, 'the body must be a JSON object {"workflow": {...}, "outputs": [...], "priority": 0}')
-    unknown = sorted(set(body) - {"workflow", "outputs", "priority"})
+    unknown = sorted(set(body) - {"workflow", "outputs", "priority", "repeat"})
     if unknown:
-        raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; expected workflow, outputs, priority")
+        raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; expected workflow, outputs, priority, repeat")
     outputs = body.get("outputs")
     if outputs is not None and not (isinstance(outputs, list) and all(isinstance(o, str) for o in outputs)):
         raise ApiError(400, f"outputs must be a list of node ids, not {outputs!r}")
     priority = body.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 2**31:
         raise ApiError(400, f"priority must be an integer (higher runs first), not {priority!r}")
-    return body["workflow"], outputs, priority
+    repeat = body.get("repeat")
+    if repeat is not None and (isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat <= max_repeat):
+        raise ApiError(400, f"repeat must be an integer from 1 to {max_repeat} (the number of jobs), not {repeat!r}")
+    return body["workflow"], outputs, priority, repeat
 
 
 def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:

@@ -21,6 +21,7 @@ class Limits:
     max_upload_pixels: int = 4096 * 4096
     max_nodes: int = 500
     max_queued: int = 1000  # jobs waiting; more → 429
+    max_repeat: int = 100  # jobs one POST /jobs may ask for with "repeat"
     max_pixels: int = 2048 * 2048 * 4  # the pixel count of any node that declares one
     max_literal: dict[str, float] = field(default_factory=dict)  # by literal name, over the node packs' defaults
 

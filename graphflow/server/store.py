@@ -38,14 +38,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     cached    TEXT,
     error     TEXT,                               -- JSON {node, type, message}
     seconds   REAL,                               -- the engine's run time (NULL if it never ran)
-    timings   TEXT                                -- JSON {node id: seconds} of the executed nodes
+    timings   TEXT,                               -- JSON {node id: seconds} of the executed nodes
+    seeds     TEXT                                -- JSON {node id: {input: seed}}: the seeds used, drawn ones included
 );
 CREATE INDEX IF NOT EXISTS jobs_by_queue_order ON jobs (status, priority DESC, seq);
 """
 # Columns added after the first release, with their types: a queue file written by an older version gains them
 # when it is opened (ALTER TABLE ... ADD COLUMN keeps every row; old jobs read them as NULL).
-_ADDED_COLUMNS = {"seconds": "REAL", "timings": "TEXT"}
-_SUMMARY = "id, status, priority, created, started, finished, progress, outputs, executed, cached, error, seconds, timings"
+_ADDED_COLUMNS = {"seconds": "REAL", "timings": "TEXT", "seeds": "TEXT"}
+_SUMMARY = "id, status, priority, created, started, finished, progress, outputs, executed, cached, error, seconds, timings, seeds"
 
 
 @dataclass(frozen=True)
@@ -121,15 +122,16 @@ class JobStore:
 
     def finish(self, job_id: str, status: str, *, progress: dict | None = None, outputs: dict | None = None,
                executed: list[str] | None = None, cached: list[str] | None = None, error: dict | None = None,
-               seconds: float | None = None, timings: dict[str, float] | None = None) -> bool:
+               seconds: float | None = None, timings: dict[str, float] | None = None,
+               seeds: dict[str, dict[str, int]] | None = None) -> bool:
         if status not in FINISHED:
             raise ValueError(f"finish() needs one of {sorted(FINISHED)}, not {status!r}")
         with self._transaction() as db:
             return db.execute(
                 "UPDATE jobs SET status=?, finished=?, progress=?, outputs=?, executed=?, cached=?, error=?, "
-                "seconds=?, timings=? WHERE id=? AND status='running'",
+                "seconds=?, timings=?, seeds=? WHERE id=? AND status='running'",
                 (status, time.time(), _dump(progress), _dump(outputs), _dump(executed), _dump(cached), _dump(error),
-                 seconds, _dump(timings), job_id),
+                 seconds, _dump(timings), _dump(seeds), job_id),
             ).rowcount == 1
 
     def cancel_queued(self, job_id: str) -> bool:
@@ -166,6 +168,7 @@ def _public(row: sqlite3.Row) -> dict[str, Any]:
     job["error"] = _load(row["error"], None)
     job["seconds"] = row["seconds"]
     job["timings"] = _load(row["timings"], {})
+    job["seeds"] = _load(row["seeds"], {})
     if "workflow" in row.keys():
         job["workflow"] = json.loads(row["workflow"])
         job["requested_outputs"] = _load(row["requested"], None)

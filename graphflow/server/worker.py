@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from ..context import CancelToken
 from ..errors import Cancelled, GraphflowError, NodeFailed
-from ..events import Event, Preview, Progress, RunCancelled, RunFailed, RunSucceeded, Warning_
+from ..events import Event, Preview, Progress, RunCancelled, RunFailed, RunSucceeded, SeedsUsed, Warning_
 from ..execute import Engine, RunReport
 from ..paths import hide_folders
 from .store import Job, JobStore
@@ -47,6 +47,7 @@ class _Running:
     job_id: str
     cancel: CancelToken = field(default_factory=CancelToken)
     progress: dict[str, Any] | None = None
+    seeds: dict[str, dict[str, int]] = field(default_factory=dict)  # from the run's SeedsUsed event
     last_preview: float = float("-inf")
     cancelled_by_user: bool = False
 
@@ -87,6 +88,10 @@ class Worker:
     def progress(self, job_id: str) -> dict[str, Any] | None:
         current = self._current
         return current.progress if current and current.job_id == job_id else None
+
+    def seeds(self, job_id: str) -> dict[str, dict[str, int]] | None:
+        current = self._current
+        return current.seeds if current and current.job_id == job_id else None
 
     def cancel(self, job_id: str) -> str | None:
         """'cancelled' (was queued), 'cancelling' (running: it stops at its next check) or None (neither)."""
@@ -144,17 +149,17 @@ class Worker:
                 log.exception("job %s failed unexpectedly", job.id)
             report, status = getattr(exc, "report", None), "failed"
             error = {"node": None, "type": type(exc).__name__, "message": str(exc) or repr(exc)}
-        error = self._private(error)
+        error = self.private(error)
         if report is None:
             outputs, executed, cached, seconds, timings = {}, [], [], None, None
         else:
-            outputs, executed, cached = self._private(public_outputs(report)), list(report.executed), list(report.cached)
+            outputs, executed, cached = self.private(public_outputs(report)), list(report.executed), list(report.cached)
             seconds, timings = report.seconds, dict(report.timings)
         self.store.finish(job.id, status, progress=running.progress, outputs=outputs, executed=executed,
-                          cached=cached, error=error, seconds=seconds, timings=timings)
+                          cached=cached, error=error, seconds=seconds, timings=timings, seeds=running.seeds)
         message: dict[str, Any] = {"type": status, "job": job.id}
         if status == "succeeded":
-            message.update(outputs=outputs, executed=executed, cached=cached)
+            message.update(outputs=outputs, executed=executed, cached=cached, seeds=running.seeds)
         elif status == "failed":
             message["error"] = error
         self._send(message)
@@ -164,6 +169,8 @@ class Worker:
             return  # _run publishes these itself, after the store has the result
         if isinstance(event, Progress):
             running.progress = {"node": event.node, "value": event.value, "max": event.max}
+        if isinstance(event, SeedsUsed):
+            running.seeds = event.seeds
         if isinstance(event, Preview):
             now = time.monotonic()
             if now - running.last_preview < self.preview_interval:
@@ -172,10 +179,10 @@ class Worker:
         message = event.to_json()
         message["job"] = message.pop("run_id")
         if isinstance(event, Warning_):
-            message = self._private(message)
+            message = self.private(message)
         self._send(message)
 
-    def _private(self, value: Any) -> Any:
+    def private(self, value: Any) -> Any:
         """Error and warning texts with the server's folders shown as <models>, <inputs>, <outputs>, <assets>."""
         settings = self.engine.settings
         folders = {"<models>": settings.models_dir, "<inputs>": settings.input_dir, "<outputs>": settings.output_dir}

@@ -113,3 +113,50 @@ def test_run_from_png_refuses_pictures_without_a_workflow(write, tmp_path):
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     both = cli("run", write(chain()), "--from-png", bare, cwd=tmp_path)
     assert both.returncode == 2 and "one of them" in both.stderr
+
+
+def test_missing_files_exit_2_in_validate_and_run_before_anything_runs(write, tmp_path):
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs" / "seven.txt").write_text("7")
+    doc = wf(a=("LoadNumber", {"name": "sevn.txt"}), b=("LoadNumber", {"name": "eight.txt"}),
+             sum=("Add", {"a": link("a"), "b": link("b")}), s=("Show", {"value": link("sum")}))
+    path = write(doc)
+    for command in ("validate", "run"):
+        result = cli(command, path, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert "a.name: no file 'sevn.txt'; did you mean 'seven.txt'?" in result.stderr
+        assert "b.name: no file 'eight.txt'" in result.stderr and "executed" not in result.stderr
+    fixed = cli("validate", path, "--set", "a.name=seven.txt", "--set", "b.name=seven.txt", cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr
+
+
+def test_files_next_to_the_workflow_in_assets_resolve(write, tmp_path):
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "n.txt").write_text("3")
+    path = write(wf(a=("LoadNumber", {"name": "n.txt"}), s=("Show", {"value": link("a")})))
+    assert cli("validate", path, cwd=tmp_path).returncode == 0
+
+
+def seeds_printed(stderr):
+    import re
+
+    return [int(s) for s in re.findall(r"seed n\.seed=(\d+)", stderr)]
+
+
+def test_repeat_counts_a_fixed_seed_up_and_draws_random_ones_anew(write, tmp_path):
+    doc = wf(n=("Seeded", {"seed": 5}), s=("Show", {"value": link("n")}))
+    fixed = cli("run", write(doc), "--repeat", "3", cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr
+    assert seeds_printed(fixed.stderr) == [5, 6, 7] and "run 3/3 done" in fixed.stderr
+    random = cli("run", write(doc), "--repeat", "3", "--set", "n.seed=-1", cwd=tmp_path)
+    assert random.returncode == 0, random.stderr
+    drawn = seeds_printed(random.stderr)
+    assert len(drawn) == 3 and len(set(drawn)) == 3
+    once = cli("run", write(doc), cwd=tmp_path)
+    assert seeds_printed(once.stderr) == [5] and "run 1/" not in once.stderr
+
+
+@pytest.mark.parametrize("count", ["0", "-2", "many"])
+def test_repeat_needs_a_positive_count(write, tmp_path, count):
+    result = cli("run", write(chain()), "--repeat", count, cwd=tmp_path)
+    assert result.returncode == 2 and "expected a whole number >= 1" in result.stderr

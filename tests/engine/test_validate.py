@@ -170,3 +170,79 @@ def test_issues_group_by_node_for_apis(engine):
     assert list(grouped) == ["x"]
     assert set(grouped["x"][0]) == {"input", "message", "expected", "received", "code"}
     assert grouped["x"][0]["code"] == "bad_value"
+
+
+
+# --- preflight: named files checked before anything runs ---------------------------------------------------------
+
+def files_doc(a="a.txt", b="b.txt"):
+    return wf(a=("LoadNumber", {"name": a}), b=("LoadNumber", {"name": b}),
+              sum=("Add", {"a": link("a"), "b": link("b")}), s=("Show", {"value": link("sum")}))
+
+
+def test_every_missing_file_is_reported_at_once_with_the_nearest_names_first(engine, calls):
+    for name in ("alpha.txt", "apple.txt", "zeta.txt"):
+        (engine.settings.input_dir / name).write_text("1")
+    doc = files_doc("alpah.txt", "zeta.tx")
+    doc["nodes"]["sum"]["inputs"]["bias"] = 3  # a bad literal elsewhere does not hide the missing files
+    issues = issues_of(engine, doc)
+    missing = {i.node: i for i in issues if i.input == "name"}
+    assert set(missing) == {"a", "b"} and any(i.node == "sum" and i.input == "bias" for i in issues)
+    assert missing["a"].received == "alpah.txt" and missing["a"].expected[0] == "alpha.txt"
+    assert "did you mean 'alpha.txt'" in missing["a"].message
+    assert missing["b"].expected[0] == "zeta.txt"
+    assert missing["a"].code == missing["b"].code == "missing_file"
+    with pytest.raises(WorkflowInvalid):
+        engine.run(doc)
+    assert calls["LoadNumber"] == 0
+
+
+def test_files_that_exist_pass_and_the_node_runs(engine, calls):
+    for name in ("a.txt", "b.txt"):
+        (engine.settings.input_dir / name).write_text("2")
+    assert engine.run(files_doc()).outputs["s"]["value"] == 4.0
+    assert calls["LoadNumber"] == 2
+
+
+def test_a_node_not_needed_for_the_requested_outputs_is_not_checked(engine):
+    doc = files_doc("absent.txt", "absent.txt")
+    doc["nodes"].update(wf(n=("Number", {"value": 1.0}), other=("Show", {"value": link("n")}))["nodes"])
+    assert engine.validate(doc, outputs=["other"]).outputs == ("other",)
+    assert {i.node for i in issues_of(engine, doc)} == {"a", "b"}
+
+
+def test_a_name_leaving_its_folder_says_what_was_expected(engine):
+    (engine.settings.input_dir / "b.txt").write_text("1")
+    issue = only(issues_of(engine, files_doc("../secret.txt")))
+    assert (issue.node, issue.input, issue.expected) == ("a", "name", "a name inside the input folder")
+    assert issue.code == "bad_value"
+
+
+def test_validation_without_settings_checks_no_files(registry):
+    from graphflow.validate import validate
+    from graphflow.workflow import parse
+
+    assert set(validate(parse(files_doc("absent.txt")), registry).nodes) == {"a", "b", "sum", "s"}
+
+
+def test_short_list_puts_the_nearest_first_and_says_how_many_more():
+    from graphflow.validate import short_list
+
+    names = [f"n{i}" for i in range(20)]
+    assert short_list(["n7"], names, limit=4) == ["n7", "n0", "n1", "n2", "... 16 more"]
+    assert short_list([], ["a", "b"]) == ["a", "b"]
+
+
+def test_a_preflight_that_raises_is_an_issue_not_a_traceback(registry, engine):
+    from graphflow.node import node, spec_of
+
+    def broken(literals, settings):
+        raise KeyError("name")
+
+    @node(outputs={"value": "NUMBER"}, category="test", preflight=broken)
+    def Fragile(name: str = "x"):
+        return 1.0
+
+    registry.add(spec_of(Fragile))
+    issue = only(issues_of(engine, wf(f=("Fragile", {}), s=("Show", {"value": link("f")}))))
+    assert issue.node == "f" and "could not check the files" in issue.message and "KeyError" in issue.message

@@ -10,7 +10,8 @@ from typing import Literal
 from pydantic import Field
 
 from graphflow.errors import NodeInputError
-from graphflow.node import Input, node
+from graphflow.node import FileProblem, Input, node
+from graphflow.seeds import Seed, seed_type
 
 CALLS: Counter = Counter()
 
@@ -56,6 +57,34 @@ def ReadNumber(name: str, *, ctx):
     """Reads a number from a file in the input directory; the file's content is its fingerprint."""
     CALLS["ReadNumber"] += 1
     return float((Path(ctx.settings.input_dir) / name).read_text())
+
+
+def _number_file(name: str, settings) -> Path | None:
+    folders = [Path(settings.input_dir), *settings.asset_dirs]
+    return next((folder / name for folder in folders if (folder / name).is_file()), None)
+
+
+def _number_file_preflight(literals, settings):
+    name = literals["name"]
+    if ".." in name:
+        return [FileProblem("name", "must not climb out of its folder", name, expected="a name inside the input folder")]
+    if _number_file(name, settings):
+        return []
+    return [FileProblem("name", f"no file {name!r}", name, tuple(sorted(p.name for p in Path(settings.input_dir).glob("*.txt"))))]
+
+
+@node(outputs={"value": "NUMBER"}, category="test", preflight=_number_file_preflight)
+def LoadNumber(name: str, *, ctx):
+    """Reads a number from a file in the input directory or an asset folder, whose existence validation checks first."""
+    CALLS["LoadNumber"] += 1
+    return float(_number_file(name, ctx.settings).read_text())
+
+
+@node(outputs={"value": "NUMBER"}, category="test")
+def Seeded(seed: Seed = 0, offset: int = Field(0, ge=0), then: seed_type(minimum=-1, random=("random",)) = -1):
+    """The seed as a number (``then``: -1 = unused, like Sample's "continue the stream")."""
+    CALLS["Seeded"] += 1
+    return float(seed + offset)
 
 
 @node(outputs={"value": "NUMBER"}, category="test", cache="never")

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from graphflow import Engine, Registry
 from graphflow.context import Settings
-from graphflow.errors import NodeFailed, NodeInputError
+from graphflow.errors import NodeInputError, WorkflowInvalid
 from graphflow.node import Input, node, spec_of
 from nodes import checkpoints as ck
 from nodes import loaders
@@ -190,9 +190,10 @@ def test_engine_loads_once_and_shares_the_model(models_dir, tmp_path):
     assert first.outputs["show"] == {"family": "sd1"}
     assert "ckpt" in first.executed and "ckpt" in second.cached
     assert second.values["ckpt"]["model"].unet is first.values["ckpt"]["model"].unet
-    with pytest.raises(NodeFailed) as caught:
+    with pytest.raises(WorkflowInvalid) as caught:  # preflight: refused before anything runs
         engine.run(workflow("nope"))
-    assert caught.value.input == "name" and "tiny-sd" in caught.value.message
+    [issue] = caught.value.issues
+    assert issue.input == "name" and "tiny-sd" in issue.expected
 
 
 # ------------------------------------------------------------------------------------------------ LoadVAE

@@ -5,6 +5,7 @@ from pydantic import ValidationError
 
 from graphflow.errors import Cancelled, NodeInputError
 from graphflow.node import spec_of
+from graphflow.seeds import seed_inputs
 from nodes.latent import EmptyLatent
 from nodes.sampling import SAMPLERS, AddNoise, Sample, SamplerName, Schedule, fresh_scheduler
 from nodes.text import TextEncode
@@ -87,13 +88,18 @@ def test_schedule_rejects_bad_literals(bad):
 
 
 def test_seed_bounds():
-    assert spec_of(AddNoise).literals.model_validate({"seed": 2**64 - 1})
-    for bad in (-1, 2**64):
+    """AddNoise: 0 … 2**64-1, or -1 / "random" (drawn by the engine); Sample: -1 continues AddNoise's stream,
+    only "random" draws."""
+    for good in (0, 2**64 - 1, -1, "random"):
+        assert spec_of(AddNoise).literals.model_validate({"seed": good})
+    for bad in (-2, 2**64, "rand", True, 1.0):
         with pytest.raises(ValidationError):
             spec_of(AddNoise).literals.model_validate({"seed": bad})
-    assert spec_of(Sample).literals.model_validate({"seed": -1})
+    assert spec_of(Sample).literals.model_validate({"seed": -1}) and spec_of(Sample).literals.model_validate({"seed": "random"})
     with pytest.raises(ValidationError):
         spec_of(Sample).literals.model_validate({"seed": -2})
+    assert seed_inputs(spec_of(AddNoise)) == {"seed": {"random": [-1, "random"], "maximum": 2**64 - 1}}
+    assert seed_inputs(spec_of(Sample))["seed"]["random"] == ["random"]
 
 
 # ----------------------------------------------------------------------------------------------- AddNoise

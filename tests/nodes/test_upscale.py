@@ -6,7 +6,7 @@ from pydantic import Field
 import nodes.upscale as upscale
 from graphflow import Engine, Settings
 from graphflow.cache import ResultCache
-from graphflow.errors import Cancelled, NodeFailed, NodeInputError
+from graphflow.errors import Cancelled, NodeInputError, WorkflowInvalid
 from graphflow.node import Input, node, spec_of
 from graphflow.registry import Registry
 from nodes.upscale import (LoadUpscaleModel, UpscaleModel, UpscaleWithModel, axis_weights, model_file_fingerprint,
@@ -297,6 +297,7 @@ def test_workflow_loads_once_and_upscales(root):
     assert "model" in second.cached and "up" in second.executed
     bad = workflow(0)
     bad["nodes"]["model"]["inputs"]["name"] = "nope.pth"
-    with pytest.raises(NodeFailed) as info:
+    with pytest.raises(WorkflowInvalid) as info:  # preflight: refused before anything runs
         engine.run(bad)
-    assert info.value.input == "name" and "tiny_x4.pth" in info.value.message
+    [issue] = info.value.issues
+    assert issue.input == "name" and "tiny_x4.pth" in issue.expected

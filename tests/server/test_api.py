@@ -57,6 +57,9 @@ async def test_document_level_problems_are_listed_under_the_empty_key(server):
     ('{"workflow": {}, "prio": 1}', "unknown field(s) prio"),
     ('{"workflow": {}, "priority": "high"}', "priority must be an integer"),
     ('{"workflow": {}, "outputs": "save"}', "outputs must be a list"),
+    ('{"workflow": {}, "repeat": 0}', "repeat must be an integer from 1 to 100"),
+    ('{"workflow": {}, "repeat": 101}', "repeat must be an integer from 1 to 100"),
+    ('{"workflow": {}, "repeat": "3"}', "repeat must be an integer"),
 ])
 async def test_malformed_requests_get_a_one_line_400(server, body, message):
     async with aiohttp.ClientSession() as session:
@@ -113,3 +116,37 @@ async def test_nodes_and_health(server):
         assert catalog["SaveGray"]["output_node"] is True
         async with session.get(f"{server.url}/health") as response:
             assert await response.json() == {"status": "ok", "queue": 0, "running": None}
+
+
+async def test_missing_files_are_400_with_every_one_named_and_nothing_is_queued(server):
+    (server.config.data_dir / "uploads" / "seven.txt").write_text("7")
+    workflow = {"graphflow": 1, "nodes": {
+        "a": {"type": "LoadNumber", "inputs": {"name": "sevn.txt"}},
+        "b": {"type": "LoadNumber", "inputs": {"name": "eight.txt"}},
+        "sum": {"type": "Add", "inputs": {"a": link("a"), "b": link("b")}},
+        "show": {"type": "Show", "inputs": {"value": link("sum")}},
+    }}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{server.url}/jobs", json={"workflow": workflow}) as response:
+            assert response.status == 400
+            body = await response.json()
+        assert "2 problem(s)" in body["error"]
+        [missing] = body["node_errors"]["a"]
+        assert missing["input"] == "name" and missing["received"] == "sevn.txt" and missing["expected"] == ["seven.txt"]
+        assert missing["code"] == "missing_file"
+        assert body["node_errors"]["b"][0]["received"] == "eight.txt"
+        assert await queued_count(session, server.url) == 0
+        workflow["nodes"]["a"]["inputs"]["name"] = workflow["nodes"]["b"]["inputs"]["name"] = "seven.txt"
+        job_id = await submit(session, server.url, workflow)
+        assert (await wait_for_status(session, server.url, job_id, "succeeded"))["outputs"]["show"]["value"] == 14.0
+
+
+async def test_a_repeat_the_queue_cannot_hold_is_429_and_queues_none(start_server):
+    from graphflow.server.limits import Limits
+
+    server = start_server(limits=Limits(max_queued=2))
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{server.url}/jobs", json={"workflow": gray_workflow(), "repeat": 3}) as response:
+            assert response.status == 429
+            assert "queue is full" in (await response.json())["error"]
+        assert await queued_count(session, server.url) == 0

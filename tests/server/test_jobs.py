@@ -184,3 +184,44 @@ async def test_files_of_any_kind_are_reported_by_url_without_server_paths(server
         assert str(server.config.data_dir.resolve()) not in str(job) and str(server.config.data_dir) not in str(job)
         async with session.get(server.url + job["outputs"]["note"]["notes"][0]["url"]) as response:
             assert response.status == 200 and await response.text() == "7.0\n"
+
+
+def seeded_workflow(seed) -> dict:
+    return {"graphflow": 1, "nodes": {"n": {"type": "Seeded", "inputs": {"seed": seed}},
+                                      "show": {"type": "Show", "inputs": {"value": link("n")}}}}
+
+
+async def test_a_random_seed_is_drawn_per_job_and_shown_in_the_job_and_its_events(server):
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{server.url}/ws") as ws:
+            first = await submit(session, server.url, seeded_workflow(-1))
+            seeds_event = await next_event(ws, "seeds", job=first)
+            done = await next_event(ws, "succeeded", job=first)
+            second = await submit(session, server.url, seeded_workflow("random"))
+            await next_event(ws, "succeeded", job=second)
+        jobs = [await get_job(session, server.url, job_id) for job_id in (first, second)]
+    drawn = [job["seeds"]["n"]["seed"] for job in jobs]
+    assert drawn[0] != drawn[1] and seeds_event["seeds"] == done["seeds"] == jobs[0]["seeds"]
+    assert [job["outputs"]["show"]["value"] for job in jobs] == drawn
+    assert jobs[1]["executed"] == ["n", "show"]  # not the cached result of the first job
+    assert jobs[0]["workflow"]["nodes"]["n"]["inputs"]["seed"] == -1  # the job keeps what was submitted
+
+
+async def test_repeat_queues_n_jobs_with_the_seed_counting_up(server):
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{server.url}/jobs", json={"workflow": seeded_workflow(5), "repeat": 3}) as response:
+            assert response.status == 202
+            body = await response.json()
+        assert body["status"] == "queued" and len(body["ids"]) == 3
+        assert response.headers["Location"] == f"/jobs/{body['ids'][0]}"
+        jobs = [await wait_for_status(session, server.url, job_id, "succeeded") for job_id in body["ids"]]
+    assert [job["seeds"] for job in jobs] == [{"n": {"seed": s}} for s in (5, 6, 7)]
+    assert [job["workflow"]["nodes"]["n"]["inputs"]["seed"] for job in jobs] == [5, 6, 7]
+
+
+async def test_repeat_with_a_random_seed_draws_one_per_job(server):
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{server.url}/jobs", json={"workflow": seeded_workflow(-1), "repeat": 4}) as response:
+            ids = (await response.json())["ids"]
+        jobs = [await wait_for_status(session, server.url, job_id, "succeeded") for job_id in ids]
+    assert len({job["seeds"]["n"]["seed"] for job in jobs}) == 4

@@ -155,25 +155,32 @@ async def test_an_uploaded_image_is_what_LoadImage_reads(sd_server):
 
 
 @pytest.mark.timeout(SECONDS)
-async def test_a_missing_input_file_fails_the_job_with_a_readable_error(sd_server):
+async def test_missing_files_are_refused_with_400_before_anything_is_queued(sd_server):
     workflow = {"graphflow": 1, "nodes": {
+        "ckpt": {"type": "LoadCheckpoint", "inputs": {"name": "v1-5-pruned"}},
         "load": {"type": "LoadImage", "inputs": {"name": "never-uploaded.png"}},
-        "save": {"type": "SaveImage", "inputs": {"images": {"from": "load", "output": "image"}}},
+        "encode": {"type": "VAEEncode", "inputs": {"vae": {"from": "ckpt", "output": "vae"}, "image": {"from": "load", "output": "image"}}},
+        "decode": {"type": "VAEDecode", "inputs": {"vae": {"from": "ckpt", "output": "vae"}, "latent": {"from": "encode", "output": "latent"}}},
+        "save": {"type": "SaveImage", "inputs": {"images": {"from": "decode", "output": "image"}}},
     }}
     async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{sd_server.url}/ws") as ws:
-            job_id = await submit(session, sd_server.url, workflow)
-            end = (await follow(ws, job_id))[-1]
-        async with session.get(f"{sd_server.url}/health") as response:
-            assert (await response.json())["status"] == "ok"
-    assert end["type"] == "failed"
-    assert {k: end["error"][k] for k in ("node", "input", "type")} == {"node": "load", "input": "name", "type": "NodeInputError"}
-    assert "no such file" in end["error"]["message"] and "Traceback" not in end["error"]["message"]
-    # the message names the folder by its label, not by where this server keeps it
-    assert "<inputs>" in end["error"]["message"] and str(sd_server.config.data_dir) not in json.dumps(end["error"])
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{sd_server.url}/jobs/{job_id}") as response:
-            assert (await response.json())["error"] == end["error"]
+        jobs_before = await job_ids(session, sd_server.url)
+        async with session.post(f"{sd_server.url}/jobs", json={"workflow": workflow}) as response:
+            assert response.status == 400
+            body = await response.json()
+        assert await job_ids(session, sd_server.url) == jobs_before
+    errors = body["node_errors"]
+    assert set(errors) == {"ckpt", "load"}
+    assert errors["ckpt"][0]["input"] == "name" and "tiny-sd" in errors["ckpt"][0]["expected"]
+    assert errors["load"][0]["received"] == "never-uploaded.png" and "no such file" in errors["load"][0]["message"]
+    # the messages name the folders by their labels, not by where this server keeps them
+    assert "<inputs>" in errors["load"][0]["message"]
+    assert str(Path(sd_server.config.data_dir).resolve()) not in json.dumps(body)
+
+
+async def job_ids(session: aiohttp.ClientSession, url: str) -> list[str]:
+    async with session.get(f"{url}/jobs") as response:
+        return [job["id"] for job in (await response.json())["jobs"]]
 
 
 @pytest.mark.timeout(SECONDS)
