@@ -7,8 +7,9 @@ import torch
 
 from graphflow.errors import InvalidArgument
 from nodes.builtin_models import build_tiny_components
-from nodes.prompt import (BREAK, apply_emphasis, encode_empty_chunk, encode_tokens, pad_conditionings,
-                          pad_to_same_chunks, parse_prompt_attention, tokenize_prompt)
+from nodes.prompt import (apply_emphasis, encode_empty_chunk, encode_tokens, pad_conditionings, pad_to_same_chunks,
+                          tokenize_prompt)
+from nodes.prompt_syntax import BREAK, parse_prompt_attention
 from nodes.values import Conditioning, digest_of
 
 BOS, EOS, CAT, DOG, COMMA = 49406, 49407, 2368, 1929, 267  # CLIP BPE ids; "cat" and "dog" are one token each
