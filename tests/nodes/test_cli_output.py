@@ -14,7 +14,7 @@ OUR_LINES = [
     r"\S+ \(\w+\) \d+\.\d\ds",             # a node finished
     r"\S+ \(\w+\) cached",                 # a node came from the cache
     r"\S+ \[[#.]+\] \d+/\d+",              # the progress bar of a long node
-    r"done in \d+\.\d\ds: \d+ executed, \d+ cached",
+    r"done in \d+\.\d\ds: \d+ executed, \d+ cached(; seed \S+=\d+(, \S+=\d+)*)?",  # with the seeds used
 ]
 
 
