@@ -359,10 +359,11 @@ def _generator(seed: int, latent: Latent) -> "torch.Generator | list[torch.Gener
     (a list, which diffusers' schedulers draw from image by image)."""
     if seed >= 0:
         return torch.Generator("cpu").manual_seed(seed)
+    def continued(state):  # clone: torch's set_state crashes on a row view of the (B, state) stack
+        return torch.Generator("cpu").set_state(state.clone())
+
     states = latent.rng_state
-    # clone: torch's set_state crashes on a row view of the (B, state) stack
-    generators = [torch.Generator("cpu").set_state(state.clone()) for state in (states if states.dim() == 2 else [states])]
-    return generators if states.dim() == 2 else generators[0]
+    return [continued(state) for state in states] if states.dim() == 2 else continued(states)
 
 
 def _extra_step_kwargs(scheduler, generator, eta: float) -> dict[str, Any]:
