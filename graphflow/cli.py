@@ -92,12 +92,11 @@ def prepare_output_folder(args: argparse.Namespace, folder: Path) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .disk_cache import DiskCache
     from .execute import Engine
     from .seeds import offset_seeds
 
     workflow = _workflow(args)
-    from .disk_cache import DiskCache
-
     engine = Engine(settings=_settings(args), disk_cache=DiskCache.from_env(args.disk_cache))
     prepare_output_folder(args, Path(engine.settings.output_dir))
     cancel = CancelToken()
