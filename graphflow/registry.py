@@ -13,7 +13,7 @@ import pkgutil
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from . import env
 from .node import NodeSpec, literal_default, spec_of
@@ -28,10 +28,14 @@ class NodePack:
 
     ``literal_limits``: default upper bounds, by literal input name, that a shared server applies to every
     node type (its ``--max-literal`` overrides them; when two packs bound one name the lower bound wins).
-    ``output_example``: an output node type that messages name when a workflow has no output node."""
+    ``output_example``: an output node type that messages name when a workflow has no output node.
+    ``server_extensions``: factories the HTTP server calls with itself (a :class:`graphflow.server.app.Server`) when
+    it starts; each returns an object whose ``routes()`` gives aiohttp route definitions added after the server's
+    own (see ``graphflow/server/app.py`` for what else it may answer). The engine imports none of them."""
 
     literal_limits: Mapping[str, float] = field(default_factory=dict)
     output_example: str | None = None
+    server_extensions: tuple[Callable[[Any], Any], ...] = ()
 
 
 class Registry:
@@ -39,6 +43,7 @@ class Registry:
         self._specs: dict[str, NodeSpec] = {}
         self.literal_limits: dict[str, float] = {}
         self.output_example: str | None = None
+        self.server_extensions: list[Callable[[Any], Any]] = []
         for spec in specs:
             self.add(spec)
 
@@ -52,6 +57,7 @@ class Registry:
         for name, limit in pack.literal_limits.items():
             self.literal_limits[name] = min(limit, self.literal_limits.get(name, limit))
         self.output_example = self.output_example or pack.output_example
+        self.server_extensions += [make for make in pack.server_extensions if make not in self.server_extensions]
 
     def add_module(self, module: ModuleType) -> None:
         """Register every node in a module, and in its submodules when it is a package, and the module's
