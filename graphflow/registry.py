@@ -13,13 +13,20 @@ import pkgutil
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
 
 from . import env
 from .node import NodeSpec, literal_default, spec_of
 
+if TYPE_CHECKING:
+    from .workflow import Workflow
+
 ENTRY_POINT_GROUP = "graphflow.nodes"
 PACK_ATTRIBUTE = "GRAPHFLOW_PACK"
+# Reads a decoded JSON document of the pack's own format: (document, source label, registry) → the Workflow,
+# or None when the document is not in that format; a document in the format but malformed raises
+# WorkflowFormatError naming ``source``.
+DocumentReader = Callable[[Any, str, "Registry"], Optional["Workflow"]]
 
 
 @dataclass(frozen=True)
@@ -29,12 +36,17 @@ class NodePack:
     ``literal_limits``: default upper bounds, by literal input name, that a shared server applies to every
     node type (its ``--max-literal`` overrides them; when two packs bound one name the lower bound wins).
     ``output_example``: an output node type that messages name when a workflow has no output node.
+    ``document_readers``: readers of other workflow formats (see :data:`DocumentReader`); every entry point reads
+    documents through :func:`graphflow.documents.read_document`, which tries them after graphflow's own format.
+    ``png_text_chunks``: names of PNG text chunks that may carry such a document, looked in after graphflow's own.
     ``server_extensions``: factories the HTTP server calls with itself (a :class:`graphflow.server.app.Server`) when
     it starts; each returns an object whose ``routes()`` gives aiohttp route definitions added after the server's
     own (see ``graphflow/server/app.py`` for what else it may answer). The engine imports none of them."""
 
     literal_limits: Mapping[str, float] = field(default_factory=dict)
     output_example: str | None = None
+    document_readers: tuple[DocumentReader, ...] = ()
+    png_text_chunks: tuple[str, ...] = ()
     server_extensions: tuple[Callable[[Any], Any], ...] = ()
 
 
@@ -43,6 +55,8 @@ class Registry:
         self._specs: dict[str, NodeSpec] = {}
         self.literal_limits: dict[str, float] = {}
         self.output_example: str | None = None
+        self.document_readers: list[DocumentReader] = []
+        self.png_text_chunks: list[str] = []
         self.server_extensions: list[Callable[[Any], Any]] = []
         for spec in specs:
             self.add(spec)
@@ -57,6 +71,8 @@ class Registry:
         for name, limit in pack.literal_limits.items():
             self.literal_limits[name] = min(limit, self.literal_limits.get(name, limit))
         self.output_example = self.output_example or pack.output_example
+        self.document_readers += [r for r in pack.document_readers if r not in self.document_readers]
+        self.png_text_chunks += [c for c in pack.png_text_chunks if c not in self.png_text_chunks]
         self.server_extensions += [make for make in pack.server_extensions if make not in self.server_extensions]
 
     def add_module(self, module: ModuleType) -> None:

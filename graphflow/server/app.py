@@ -18,11 +18,12 @@ from aiohttp import BodyPartReader, web
 
 from .. import paths
 from ..context import Settings
+from ..documents import read_document
 from ..errors import WorkflowFormatError, WorkflowInvalid
 from ..execute import Engine
 from ..registry import Registry, default_registry
 from ..seeds import offset_seeds
-from ..workflow import Workflow, parse
+from ..workflow import Workflow
 from .files import Rejected, served_file, store_image
 from .hub import Hub
 from .limits import Limits, check_literals, check_size, issue
@@ -108,11 +109,11 @@ class Server:
         answer = {"id": job_ids[0], "status": "queued"} if repeat is None else {"ids": job_ids, "status": "queued"}
         return json_response(answer, status=202, headers={"Location": f"/jobs/{job_ids[0]}"})
 
-    def admit(self, document: Any, outputs: list[str] | None, jobs: int = 1) -> Workflow:
+    def admit(self, document: Any, outputs: list[str] | None, jobs: int = 1, source: str = "workflow") -> Workflow:
         """The workflow of a submitted document once it has passed validation, the limits and the queue's room for
         ``jobs`` more; else ApiError (400 with ``node_errors`` by node id, "" for the document; 429 queue full)."""
         try:
-            workflow = parse(document)
+            workflow = read_document(document, source, self.engine.registry)
         except WorkflowFormatError as exc:
             raise ApiError(400, str(exc), node_errors={"": [issue(None, str(exc), "a graphflow workflow", None, code="bad_document")]}) from None
         too_big = check_size(len(workflow.nodes), self.limits)

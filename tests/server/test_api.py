@@ -28,7 +28,7 @@ async def test_invalid_workflow_is_400_with_errors_per_node_and_nothing_is_queue
         assert bias["input"] == "bias" and bias["received"] == 3 and "multiple of 2" in bias["expected"]
         assert "Number" in errors["y"][0]["message"] and errors["y"][0]["received"] == "Numbr"
         assert errors["save"][0]["input"] == "value" and errors["save"][0]["received"] == "nowhere"
-        assert set(bias) == {"input", "message", "expected", "received", "code"}
+        assert set(bias) == {"input", "message", "expected", "received", "code", "node_type"} and bias["node_type"] == "Add"
         assert (bias["code"], errors["y"][0]["code"], errors["save"][0]["code"]) == ("bad_value", "unknown_node_type", "missing_link")
         assert await queued_count(session, server.url) == 0
 
