@@ -7,7 +7,6 @@ clients out.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import mimetypes
 from dataclasses import dataclass, field
@@ -27,7 +26,8 @@ from ..workflow import Workflow
 from .files import Rejected, served_file, store_image
 from .hub import Hub
 from .limits import Limits, check_literals, check_size, issue
-from .middleware import ApiError, dumps, guard_host_and_origin, json_errors, json_response, require_token
+from .middleware import (ApiError, dumps, guard_host_and_origin, json_errors, json_response, read_at_most, read_json,
+                         require_token)
 from .store import STATUSES, JobStore
 from .worker import Worker
 
@@ -95,14 +95,7 @@ class Server:
 
     # -- jobs ------------------------------------------------------------------------------------------------
     async def submit(self, request: web.Request) -> web.Response:
-        if request.content_type not in ("application/json", "application/octet-stream"):  # the latter: no header
-            # Refusing form/text bodies stops a web page from posting jobs here without a CORS preflight.
-            raise ApiError(415, f"send the job as JSON (Content-Type: application/json), not {request.content_type}")
-        text = await request.text()  # aiohttp answers 413 past limits.max_body_bytes
-        try:
-            body = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ApiError(400, f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        body = await read_json(request)  # aiohttp answers 413 past limits.max_body_bytes
         document, outputs, priority, repeat = _job_request(body, self.limits.max_repeat)
         workflow = self.admit(document, outputs, repeat or 1)
         job_ids = self.enqueue(workflow, outputs, priority, repeat or 1)
@@ -194,7 +187,7 @@ class Server:
         data = None
         async for part in await request.multipart():
             if isinstance(part, BodyPartReader) and part.name == "image":
-                data = await _read_at_most(part, limit)
+                data = await read_at_most(part, limit)
                 break
         if data is None:
             raise ApiError(400, "multipart field 'image' is missing")
@@ -340,15 +333,6 @@ def _int_query(request: web.Request, name: str, default: int, low: int, high: in
     if value is None or not low <= value <= high:
         raise ApiError(400, f"{name} must be an integer from {low} to {high}, not {raw!r}")
     return value
-
-
-async def _read_at_most(part: BodyPartReader, limit: int) -> bytes:
-    data = bytearray()
-    while chunk := await part.read_chunk(64 * 1024):
-        data += chunk
-        if len(data) > limit:
-            raise ApiError(413, f"upload too large: more than {limit} bytes")
-    return bytes(data)
 
 
 def _sweep_interrupted_writes(*folders: Path) -> None:

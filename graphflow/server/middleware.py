@@ -28,6 +28,28 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return web.json_response(data, status=status, headers=headers, dumps=dumps)
 
 
+async def read_json(request: web.Request) -> Any:
+    """A request's JSON body (an empty one reads as {}); form and text bodies are refused (415), so that a web
+    page cannot post here without a CORS preflight."""
+    if request.content_type not in ("application/json", "application/octet-stream"):  # the latter: no header
+        raise ApiError(415, f"send JSON (Content-Type: application/json), not {request.content_type}")
+    text = await request.text()  # aiohttp answers 413 past the app's client_max_size
+    try:
+        return json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+
+
+async def read_at_most(part: Any, limit: int) -> bytes:
+    """One multipart part's bytes; 413 as soon as it passes ``limit``."""
+    data = bytearray()
+    while chunk := await part.read_chunk(64 * 1024):
+        data += chunk
+        if len(data) > limit:
+            raise ApiError(413, f"upload too large: more than {limit} bytes")
+    return bytes(data)
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error as ``{"error": "..."}``: ours, aiohttp's (404 no route, 405, 413 body too large) and bugs,
