@@ -17,9 +17,6 @@ from graphflow.registry import Registry
 
 from .toyimages import png_bytes
 
-STEP_SECONDS = {"value": 0.0}  # a test slows ComfySlow down to act on a running prompt
-
-
 @node(name="comfy.ToyNumber", outputs={"NUMBER": "NUMBER"}, category="toy/numbers")
 def ToyNumber(value: float = Field(1.0, ge=-1000, le=1000, description="a constant")):
     """A constant number."""
@@ -27,11 +24,12 @@ def ToyNumber(value: float = Field(1.0, ge=-1000, le=1000, description="a consta
 
 
 @node(name="comfy.ToySteps", outputs={"NUMBER": "NUMBER"}, category="toy/numbers")
-def ToySteps(value=Input("NUMBER"), steps: int = Field(3, ge=1, le=10_000), *, ctx):
+def ToySteps(value=Input("NUMBER"), steps: int = Field(3, ge=1, le=10_000),
+             pause: float = Field(0.0, ge=0.0, le=1.0, description="seconds per step, to act on a running prompt"), *, ctx):
     """Reports progress once per step; stops when interrupted."""
     for step in range(steps):
-        if STEP_SECONDS["value"]:
-            threading.Event().wait(STEP_SECONDS["value"])
+        if pause:
+            threading.Event().wait(pause)
         ctx.check_cancelled()
         ctx.progress(step + 1, steps)
     return value + steps
@@ -72,10 +70,12 @@ def registry() -> Registry:
     return reg
 
 
-def prompt(value: float = 3.0, steps: int = 3, previews: int = 0, prefix: str = "ComfyUI") -> dict:
-    """number → steps → save: an API prompt over these nodes."""
+def prompt(value: float = 3.0, steps: int = 3, previews: int = 0, prefix: str = "ComfyUI", pause: float = 0.0) -> dict:
+    """number → steps → save: an API prompt over these nodes (with the titles ComfyUI's UI writes into _meta)."""
     return {
-        "1": {"class_type": "ToyNumber", "inputs": {"value": value}},
-        "2": {"class_type": "ToySteps", "inputs": {"value": ["1", 0], "steps": steps}},
-        "9": {"class_type": "ToySave", "inputs": {"value": ["2", 0], "filename_prefix": prefix, "previews": previews}},
+        "1": {"class_type": "ToyNumber", "inputs": {"value": value}, "_meta": {"title": "Number"}},
+        "2": {"class_type": "ToySteps", "inputs": {"value": ["1", 0], "steps": steps, "pause": pause},
+              "_meta": {"title": "Steps"}},
+        "9": {"class_type": "ToySave", "inputs": {"value": ["2", 0], "filename_prefix": prefix, "previews": previews},
+              "_meta": {"title": "Save Image"}},
     }

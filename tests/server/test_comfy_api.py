@@ -19,13 +19,6 @@ def comfy(start_server):
     return start_server(registry=comfytoys.registry())
 
 
-@pytest.fixture
-def slow_steps():
-    comfytoys.STEP_SECONDS["value"] = 0.05
-    yield
-    comfytoys.STEP_SECONDS["value"] = 0.0
-
-
 async def post_prompt(session, url: str, prompt: dict, status: int = 200, **extra) -> dict:
     async with session.post(f"{url}/prompt", json={"prompt": prompt, **extra}) as response:
         body = await response.json()
@@ -84,9 +77,9 @@ async def test_a_prompt_runs_and_its_history_names_the_image_view_serves(comfy):
         assert job["outputs"]["9"]["images"][0]["url"] == f"/outputs/sub/{image['filename']}"
 
 
-async def test_numbers_grow_and_front_goes_first(comfy, slow_steps):
+async def test_numbers_grow_and_front_goes_first(comfy):
     async with aiohttp.ClientSession() as session:
-        first = await post_prompt(session, comfy.url, comfytoys.prompt(steps=40))
+        first = await post_prompt(session, comfy.url, comfytoys.prompt(steps=40, pause=0.05))
         second = await post_prompt(session, comfy.url, comfytoys.prompt(value=2.0))
         front = await post_prompt(session, comfy.url, comfytoys.prompt(value=4.0), front=True)
         assert second["number"] > first["number"] and front["number"] < 0
@@ -180,11 +173,11 @@ async def test_a_prompts_messages_go_to_its_client_only(comfy):
     assert [message["type"] for message in seen] == ["status", "status", "status"]
 
 
-async def test_interrupt_stops_the_running_prompt(comfy, slow_steps):
+async def test_interrupt_stops_the_running_prompt(comfy):
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(f"{comfy.url}/ws?clientId=me") as ws:
             await ws.receive(timeout=15)
-            answer = await post_prompt(session, comfy.url, comfytoys.prompt(steps=400), client_id="me")
+            answer = await post_prompt(session, comfy.url, comfytoys.prompt(steps=400, pause=0.05), client_id="me")
             await wait_for_status(session, comfy.url, answer["prompt_id"], "running")
             async with session.post(f"{comfy.url}/interrupt", json={"prompt_id": "another"}) as response:
                 assert response.status == 200
@@ -200,9 +193,9 @@ async def test_interrupt_stops_the_running_prompt(comfy, slow_steps):
         assert entry["status"]["status_str"] == "error" and entry["status"]["messages"][-1][0] == "execution_interrupted"
 
 
-async def test_post_queue_deletes_and_clears_waiting_prompts_only(comfy, slow_steps):
+async def test_post_queue_deletes_and_clears_waiting_prompts_only(comfy):
     async with aiohttp.ClientSession() as session:
-        running = await post_prompt(session, comfy.url, comfytoys.prompt(steps=400))
+        running = await post_prompt(session, comfy.url, comfytoys.prompt(steps=400, pause=0.05))
         waiting = [await post_prompt(session, comfy.url, comfytoys.prompt(value=v)) for v in (1.0, 2.0, 4.0)]
         native = await submit(session, comfy.url, {"graphflow": 1, "nodes": {
             "n": {"type": "comfy.ToyNumber", "inputs": {}},
