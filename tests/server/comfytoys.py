@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 from graphflow.outputs import OutputFile
 from graphflow.registry import Registry
@@ -25,9 +26,12 @@ def ToyNumber(value: float = Field(1.0, ge=-1000, le=1000, description="a consta
 
 @node(name="comfy.ToySteps", outputs={"NUMBER": "NUMBER"}, category="toy/numbers")
 def ToySteps(value=Input("NUMBER"), steps: int = Field(3, ge=1, le=10_000),
-             pause: float = Field(0.0, ge=0.0, le=1.0, description="seconds per step, to act on a running prompt"), *, ctx):
+             pause: float = Field(0.0, ge=0.0, le=1.0, description="seconds per step, to act on a running prompt"),
+             fail_at: int = Field(0, ge=0, description="the step that fails (0: none)"), *, ctx):
     """Reports progress once per step; stops when interrupted."""
     for step in range(steps):
+        if step + 1 == fail_at:
+            raise NodeInputError("fail_at", f"step {fail_at} fails, as asked", received=fail_at)
         if pause:
             threading.Event().wait(pause)
         ctx.check_cancelled()

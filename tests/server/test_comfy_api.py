@@ -193,6 +193,24 @@ async def test_interrupt_stops_the_running_prompt(comfy):
         assert entry["status"]["status_str"] == "error" and entry["status"]["messages"][-1][0] == "execution_interrupted"
 
 
+async def test_a_failing_node_is_an_execution_error_and_a_history_entry_with_status_error(comfy):
+    prompt = comfytoys.prompt(steps=3)
+    prompt["2"]["inputs"]["fail_at"] = 2
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{comfy.url}/ws?clientId=me") as ws:
+            await ws.receive(timeout=15)
+            answer = await post_prompt(session, comfy.url, prompt, client_id="me")
+            frames = await messages_until_done(ws, answer["prompt_id"])
+        assert kinds(frames)[-2:] == ["execution_error", "executing"]
+        error = frames[-2]["data"]
+        assert (error["node_id"], error["node_type"], error["executed"]) == ("2", "ToySteps", ["1"])
+        assert "step 2 fails, as asked" in error["exception_message"] and error["traceback"] == []
+        entry = await history_of(session, comfy.url, answer["prompt_id"])
+    assert (entry["status"]["status_str"], entry["status"]["completed"]) == ("error", False)
+    event, data = entry["status"]["messages"][-1]
+    assert event == "execution_error" and data["node_type"] == "ToySteps" and entry["outputs"] == {}
+
+
 async def test_post_queue_deletes_and_clears_waiting_prompts_only(comfy):
     async with aiohttp.ClientSession() as session:
         running = await post_prompt(session, comfy.url, comfytoys.prompt(steps=400, pause=0.05))
