@@ -6,7 +6,8 @@ Its modules import no ComfyUI code: names, orders, defaults and formulas are Com
 from graphflow.registry import NodePack
 
 from .api_format import read_api_prompt
+from .ui_format import read_ui_workflow
 
 # ComfyUI writes its API prompt into a PNG's "prompt" chunk (and its UI workflow into "workflow", which
 # graphflow's documents module reads last: the API prompt is exactly what ran).
-GRAPHFLOW_PACK = NodePack(document_readers=(read_api_prompt,), png_text_chunks=("prompt",))
+GRAPHFLOW_PACK = NodePack(document_readers=(read_api_prompt, read_ui_workflow), png_text_chunks=("prompt",))

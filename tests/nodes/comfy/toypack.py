@@ -31,6 +31,11 @@ def Save(images=Input("IMAGE"), filename_prefix: str = "ComfyUI"):
     return {}
 
 
+@node(name="comfy.Shift", outputs={"LATENT": "LATENT"})
+def Shift(model=Input("MODEL"), samples=Input("LATENT"), amount: int = 1):
+    return 8
+
+
 @node(name="Plain", outputs={"LATENT": "LATENT"})
 def Plain(width: int = 8):
     return 7
@@ -38,7 +43,7 @@ def Plain(width: int = 8):
 
 def registry() -> Registry:
     reg = Registry()
-    for fn in (Loader, Sampler, Empty, Decode, Save, Plain):
+    for fn in (Loader, Sampler, Empty, Decode, Save, Shift, Plain):
         reg.add(fn.__graphflow_node__)
     return reg
 
@@ -52,4 +57,30 @@ def txt2img_prompt() -> dict:
                                                    "latent_image": ["5", 0]}},
         "8": {"class_type": "Decode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
         "9": {"class_type": "Save", "inputs": {"images": ["8", 0], "filename_prefix": "ComfyUI"}},
+    }
+
+
+def ui_node(node_id: int, kind: str, widgets=(), inputs=(), outputs=(), **extra) -> dict:
+    """A UI-format node: ``inputs`` as (name, type, link id), ``outputs`` as (name, type)."""
+    return {"id": node_id, "type": kind, "mode": 0, "widgets_values": list(widgets),
+            "inputs": [{"name": n, "type": t, "link": link} for n, t, link in inputs],
+            "outputs": [{"name": n, "type": t, "links": []} for n, t in outputs], **extra}
+
+
+def txt2img_ui() -> dict:
+    """A UI workflow over the stand-ins, shaped like ComfyUI's default txt2img (links: [id, from, slot, to, slot, type])."""
+    return {
+        "last_node_id": 9, "last_link_id": 4, "version": 0.4,
+        "nodes": [
+            ui_node(4, "Loader", ["v1-5.safetensors"], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+                    title="Load Checkpoint"),
+            ui_node(5, "Empty", [512, 512, 1], outputs=[("LATENT", "LATENT")]),
+            ui_node(3, "Sampler", [156680208700286, "randomize", 20, 8], inputs=[("model", "MODEL", 1), ("latent_image", "LATENT", 2)],
+                    outputs=[("LATENT", "LATENT")]),
+            ui_node(8, "Decode", [], inputs=[("samples", "LATENT", 3), ("vae", "VAE", 4)], outputs=[("IMAGE", "IMAGE")]),
+            ui_node(9, "Save", ["ComfyUI"], inputs=[("images", "IMAGE", 5)]),
+        ],
+        "links": [[1, 4, 0, 3, 0, "MODEL"], [2, 5, 0, 3, 1, "LATENT"], [3, 3, 0, 8, 0, "LATENT"], [4, 4, 2, 8, 1, "VAE"],
+                  [5, 8, 0, 9, 0, "IMAGE"]],
+        "groups": [], "config": {}, "extra": {},
     }
