@@ -26,9 +26,11 @@ def class_name(node_type: str) -> str:
 
 
 # -- /object_info ----------------------------------------------------------------------------------------------
-def object_info(spec: NodeSpec) -> dict[str, Any]:
-    """One node type as ComfyUI's ``GET /object_info`` describes a class."""
+def object_info(spec: NodeSpec, settings: Any = None) -> dict[str, Any]:
+    """One node type as ComfyUI's ``GET /object_info`` describes a class; with ``settings``, a file input lists
+    the names that would resolve (ComfyUI's combo of model or image files)."""
     properties = spec.literals.model_json_schema().get("properties", {})
+    files = file_choices(spec, settings) if settings is not None else {}
     required: dict[str, list] = {}
     optional: dict[str, list] = {}
     for name in spec.input_order:
@@ -36,6 +38,8 @@ def object_info(spec: NodeSpec) -> dict[str, Any]:
         if socket is not None:
             entry = [socket.type, {"tooltip": socket.description}] if socket.description else [socket.type]
             (optional if socket.optional else required)[name] = entry
+        elif name in files:
+            required[name] = [files[name], {"tooltip": properties.get(name, {}).get("description", "")}]
         else:  # ComfyUI's widgets are required inputs with defaults
             required[name] = widget_spec(properties.get(name, {}))
     inputs: dict[str, Any] = {"required": required}
@@ -79,6 +83,30 @@ def widget_spec(schema: Mapping[str, Any]) -> list:
     if kind == "integer":
         options.setdefault("step", 1)
     return [WIDGET_TYPES.get(kind, "*"), options]
+
+
+PROBE = ".graphflow-object-info-probe"  # a file name no folder holds
+
+
+def file_choices(spec: NodeSpec, settings: Any) -> dict[str, list[str]]:
+    """Input name → the names a node's file input accepts, asked of the node's own preflight: given a name that
+    does not exist, it reports the input's problem with the names that would resolve (``FileProblem.available``)."""
+    if spec.preflight is None:
+        return {}
+    fields = spec.literals.model_fields
+    defaults = {name: field.get_default(call_default_factory=True) for name, field in fields.items() if not field.is_required()}
+    choices: dict[str, list[str]] = {}
+    for name, field in fields.items():
+        if field.annotation is not str:
+            continue
+        try:
+            problems = spec.preflight({**defaults, **{n: PROBE for n in fields if n not in defaults}, name: PROBE}, settings)
+        except Exception:  # a preflight that cannot judge the probe: the input stays a STRING
+            continue
+        for problem in problems:
+            if problem.input == name and problem.available is not None:
+                choices[name] = [choice for choice in problem.available if choice != PROBE]
+    return choices
 
 
 # -- queue and history -----------------------------------------------------------------------------------------
@@ -130,7 +158,8 @@ def history_entry(job: Mapping[str, Any]) -> dict[str, Any]:
     prompt = item[2]
     outputs = {node: ui_output(result) for node, result in job["outputs"].items()}
     messages: list[list] = [["execution_start", {"prompt_id": job["id"], "timestamp": millis(job["started"])}],
-                            ["execution_cached", {"nodes": job["cached"], "prompt_id": job["id"], "timestamp": millis(job["started"])}]]
+                            ["execution_cached", {"nodes": job["cached"], "prompt_id": job["id"],
+                                                  "timestamp": millis(job["started"])}]]
     succeeded = job["status"] == "succeeded"
     if succeeded:
         messages.append(["execution_success", {"prompt_id": job["id"], "timestamp": millis(job["finished"])}])
@@ -196,8 +225,8 @@ def prompt_errors(node_errors: Mapping[str, list], prompt: Mapping[str, Any], ou
                     if issue.get("code") == "unknown_node_type"), None)
     if unknown is not None:
         node, issue = unknown
-        top = error("invalid_prompt", issue.get("message") or f"Cannot execute because node {issue.get('received')} does not exist.",
-                    f"Node ID '#{node}'", node_id=node)
+        message = issue.get("message") or f"Cannot execute because node {issue.get('received')} does not exist."
+        top = error("invalid_prompt", message, f"Node ID '#{node}'", node_id=node)
     elif any(issue.get("code") in ("no_output", "not_an_output") for issue in whole):
         top = error("prompt_no_outputs", "Prompt has no outputs", "; ".join(i.get("message", "") for i in whole))
     elif whole and not by_node:

@@ -79,8 +79,10 @@ class ComfyApi:
             workflow = self.server.admit(prompt, None, 1, source="prompt")
         except middleware.ApiError as exc:
             if exc.status == 429:
-                return middleware.json_response({"error": shapes.error("queue_full", exc.body["error"]), "node_errors": {}}, status=429)
-            return middleware.json_response(shapes.prompt_errors(exc.body.get("node_errors", {}), prompt, output_ids), status=exc.status)
+                answer = {"error": shapes.error("queue_full", exc.body["error"]), "node_errors": {}}
+            else:
+                answer = shapes.prompt_errors(exc.body.get("node_errors", {}), prompt, output_ids)
+            return middleware.json_response(answer, status=exc.status)
         number = body.get("number")
         if isinstance(number, bool) or not isinstance(number, (int, float)):
             number = self.server.store.count()  # every job ever queued: a number that only grows
@@ -148,12 +150,18 @@ class ComfyApi:
     # -- node types --------------------------------------------------------------------------------------------------
     async def object_info(self, request) -> Any:
         registry = self.server.engine.registry
-        return middleware.json_response({shapes.class_name(name): shapes.object_info(registry.get(name))
-                              for name in registry.names() if name.startswith(shapes.PREFIX)})
+        names = [name for name in registry.names() if name.startswith(shapes.PREFIX)]
+        return middleware.json_response(await asyncio.to_thread(self._object_info, names))
 
     async def object_info_item(self, request) -> Any:
-        spec = self.server.engine.registry.get(shapes.PREFIX + request.match_info["node_class"])
-        return middleware.json_response({} if spec is None else {shapes.class_name(spec.name): shapes.object_info(spec)})
+        name = shapes.PREFIX + request.match_info["node_class"]
+        known = name in self.server.engine.registry
+        return middleware.json_response(await asyncio.to_thread(self._object_info, [name]) if known else {})
+
+    def _object_info(self, names: list[str]) -> dict[str, Any]:
+        """Off the event loop: file inputs list the model and image folders."""
+        engine = self.server.engine
+        return {shapes.class_name(name): shapes.object_info(engine.registry.get(name), engine.settings) for name in names}
 
     # -- files -------------------------------------------------------------------------------------------------------
     def _folder(self, kind: str | None) -> Path:
@@ -247,7 +255,8 @@ class ComfyApi:
             try:
                 target = paths.resolve_inside(root, posixpath.join(subfolder, name))
             except paths.UnsafePath:
-                raise middleware.ApiError(400, f"invalid subfolder {subfolder!r}: expected a path inside the folder, without '..'") from None
+                raise middleware.ApiError(
+                    400, f"invalid subfolder {subfolder!r}: expected a path inside the folder, without '..'") from None
             if overwrite or not target.exists() or target.read_bytes() == data:
                 break
             name, counter = f"{stem} ({counter}){Path(name).suffix}", counter + 1

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from graphflow.errors import NodeInputError
-from graphflow.node import Input, node
+from graphflow.node import FileProblem, Input, node
 from graphflow.outputs import OutputFile
 from graphflow.registry import Registry
 
@@ -61,13 +61,26 @@ def ToySave(value=Input("NUMBER"), filename_prefix: str = "ComfyUI", width: int 
     return [OutputFile("image", name, {"width": width, "height": width})]
 
 
+def _toy_files(literals: dict, settings) -> list[FileProblem]:
+    folder = Path(settings.models_dir) / "toys"
+    names = tuple(sorted(p.name for p in folder.glob("*.toy"))) if folder.is_dir() else ()
+    name = literals["toy_name"]
+    return [] if name in names else [FileProblem("toy_name", f"no toy named {name!r}", name, names)]
+
+
+@node(name="comfy.ToyLoader", outputs={"NUMBER": "NUMBER"}, category="toy/loaders", preflight=_toy_files)
+def ToyLoader(toy_name: str = Field(description="a .toy file in models/toys/"), scale: float = 1.0):
+    """A file input, as ComfyUI's loaders have: its value is the length of the name."""
+    return scale * len(toy_name)
+
+
 def registry() -> Registry:
     """These nodes with the ComfyUI pack's reader and HTTP API (and no other node)."""
     import nodes.comfy
     from nodes.comfy import http_api
 
     reg = Registry()
-    for function in (ToyNumber, ToySteps, ToyWidgets, ToySave):
+    for function in (ToyNumber, ToySteps, ToyWidgets, ToySave, ToyLoader):
         reg.add(function.__graphflow_node__)
     reg.add_pack(nodes.comfy.GRAPHFLOW_PACK)
     reg.add_pack(http_api.GRAPHFLOW_PACK)

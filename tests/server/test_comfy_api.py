@@ -244,7 +244,7 @@ async def test_object_info_describes_the_pack_nodes_as_comfyui_does(comfy):
             one = await response.json()
         async with session.get(f"{comfy.url}/object_info/NoSuchNode") as response:
             assert await response.json() == {}
-    assert sorted(everything) == ["ToyNumber", "ToySave", "ToySteps", "ToyWidgets"]
+    assert sorted(everything) == ["ToyLoader", "ToyNumber", "ToySave", "ToySteps", "ToyWidgets"]
     info = one["ToyWidgets"]
     assert info == everything["ToyWidgets"]
     required = info["input"]["required"]
@@ -261,6 +261,18 @@ async def test_object_info_describes_the_pack_nodes_as_comfyui_does(comfy):
     assert info["description"] == "Every kind of widget ComfyUI has." and info["display_name"] == "ToyWidgets"
     assert everything["ToySave"]["output_node"] is True and everything["ToySave"]["output"] == []
     assert everything["ToyNumber"]["input"]["required"]["value"][1]["tooltip"] == "a constant"
+
+
+async def test_a_file_input_lists_the_files_its_node_would_find(start_server, tmp_path):
+    (tmp_path / "models" / "toys").mkdir(parents=True)
+    for name in ("b.toy", "a.toy", "readme.txt"):
+        (tmp_path / "models" / "toys" / name).write_text("")
+    comfy = start_server(registry=comfytoys.registry(), models_dir=tmp_path / "models")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{comfy.url}/object_info/ToyLoader") as response:
+            required = (await response.json())["ToyLoader"]["input"]["required"]
+    assert required["toy_name"] == [["a.toy", "b.toy"], {"tooltip": "a .toy file in models/toys/"}]
+    assert required["scale"] == ["FLOAT", {"default": 1.0}]
 
 
 def multipart(name: str, data: bytes, **fields: str) -> aiohttp.FormData:
