@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from aiohttp import WSCloseCode, web
 
+log = logging.getLogger("graphflow.server")
 MAX_BACKLOG = 10_000
 MAX_BACKLOG_BYTES = 32 * 1024 * 1024
 
@@ -63,7 +65,10 @@ class Hub:
 
     def publish(self, message: dict[str, Any]) -> None:
         for listener in self._listeners:
-            listener(message)
+            try:
+                listener(message)
+            except Exception:  # a broken extension must not cost graphflow's own subscribers their messages
+                log.exception("hub: a listener failed on a %s message", message.get("type"))
         text = json.dumps(message, default=str)
         for subscriber in self._subscribers:
             if subscriber.events and (subscriber.job is None or subscriber.job == message.get("job")):
