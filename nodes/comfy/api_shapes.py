@@ -15,6 +15,7 @@ from graphflow.node import NodeSpec
 
 PREFIX = "comfy."  # a ComfyUI class X is the graphflow node type comfy.X
 OUTPUTS_URL = "/outputs/"
+TEMP = "temp"  # the outputs' sub-folder PreviewImage writes to: ComfyUI's "temp" folder type
 # Widget options a pack node may carry in its Field's json_schema_extra, handed to ComfyUI clients as they are.
 WIDGET_OPTIONS = ("step", "round", "multiline", "dynamicPrompts", "control_after_generate", "image_upload", "display")
 WIDGET_TYPES = {"integer": "INT", "number": "FLOAT", "string": "STRING", "boolean": "BOOLEAN"}
@@ -118,11 +119,13 @@ def queue_item(job: Mapping[str, Any]) -> list:
 
 def file_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
     """A file in graphflow's job outputs (``{"url": "/outputs/sub/x.png", ...}``) as ComfyUI names it:
-    ``{"filename", "subfolder", "type"}`` (what ``GET /view`` takes back)."""
+    ``{"filename", "subfolder", "type"}`` (what ``GET /view`` takes back); ``outputs/temp/`` is type ``temp``."""
     url = entry.get("url")
     if not isinstance(url, str) or not url.startswith(OUTPUTS_URL):
         return dict(entry)
     subfolder, filename = posixpath.split(unquote(url[len(OUTPUTS_URL):]))
+    if subfolder == TEMP or subfolder.startswith(TEMP + "/"):
+        return {"filename": filename, "subfolder": subfolder[len(TEMP) + 1:], "type": "temp"}
     return {"filename": filename, "subfolder": subfolder, "type": "output"}
 
 

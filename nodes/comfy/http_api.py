@@ -33,7 +33,7 @@ web = lazy_module("aiohttp.web")
 files = lazy_module("graphflow.server.files")
 middleware = lazy_module("graphflow.server.middleware")
 FINISHED = ("succeeded", "failed", "cancelled")
-UPLOAD_TYPES = ("input", "output")  # graphflow has no temp folder: its previews are outputs too
+FOLDER_TYPES = ("input", "output", "temp")  # temp: the outputs' temp/ sub-folder, where PreviewImage writes
 FRONT_PRIORITY = 1  # "front": true runs before the jobs queued at graphflow's default priority 0
 
 
@@ -170,7 +170,9 @@ class ComfyApi:
             return self.server.outputs_dir
         if kind == "input":
             return self.server.uploads_dir
-        raise middleware.ApiError(400, f"type must be one of {', '.join(UPLOAD_TYPES)}, not {kind!r}")
+        if kind == shapes.TEMP:
+            return self.server.outputs_dir / shapes.TEMP
+        raise middleware.ApiError(400, f"type must be one of {', '.join(FOLDER_TYPES)}, not {kind!r}")
 
     async def view(self, request) -> Any:
         """A file by ComfyUI's (filename, subfolder, type): an image a job wrote, or one uploaded."""

@@ -297,7 +297,7 @@ async def test_uploads_keep_the_clients_name_and_never_replace_other_bytes(comfy
         async with session.get(f"{comfy.url}/view", params={"filename": "face (1).png", "subfolder": "mine", "type": "input"}) as response:
             assert response.status == 200 and await response.read() == blue
         for name, fields, status in (("face.html", {}, 400), ("face.png", {"subfolder": "../up"}, 400),
-                                     ("face.png", {"type": "temp"}, 400)):
+                                     ("face.png", {"type": "scratch"}, 400), ("face.png", {"type": "temp"}, 200)):
             async with session.post(f"{comfy.url}/upload/image", data=multipart(name, red, **fields)) as response:
                 assert response.status == status, name
         async with session.post(f"{comfy.url}/upload/image", data=multipart("fake.png", b"not an image")) as response:
@@ -322,7 +322,8 @@ async def test_upload_mask_puts_the_masks_alpha_on_the_original(comfy, data_dir)
 
 @pytest.mark.parametrize("params, status", [
     ({"filename": "../jobs.sqlite"}, 400), ({"filename": "x.png", "subfolder": "../.."}, 400),
-    ({"filename": "nothing.png"}, 404), ({"subfolder": "a"}, 400), ({"filename": "x.png", "type": "temp"}, 400),
+    ({"filename": "nothing.png"}, 404), ({"subfolder": "a"}, 400), ({"filename": "x.png", "type": "scratch"}, 400),
+    ({"filename": "x.png", "type": "temp"}, 404),
 ])
 async def test_view_serves_only_files_inside_its_folders(comfy, params, status):
     async with aiohttp.ClientSession() as session:

@@ -19,6 +19,8 @@ def test_output_files_become_filename_subfolder_and_type():
     assert shapes.file_entry({"url": "/outputs/a/b/ComfyUI_00001_.png", "width": 8}) == \
         {"filename": "ComfyUI_00001_.png", "subfolder": "a/b", "type": "output"}
     assert shapes.file_entry({"url": "/outputs/x%20y.png"}) == {"filename": "x y.png", "subfolder": "", "type": "output"}
+    assert shapes.file_entry({"url": "/outputs/temp/ComfyUI_temp_00001_.png"}) == \
+        {"filename": "ComfyUI_temp_00001_.png", "subfolder": "", "type": "temp"}  # PreviewImage's folder
     assert shapes.ui_output({"images": [{"url": "/outputs/p.png"}], "text": ["hi"]}) == \
         {"images": [{"filename": "p.png", "subfolder": "", "type": "output"}], "text": ["hi"]}
     assert shapes.ui_output({"value": 3}) == {"value": 3}  # a non-file result as the node returned it
