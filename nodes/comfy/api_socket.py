@@ -3,7 +3,7 @@
 The relay listens to every message the server's hub publishes (graphflow's own events, tagged with the job id)
 and says the same in ComfyUI's messages: ``status`` (queue_remaining) to every client whenever the queue changes;
 for a job, ``execution_start``, ``execution_cached``, ``executing`` per node, ``progress``, binary preview frames,
-``executed`` per output node, then ``execution_success`` / ``execution_error`` / ``execution_interrupted`` and the
+``executed`` per output node (previews only for prompts that ask, with ``extra_data.preview_method``), then ``execution_success`` / ``execution_error`` / ``execution_interrupted`` and the
 closing ``executing`` with ``node: null``. A job's messages go to the client whose id its prompt named
 (``client_id``); a job that named none (and every job sent to ``/jobs``) is told to every ComfyUI client.
 """
@@ -23,6 +23,8 @@ from .api_shapes import class_name, failure_message, ui_output
 web = lazy_module("aiohttp.web")  # the server imports these; node discovery should not pay for them
 hub = lazy_module("graphflow.server.hub")
 PREVIEW_IMAGE, PNG = 1, 2  # ComfyUI's binary frame: event type, then image format, each a big-endian uint32
+# ComfyUI sends previews only for a prompt whose extra_data names a preview_method (its server's default is none)
+NO_PREVIEWS = (None, "none", "default")
 
 
 def preview_frame(png: bytes) -> bytes:
@@ -35,6 +37,7 @@ class _Run:
 
     client: str | None
     classes: dict[str, str]  # node id → ComfyUI class, from the prompt (or the node events of a /jobs job)
+    previews: bool = False
     node: str | None = None  # the node now executing
     executed: list[str] = field(default_factory=list)
     unannounced: list[str] = field(default_factory=list)  # cached nodes not yet told in an execution_cached
@@ -90,7 +93,9 @@ class ComfySocket:
         client = job.get("client") or {}
         prompt = client.get("prompt") or {}
         classes = {node: entry.get("class_type") for node, entry in prompt.items() if isinstance(entry, dict)}
-        run = self.runs[job_id] = _Run((client.get("extra_data") or {}).get("client_id"), classes)
+        extra_data = client.get("extra_data") or {}
+        run = self.runs[job_id] = _Run(extra_data.get("client_id"), classes,
+                                       extra_data.get("preview_method") not in NO_PREVIEWS)
         self._send(run, "execution_start", {"prompt_id": job_id, "timestamp": _now()})
         self._status()
 
@@ -109,7 +114,7 @@ class ComfySocket:
         elif kind == "progress":
             self._send(run, "progress", {"value": message["value"], "max": message["max"], "prompt_id": job_id,
                                          "node": message["node"]})
-        elif kind == "preview":
+        elif kind == "preview" and run.previews:
             self._deliver(run.client, preview_frame(base64.b64decode(message["image_png"])))
         elif kind in ("succeeded", "failed", "cancelled"):
             self._finished(run, job_id, kind, message)

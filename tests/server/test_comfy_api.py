@@ -137,11 +137,17 @@ async def test_the_websocket_tells_a_prompt_in_comfyuis_messages(comfy):
         async with session.ws_connect(f"{comfy.url}/ws?clientId=me") as ws:
             hello = json.loads((await ws.receive(timeout=15)).data)
             assert hello == {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "me"}}
-            answer = await post_prompt(session, comfy.url, comfytoys.prompt(steps=2, previews=1), client_id="me")
+            previews = {"preview_method": "auto"}  # as ComfyUI, previews only when the prompt asks for them
+            answer = await post_prompt(session, comfy.url, comfytoys.prompt(steps=2, previews=1), client_id="me",
+                                       extra_data=previews)
             frames = await messages_until_done(ws, answer["prompt_id"])
             closing = json.loads((await ws.receive(timeout=15)).data)
-            again = await post_prompt(session, comfy.url, comfytoys.prompt(steps=2, previews=1), client_id="me")
+            again = await post_prompt(session, comfy.url, comfytoys.prompt(steps=2, previews=1), client_id="me",
+                                      extra_data=previews)
             cached = await messages_until_done(ws, again["prompt_id"])
+            await ws.receive(timeout=15)  # its status
+            quiet = await post_prompt(session, comfy.url, comfytoys.prompt(steps=2, previews=1, value=5.0), client_id="me")
+            unasked = await messages_until_done(ws, quiet["prompt_id"])
     prompt_id = answer["prompt_id"]
     assert kinds(frames) == ["status", "execution_start", "status", "executing", "executing", "progress", "progress",
                              "executing", "<binary>", "executed", "execution_success", "executing"]
@@ -158,6 +164,7 @@ async def test_the_websocket_tells_a_prompt_in_comfyuis_messages(comfy):
     assert kinds(cached) == ["status", "execution_start", "status", "execution_cached", "executed", "execution_success",
                              "executing"]
     assert sorted(cached[3]["data"]["nodes"]) == ["1", "2", "9"] and cached[4]["data"]["output"] == executed["output"]
+    assert "<binary>" not in kinds(unasked) and "executed" in kinds(unasked)
 
 
 async def test_a_prompts_messages_go_to_its_client_only(comfy):
