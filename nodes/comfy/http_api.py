@@ -189,9 +189,16 @@ class ComfyApi:
             raise middleware.ApiError(exc.status, exc.message) from None
         if path is None:
             raise middleware.ApiError(404, f"no file {name!r}")
-        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return web.FileResponse(path, headers={"Content-Type": content_type, "X-Content-Type-Options": "nosniff",
-                                               "Content-Disposition": f'filename="{path.name}"'})
+        headers = {"X-Content-Type-Options": "nosniff", "Content-Disposition": f'filename="{path.name}"'}
+        preview, channel = request.query.get("preview"), request.query.get("channel", "rgba")
+        if preview is None and channel == "rgba":
+            content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            return web.FileResponse(path, headers={"Content-Type": content_type, **headers})
+        if channel not in CHANNELS:
+            raise middleware.ApiError(400, f"channel must be one of {', '.join(CHANNELS)}, not {channel!r}")
+        alpha = "a" in request.query.get("channel", "")  # a preview keeps the alpha (webp) when a channel names it
+        body, content_type = await asyncio.to_thread(_image_variant, path, preview, channel, alpha)
+        return web.Response(body=body, headers={"Content-Type": content_type, **headers})
 
     async def upload_image(self, request) -> Any:
         fields, data, filename = await self._read_upload(request, "image")
@@ -308,6 +315,37 @@ def _installed(distribution: str) -> bool:
     except importlib.metadata.PackageNotFoundError:
         return False
     return True
+
+
+CHANNELS = ("rgba", "rgb", "a")
+
+
+def _image_variant(path: Path, preview: str | None, channel: str, alpha: bool) -> tuple[bytes, str]:
+    """What ComfyUI's /view makes of an image for ``preview=FORMAT;QUALITY`` (webp or jpeg, webp whenever the
+    alpha is wanted) or ``channel`` (``rgb``: without alpha; ``a``: the alpha alone, as a transparent black PNG)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError):
+        raise middleware.ApiError(400, f"{path.name} is not an image: preview and channel need one") from None
+    buffer = io.BytesIO()
+    with image:
+        if preview is not None:
+            kind, _, quality = preview.partition(";")
+            kind = kind if kind in ("webp", "jpeg") and not alpha else "webp"
+            picture = image.convert("RGB") if kind == "jpeg" or channel == "rgb" else image
+            picture.save(buffer, format=kind.upper(), quality=int(quality) if quality.isdigit() else 90)
+            return buffer.getvalue(), f"image/{kind}"
+        if channel == "rgb":
+            image.convert("RGB").save(buffer, format="PNG")
+        else:
+            alpha = image.getchannel("A") if "A" in image.getbands() else Image.new("L", image.size, 255)
+            transparent = Image.new("RGBA", image.size)
+            transparent.putalpha(alpha)
+            transparent.save(buffer, format="PNG")
+    return buffer.getvalue(), "image/png"
 
 
 def _apply_mask(original: Path, mask: bytes) -> bytes:

@@ -327,6 +327,28 @@ async def test_upload_mask_puts_the_masks_alpha_on_the_original(comfy, data_dir)
         assert combined.mode == "RGBA" and combined.getpixel((1, 1)) == (90, 90, 90, 77)
 
 
+async def test_view_makes_previews_and_channels_as_comfyui_does(comfy, data_dir):
+    from PIL import Image
+
+    picture = io.BytesIO()
+    Image.new("RGBA", (6, 4), (200, 100, 50, 128)).save(picture, format="PNG")
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{comfy.url}/upload/image", data=multipart("see-through.png", picture.getvalue())) as response:
+            name = (await response.json())["name"]
+        looks = {}
+        for params in ({"preview": "jpeg;50"}, {"preview": "webp"}, {"channel": "rgb"}, {"channel": "a"}, {}):
+            async with session.get(f"{comfy.url}/view", params={"filename": name, "type": "input", **params}) as response:
+                assert response.status == 200, params
+                looks[json.dumps(params)] = (response.content_type, Image.open(io.BytesIO(await response.read())))
+        async with session.get(f"{comfy.url}/view", params={"filename": name, "type": "input", "channel": "x"}) as response:
+            assert response.status == 400
+    assert [(kind, image.format, image.mode) for kind, image in looks.values()] == [
+        ("image/jpeg", "JPEG", "RGB"), ("image/webp", "WEBP", "RGBA"), ("image/png", "PNG", "RGB"),
+        ("image/png", "PNG", "RGBA"), ("image/png", "PNG", "RGBA")]
+    assert looks['{"channel": "rgb"}'][1].getpixel((0, 0)) == (200, 100, 50)
+    assert looks['{"channel": "a"}'][1].getpixel((0, 0)) == (0, 0, 0, 128)
+
+
 @pytest.mark.parametrize("params, status", [
     ({"filename": "../jobs.sqlite"}, 400), ({"filename": "x.png", "subfolder": "../.."}, 400),
     ({"filename": "nothing.png"}, 404), ({"subfolder": "a"}, 400), ({"filename": "x.png", "type": "scratch"}, 400),
