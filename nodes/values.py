@@ -219,7 +219,9 @@ class Latent(SocketValue):
     where the sampler may repaint; ``masked_image`` holds the masked-image latents for 9-channel UNets.
     ``paste_pixels`` (B, H, W, 3) and ``paste_mask`` (B, H, W), from InpaintEncode, are the original picture
     and the blurred mask VAEDecode composites with after decoding (the WebUI's paste-back); AddNoise and
-    Sample carry them, nodes that resize a latent drop them."""
+    Sample carry them, nodes that resize a latent drop them. ``batch_index`` numbers the images of a batch
+    taken out of (or repeated from) a bigger one, so a sampler can give each the noise it had there (ComfyUI's
+    LatentFromBatch / RepeatLatentBatch); None means 0, 1, 2, ..."""
 
     samples: torch.Tensor
     noise_mask: torch.Tensor | None = None
@@ -230,6 +232,7 @@ class Latent(SocketValue):
     clean: torch.Tensor | None = None
     noise: torch.Tensor | None = None
     rng_state: torch.Tensor | None = None
+    batch_index: tuple[int, ...] | None = None
 
     @property
     def batch_size(self) -> int:
