@@ -124,7 +124,18 @@ def test_ancestral_step_by_hand(x0, name):
     assert torch.allclose(got, deterministic + z * up)
 
 
-DETERMINISTIC = ["euler", "heun", "dpm_2", "lms", "dpmpp_2m", "uni_pc", "ddim"]
+def test_dpmpp_2s_ancestral_step_by_hand(x0):
+    s0, s1 = 3.0, 1.5
+    up = min(1.5, math.sqrt(1.5 ** 2 * (9.0 - 1.5 ** 2) / 9.0))
+    down = math.sqrt(1.5 ** 2 - up ** 2)
+    mid = math.sqrt(s0 * down)
+    x_mid = (mid / s0) * x0 + (1 - mid / s0) * D(x0, s0)
+    z = torch.full_like(x0, 0.4)
+    expected = (down / s0) * x0 + (1 - down / s0) * D(x_mid, mid) + z * up
+    assert torch.allclose(run("dpmpp_2s_ancestral", x0, SIGMAS[:2], noise_sampler=lambda a, b: z), expected)
+
+
+DETERMINISTIC = ["euler", "heun", "dpm_2", "lms", "dpmpp_2m", "uni_pc", "uni_pc_bh2", "ddim"]
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)
@@ -144,7 +155,7 @@ def test_uni_pc_is_higher_order_than_euler(x0):
     assert unipc_error < euler_error / 5
 
 
-@pytest.mark.parametrize("name", ["euler_ancestral", "dpm_2_ancestral", "dpmpp_sde", "dpmpp_2m_sde"])
+@pytest.mark.parametrize("name", ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde"])
 def test_stochastic_samplers_end_with_the_datas_spread(name):
     pytest.importorskip("torchsde")
     sigmas = karras_sigmas(100, 0.03, 10.0)  # Euler ancestral, first order, still ends 4% narrow at 100 steps
