@@ -47,7 +47,10 @@ def sample_latent(model: Model, seed: int, steps: int, cfg: float, sampler_name:
     """ComfyUI's common_ksampler over graphflow values; the result keeps the latent's mask and paste-back."""
     _check_inputs(model, positive, negative, latent)
     clean = latent.samples.to(torch.float32)
-    noise = initial_noise(tuple(clean.shape), seed) if add_noise else torch.zeros(clean.shape, dtype=torch.float32)
+    if add_noise:
+        noise = initial_noise(tuple(clean.shape), seed, latent.batch_index)
+    else:
+        noise = torch.zeros(clean.shape, dtype=torch.float32)
     model_sigmas = DiscreteSigmas.from_config(model.scheduler_config)
     sigmas = ksampler_sigmas(model_sigmas, scheduler, sampler_name, steps, denoise)
     sigmas = trim_sigmas(sigmas, start_step, last_step, force_full_denoise)
@@ -60,7 +63,7 @@ def sample_latent(model: Model, seed: int, steps: int, cfg: float, sampler_name:
     if latent.noise_mask is not None:
         mask = latent.noise_mask.to(device, torch.float32).expand(clean.shape[0], clean.shape[1], -1, -1)
         # ComfyUI's "ddim" keeps the unmasked part with fresh noise from seed + 1 instead of the initial noise
-        kept_noise = initial_noise(tuple(clean.shape), seed + 1).to(device) if sampler_name == "ddim" else noise
+        kept_noise = initial_noise(tuple(clean.shape), (seed + 1) % 2**64).to(device) if sampler_name == "ddim" else noise
         denoiser = InpaintDenoiser(denoiser, clean, kept_noise, mask)
     x = _noised(clean, noise, sigmas[0], model_sigmas)
     spec = KSAMPLERS[sampler_name]
@@ -90,7 +93,7 @@ def _noised(clean: "torch.Tensor", noise: "torch.Tensor", sigma: "torch.Tensor",
 
 def _result(latent: Latent, samples: "torch.Tensor") -> Latent:
     return Latent(samples=samples, noise_mask=latent.noise_mask, masked_image=latent.masked_image,
-                  paste_pixels=latent.paste_pixels, paste_mask=latent.paste_mask)
+                  paste_pixels=latent.paste_pixels, paste_mask=latent.paste_mask, batch_index=latent.batch_index)
 
 
 def _check_inputs(model: Model, positive: Conditioning, negative: Conditioning, latent: Latent) -> None:
