@@ -7,7 +7,7 @@ comes from the cache. A side is timed as a client sees it: submit, wait for the 
 result (``/prompt``: its ComfyUI WebSocket ``/ws?clientId=``, ``executing`` with ``node: null``, then
 ``GET /history/{id}``; ``/jobs``: graphflow's ``/ws``, the terminal event, then ``GET /jobs/{id}``). Also timed
 in this process: turning the API prompt into a graphflow workflow (the pack's reader), the conversion every
-``/prompt`` pays.
+``/prompt`` pays, and reading each of ComfyUI's default workflows (``workflows/comfyui/``, API and UI format).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def measure(pairs: int, threads: int, scratch: Path) -> dict[str, Any]:
     jobs_ms = [1000 * t for t in timings["jobs"]]
     return {"extra_ms": summary([p - j for p, j in zip(prompt_ms, jobs_ms)]), "prompt_ms": summary(prompt_ms),
             "jobs_ms": summary(jobs_ms), "submit_ms": {k: summary([1000 * t for t in v]) for k, v in timings["submit"].items()},
-            "conversion_us": conversion_us(comfytoys), "pairs": [{"prompt_ms": round(p, 3), "jobs_ms": round(j, 3)}
+            "conversion_us": conversion_us(comfytoys), "fixtures_us": fixture_conversions(), "pairs": [{"prompt_ms": round(p, 3), "jobs_ms": round(j, 3)}
                                                                  for p, j in zip(prompt_ms, jobs_ms)]}
 
 
@@ -63,6 +63,25 @@ def conversion_us(comfytoys, runs: int = 2000) -> dict[str, Any]:
         read_document(prompt, "prompt", registry)
         times.append(1e6 * (time.perf_counter() - started))
     return {**summary(times), "nodes": len(prompt)}
+
+
+def fixture_conversions(runs: int = 200) -> dict[str, Any]:
+    """Microseconds to read each of ComfyUI's default workflows (workflows/comfyui/, API and UI format) into a
+    graphflow Workflow with the whole node library: the UI files go through the UI → API conversion first."""
+    from graphflow.documents import read_document
+    from graphflow.registry import default_registry
+
+    registry, found = default_registry(), {}
+    for path in sorted((ROOT / "workflows" / "comfyui").glob("*.json")):
+        document = json.loads(path.read_text())
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            read_document(document, path.name, registry)
+            times.append(1e6 * (time.perf_counter() - started))
+        found[path.name] = summary(times)["median"]
+    by_format = {kind: [us for name, us in found.items() if name.endswith(f".{kind}.json")] for kind in ("api", "ui")}
+    return {"files": found, **{kind: summary(values) for kind, values in by_format.items() if values}}
 
 
 async def _pairs(url: str, pairs: int, prompt_of) -> dict[str, Any]:

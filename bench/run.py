@@ -404,6 +404,12 @@ COMFY_PAIRS = {"full": 41, "quick": 15, "smoke": 3}
 COMFY_TARGET_MS = 5.0  # what POST /prompt may add to a job, over POST /jobs
 
 
+def _fixture_remark(fixtures: dict[str, Any]) -> str:
+    parts = [f"{kind.upper()} {fixtures[kind]['median']:.0f} µs [{fixtures[kind]['min']:.0f}–{fixtures[kind]['max']:.0f}]"
+             for kind in ("api", "ui") if kind in fixtures]
+    return f"; ComfyUI's default workflows read (median per file): {', '.join(parts)}" if parts else ""
+
+
 def row_comfy_api(bench: Bench) -> dict[str, Any]:
     from bench import comfy_api
 
@@ -485,7 +491,7 @@ def remark(r: dict[str, Any]) -> str:
         return (f"submit → done → result: /prompt {p['median']:.1f} ms [{p['min']:.1f}–{p['max']:.1f}], /jobs "
                 f"{j['median']:.1f} ms [{j['min']:.1f}–{j['max']:.1f}]; POST alone {d['submit_ms']['prompt']['median']:.1f}"
                 f" / {d['submit_ms']['jobs']['median']:.1f} ms; API prompt → workflow ({c['nodes']} nodes) "
-                f"{c['median']:.0f} µs")
+                f"{c['median']:.0f} µs" + _fixture_remark(d.get("fixtures_us", {})))
     if r["id"] == 9:
         s = d["setup"]
         return (f"{s['size']}×{s['size']}, {s['steps']} steps; graphflow {d['graphflow']['median']:.2f} s "
@@ -585,7 +591,8 @@ def notes(config: Config, rows: list[dict[str, Any]]) -> str:
         "it: submit, wait for the end on the WebSocket (`executing` with `node: null` on `/ws?clientId=`; the "
         "terminal event on `/ws`), read the result (`GET /history/{id}`; `GET /jobs/{id}`). Value: median of "
         "(/prompt − /jobs) per pair; two warm-up pairs are discarded. The reader's conversion of the API prompt, "
-        "timed in the bench process, is in the remark.",
+        "and of each of ComfyUI's default workflows in `workflows/comfyui/` (API format, and UI format through the "
+        "UI → API conversion), timed in the bench process, are in the remark.",
         "",
         f"Threads: `torch.set_num_threads` is the same for both sides (and OMP_NUM_THREADS in subprocesses). "
         f"Mode `{config.mode}`: {config.pairs} pairs on {config.big}"
