@@ -115,8 +115,8 @@ class ComfyApi:
         if body.get("clear"):
             delete += [job["id"] for job in self.server.store.list("queued", self.server.limits.max_queued, with_client=True)]
         for job_id in delete:
-            job = self.server.store.get(job_id)
-            if job is not None and job["status"] == "queued":
+            job = self.server.store.get(job_id, with_client=True)
+            if job is not None and job["client"] is not None and job["status"] == "queued":
                 self.server.worker.cancel(job_id)
         return web.Response(status=200)
 

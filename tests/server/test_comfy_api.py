@@ -226,7 +226,8 @@ async def test_post_queue_deletes_and_clears_waiting_prompts_only(comfy):
             "n": {"type": "comfy.ToyNumber", "inputs": {}},
             "s": {"type": "comfy.ToySave", "inputs": {"value": {"from": "n", "output": "NUMBER"}}}}})
         await wait_for_status(session, comfy.url, running["prompt_id"], "running")
-        async with session.post(f"{comfy.url}/queue", json={"delete": [waiting[1]["prompt_id"], running["prompt_id"]]}) as response:
+        delete = [waiting[1]["prompt_id"], running["prompt_id"], native]
+        async with session.post(f"{comfy.url}/queue", json={"delete": delete}) as response:
             assert response.status == 200
         async with session.get(f"{comfy.url}/queue") as response:
             pending = [item[1] for item in (await response.json())["queue_pending"]]
