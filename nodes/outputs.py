@@ -41,7 +41,8 @@ def SaveImage(
     "workflow": ``graphflow run --from-png`` reruns it) and AUTOMATIC1111's "parameters" text (prompt with
     LoRA tags, negative prompt, steps, sampler and schedule type, CFG scale, seed, size, model and its hash,
     hires fix settings: see nodes.metadata) that other tools read. With ``watermark``, every picture carries
-    that text as the invisible watermark (DWT-DCT; pictures of at least 256×256 pixels)."""
+    that text as the invisible watermark (DWT-DCT; pictures of at least 256×256 pixels). Images that went through
+    SafetyCheck are listed with ``"flagged": true/false``."""
     pixels = images.pixels
     if watermark:
         with node_inputs(pixels="images", payload="watermark"):
@@ -55,9 +56,13 @@ def SaveImage(
     if ctx.graph is not None:
         info.add_text("workflow", json.dumps(ctx.graph.document, ensure_ascii=False))
     saved = []
-    for picture in pixels_to_pil(pixels):
+    flags = images.flagged or ()
+    for index, picture in enumerate(pixels_to_pil(pixels)):
         path = write_new_output(out_dir, filename_prefix, "png", lambda file, picture=picture: picture.save(file, format="PNG", pnginfo=info))
-        saved.append(OutputFile("image", relative_name(path, out_dir), {"width": picture.width, "height": picture.height}))
+        details = {"width": picture.width, "height": picture.height}
+        if index < len(flags):
+            details["flagged"] = flags[index]  # by SafetyCheck
+        saved.append(OutputFile("image", relative_name(path, out_dir), details))
     return saved
 
 
