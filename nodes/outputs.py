@@ -16,19 +16,21 @@ from PIL.PngImagePlugin import PngInfo
 from pydantic import Field
 
 from graphflow.context import RunContext
-from graphflow.errors import NodeInputError
+from graphflow.errors import NodeInputError, node_inputs
 from graphflow.node import Input, node
 from graphflow.outputs import OutputFile
 
 from .files import new_output, relative_name, write_new_output
 from .metadata import a1111_parameters, checkpoint_hash, describe
 from .pixels import pixels_to_pil
+from .watermark import embed_watermark, payload_of
 from .values import CLIP, IMAGE, MODEL, VAE, Clip, Image, Model, Vae
 
 @node(output=True, category="image")
 def SaveImage(
     images: Image = Input(IMAGE),
     filename_prefix: str = Field("graphflow", min_length=1, description="files are <prefix>_00001.png, _00002.png, ...; may include sub-folders"),
+    watermark: str = Field("", max_length=64, description="hide this text in every image with the invisible watermark (see InvisibleWatermark; 'StableDiffusionV1' as SD's scripts); empty = none"),
     *,
     ctx: RunContext,
 ) -> list[OutputFile]:
@@ -38,7 +40,13 @@ def SaveImage(
     half-written (nodes.files.write_new_output). Each PNG carries the workflow as it ran (text chunk
     "workflow": ``graphflow run --from-png`` reruns it) and AUTOMATIC1111's "parameters" text (prompt with
     LoRA tags, negative prompt, steps, sampler and schedule type, CFG scale, seed, size, model and its hash,
-    hires fix settings: see nodes.metadata) that other tools read."""
+    hires fix settings: see nodes.metadata) that other tools read. With ``watermark``, every picture carries
+    that text as the invisible watermark (DWT-DCT; pictures of at least 256×256 pixels). Images that went through
+    SafetyCheck are listed with ``"flagged": true/false``."""
+    pixels = images.pixels
+    if watermark:
+        with node_inputs(pixels="images", payload="watermark"):
+            pixels = embed_watermark(pixels, payload_of(watermark))
     out_dir = Path(ctx.settings.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
@@ -48,9 +56,13 @@ def SaveImage(
     if ctx.graph is not None:
         info.add_text("workflow", json.dumps(ctx.graph.document, ensure_ascii=False))
     saved = []
-    for picture in pixels_to_pil(images.pixels):
+    flags = images.flagged or ()
+    for index, picture in enumerate(pixels_to_pil(pixels)):
         path = write_new_output(out_dir, filename_prefix, "png", lambda file, picture=picture: picture.save(file, format="PNG", pnginfo=info))
-        saved.append(OutputFile("image", relative_name(path, out_dir), {"width": picture.width, "height": picture.height}))
+        details = {"width": picture.width, "height": picture.height}
+        if index < len(flags):
+            details["flagged"] = flags[index]  # by SafetyCheck
+        saved.append(OutputFile("image", relative_name(path, out_dir), details))
     return saved
 
 
