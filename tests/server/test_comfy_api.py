@@ -180,6 +180,24 @@ async def test_a_prompts_messages_go_to_its_client_only(comfy):
     assert [message["type"] for message in seen] == ["status", "status", "status"]
 
 
+async def test_a_client_reconnecting_mid_run_learns_the_node_executing(comfy):
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{comfy.url}/api/ws") as anonymous:
+            hello = json.loads((await anonymous.receive(timeout=15)).data)
+        assert hello["type"] == "status" and len(hello["data"]["sid"]) == 32  # a client id is made up for it
+        answer = await post_prompt(session, comfy.url, comfytoys.prompt(steps=400, pause=0.05), client_id="me")
+        job = await wait_for_status(session, comfy.url, answer["prompt_id"], "running")
+        while not job["progress"]:
+            job = await wait_for_status(session, comfy.url, answer["prompt_id"], "running")
+        async with session.ws_connect(f"{comfy.url}/ws?clientId=me") as ws:
+            first = json.loads((await ws.receive(timeout=15)).data)
+            second = json.loads((await ws.receive(timeout=15)).data)
+        async with session.post(f"{comfy.url}/interrupt") as response:
+            assert response.status == 200
+    assert first["type"] == "status" and first["data"]["status"]["exec_info"]["queue_remaining"] == 1
+    assert second == {"type": "executing", "data": {"node": "2", "display_node": "2", "prompt_id": answer["prompt_id"]}}
+
+
 async def test_interrupt_stops_the_running_prompt(comfy):
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(f"{comfy.url}/ws?clientId=me") as ws:
