@@ -26,7 +26,7 @@ __all__ = ["ServerConfig", "Limits", "create_app", "build_parser", "config_from_
 def build_parser(prog: str = "server.py") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Run the graphflow job server.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8188)
+    parser.add_argument("--port", type=port_number, default=8188, help="TCP port, 1 to 65535, or 0 for any free one (default 8188)")
     parser.add_argument("--data-dir", type=Path, default=Path("graphflow-data"),
                         help="jobs.sqlite, outputs/ and uploads/ live here (default ./graphflow-data)")
     parser.add_argument("--token", default=None,
@@ -49,6 +49,16 @@ def build_parser(prog: str = "server.py") -> argparse.ArgumentParser:
                              "installed node packs declare)")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     return parser
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = None
+    if port is None or not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}")
+    return port
 
 
 def literal_limit(text: str) -> tuple[str, float]:
@@ -95,8 +105,14 @@ def serve_from_args(argv: Sequence[str] | None = None, prog: str = "graphflow se
               file=sys.stderr)
         return 1
     url_host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"graphflow server on http://{url_host}:{args.port} (data in {config.data_dir.resolve()})", file=sys.stderr)
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=logging.getLogger("aiohttp.access") if args.verbose else None)
+    listening = f"graphflow server on http://{url_host}:{args.port} (data in {config.data_dir.resolve()})"
+    try:  # run_app calls print once the socket is bound: the line never announces a server that failed to start
+        web.run_app(app, host=args.host, port=args.port, print=lambda _: print(listening, file=sys.stderr),
+                    access_log=logging.getLogger("aiohttp.access") if args.verbose else None)
+    except OSError as exc:  # the port is taken or privileged, the host is no address of this machine
+        reason = exc.strerror or str(exc)
+        print(f"error: cannot listen on {url_host}:{args.port}: {reason}", file=sys.stderr)
+        return 2
     return 0
 
 
