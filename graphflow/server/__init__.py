@@ -47,6 +47,9 @@ def build_parser(prog: str = "server.py") -> argparse.ArgumentParser:
     limits.add_argument("--max-literal", action="append", default=[], metavar="NAME=MAX", type=literal_limit,
                         help="upper bound for every literal input with this name; repeatable (defaults: what the "
                              "installed node packs declare)")
+    limits.add_argument("--max-run", action="append", default=[], metavar="NAME=MAX", type=literal_limit,
+                        help="upper bound on what nodes make while they run, by name (pixels is --max-pixels; "
+                             "defaults: what the installed node packs declare, e.g. prompt_chunks=32); repeatable")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     return parser
 
@@ -76,7 +79,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     max_literal = dict(args.max_literal)  # the server adds the node packs' defaults under these
     limits = Limits(max_body_bytes=args.max_body, max_upload_bytes=args.max_upload,
                     max_upload_pixels=args.max_upload_pixels, max_nodes=args.max_nodes,
-                    max_queued=args.max_queued, max_pixels=args.max_pixels, max_literal=max_literal)
+                    max_queued=args.max_queued, max_pixels=args.max_pixels, max_literal=max_literal,
+                    max_run=dict(args.max_run))
     token = args.token if args.token is not None else env.read("GRAPHFLOW_TOKEN")
     loopback = args.host in LOOPBACK_HOSTS
     allowed_hosts = LOOPBACK_HOSTS | {h.lower() for h in args.allow_host} if loopback else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import mimetypes
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ class Server:
         settings = Settings.from_env(models_dir=config.models_dir, input_dir=self.uploads_dir, output_dir=self.outputs_dir)
         self.engine = Engine(registry or default_registry(), settings)
         self.limits = config.limits.over_defaults(self.engine.registry.literal_limits)
+        self.engine.settings = replace(settings, limits=self.limits.run_limits(self.engine.registry.run_limits))
         self.hub = Hub()
         self.worker = Worker(self.engine, self.store, self._publish_from_thread)
         self._loop: asyncio.AbstractEventLoop | None = None
