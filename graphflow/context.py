@@ -90,8 +90,9 @@ class RunContext:
         if limit is not None and value > limit:
             from .errors import NodeInputError
 
-            raise NodeInputError(input_name, f"{what} would be {value:g}, over this server's limit of {limit:g} "
-                                 f"({name})", f"at most {limit:g}", value)
+            shown = int(limit) if float(limit).is_integer() else limit
+            raise NodeInputError(input_name, f"{what}: {value} is over this server's limit of {shown} ({name})",
+                                 f"at most {shown}", value)
 
     def progress(self, value: int, maximum: int) -> None:
         self.emit(Progress(self.run_id, self.node_id, value, maximum))

@@ -15,10 +15,12 @@ import torch
 from PIL import Image as PILImage
 from pydantic import Field
 
+from graphflow.context import RunContext
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
 from . import lazy_module
+from .pixels import check_pixels
 from .values import IMAGE, MASK, Image, Mask
 
 F = lazy_module("torch.nn.functional")  # torch loads on first use (see nodes/__init__.py)
@@ -217,6 +219,8 @@ def PadImageForOutpaint(
     right: int = Field(0, ge=0, le=4096, multiple_of=8),
     bottom: int = Field(0, ge=0, le=4096, multiple_of=8),
     feathering: int = Field(40, ge=0, le=1024, description="pixels over which the mask fades into the original image"),
+    *,
+    ctx: RunContext,
 ) -> tuple[Image, Mask]:
     """Extend the canvas for outpainting: new area filled with neutral grey, and a mask that repaints it.
 
@@ -225,6 +229,8 @@ def PadImageForOutpaint(
     multiples of 8 so the canvas stays a valid latent size."""
     pixels = image.pixels
     batch, height, width, _ = pixels.shape
+    widest = max(("left", left), ("top", top), ("right", right), ("bottom", bottom), key=lambda side: side[1])[0]
+    check_pixels(ctx, widest, batch, height + top + bottom, width + left + right, "padded canvas")
     padded = F.pad(pixels.permute(0, 3, 1, 2), (left, right, top, bottom), value=OUTPAINT_FILL).permute(0, 2, 3, 1)
     mask = outpaint_mask(height, width, left, top, right, bottom, feathering).to(pixels.device)
     return Image(pixels=padded.contiguous()), Mask(mask=mask.expand(batch, -1, -1).clone())
