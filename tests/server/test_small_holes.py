@@ -55,3 +55,51 @@ async def test_a_host_with_user_info_is_refused(server):
     answer = await send(server.url, "GET", b"/health", host=b"evil.com@localhost")
     assert answer.status == 403
     assert_json_4xx(answer, "not allowed")
+
+
+async def test_health_answers_while_job_listings_are_being_read(server, monkeypatch):
+    """Heavy /jobs?limit=500 polls run off the event loop: /health (which needs no query at all) answers while
+    they are still reading."""
+    import asyncio
+    import threading
+
+    import aiohttp
+
+    from graphflow.server.app import SERVER
+
+    store = server.app[SERVER].store
+    release, reading = threading.Event(), threading.Semaphore(0)
+    original = store.list
+
+    def slow_list(*args, **kwargs):
+        reading.release()
+        release.wait(10)  # a listing that takes as long as the test needs
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(store, "list", slow_list)
+    async with aiohttp.ClientSession() as session:
+        async def listing():
+            async with session.get(f"{server.url}/jobs?limit=500") as response:
+                return response.status
+
+        polls = [asyncio.create_task(listing()) for _ in range(5)]
+        await asyncio.to_thread(reading.acquire, True, 10)  # at least one listing is being read now
+        async with session.get(f"{server.url}/health") as response:
+            health = await response.json()
+        assert not release.is_set() and health == {"status": "ok", "queue": 0, "running": None}
+        release.set()
+        assert await asyncio.gather(*polls) == [200] * 5
+
+
+def test_the_queue_count_follows_every_change(tmp_path):
+    from graphflow.server.store import JobStore
+
+    store = JobStore(tmp_path / "jobs.sqlite")
+    ids = [store.add({"graphflow": 1, "nodes": {}}) for _ in range(3)]
+    assert store.queued == 3 == store.count("queued")
+    store.cancel_queued(ids[0])
+    store.cancel_queued(ids[0])  # no longer queued: no change
+    store.claim_next()
+    assert store.queued == 1 == store.count("queued")
+    store.close()
+    assert JobStore(tmp_path / "jobs.sqlite").queued == 1  # counted again when the file is opened
