@@ -139,10 +139,11 @@ def ImageScale(
                  "scaled image")
     resample = _PIL_FILTERS[method]
     frames = image.pixels.detach().cpu().float().numpy()
-    resized = [
-        np.stack([_resize_channel(frame[..., c], (new_w, new_h), resample) for c in range(frame.shape[-1])], axis=-1)
-        for frame in frames
-    ]
+    resized = []
+    for frame in frames:  # a big batch of big pictures takes a while: a cancelled run stops between pictures
+        ctx.check_cancelled()
+        resized.append(np.stack([_resize_channel(frame[..., c], (new_w, new_h), resample)
+                                 for c in range(frame.shape[-1])], axis=-1))
     return Image(pixels=torch.from_numpy(np.stack(resized)).clamp(0, 1))
 
 

@@ -103,13 +103,13 @@ def InvertMask(mask: Mask = Input(MASK)) -> Mask:
     return Mask(mask=1.0 - mask.mask)
 
 
-def grow(mask: torch.Tensor, pixels: int, tapered: bool) -> torch.Tensor:
+def grow(mask: torch.Tensor, pixels: int, tapered: bool, check: Callable[[], None] | None = None) -> torch.Tensor:
     """Dilate (pixels > 0) or erode (pixels < 0) a (B, H, W) mask by |pixels| pixels.
 
     Grey-level morphology, so soft masks stay soft. ``tapered`` grows in a diamond (4-neighbour steps,
     rounded-looking corners); otherwise in a square (8-neighbour steps, corners stay square). Erosion is
     dilation of the inverse; outside the image counts as "unchanged", so masks touching the border
-    do not shrink away from it."""
+    do not shrink away from it. ``check`` (a node's ``ctx.check_cancelled``) runs between the diamond's steps."""
     if pixels == 0:
         return mask.clone()
     x = mask[:, None].float()
@@ -118,6 +118,8 @@ def grow(mask: torch.Tensor, pixels: int, tapered: bool) -> torch.Tensor:
     steps = abs(pixels)
     if tapered:
         for _ in range(steps):
+            if check is not None:
+                check()
             x = _max_of_cross(x)
     else:  # a (2r+1)² max filter is r square steps at once; rows then columns keeps it O(r) per pixel
         x = F.max_pool2d(x, kernel_size=(1, 2 * steps + 1), stride=1, padding=(0, steps))
@@ -137,9 +139,11 @@ def GrowMask(
     mask: Mask = Input(MASK),
     pixels: int = Field(8, ge=-1024, le=1024, description="how far to grow; negative values shrink"),
     tapered: bool = Field(True, description="grow in a diamond (rounder corners) instead of a square"),
+    *,
+    ctx: RunContext,
 ) -> Mask:
     """Grow or shrink the repainted area by a number of pixels (giving inpainting room to blend in)."""
-    return Mask(mask=grow(mask.mask, pixels, tapered))
+    return Mask(mask=grow(mask.mask, pixels, tapered, ctx.check_cancelled))
 
 
 def edge_ramp(size: int, start: int, end: int) -> torch.Tensor:
