@@ -28,16 +28,20 @@ class NodePack:
 
     ``literal_limits``: default upper bounds, by literal input name, that a shared server applies to every
     node type (its ``--max-literal`` overrides them; when two packs bound one name the lower bound wins).
+    ``run_limits``: default upper bounds, by name, on what the pack's nodes make at run time (they check them
+    with ``ctx.check_limit``); a shared server applies them (its ``--max-run`` overrides them; lower bound wins).
     ``output_example``: an output node type that messages name when a workflow has no output node."""
 
     literal_limits: Mapping[str, float] = field(default_factory=dict)
     output_example: str | None = None
+    run_limits: Mapping[str, float] = field(default_factory=dict)
 
 
 class Registry:
     def __init__(self, specs: Iterable[NodeSpec] = ()):
         self._specs: dict[str, NodeSpec] = {}
         self.literal_limits: dict[str, float] = {}
+        self.run_limits: dict[str, float] = {}
         self.output_example: str | None = None
         for spec in specs:
             self.add(spec)
@@ -51,6 +55,8 @@ class Registry:
     def add_pack(self, pack: NodePack) -> None:
         for name, limit in pack.literal_limits.items():
             self.literal_limits[name] = min(limit, self.literal_limits.get(name, limit))
+        for name, limit in pack.run_limits.items():
+            self.run_limits[name] = min(limit, self.run_limits.get(name, limit))
         self.output_example = self.output_example or pack.output_example
 
     def add_module(self, module: ModuleType) -> None:
