@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from .errors import GraphflowError
 from .registry import Registry, default_registry
 from .types import is_compatible
-from .workflow import Link, NodeEntry, Workflow, parse
+from .documents import read_document
+from .workflow import Link, NodeEntry, Workflow
 
 
 class BuildError(GraphflowError, TypeError):
@@ -88,7 +89,7 @@ class Graph:
     @classmethod
     def from_json(cls, document: dict[str, Any], registry: Registry | None = None) -> "Graph":
         graph = cls(registry)
-        graph._nodes = parse(document).nodes
+        graph._nodes = read_document(document, "workflow", graph.registry).nodes
         return graph
 
     def run(self, engine: Any = None, **options: Any):

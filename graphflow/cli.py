@@ -1,4 +1,4 @@
-"""The command line: ``graphflow run | validate | nodes | schema | serve``, plus the commands node packs add.
+"""The command line: ``graphflow run | validate | convert | nodes | schema | serve``, plus the commands node packs add.
 
 Exit codes: 0 success, 1 a node failed at run time, 2 the input is invalid (bad JSON, bad workflow,
 bad --set), 130 cancelled (Ctrl-C). Errors go to stderr as readable text, never a traceback.
@@ -74,11 +74,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _workflow(args: argparse.Namespace):
-    """The workflow (from its file, or from the PNG of ``--from-png``) with the --set overrides applied."""
-    from .workflow import load
+    """The workflow (from its file, JSON in any format a node pack reads or a PNG carrying one, or from the PNG
+    of ``--from-png``) with the --set overrides applied."""
+    from .documents import read_file, read_png
 
     source = _source(args)
-    workflow = workflow_in_png(source) if getattr(args, "from_png", None) else load(source)
+    workflow = read_png(source) if getattr(args, "from_png", None) else read_file(source)
     return workflow.with_values(dict(parse_assignment(a) for a in args.set or []))
 
 
@@ -130,28 +131,25 @@ def _count(text: str) -> int:
     return value
 
 
-def workflow_in_png(path: Path):
-    """The workflow a PNG carries in its "workflow" text chunk (where output nodes write the workflow as it ran)."""
-    from PIL import Image, UnidentifiedImageError
-
-    from .workflow import parse_text
-
-    try:
-        with Image.open(path) as picture:
-            text = picture.text.get("workflow") if picture.format == "PNG" else None
-    except (OSError, UnidentifiedImageError) as exc:
-        raise WorkflowFormatError(f"{path}: not a readable PNG ({exc})") from None
-    if text is None:
-        raise WorkflowFormatError(f"{path}: this image carries no graphflow workflow (no \"workflow\" text chunk; "
-                                  "graphflow's image-saving output nodes write one)")
-    return parse_text(text, f"{path} (its workflow chunk)")
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     from .execute import Engine
 
     Engine(settings=_settings(args)).validate(_workflow(args), outputs=args.output or None)
     print(f"{args.workflow}: valid")
+    return EXIT_OK
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Write the graphflow workflow equivalent to a document in another format (or a PNG carrying one)."""
+    from .documents import read_file
+    from .paths import atomic_write
+
+    text = json.dumps(read_file(args.workflow).to_json(), indent=2, ensure_ascii=False) + "\n"
+    if args.output:
+        atomic_write(Path(args.output), lambda file: file.write(text.encode("utf-8")), replace=True)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return EXIT_OK
 
 
@@ -210,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     run = with_workflow_options(with_dirs(sub.add_parser("run", help="run a workflow")))
-    run.add_argument("workflow", nargs="?", help="a workflow JSON file")
-    run.add_argument("--from-png", metavar="IMAGE.png", help="rerun the workflow a PNG saved by graphflow carries")
+    run.add_argument("workflow", nargs="?", help="a workflow JSON file (any format a node pack reads) or a PNG carrying one")
+    run.add_argument("--from-png", metavar="IMAGE.png", help="rerun the workflow a PNG carries (saved by graphflow, or by a tool a node pack reads)")
     run.add_argument("--disk-cache", metavar="DIR", help="keep small node outputs in DIR across runs "
                      "(default $GRAPHFLOW_DISK_CACHE; off when neither is set)")
     run.add_argument("--repeat", type=_count, default=1, metavar="N",
@@ -219,8 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     check = with_workflow_options(with_dirs(sub.add_parser("validate", help="check a workflow and the files it names without running it")))
-    check.add_argument("workflow", help="a workflow JSON file")
+    check.add_argument("workflow", help="a workflow JSON file (any format a node pack reads) or a PNG carrying one")
     check.set_defaults(handler=cmd_validate)
+
+    convert = sub.add_parser("convert", help="write the graphflow workflow equivalent to a workflow in another format")
+    convert.add_argument("workflow", metavar="IN", help="a workflow JSON file (any format a node pack reads) or a PNG carrying one")
+    convert.add_argument("-o", "--output", metavar="OUT.json", help="write it there instead of to stdout")
+    convert.set_defaults(handler=cmd_convert)
 
     nodes = sub.add_parser("nodes", help="list node types with their inputs and outputs")
     nodes.add_argument("--json", action="store_true", help="the full catalog with JSON Schemas")

@@ -26,7 +26,8 @@ IssueCode = Literal[
 @dataclass(frozen=True)
 class Issue:
     """One problem with one input of one node (``node`` is None for document-level problems).
-    ``code`` says what kind of problem it is (an :data:`IssueCode`); ``message`` says it to a person."""
+    ``code`` says what kind of problem it is (an :data:`IssueCode`); ``message`` says it to a person;
+    ``node_type`` is the node's type when the node has one (validation fills it in)."""
 
     node: str | None
     input: str | None
@@ -34,12 +35,15 @@ class Issue:
     expected: Any = None
     received: Any = None
     code: IssueCode = field(kw_only=True)
+    node_type: str | None = field(default=None, kw_only=True)
 
     def __str__(self) -> str:
         where = ".".join(p for p in (self.node, self.input) if p) or "workflow"
         text = f"{where}: {self.message}"
         if self.expected is not None or self.received is not None:
             text += f" (expected {self.expected}, received {self.received})"
+        if self.node_type is not None:
+            text += f" [{self.node_type}]"
         return text
 
     def to_json(self) -> dict[str, Any]:

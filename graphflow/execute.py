@@ -26,7 +26,8 @@ from .provenance import Provenance
 from .registry import Registry, default_registry
 from .seeds import draw_seeds
 from .validate import CheckedNode, CheckedWorkflow, validate
-from .workflow import Workflow, load, parse
+from .documents import read_document, read_file
+from .workflow import Workflow
 
 log = logging.getLogger("graphflow")
 
@@ -72,7 +73,7 @@ class Engine:
         self._lock = threading.Lock()
 
     def validate(self, workflow: WorkflowLike, outputs: Iterable[str] | None = None) -> CheckedWorkflow:
-        return validate(as_workflow(workflow), self.registry, outputs, self.settings)
+        return validate(as_workflow(workflow, self.registry), self.registry, outputs, self.settings)
 
     def run(self, workflow: WorkflowLike, outputs: Iterable[str] | None = None, on_event: Observer | None = None,
             cancel: CancelToken | None = None, run_id: str | None = None) -> RunReport:
@@ -184,9 +185,10 @@ class Engine:
                                  "MutatedInput", name)
 
 
-def as_workflow(workflow: WorkflowLike) -> Workflow:
+def as_workflow(workflow: WorkflowLike, registry: Registry | None = None) -> Workflow:
+    """A Workflow as it is; a path read as a file (JSON or PNG); a decoded document in any format a pack reads."""
     if isinstance(workflow, Workflow):
         return workflow
     if isinstance(workflow, (str, Path)):
-        return load(workflow)
-    return parse(workflow)
+        return read_file(workflow, registry)
+    return read_document(workflow, "workflow", registry)

@@ -13,13 +13,20 @@ import pkgutil
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
 
 from . import env
 from .node import NodeSpec, literal_default, spec_of
 
+if TYPE_CHECKING:
+    from .workflow import Workflow
+
 ENTRY_POINT_GROUP = "graphflow.nodes"
 PACK_ATTRIBUTE = "GRAPHFLOW_PACK"
+# Reads a decoded JSON document of the pack's own format: (document, source label, registry) → the Workflow,
+# or None when the document is not in that format; a document in the format but malformed raises
+# WorkflowFormatError naming ``source``.
+DocumentReader = Callable[[Any, str, "Registry"], Optional["Workflow"]]
 
 
 @dataclass(frozen=True)
@@ -30,11 +37,16 @@ class NodePack:
     node type (its ``--max-literal`` overrides them; when two packs bound one name the lower bound wins).
     ``run_limits``: default upper bounds, by name, on what the pack's nodes make at run time (they check them
     with ``ctx.check_limit``); a shared server applies them (its ``--max-run`` overrides them; lower bound wins).
-    ``output_example``: an output node type that messages name when a workflow has no output node."""
+    ``output_example``: an output node type that messages name when a workflow has no output node.
+    ``document_readers``: readers of other workflow formats (see :data:`DocumentReader`); every entry point reads
+    documents through :func:`graphflow.documents.read_document`, which tries them after graphflow's own format.
+    ``png_text_chunks``: names of PNG text chunks that may carry such a document, looked in after graphflow's own."""
 
     literal_limits: Mapping[str, float] = field(default_factory=dict)
     output_example: str | None = None
     run_limits: Mapping[str, float] = field(default_factory=dict)
+    document_readers: tuple[DocumentReader, ...] = ()
+    png_text_chunks: tuple[str, ...] = ()
 
 
 class Registry:
@@ -43,6 +55,8 @@ class Registry:
         self.literal_limits: dict[str, float] = {}
         self.run_limits: dict[str, float] = {}
         self.output_example: str | None = None
+        self.document_readers: list[DocumentReader] = []
+        self.png_text_chunks: list[str] = []
         for spec in specs:
             self.add(spec)
 
@@ -58,6 +72,8 @@ class Registry:
         for name, limit in pack.run_limits.items():
             self.run_limits[name] = min(limit, self.run_limits.get(name, limit))
         self.output_example = self.output_example or pack.output_example
+        self.document_readers += [r for r in pack.document_readers if r not in self.document_readers]
+        self.png_text_chunks += [c for c in pack.png_text_chunks if c not in self.png_text_chunks]
 
     def add_module(self, module: ModuleType) -> None:
         """Register every node in a module, and in its submodules when it is a package, and the module's

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 import networkx as nx
@@ -56,8 +56,14 @@ def validate(workflow: Workflow, registry: Registry, outputs: Iterable[str] | No
     if settings is not None:
         issues += _check_files(workflow, checked, requested, settings)
     if issues:
-        raise WorkflowInvalid(issues)
+        raise WorkflowInvalid([with_node_type(issue, workflow) for issue in issues])
     return CheckedWorkflow(workflow, checked, requested)
+
+
+def with_node_type(issue: Issue, workflow: Workflow) -> Issue:
+    """The issue naming its node's type too (messages then say which kind of node an id is)."""
+    entry = workflow.nodes.get(issue.node) if issue.node is not None else None
+    return replace(issue, node_type=entry.type) if entry is not None and issue.node_type is None else issue
 
 
 def _check_inputs(node_id: str, inputs: dict[str, Any], spec: NodeSpec, workflow: Workflow, registry: Registry) -> list[Issue]:

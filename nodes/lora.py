@@ -299,7 +299,13 @@ def LoraLoader(
 
     Returns new MODEL and CLIP values with the update merged into their weights; chain several
     LoraLoaders for a stack, each with its own strengths. The inputs stay untouched."""
-    path = find_lora(lora_folders(ctx.settings), name)
+    return apply_lora_file(model, clip, name, strength_model, strength_clip, ctx.settings)
+
+
+def apply_lora_file(model: Model, clip: Clip | None, name: str, strength_model: float, strength_clip: float,
+                    settings) -> tuple[Model, Clip | None]:
+    """The LoRA file ``name`` applied to ``model`` and, unless it is None, ``clip`` (errors name the input "name")."""
+    path = find_lora(lora_folders(settings), name)
     try:
         tensors, metadata = read_lora_file(path)
     except Exception as exc:  # safetensors raises its own error type for a damaged or foreign file
@@ -308,12 +314,12 @@ def LoraLoader(
     try:
         loras = parse_lora(tensors, metadata, unet_config=model.unet.config)
         unet = apply_lora(model.unet, loras["unet"], strength_model)
-        text_encoder = apply_lora(clip.text_encoder, loras["text_encoder"], strength_clip)
+        text_encoder = None if clip is None else apply_lora(clip.text_encoder, loras["text_encoder"], strength_clip)
     except InvalidArgument as exc:  # whatever the helpers found wrong is wrong with the file this input names
         raise NodeInputError("name", f"{path.name}: {exc.message}", "a LoRA for this model", name) from exc
     label = Path(name).with_suffix("").as_posix() if name.endswith(".safetensors") else name
     if unet is not model.unet:
         model = replace(model, unet=unet, patches=model.patches + (f"lora:{label}:{strength_model:g}",))
-    if text_encoder is not clip.text_encoder:
+    if clip is not None and text_encoder is not clip.text_encoder:
         clip = replace(clip, text_encoder=text_encoder, patches=clip.patches + (f"lora:{label}:{strength_clip:g}",))
     return model, clip

@@ -16,6 +16,7 @@ from PIL.PngImagePlugin import PngInfo
 from pydantic import Field
 
 from graphflow.context import RunContext
+from graphflow.documents import PNG_CHUNK
 from graphflow.errors import NodeInputError, node_inputs
 from graphflow.node import Input, node
 from graphflow.outputs import OutputFile
@@ -38,7 +39,7 @@ def SaveImage(
 
     Numbers count up from the highest one used with the prefix, and a file is never replaced or seen
     half-written (nodes.files.write_new_output). Each PNG carries the workflow as it ran (text chunk
-    "workflow": ``graphflow run --from-png`` reruns it) and AUTOMATIC1111's "parameters" text (prompt with
+    "graphflow": ``graphflow run IMAGE.png`` reruns it) and AUTOMATIC1111's "parameters" text (prompt with
     LoRA tags, negative prompt, steps, sampler and schedule type, CFG scale, seed, size, model and its hash,
     hires fix settings: see nodes.metadata) that other tools read. With ``watermark``, every picture carries
     that text as the invisible watermark (DWT-DCT; pictures of at least 256×256 pixels). Images that went through
@@ -47,6 +48,14 @@ def SaveImage(
     if watermark:
         with node_inputs(pixels="images", payload="watermark"):
             pixels = embed_watermark(pixels, payload_of(watermark))
+    return save_pngs(images, filename_prefix, ctx, pixels=pixels)
+
+
+def save_pngs(images: Image, filename_prefix: str, ctx: RunContext, extra_text: dict[str, str] | None = None,
+              truncate: bool = False, pixels=None) -> list[OutputFile]:
+    """SaveImage's work: the images (or ``pixels`` made from them, e.g. watermarked) as numbered PNGs in the
+    output folder with the "parameters" and "graphflow" text chunks, plus ``extra_text`` chunks (a node pack's own
+    formats); ``truncate`` as in :func:`pixels_to_pil`."""
     out_dir = Path(ctx.settings.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
@@ -54,10 +63,12 @@ def SaveImage(
     model_hash = checkpoint_hash(generation, ctx.settings)
     info.add_text("parameters", a1111_parameters(generation, (images.width, images.height), model_hash))
     if ctx.graph is not None:
-        info.add_text("workflow", json.dumps(ctx.graph.document, ensure_ascii=False))
+        info.add_text(PNG_CHUNK, json.dumps(ctx.graph.document, ensure_ascii=False))
+    for key, text in (extra_text or {}).items():
+        info.add_text(key, text)
     saved = []
     flags = images.flagged or ()
-    for index, picture in enumerate(pixels_to_pil(pixels)):
+    for index, picture in enumerate(pixels_to_pil(images.pixels if pixels is None else pixels, truncate)):
         path = write_new_output(out_dir, filename_prefix, "png", lambda file, picture=picture: picture.save(file, format="PNG", pnginfo=info))
         details = {"width": picture.width, "height": picture.height}
         if index < len(flags):

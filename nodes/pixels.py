@@ -11,9 +11,11 @@ import torch
 from PIL import Image as PILImage
 
 
-def pixels_to_pil(pixels: torch.Tensor) -> list[PILImage.Image]:
-    """(B, H, W, 3) floats in [0, 1] → 8-bit RGB images, rounded as diffusers' numpy_to_pil rounds."""
-    array = (pixels.detach().cpu().float().numpy() * 255).round().astype("uint8")
+def pixels_to_pil(pixels: torch.Tensor, truncate: bool = False) -> list[PILImage.Image]:
+    """(B, H, W, 3) floats in [0, 1] → 8-bit RGB images, rounded as diffusers' numpy_to_pil rounds (or, with
+    ``truncate``, clipped and cut to whole numbers as ComfyUI's image savers do)."""
+    scaled = pixels.detach().cpu().float().numpy() * 255
+    array = (np.clip(scaled, 0, 255) if truncate else scaled.round()).astype("uint8")
     return [PILImage.fromarray(frame) for frame in array]
 
 

@@ -86,7 +86,7 @@ def tokenize_prompt(
     window = int(tokenizer.model_max_length)
     chunk_length = window - 2
     lookup = _embedding_lookup(embeddings or {})
-    table = _EmbeddingTable()
+    table = EmbeddingTable()
     comma = _comma_id(tokenizer)
     units: list[_Unit | None] = []  # None = BREAK
     for run in parse_prompt_attention(text):
@@ -98,7 +98,7 @@ def tokenize_prompt(
         piece_text, weight = run
         for piece in _split_embedding_names(piece_text, lookup):
             if isinstance(piece, str):
-                units.extend(_Unit((t,), weight, t == comma) for t in _text_ids(tokenizer, piece))
+                units.extend(_Unit((t,), weight, t == comma) for t in text_ids(tokenizer, piece))
             else:
                 name, vectors = piece
                 if vectors.shape[0] > chunk_length:
@@ -122,7 +122,7 @@ def tokenize_prompt(
     )
 
 
-def _text_ids(tokenizer, text: str) -> list[int]:
+def text_ids(tokenizer, text: str) -> list[int]:
     if not text.strip():
         return []
     # verbose=False: long prompts are expected here, the "sequence too long" warning is noise
@@ -202,7 +202,7 @@ def _split_embedding_names(text: str, lookup: dict[str, tuple[str, torch.Tensor]
     yield text[position:]
 
 
-class _EmbeddingTable:
+class EmbeddingTable:
     """Rows of textual-inversion vectors used by one prompt; each embedding stored once."""
 
     def __init__(self) -> None:

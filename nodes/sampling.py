@@ -339,6 +339,11 @@ def _guidance_embeds(model: Model, positive: Conditioning, negative: Conditionin
 
 
 def _check_width(model: Model, conditioning: Conditioning, name: str) -> None:
+    if not conditioning.is_plain:
+        raise NodeInputError(name, "this conditioning has several entries or an area (ComfyUI's ConditioningCombine / "
+                             "ConditioningSetArea); Sample takes one prompt over the whole latent",
+                             "a conditioning from CLIPTextEncode / TextEncode, or comfy.KSampler to compose areas",
+                             f"{len(conditioning.entries)} entries, area {conditioning.area}")
     width, expected = int(conditioning.embeds.shape[-1]), int(model.unet.config.cross_attention_dim)
     if width != expected:
         raise NodeInputError(name, "conditioning width does not fit this model (text encoder and UNet from different models?)", expected, width)

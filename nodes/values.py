@@ -124,6 +124,9 @@ class Clip(SocketValue):
     name: str
     embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
     patches: tuple[str, ...] = ()
+    # The text encoder layer comfy.CLIPSetLastLayer chose for comfy.CLIPTextEncode: -1 = the last, -2 = the one
+    # before (A1111's clip skip 2), ... graphflow's own encode nodes take clip_skip as an input instead.
+    stop_at_layer: int = -1
 
 
 @dataclass(frozen=True, eq=False)
@@ -168,6 +171,23 @@ class Conditioning(SocketValue):
     # The empty prompt encoded the same way (1, 77, C): pads the shorter of positive/negative for CFG
     # (nodes.prompt.pad_conditionings).
     empty_chunk: torch.Tensor | None = None
+    # ComfyUI's conditioning is a list of entries, each optionally confined to an area of the latent
+    # (comfy.ConditioningCombine / comfy.ConditioningSetArea; only comfy.KSampler composes them):
+    # ``area`` (height, width, y, x) in latent pixels, ComfyUI's order; ``strength`` weighs the entry;
+    # ``also`` holds the entries after this one.
+    area: tuple[int, ...] | None = None
+    strength: float = 1.0
+    also: tuple["Conditioning", ...] = ()
+
+    @property
+    def entries(self) -> tuple["Conditioning", ...]:
+        """Every entry, this one first (each without ``also``)."""
+        return (replace(self, also=()), *self.also) if self.also else (self,)
+
+    @property
+    def is_plain(self) -> bool:
+        """One entry over the whole latent at strength 1: what graphflow's own Sample takes."""
+        return not self.also and self.area is None and self.strength == 1.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -199,7 +219,9 @@ class Latent(SocketValue):
     where the sampler may repaint; ``masked_image`` holds the masked-image latents for 9-channel UNets.
     ``paste_pixels`` (B, H, W, 3) and ``paste_mask`` (B, H, W), from InpaintEncode, are the original picture
     and the blurred mask VAEDecode composites with after decoding (the WebUI's paste-back); AddNoise and
-    Sample carry them, nodes that resize a latent drop them."""
+    Sample carry them, nodes that resize a latent drop them. ``batch_index`` numbers the images of a batch
+    taken out of (or repeated from) a bigger one, so a sampler can give each the noise it had there (ComfyUI's
+    LatentFromBatch / RepeatLatentBatch); None means 0, 1, 2, ..."""
 
     samples: torch.Tensor
     noise_mask: torch.Tensor | None = None
@@ -210,6 +232,7 @@ class Latent(SocketValue):
     clean: torch.Tensor | None = None
     noise: torch.Tensor | None = None
     rng_state: torch.Tensor | None = None
+    batch_index: tuple[int, ...] | None = None
 
     @property
     def batch_size(self) -> int:

@@ -17,11 +17,11 @@ from aiohttp import web
 
 from .. import paths
 from ..context import Settings
+from ..documents import read_document
 from ..errors import WorkflowFormatError, WorkflowInvalid
 from ..execute import Engine
 from ..registry import Registry, default_registry
 from ..seeds import offset_seeds
-from ..workflow import parse
 from .bodies import read_json, read_multipart_field
 from .files import Rejected, served_file, store_image
 from .hub import Hub
@@ -99,7 +99,7 @@ class Server:
         body = await read_json(request)
         document, outputs, priority, repeat = _job_request(body, self.limits.max_repeat)
         try:
-            workflow = parse(document)
+            workflow = read_document(document, "workflow", self.engine.registry)
         except WorkflowFormatError as exc:
             raise ApiError(400, str(exc), node_errors={"": [issue(None, str(exc), "a graphflow workflow", None, code="bad_document")]}) from None
         too_big = check_size(len(workflow.nodes), self.limits)

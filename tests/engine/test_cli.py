@@ -108,7 +108,7 @@ def test_run_from_png_reruns_the_workflow_it_carries(tmp_path):
 def test_run_from_png_refuses_pictures_without_a_workflow(write, tmp_path):
     bare = png_with_text(tmp_path / "bare.png", parameters="Steps: 20, Sampler: Euler, Seed: 1")
     (tmp_path / "text.png").write_text("not a picture")
-    for path, message in ((bare, "carries no graphflow workflow"), (str(tmp_path / "text.png"), "not a readable PNG")):
+    for path, message in ((bare, "carries no workflow"), (str(tmp_path / "text.png"), "not a readable PNG")):
         result = cli("run", "--from-png", path, cwd=tmp_path)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     both = cli("run", write(chain()), "--from-png", bare, cwd=tmp_path)

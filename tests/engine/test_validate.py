@@ -168,8 +168,15 @@ def test_issues_group_by_node_for_apis(engine):
         engine.validate(doc)
     grouped = err.value.by_node()
     assert list(grouped) == ["x"]
-    assert set(grouped["x"][0]) == {"input", "message", "expected", "received", "code"}
-    assert grouped["x"][0]["code"] == "bad_value"
+    assert set(grouped["x"][0]) == {"input", "message", "expected", "received", "code", "node_type"}
+    assert grouped["x"][0]["code"] == "bad_value" and grouped["x"][0]["node_type"] == "Number"
+
+
+def test_messages_name_the_node_type(engine):
+    doc = chain()
+    doc["nodes"]["x"]["inputs"]["value"] = "a"
+    with pytest.raises(WorkflowInvalid, match=r"x\.value: .* \[Number\]"):
+        engine.validate(doc)
 
 
 

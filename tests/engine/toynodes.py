@@ -11,6 +11,7 @@ from pydantic import Field
 
 from graphflow.errors import NodeInputError
 from graphflow.node import FileProblem, Input, node
+from graphflow.registry import NodePack
 from graphflow.seeds import Seed, seed_type
 
 CALLS: Counter = Counter()
@@ -134,3 +135,26 @@ def WriteNote(value=Input("NUMBER"), name: str = "notes/note.txt", *, ctx):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"{value}\n")
     return [OutputFile("note", name, {"bytes": path.stat().st_size})]
+
+
+def read_pairs_document(document, source, registry):
+    """A toy second format for the document-reader hook: ``{"pairs": [[id, type, {literal inputs}], ...]}``
+    (a node's ``from`` input names the node whose ``value`` feeds its input ``value``)."""
+    from graphflow.errors import WorkflowFormatError
+    from graphflow.workflow import Link, NodeEntry, Workflow
+
+    if not isinstance(document, dict) or set(document) != {"pairs"}:
+        return None
+    nodes = {}
+    for item in document["pairs"]:
+        if not (isinstance(item, list) and len(item) == 3):
+            raise WorkflowFormatError(f"{source}: each pair is [id, type, inputs], not {item!r}")
+        node_id, node_type, inputs = item
+        inputs = dict(inputs)
+        if "from" in inputs:
+            inputs["value"] = Link(inputs.pop("from"), "value")
+        nodes[node_id] = NodeEntry(node_type, inputs)
+    return Workflow(nodes)
+
+
+GRAPHFLOW_PACK = NodePack(document_readers=(read_pairs_document,), png_text_chunks=("pairs",))

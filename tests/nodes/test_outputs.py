@@ -64,8 +64,8 @@ def test_png_carries_the_workflow_as_run_and_the_a1111_parameters(stage_ctx):
     graph = provenance(txt2img(), TXT2IMG_VALUES, drawn={("noise", "seed"): 77})
     result = run_node(SaveImage, ctx=replace(ctx, graph=graph), images=Image(pixels=random_pixels(height=64, width=64)))
     png = PILImage.open(ctx.settings.output_dir / result[0].filename)
-    assert json.loads(png.text["workflow"]) == graph.document
-    assert json.loads(png.text["workflow"])["nodes"]["noise"]["inputs"]["seed"] == 77
+    assert json.loads(png.text["graphflow"]) == graph.document and "workflow" not in png.text  # ComfyUI's name
+    assert json.loads(png.text["graphflow"])["nodes"]["noise"]["inputs"]["seed"] == 77
     assert png.text["parameters"] == (
         "a red fox\nNegative prompt: blurry\n"
         "Steps: 12, Sampler: Euler a, Schedule type: Uniform, CFG scale: 6.5, Seed: 77, Size: 64x64, Model: tiny-sd")

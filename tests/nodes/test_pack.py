@@ -10,4 +10,5 @@ def test_the_library_declares_the_documented_server_defaults_and_its_pixel_count
     assert registry.output_example == "SaveImage"
     counted = {name: registry.get(name).pixels for name in registry.names() if registry.get(name).pixels}
     assert counted == {"EmptyLatent": ("width", "height", "batch_size"), "LatentUpscale": ("width", "height"),
-                       "ImageScale": ("width", "height")}
+                       "ImageScale": ("width", "height"), "comfy.EmptyLatentImage": ("width", "height", "batch_size"),
+                       "comfy.LatentUpscale": ("width", "height"), "comfy.ImageScale": ("width", "height")}

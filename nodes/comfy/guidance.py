@@ -1,0 +1,193 @@
+"""ComfyUI's denoiser: the UNet wrapped as a k-diffusion denoiser, with classifier-free guidance and area composition.
+
+For a noise level sigma ComfyUI feeds the UNet ``x / sqrt(sigma² + 1)`` at the training timestep nearest to
+sigma and turns its output into a prediction of the clean latent (epsilon: ``x - sigma·eps``; v: ``x/(sigma²+1)
+- sigma·v/sqrt(sigma²+1)``). Every conditioning entry is predicted on its own area of the latent (the whole
+latent when it has none), weighted by its strength and, where the area does not touch the latent's border, by
+a ramp over its outer 8 latent pixels (fewer for areas under 32); each position's prediction is the weighted
+mean of the entries covering it. Entries that fit one batch (same area size, prompt lengths whose least common
+multiple is at most 4× the shorter: the shorter is repeated) run together, in reverse order. Guidance is then
+``uncond + (cond - uncond)·cfg``; at cfg 1 the negative is not run at all.
+
+Before sampling, every positive entry with an area gets a copy of the smallest negative entry that covers it,
+confined to the same area, and the other way round (ComfyUI's ``create_cond_with_same_area_if_none``), so
+the negative is predicted on the same crops as the positive.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+from graphflow.errors import NodeInputError
+
+from ..ksigmas import DiscreteSigmas
+from ..values import Conditioning, Model
+
+FEATHER = 8  # latent pixels over which an inner area edge ramps up (ComfyUI's "fuzz")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One conditioning entry as the denoiser uses it: embeddings (P, L, C), area (h, w, y, x) or None, strength."""
+
+    embeds: "torch.Tensor"
+    area: tuple[int, int, int, int] | None
+    strength: float
+
+
+def entries_of(conditioning: Conditioning) -> list[Entry]:
+    return [Entry(c.embeds, tuple(c.area) if c.area is not None else None, float(c.strength)) for c in conditioning.entries]
+
+
+def with_matching_areas(entries: list[Entry], others: list[Entry]) -> list[Entry]:
+    """``entries`` plus, for every entry of ``others`` with an area, the smallest entry of ``entries`` covering
+    that area (an area-less entry when none does) confined to it — unless that entry already has that area."""
+    result = list(entries)
+    for other in others:
+        if other.area is None:
+            continue
+        h, w, y, x = other.area
+        smallest = None
+        for entry in result:
+            if entry.area is None:
+                smallest = entry if smallest is None else smallest
+                continue
+            eh, ew, ey, ex = entry.area
+            if y >= ey and x >= ex and eh + ey >= h + y and ew + ex >= w + x:
+                if smallest is None or smallest.area is None or smallest.area[0] * smallest.area[1] > eh * ew:
+                    smallest = entry
+        if smallest is None or smallest.area == other.area:
+            continue
+        result.append(replace(other, embeds=smallest.embeds))
+    return result
+
+
+def composed_conditionings(positive: Conditioning, negative: Conditioning) -> tuple[list[Entry], list[Entry]]:
+    """Both sides' entries with the same-area copies added, in ComfyUI's order (positive's areas first)."""
+    pos, neg = entries_of(positive), entries_of(negative)
+    neg = with_matching_areas(neg, pos)
+    pos = with_matching_areas(pos, neg)
+    return pos, neg
+
+
+def _clamped_area(entry: Entry, height: int, width: int, name: str) -> tuple[int, int, int, int]:
+    if entry.area is None:
+        return height, width, 0, 0
+    h, w, y, x = entry.area
+    h, w = min(height - y, h), min(width - x, w)
+    if h <= 0 or w <= 0:
+        raise NodeInputError(name, "a conditioning area lies outside the latent", f"an area inside {width * 8}×{height * 8}",
+                             f"x={x * 8}, y={y * 8}")
+    return h, w, y, x
+
+
+def area_weights(area: tuple[int, int, int, int], height: int, width: int, strength: float, shape) -> "torch.Tensor":
+    """The weight of an entry's prediction over its (clamped) area: strength, times a linear ramp 1/rr ... rr/rr
+    over the first/last rr = min(8, size // 4) rows and columns of every edge that is not the latent's edge."""
+    h, w, y, x = area
+    mult = torch.ones(shape) * strength
+    for dim, (size, offset, full) in enumerate(((h, y, height), (w, x, width)), start=2):
+        rr = min(FEATHER, mult.shape[dim] // 4)
+        if offset != 0:
+            for t in range(rr):
+                mult.narrow(dim, t, 1).mul_((1.0 / rr) * (t + 1))
+        if size + offset < full:
+            for t in range(rr):
+                mult.narrow(dim, size - 1 - t, 1).mul_((1.0 / rr) * (t + 1))
+    return mult
+
+
+def _to_batch(embeds: "torch.Tensor", batch: int) -> "torch.Tensor":
+    """ComfyUI's repeat_to_batch_size: cut, or repeat and cut, to ``batch`` rows."""
+    if embeds.shape[0] > batch:
+        return embeds[:batch]
+    if embeds.shape[0] < batch:
+        return embeds.repeat([math.ceil(batch / embeds.shape[0])] + [1] * (embeds.ndim - 1))[:batch]
+    return embeds
+
+
+def _fits_with(a: "torch.Tensor", b: "torch.Tensor") -> bool:
+    """Whether two prompts' embeddings can share a batch (the shorter repeated up to the lcm, at most 4×)."""
+    if a.shape == b.shape:
+        return True
+    if a.shape[0] != b.shape[0] or a.shape[2] != b.shape[2]:
+        return False
+    return math.lcm(a.shape[1], b.shape[1]) // min(a.shape[1], b.shape[1]) <= 4
+
+
+def _concat_prompts(prompts: list["torch.Tensor"]) -> "torch.Tensor":
+    length = 1
+    for p in prompts:
+        length = math.lcm(length, p.shape[1])
+    return torch.cat([p.repeat(1, length // p.shape[1], 1) if p.shape[1] < length else p for p in prompts])
+
+
+class ComfyDenoiser:
+    """``denoiser(x, sigma) -> x0`` for a MODEL with ComfyUI's guidance (see the module docstring)."""
+
+    def __init__(self, model: Model, positive: Conditioning, negative: Conditioning, cfg: float):
+        self.model = model
+        self.sigmas = DiscreteSigmas.from_config(model.scheduler_config)
+        self.v_prediction = model.prediction_type == "v_prediction"
+        self.cfg = cfg
+        pos, neg = composed_conditionings(positive, negative)
+        self.conds = [pos, None if math.isclose(cfg, 1.0) else neg]
+
+    def apply_model(self, x: "torch.Tensor", sigma: "torch.Tensor", context: "torch.Tensor") -> "torch.Tensor":
+        """The model's clean-latent prediction for x (float32) at sigma (B,)."""
+        s = sigma.reshape(-1, 1, 1, 1)
+        model_input = x / (s ** 2 + 1.0) ** 0.5
+        timestep = self.sigmas.timestep(sigma.cpu()).float().to(x.device)
+        dtype = self.model.dtype
+        with torch.no_grad():
+            output = self.model.unet(model_input.to(dtype), timestep, encoder_hidden_states=context.to(x.device, dtype),
+                                     return_dict=False)[0].float()
+        if self.v_prediction:
+            return x * 1.0 / (s ** 2 + 1.0) - output * s * 1.0 / (s ** 2 + 1.0) ** 0.5
+        return x - output * s
+
+    def predictions(self, x: "torch.Tensor", sigma: "torch.Tensor") -> list["torch.Tensor | None"]:
+        """Each side's area-composed prediction (None for a side not run)."""
+        height, width = int(x.shape[2]), int(x.shape[3])
+        sums = [torch.zeros_like(x) if c is not None else None for c in self.conds]
+        counts = [torch.ones_like(x) * 1e-37 if c is not None else None for c in self.conds]
+        pending = []
+        for side, entries in enumerate(self.conds):
+            for entry in entries or ():
+                area = _clamped_area(entry, height, width, "positive" if side == 0 else "negative")
+                h, w, y, x0 = area
+                crop = x[:, :, y:y + h, x0:x0 + w]
+                weights = area_weights(area, height, width, entry.strength, crop.shape).to(x.device)
+                pending.append((side, area, crop, weights, _to_batch(entry.embeds, x.shape[0])))
+        while pending:
+            first = pending[0]
+            group = [i for i, p in enumerate(pending) if p[2].shape == first[2].shape and _fits_with(p[4], first[4])]
+            batch = [pending.pop(i) for i in reversed(group)]
+            outputs = self.apply_model(torch.cat([b[2] for b in batch]), torch.cat([sigma] * len(batch)),
+                                       _concat_prompts([b[4] for b in batch])).chunk(len(batch))
+            for (side, (h, w, y, x0), _, weights, _), output in zip(batch, outputs):
+                sums[side][:, :, y:y + h, x0:x0 + w] += output * weights
+                counts[side][:, :, y:y + h, x0:x0 + w] += weights
+        return [s / c if s is not None else None for s, c in zip(sums, counts)]
+
+    def __call__(self, x: "torch.Tensor", sigma: "torch.Tensor") -> "torch.Tensor":
+        cond, uncond = self.predictions(x, sigma)
+        if uncond is None:
+            return cond
+        return uncond + (cond - uncond) * self.cfg
+
+
+class InpaintDenoiser:
+    """Keeps the unmasked part of ``latent`` (noise_mask 0) at every step, as ComfyUI's KSamplerX0Inpaint: the
+    input outside the mask is the latent noised to sigma with ``noise``, the prediction outside it the latent."""
+
+    def __init__(self, inner, latent: "torch.Tensor", noise: "torch.Tensor", mask: "torch.Tensor"):
+        self.inner, self.latent, self.noise, self.mask = inner, latent, noise, mask
+
+    def __call__(self, x: "torch.Tensor", sigma: "torch.Tensor") -> "torch.Tensor":
+        keep = 1.0 - self.mask
+        x = x * self.mask + (self.latent + self.noise * sigma.reshape(-1, 1, 1, 1)) * keep
+        out = self.inner(x, sigma)
+        return out * self.mask + self.latent * keep
