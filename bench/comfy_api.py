@@ -1,13 +1,12 @@
-"""Row 10: what ComfyUI's API (``POST /prompt``) costs a job on top of graphflow's own (``POST /jobs``).
+"""Row 11: what ComfyUI's API (``POST /prompt``) costs a job on top of graphflow's own (``POST /jobs``).
 
 One ``python server.py`` serves both APIs over the toy ComfyUI nodes of ``tests/server/comfytoys.py`` (pure Python,
 a few microseconds each), so a job's time is the API's and the server's alone. Each pair submits the same
 3-node workflow both ways, the sides alternating (A B, B A, ...), with a new input value per pair so that no node
 comes from the cache. A side is timed as a client sees it: submit, wait for the end on the WebSocket, read the
 result (``/prompt``: its ComfyUI WebSocket ``/ws?clientId=``, ``executing`` with ``node: null``, then
-``GET /history/{id}``; ``/jobs``: graphflow's ``/ws``, the terminal event, then ``GET /jobs/{id}``). Also timed
-in this process: turning the API prompt into a graphflow workflow (the pack's reader), the conversion every
-``/prompt`` pays, and reading each of ComfyUI's default workflows (``workflows/comfyui/``, API and UI format).
+``GET /history/{id}``; ``/jobs``: graphflow's ``/ws``, the terminal event, then ``GET /jobs/{id}``).
+(``bench/comfy_convert.py`` times the conversions of ComfyUI's workflows themselves.)
 """
 from __future__ import annotations
 
@@ -26,6 +25,23 @@ from bench.server_bench import TERMINAL, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_PACK = "nodes.comfy,tests.server.comfytoys"
+PAIRS = {"full": 41, "quick": 15, "smoke": 3}
+TARGET_MS = 5.0  # what POST /prompt may add to a job, over POST /jobs
+NOTE = ("11. ComfyUI's API against graphflow's own on one `python server.py` (the toy ComfyUI nodes of "
+        "`tests/server/comfytoys.py`, microseconds of work each, so the figure is the APIs' alone): pairs of the "
+        "same 3-node workflow, sent as an API prompt to `POST /prompt` and as a graphflow workflow to `POST /jobs`, "
+        "the sides alternating and every pair with a new input value (nothing cached). Each side as a client sees "
+        "it: submit, wait for the end on the WebSocket (`executing` with `node: null` on `/ws?clientId=`; the "
+        "terminal event on `/ws`), read the result (`GET /history/{id}`; `GET /jobs/{id}`). Value: median of "
+        "(/prompt − /jobs) per pair; two warm-up pairs are discarded. The conversion of ComfyUI's workflows: "
+        "`bench/comfy_convert.py`.")
+
+
+def remark(detail: dict[str, Any]) -> str:
+    p, j = detail["prompt_ms"], detail["jobs_ms"]
+    return (f"submit → done → result: /prompt {p['median']:.1f} ms [{p['min']:.1f}–{p['max']:.1f}], /jobs "
+            f"{j['median']:.1f} ms [{j['min']:.1f}–{j['max']:.1f}]; POST alone {detail['submit_ms']['prompt']['median']:.1f}"
+            f" / {detail['submit_ms']['jobs']['median']:.1f} ms")
 
 
 def measure(pairs: int, threads: int, scratch: Path) -> dict[str, Any]:
@@ -48,40 +64,7 @@ def measure(pairs: int, threads: int, scratch: Path) -> dict[str, Any]:
     jobs_ms = [1000 * t for t in timings["jobs"]]
     return {"extra_ms": summary([p - j for p, j in zip(prompt_ms, jobs_ms)]), "prompt_ms": summary(prompt_ms),
             "jobs_ms": summary(jobs_ms), "submit_ms": {k: summary([1000 * t for t in v]) for k, v in timings["submit"].items()},
-            "conversion_us": conversion_us(comfytoys), "fixtures_us": fixture_conversions(), "pairs": [{"prompt_ms": round(p, 3), "jobs_ms": round(j, 3)}
-                                                                 for p, j in zip(prompt_ms, jobs_ms)]}
-
-
-def conversion_us(comfytoys, runs: int = 2000) -> dict[str, Any]:
-    """Microseconds to read the API prompt into a graphflow Workflow (median over ``runs`` batches of one)."""
-    from graphflow.documents import read_document
-
-    registry, prompt = comfytoys.registry(), comfytoys.prompt()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        read_document(prompt, "prompt", registry)
-        times.append(1e6 * (time.perf_counter() - started))
-    return {**summary(times), "nodes": len(prompt)}
-
-
-def fixture_conversions(runs: int = 200) -> dict[str, Any]:
-    """Microseconds to read each of ComfyUI's default workflows (workflows/comfyui/, API and UI format) into a
-    graphflow Workflow with the whole node library: the UI files go through the UI → API conversion first."""
-    from graphflow.documents import read_document
-    from graphflow.registry import default_registry
-
-    registry, found = default_registry(), {}
-    for path in sorted((ROOT / "workflows" / "comfyui").glob("*.json")):
-        document = json.loads(path.read_text())
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            read_document(document, path.name, registry)
-            times.append(1e6 * (time.perf_counter() - started))
-        found[path.name] = summary(times)["median"]
-    by_format = {kind: [us for name, us in found.items() if name.endswith(f".{kind}.json")] for kind in ("api", "ui")}
-    return {"files": found, **{kind: summary(values) for kind, values in by_format.items() if values}}
+            "pairs": [{"prompt_ms": round(p, 3), "jobs_ms": round(j, 3)} for p, j in zip(prompt_ms, jobs_ms)]}
 
 
 async def _pairs(url: str, pairs: int, prompt_of) -> dict[str, Any]:

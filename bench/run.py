@@ -33,7 +33,7 @@ os.environ["GRAPHFLOW_CHECK_MUTATIONS"] = "0"  # the mutation guard hashes every
 
 import torch  # noqa: E402
 
-from bench import common, sides  # noqa: E402
+from bench import cache_scale, comfy_api, common, sides  # noqa: E402
 from bench.small_model import SMALL_NAME, small_sd_folder  # noqa: E402
 from graphflow.context import Settings  # noqa: E402
 
@@ -397,26 +397,23 @@ def row_cold_start(bench: Bench) -> dict[str, Any]:
                {k: v for k, v in detail.items() if k != "pairs"}, detail["pairs"])
 
 
-# ------------------------------------------------------------------------------------- row 10: ComfyUI's API
-
-
-COMFY_PAIRS = {"full": 41, "quick": 15, "smoke": 3}
-COMFY_TARGET_MS = 5.0  # what POST /prompt may add to a job, over POST /jobs
-
-
-def _fixture_remark(fixtures: dict[str, Any]) -> str:
-    parts = [f"{kind.upper()} {fixtures[kind]['median']:.0f} µs [{fixtures[kind]['min']:.0f}–{fixtures[kind]['max']:.0f}]"
-             for kind in ("api", "ui") if kind in fixtures]
-    return f"; ComfyUI's default workflows read (median per file): {', '.join(parts)}" if parts else ""
+def row_cache_scale(bench: Bench) -> dict[str, Any]:
+    detail = cache_scale.measure()
+    jobs = detail["jobs"]
+    value = detail["value"]
+    met = value <= cache_scale.FLAT and jobs["last_over_first"] <= cache_scale.FLAT_JOBS
+    return row(10, "cache at 100,000 entries / at 10: put cost, and get cost against a plain dict's (worst of the "
+               f"two); engine time over {jobs['jobs']} jobs", value, "ratio",
+               f"≤ {cache_scale.FLAT:g}; last/first jobs ≤ {cache_scale.FLAT_JOBS:g} "
+               f"(here {jobs['last_over_first']:.2f})", met, None, detail,
+               [{"entries": n, **s} for n, s in detail["sizes"].items()])
 
 
 def row_comfy_api(bench: Bench) -> dict[str, Any]:
-    from bench import comfy_api
-
-    detail = comfy_api.measure(COMFY_PAIRS[bench.config.mode], bench.threads, bench.scratch)
+    detail = comfy_api.measure(comfy_api.PAIRS[bench.config.mode], bench.threads, bench.scratch)
     extra = detail["extra_ms"]
-    return row(10, "ComfyUI's POST /prompt − graphflow's POST /jobs, same toy workflow: extra time per job",
-               extra["median"], "ms", f"≤ {COMFY_TARGET_MS:g} ms", extra["median"] <= COMFY_TARGET_MS, extra,
+    return row(11, "ComfyUI's POST /prompt − graphflow's POST /jobs, same toy workflow: extra time per job",
+               extra["median"], "ms", f"≤ {comfy_api.TARGET_MS:g} ms", extra["median"] <= comfy_api.TARGET_MS, extra,
                {k: v for k, v in detail.items() if k != "pairs"}, detail["pairs"])
 
 
@@ -486,12 +483,6 @@ def remark(r: dict[str, Any]) -> str:
         return (f"steps at {d['steps_fit_size']} px: {1000 * s['slope']:.1f} ms/step + {1000 * s['intercept']:.0f} ms, "
                 f"R² {s['r2']:.4f}; pixels at {d['pixels_fit_steps']} steps: {p['slope_seconds_per_megapixel']:.2f} s/MP "
                 f"+ {1000 * p['intercept']:.0f} ms, R² {p['r2']:.4f}")
-    if r["id"] == 10:
-        p, j, c = d["prompt_ms"], d["jobs_ms"], d["conversion_us"]
-        return (f"submit → done → result: /prompt {p['median']:.1f} ms [{p['min']:.1f}–{p['max']:.1f}], /jobs "
-                f"{j['median']:.1f} ms [{j['min']:.1f}–{j['max']:.1f}]; POST alone {d['submit_ms']['prompt']['median']:.1f}"
-                f" / {d['submit_ms']['jobs']['median']:.1f} ms; API prompt → workflow ({c['nodes']} nodes) "
-                f"{c['median']:.0f} µs" + _fixture_remark(d.get("fixtures_us", {})))
     if r["id"] == 9:
         s = d["setup"]
         return (f"{s['size']}×{s['size']}, {s['steps']} steps; graphflow {d['graphflow']['median']:.2f} s "
@@ -501,6 +492,10 @@ def remark(r: dict[str, Any]) -> str:
                 f"{d['overhead_cpu']['median']:+.2f} [{d['overhead_cpu']['min']:+.2f}–{d['overhead_cpu']['max']:+.2f}]; "
                 f"LoadCheckpoint {d['load_checkpoint']['median']:.2f} s; same image: "
                 f"{'yes' if d['same_image'] else 'NO'}")
+    if r["id"] == 10:
+        return cache_scale.remark(d)
+    if r["id"] == 11:
+        return comfy_api.remark(d)
     return ""
 
 
@@ -584,15 +579,8 @@ def notes(config: Config, rows: list[dict[str, Any]]) -> str:
         "node discovery, validation, planning, loading path, engine, PNG metadata). One discarded warm-up pair "
         "first; the sides alternate; CPU seconds of both processes (from the kernel's child accounting) are in "
         "results.json, as they are less disturbed by other jobs than wall time.",
-        "10. ComfyUI's API against graphflow's own on one `python server.py` (the toy ComfyUI nodes of "
-        "`tests/server/comfytoys.py`, microseconds of work each, so the figure is the APIs' alone): pairs of the "
-        "same 3-node workflow, sent as an API prompt to `POST /prompt` and as a graphflow workflow to `POST /jobs`, "
-        "the sides alternating and every pair with a new input value (nothing cached). Each side as a client sees "
-        "it: submit, wait for the end on the WebSocket (`executing` with `node: null` on `/ws?clientId=`; the "
-        "terminal event on `/ws`), read the result (`GET /history/{id}`; `GET /jobs/{id}`). Value: median of "
-        "(/prompt − /jobs) per pair; two warm-up pairs are discarded. The reader's conversion of the API prompt, "
-        "and of each of ComfyUI's default workflows in `workflows/comfyui/` (API format, and UI format through the "
-        "UI → API conversion), timed in the bench process, are in the remark.",
+        cache_scale.NOTE,
+        comfy_api.NOTE,
         "",
         f"Threads: `torch.set_num_threads` is the same for both sides (and OMP_NUM_THREADS in subprocesses). "
         f"Mode `{config.mode}`: {config.pairs} pairs on {config.big}"
@@ -646,7 +634,7 @@ def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], c
 # ---------------------------------------------------------------------------------------------------------- main
 
 
-ALL_ROWS = set(range(1, 11))
+ALL_ROWS = set(range(1, 12))
 
 
 def carried_over(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -680,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "_work", help="models, inputs, scratch")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on every side (default 1)")
     parser.add_argument("--profile", action="store_true", help="cProfile graphflow's txt2img runs into WORK/profile_txt2img.txt")
-    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8,9,10", help=argparse.SUPPRESS)  # for working on one row
+    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8,9,10,11", help=argparse.SUPPRESS)  # for working on one row
     args = parser.parse_args(argv)
     config = CONFIGS["quick" if args.quick else "smoke" if args.smoke else "full"]
     wanted = {int(x) for x in args.rows.split(",")}
@@ -707,7 +695,8 @@ def main(argv: list[str] | None = None) -> int:
         ({7}, lambda: [row_server(bench)]),
         ({8}, lambda: [row_scaling(bench)]),
         ({9}, lambda: [row_cold_start(bench)]),
-        ({10}, lambda: [row_comfy_api(bench)]),
+        ({10}, lambda: [row_cache_scale(bench)]),
+        ({11}, lambda: [row_comfy_api(bench)]),
     ]
     rows: list[dict[str, Any]] = []
     for ids, measure in steps:

@@ -3,8 +3,10 @@
 Models (README section)
 -----------------------
 Checkpoints go in the models directory (``./models``, or ``GRAPHFLOW_MODELS_DIR``) or its ``checkpoints/``
-subfolder; separate VAEs in ``models/vae/`` (the models directory itself is searched too). A name resolves, first
-match wins, to:
+subfolder; separate VAEs in ``models/vae/`` (the models directory itself is searched too). The models directory may
+also be a ComfyUI ``models/`` folder or an AUTOMATIC1111 one (``Stable-diffusion/``, ``VAE/``, ``Lora/``,
+``ESRGAN/``, ``embeddings/`` beside it), and ComfyUI's ``extra_model_paths.yaml`` next to it or in it adds
+folders per kind (see ``nodes/model_folders.py``). A name resolves, first match wins, to:
 
 1. a built-in model: ``tiny-sd`` (random tiny SD1-architecture model, built on first use, for tests and demos),
    ``tiny-sd-inpainting`` (its 9-channel variant) and ``toy-shapes`` (a small trained model shipped in the
@@ -28,6 +30,7 @@ the file name: "768" or "v-pred"/"vpred" in it means v_prediction (the official 
 
 ``device="auto"`` uses CUDA in float16 when available, else the CPU in float32.
 """
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -41,6 +44,7 @@ from graphflow.node import node
 
 from . import checkpoints
 from .builtin_models import PACKAGE_MODELS, TINY_VERSION, tiny_sd_folder
+from .model_folders import kind_folders
 from .search import MissingFile, preflight_check
 from .values import CLIP, MODEL, VAE, Clip, Model, Vae
 
@@ -78,6 +82,21 @@ def inside(folder: Path, name: str) -> Path:
     return Path(folder) / name
 
 
+def check_contents_inside(folder: Path, model: Path) -> None:
+    """A model folder is read file by file: every file and sub-folder in it must stay inside ``folder`` by the
+    same rule as a single file's name (LoRA, embeddings and upscalers follow it too), so a symlink inside the
+    folder cannot make a loader read what lies outside the models directory."""
+    for parent, folders, files in os.walk(model):  # symlinked sub-folders are listed, not entered
+        for entry in (*folders, *files):
+            path = Path(parent) / entry
+            try:
+                paths.resolve_inside(folder, path.relative_to(folder).as_posix())
+            except paths.UnsafePath:
+                held = path.relative_to(model).as_posix()
+                raise NodeInputError("name", f"model folder {model.name!r} holds {held!r}, a symlink that leads "
+                                     "out of the models directory", "files inside the models directory", held) from None
+
+
 def is_checkpoint_folder(path: Path) -> bool:
     return (path / "model_index.json").is_file()
 
@@ -90,6 +109,7 @@ def find_in(name: str, folders: list[Path], suffixes: tuple[str, ...], is_folder
     for folder in folders:
         candidate = inside(folder, name)
         if candidate.is_dir() and is_folder(candidate):
+            check_contents_inside(folder, candidate)
             return candidate
         for path in [candidate] + [inside(folder, name + suffix) for suffix in suffixes]:
             if path.is_file():
@@ -107,11 +127,11 @@ def listing(folders: list[Path], suffixes: tuple[str, ...], is_folder) -> list[s
 
 
 def checkpoint_dirs(models_dir: Path) -> list[Path]:
-    return [Path(models_dir), Path(models_dir) / "checkpoints"]
+    return [Path(models_dir)] + kind_folders(models_dir, "checkpoints")
 
 
 def vae_dirs(models_dir: Path) -> list[Path]:
-    return [Path(models_dir) / "vae", Path(models_dir)]
+    return kind_folders(models_dir, "vae") + [Path(models_dir)]
 
 
 def available_models(folders: list[Path], suffixes: tuple[str, ...], is_folder) -> list[str]:

@@ -44,18 +44,18 @@ def SaveImage(
     hires fix settings: see nodes.metadata) that other tools read. With ``watermark``, every picture carries
     that text as the invisible watermark (DWT-DCT; pictures of at least 256×256 pixels). Images that went through
     SafetyCheck are listed with ``"flagged": true/false``."""
-    return save_pngs(images, filename_prefix, ctx, watermark=watermark)
-
-
-def save_pngs(images: Image, filename_prefix: str, ctx: RunContext, extra_text: dict[str, str] | None = None,
-              truncate: bool = False, watermark: str = "") -> list[OutputFile]:
-    """SaveImage's work: the images as numbered PNGs in the output folder with the "parameters" and "graphflow"
-    text chunks, plus ``extra_text`` chunks (a node pack's own formats); ``truncate`` as in :func:`pixels_to_pil`;
-    ``watermark`` as SaveImage's."""
     pixels = images.pixels
     if watermark:
         with node_inputs(pixels="images", payload="watermark"):
             pixels = embed_watermark(pixels, payload_of(watermark))
+    return save_pngs(images, filename_prefix, ctx, pixels=pixels)
+
+
+def save_pngs(images: Image, filename_prefix: str, ctx: RunContext, extra_text: dict[str, str] | None = None,
+              truncate: bool = False, pixels=None) -> list[OutputFile]:
+    """SaveImage's work: the images (or ``pixels`` made from them, e.g. watermarked) as numbered PNGs in the
+    output folder with the "parameters" and "graphflow" text chunks, plus ``extra_text`` chunks (a node pack's own
+    formats); ``truncate`` as in :func:`pixels_to_pil`."""
     out_dir = Path(ctx.settings.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
@@ -68,7 +68,7 @@ def save_pngs(images: Image, filename_prefix: str, ctx: RunContext, extra_text: 
         info.add_text(key, text)
     saved = []
     flags = images.flagged or ()
-    for index, picture in enumerate(pixels_to_pil(pixels, truncate)):
+    for index, picture in enumerate(pixels_to_pil(images.pixels if pixels is None else pixels, truncate)):
         path = write_new_output(out_dir, filename_prefix, "png", lambda file, picture=picture: picture.save(file, format="PNG", pnginfo=info))
         details = {"width": picture.width, "height": picture.height}
         if index < len(flags):

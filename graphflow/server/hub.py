@@ -13,12 +13,13 @@ or binary); the hub still bounds their backlog and says goodbye to them on shutd
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from aiohttp import WSCloseCode, web
+
+from .middleware import dumps
 
 log = logging.getLogger("graphflow.server")
 MAX_BACKLOG = 10_000
@@ -69,7 +70,7 @@ class Hub:
                 listener(message)
             except Exception:  # a broken extension must not cost graphflow's own subscribers their messages
                 log.exception("hub: a listener failed on a %s message", message.get("type"))
-        text = json.dumps(message, default=str)
+        text = dumps(message)
         for subscriber in self._subscribers:
             if subscriber.events and (subscriber.job is None or subscriber.job == message.get("job")):
                 subscriber.offer(text)
@@ -79,7 +80,7 @@ class Hub:
         ``first`` is sent before anything else (after subscribing, so nothing published meanwhile is missed)."""
         subscriber = Subscriber(ws, job)
         if first is not None:
-            subscriber.offer(json.dumps(first, default=str))
+            subscriber.offer(dumps(first))
         await self.attach(subscriber)
 
     async def attach(self, subscriber: Subscriber) -> None:

@@ -32,6 +32,7 @@ from .api_socket import ComfySocket
 web = lazy_module("aiohttp.web")
 files = lazy_module("graphflow.server.files")
 middleware = lazy_module("graphflow.server.middleware")
+bodies = lazy_module("graphflow.server.bodies")
 FINISHED = ("succeeded", "failed", "cancelled")
 FOLDER_TYPES = ("input", "output", "temp")  # temp: the outputs' temp/ sub-folder, where PreviewImage writes
 FRONT_PRIORITY = 1  # "front": true runs before the jobs queued at graphflow's default priority 0
@@ -59,7 +60,7 @@ class ComfyApi:
 
     # -- prompts ---------------------------------------------------------------------------------------------------
     async def post_prompt(self, request) -> Any:
-        body = await middleware.read_json(request)
+        body = await _json_body(request)
         if not isinstance(body, dict) or "prompt" not in body:
             return _prompt_refused(shapes.error("no_prompt", "No prompt provided", "No prompt provided"))
         prompt = body["prompt"]
@@ -106,7 +107,7 @@ class ComfyApi:
     async def post_queue(self, request) -> Any:
         """``{"clear": true}`` takes every waiting prompt off the queue, ``{"delete": [prompt_id, ...]}`` those;
         running ones are left alone (POST /interrupt stops them), as are jobs sent to ``/jobs``."""
-        body = await middleware.read_json(request)
+        body = await _json_body(request)
         if not isinstance(body, dict):
             raise middleware.ApiError(400, 'expected {"clear": true} or {"delete": [prompt_id, ...]}')
         delete = body.get("delete", [])
@@ -122,7 +123,7 @@ class ComfyApi:
 
     async def interrupt(self, request) -> Any:
         """Stop the running job; with ``{"prompt_id": ID}`` only if that is the one running."""
-        body = await middleware.read_json(request) if request.can_read_body else {}
+        body = await _json_body(request) if request.can_read_body else {}
         wanted = body.get("prompt_id") if isinstance(body, dict) else None
         running = self.server.worker.running
         if running is not None and wanted in (None, running):
@@ -227,18 +228,10 @@ class ComfyApi:
             raise middleware.ApiError(415, f"send the image as multipart/form-data with the field '{field_name}'")
         if request.content_length is not None and request.content_length > limit + 64 * 1024:
             raise middleware.ApiError(413, f"upload too large: {request.content_length} bytes, the limit is {limit}")
-        fields: dict[str, str] = {}
-        data, filename = None, None
-        async for part in await request.multipart():
-            if not hasattr(part, "read_chunk"):
-                continue
-            if part.name == field_name:
-                filename, data = part.filename, await middleware.read_at_most(part, limit)
-            elif part.name:
-                fields[part.name] = (await middleware.read_at_most(part, 64 * 1024)).decode("utf-8", "replace")
+        fields, data, filename = await bodies.read_multipart_form(request, field_name, limit)
         if data is None:
             raise middleware.ApiError(400, f"multipart field '{field_name}' is missing")
-        return fields, data, filename or ""
+        return fields, data, filename
 
     def _store_upload(self, fields: dict[str, str], data: bytes, filename: str, mask_of: Path | None) -> dict[str, Any]:
         """Store an upload under the client's file name (ComfyUI's workflows name their inputs so): ``stem (1).png``
@@ -358,6 +351,14 @@ def _apply_mask(original: Path, mask: bytes) -> bytes:
         buffer = io.BytesIO()
         combined.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+async def _json_body(request) -> Any:
+    """The JSON body; form and text bodies are refused (415), as on POST /jobs: a web page could post those here
+    without a CORS preflight."""
+    if request.content_type not in ("application/json", "application/octet-stream"):  # the latter: no header
+        raise middleware.ApiError(415, f"send JSON (Content-Type: application/json), not {request.content_type}")
+    return await bodies.read_json(request)
 
 
 def _prompt_refused(error: dict[str, Any]) -> Any:
