@@ -39,6 +39,7 @@ class _Running:
     job: Job
     executor: Executor
     lost: list[str] = field(default_factory=list)  # workers this job has lost so far
+    last_loss: str | None = None  # what the retry's warning tells
     progress: dict[str, Any] | None = None
     seeds: dict[str, dict[str, int]] | None = None
     cancelled_by_user: bool = False
@@ -137,16 +138,19 @@ class Dispatcher:
                 idle = [e for e in executors if e.ident not in busy]
                 if not idle:
                     return
-                if self._retry:
-                    running = self._retry.popleft()
-                else:
+                retry = self._retry.popleft() if self._retry else None
+                if retry is None:
                     job = self.store.claim_next()
                     if job is None:
                         return
-                    running = _Running(job, idle[0])
-                    self._send({"type": "started", "job": job.id})
+                running = retry or _Running(job, idle[0])
                 running.executor = self._route(running.job, idle)
                 running.executor.load += 1
+                if retry is None:
+                    self._send({"type": "started", "job": job.id, "worker": running.executor.name})
+                elif retry.last_loss:
+                    self._send({"type": "warning", "job": retry.job.id, "node": None, "message": self.private(
+                        f"worker {retry.last_loss}; the job runs again on worker {running.executor.name}")})
                 self._running[running.job.id] = running
                 thread = threading.Thread(target=self._run, args=(running,), name=f"graphflow-job-{running.job.id[:8]}",
                                           daemon=True)
@@ -197,10 +201,9 @@ class Dispatcher:
                 running.lost.append(lost.worker)
             others = [e for e in self.pool.executors() if e.ident != running.executor.ident]
             if len(running.lost) < 2 and others and not self._stopping:
-                self._retry.append(replace(running, lost=list(running.lost)))  # a new record: this thread's is done
-                if lost.accepted:
-                    self._send({"type": "warning", "job": running.job.id, "node": None,
-                                "message": f"worker {lost.worker} was lost ({lost.reason}); the job runs again on another worker"})
+                last_loss = f"{lost.worker} was lost ({lost.reason})" if lost.accepted else None
+                self._retry.append(replace(running, lost=list(running.lost), last_loss=last_loss))  # this thread's record is done
+                self._wake.set()
                 return None
         message = f"worker {lost.worker} was lost while running this job ({lost.reason})"
         if len(running.lost) > 1:
