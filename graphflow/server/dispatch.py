@@ -84,7 +84,8 @@ class Dispatcher:
     @property
     def running(self) -> str | None:
         """The job running longest (None when none is)."""
-        return next(iter(self._running), None)
+        with self._lock:
+            return next(iter(self._running), None)
 
     def progress(self, job_id: str) -> dict[str, Any] | None:
         running = self._running.get(job_id)
@@ -150,7 +151,7 @@ class Dispatcher:
                     self._send({"type": "started", "job": job.id, "worker": running.executor.name})
                 elif retry.last_loss:
                     self._send({"type": "warning", "job": retry.job.id, "node": None, "message": self.private(
-                        f"worker {retry.last_loss}; the job runs again on worker {running.executor.name}")})
+                        f"{retry.last_loss}; the job runs again on {running.executor.name}")})
                 self._running[running.job.id] = running
                 thread = threading.Thread(target=self._run, args=(running,), name=f"graphflow-job-{running.job.id[:8]}",
                                           daemon=True)
@@ -192,7 +193,7 @@ class Dispatcher:
     def _after_loss(self, running: _Running, lost: WorkerLost) -> Finished | None:
         """Queue the job again for another worker (None), or the failure to record."""
         self.pool.lost(running.executor)
-        log.warning("worker %s lost while running job %s: %s", lost.worker, running.job.id, lost.reason)
+        log.warning("%s lost while running job %s: %s", lost.worker, running.job.id, lost.reason)
         with self._lock:
             del self._running[running.job.id]
             if running.cancelled_by_user:
@@ -205,9 +206,9 @@ class Dispatcher:
                 self._retry.append(replace(running, lost=list(running.lost), last_loss=last_loss))  # this thread's record is done
                 self._wake.set()
                 return None
-        message = f"worker {lost.worker} was lost while running this job ({lost.reason})"
+        message = f"{lost.worker} was lost while running this job ({lost.reason})"
         if len(running.lost) > 1:
-            message = f"{message}; it was already a retry after worker {running.lost[0]} was lost"
+            message = f"{message}; it was already a retry after {running.lost[0]} was lost"
         elif not others:
             message += "; no other worker was there to retry it"
         return Finished("failed", error={"node": None, "type": "WorkerLost", "message": self.private(message)},

@@ -198,7 +198,8 @@ class RayPool:
         self.options, self.uploads_dir, self.outputs_dir = options, uploads_dir, outputs_dir
         self._owns_connection = not ray.is_initialized()
         if self._owns_connection:
-            ray.init(address=options.address, namespace=options.namespace, log_to_driver=False,
+            # "local": a Ray of our own even when `ray start` made one on this machine (which None would join)
+            ray.init(address=options.address or "local", namespace=options.namespace, log_to_driver=False,
                      configure_logging=False, include_dashboard=False)
         self._actor_class = ray.remote(WorkerActor)
         self._init_args = (registry.modules(), str(Path(settings.models_dir).resolve()), preview_interval)

@@ -130,7 +130,7 @@ def test_a_lost_workers_job_runs_again_on_another_with_a_warning(store, run_disp
     assert b.ran == [job] and a.ran == [job]
     assert store.get(job)["outputs"] == {"show": {"value": 4}}
     [warning] = [e for e in events if e["type"] == "warning"]
-    assert warning["message"] == "worker b (host pid 1) was lost (its actor was killed); the job runs again on worker a"
+    assert warning["message"] == "b (host pid 1) was lost (its actor was killed); the job runs again on a"
     assert [e["type"] for e in events].count("started") == 1 and [e["type"] for e in events].count("succeeded") == 1
 
 
@@ -146,8 +146,8 @@ def test_a_second_loss_fails_the_job_naming_both_workers(store, run_dispatcher):
     until(lambda: store.get(job)["status"] == "failed")
     error = store.get(job)["error"]
     assert error["type"] == "WorkerLost" and error["node"] is None
-    assert error["message"] == ("worker b was lost while running this job (its machine left the cluster or its process "
-                                "died); it was already a retry after worker a was lost")
+    assert error["message"] == ("b was lost while running this job (its machine left the cluster or its process died); "
+                                "it was already a retry after a was lost")
     assert c.ran == []
 
 
@@ -157,7 +157,7 @@ def test_losing_the_only_worker_fails_the_job_saying_so(store, run_dispatcher):
     job = store.add({"value": 1})
     run_dispatcher(only)
     until(lambda: store.get(job)["status"] == "failed")
-    assert store.get(job)["error"]["message"] == ("worker only was lost while running this job (its actor was killed); "
+    assert store.get(job)["error"]["message"] == ("only was lost while running this job (its actor was killed); "
                                                   "no other worker was there to retry it")
 
 
@@ -172,7 +172,7 @@ def test_a_worker_lost_before_it_took_the_job_costs_no_retry(store, run_dispatch
     until(lambda: store.get(job)["status"] == "succeeded")
     assert c.ran == [job]
     [warning] = [e for e in events if e["type"] == "warning"]  # only the loss after b had taken it is told
-    assert warning["message"].startswith("worker b was lost")
+    assert warning["message"].startswith("b was lost")
 
 
 def test_cancel_reaches_the_executor_running_the_job(store, run_dispatcher):
