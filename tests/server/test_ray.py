@@ -209,20 +209,28 @@ async def test_cancelling_a_job_stops_it_on_its_worker(start_ray_server):
 
 
 @pytest.mark.timeout(180)
-async def test_a_machine_joining_the_cluster_brings_a_worker_that_takes_jobs(start_ray_server, cluster):
+async def test_a_machine_joining_brings_a_worker_that_takes_jobs_and_its_loss_moves_its_job(start_ray_server, cluster):
     server = start_ray_server()
     await asyncio.to_thread(wait_for_workers, server, 2)
     joined = cluster.add_node(num_cpus=1, num_gpus=1)
     try:
-        await asyncio.to_thread(wait_for_workers, server, 3)
+        await asyncio.to_thread(wait_for_workers, server, 3)  # worker-2: the only free GPU was the new machine's
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(f"{server.url}/ws") as ws:
                 jobs = [await submit(session, server.url, wait_workflow(2.0, value=i)) for i in range(3)]
-                assert {await started_on(ws, job) for job in jobs} == {"worker-0", "worker-1", "worker-2"}
-                for job in jobs:
-                    await wait_for_status(session, server.url, job, "succeeded")
+                where = {await started_on(ws, job): job for job in jobs}
+                assert set(where) == {"worker-0", "worker-1", "worker-2"}
+                await next_event(ws, "progress", job=where["worker-2"])
+                cluster.remove_node(joined)  # the machine goes, mid-job
+                joined = None
+                warning = await next_event(ws, "warning", job=where["worker-2"])
+                assert warning["message"].startswith("worker-2 (")
+                finished = [await wait_for_status(session, server.url, job, "succeeded", "failed") for job in jobs]
+        assert [job["status"] for job in finished] == ["succeeded"] * 3
+        assert [job["outputs"]["show"]["value"] for job in finished] == [0, 1, 2]
     finally:
-        cluster.remove_node(joined)
+        if joined is not None:
+            cluster.remove_node(joined)
 
 
 @pytest.mark.timeout(180)
