@@ -11,10 +11,12 @@ and only when the server runs with ``--ray``.
 """
 from __future__ import annotations
 
+import glob
 import importlib
 import logging
 import os
 import queue
+import re
 import shutil
 import socket
 import tempfile
@@ -296,20 +298,36 @@ def referenced_uploads(workflow: dict[str, Any], uploads_dir: Path) -> dict[str,
 
 
 def store_files(outputs_dir: Path, files: dict[str, list[tuple[OutputFile, bytes]]]) -> dict[str, list[OutputFile]]:
-    """Write a worker's files into the server's outputs folder, each under its own name or, when another job
-    already took that name (workers number their files independently), the first free ``name-2``, ``name-3``..."""
+    """Write a worker's files into the server's outputs folder under their own names, or, where another job took
+    a name already (every worker numbers its files in a folder of its own), under the next free one."""
     stored: dict[str, list[OutputFile]] = {}
     for node_id, items in files.items():
         for item, data in items:
-            original = PurePosixPath(item.filename)
-            for attempt in count(1):
-                name = item.filename if attempt == 1 else str(original.with_name(f"{original.stem}-{attempt}{original.suffix}"))
+            name = item.filename
+            while True:
                 target = resolve_inside(outputs_dir, name)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     atomic_write(target, lambda file: file.write(data))
                     break
                 except FileExistsError:
-                    continue
+                    name = next_free_name(outputs_dir, name)
             stored.setdefault(node_id, []).append(replace(item, filename=name))
     return stored
+
+
+def next_free_name(folder: Path, name: str) -> str:
+    """A name not yet used in ``folder``: a trailing counter continues after the highest one of that prefix
+    (``img_00007.png`` → ``img_00012.png`` when 11 is the highest), any other name gets ``-2``, ``-3``, ..."""
+    path = PurePosixPath(name)
+    counter = re.fullmatch(r"(.*?)(\d+)", path.stem)
+    if counter is None:
+        taken = {p.name for p in (folder / path.parent).glob(f"{glob.escape(path.stem)}-*{glob.escape(path.suffix)}")}
+        number = next(n for n in count(2) if f"{path.stem}-{n}{path.suffix}" not in taken)
+        return str(path.with_name(f"{path.stem}-{number}{path.suffix}"))
+    prefix, digits = counter.groups()
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    used = [int(m.group(1)) for p in (folder / path.parent).glob(f"{glob.escape(prefix)}*")
+            if (m := pattern.match(p.name))]
+    number = max([int(digits), *used]) + 1
+    return str(path.with_name(f"{prefix}{number:0{len(digits)}d}{path.suffix}"))

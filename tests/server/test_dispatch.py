@@ -193,3 +193,4 @@ def test_stopping_passes_a_shutdown_cancellation_to_every_running_job(store, run
     until(lambda: len(a.ran) + len(b.ran) == 2)
     dispatcher.stop()
     assert sorted(a.cancelled + b.cancelled) == sorted((job, False) for job in jobs)
+
