@@ -308,6 +308,9 @@ async def test_txt2img_on_the_built_in_model_runs_on_a_worker_and_the_next_promp
         second = await wait_for_status(session, server.url, await submit(session, server.url, workflow), "succeeded", "failed")
     assert second["status"] == "succeeded", second["error"]
     assert "ckpt" in second["cached"] and "positive" in second["executed"]
+    # the worker numbers its files in a folder of its own; on the server the counter continues
+    assert image["url"] == "/outputs/txt2img_00001.png"
+    assert second["outputs"]["save"]["images"][0]["url"] == "/outputs/txt2img_00002.png"
 
 
 # -- the command line ------------------------------------------------------------------------------------------
