@@ -143,11 +143,6 @@ class ResultCache:
     def __len__(self) -> int:
         return len(self._values) + len(self._models)
 
-    def keys(self) -> list[str]:
-        """The keys held now, values then models (what a remote worker reports for routing by affinity)."""
-        with self._lock:
-            return [*self._values, *self._models]
-
     def clear(self) -> None:
         with self._lock:
             self._values.clear()

@@ -30,7 +30,7 @@ from .middleware import (ApiError, answer_protocol_errors_as_json, dumps, guard_
                          require_token)
 from .store import STATUSES, JobStore
 from .dispatch import Dispatcher
-from .worker import LocalPool, plan_keys, private
+from .worker import LocalPool, private
 
 if TYPE_CHECKING:
     from .ray_pool import RayOptions
@@ -74,7 +74,7 @@ class Server:
         self.engine.settings = replace(settings, limits=self.limits.run_limits(self.engine.registry.run_limits))
         self.hub = Hub()
         self.worker = Dispatcher(self._pool(config), self.store, self._publish_from_thread,
-                                 lambda job: plan_keys(self.engine, job), lambda value: private(value, self.engine.settings))
+                                 lambda value: private(value, self.engine.settings))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._catalog: str | None = None
 

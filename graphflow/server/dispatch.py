@@ -13,7 +13,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol
 
 from .routing import WorkerView, choose_worker
 from .store import Job, JobStore
@@ -46,10 +46,8 @@ class _Running:
 
 
 class Dispatcher:
-    def __init__(self, pool: Pool, store: JobStore, publish: Publish, plan_keys: Callable[[Job], Sequence[str]],
-                 private: Callable[[Any], Any] = lambda value: value):
+    def __init__(self, pool: Pool, store: JobStore, publish: Publish, private: Callable[[Any], Any] = lambda value: value):
         self.pool, self.store, self.publish = pool, store, publish
-        self.plan_keys = plan_keys  # the job's content keys in plan order (empty when they cannot be computed)
         self.private = private  # hides the server's folders in texts sent to clients
         self._wake = threading.Event()
         self._lock = threading.Lock()  # guards everything below; makes claim-vs-cancel one step
@@ -161,12 +159,7 @@ class Dispatcher:
     def _route(self, job: Job, idle: list[Executor]) -> Executor:
         if len(idle) == 1:
             return idle[0]
-        try:
-            keys = list(self.plan_keys(job))
-        except Exception:  # an invalid plan fails on the worker, with its message; any worker will do
-            keys = []
-        views = [WorkerView(e.ident, True, e.cached_keys(), e.load) for e in idle]
-        chosen = choose_worker(keys, views)
+        chosen = choose_worker([WorkerView(e.ident, True, e.cached_part(job), e.load) for e in idle])
         return next(e for e in idle if e.ident == chosen)
 
     def _run(self, running: _Running) -> None:

@@ -33,9 +33,10 @@ from ..outputs import OutputFile
 from ..paths import UnsafePath, atomic_write, resolve_inside
 from ..registry import Registry, default_registry
 from .store import Job
-from .worker import Finished, Publish, WorkerLost, private, public_outputs, run_job
+from .worker import Finished, Publish, WorkerLost, cached_part, private, public_outputs, run_job
 
 log = logging.getLogger("graphflow.server")
+AFFINITY_SECONDS = 1.0  # how long routing waits for an idle worker to say how much of a job it holds
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class WorkerActor:
         import ray
 
         return {"host": socket.gethostname(), "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
-                "gpus": [str(gpu) for gpu in ray.get_gpu_ids()], "cached": self.engine.cache.keys()}
+                "gpus": [str(gpu) for gpu in ray.get_gpu_ids()], "cached": len(self.engine.cache)}
 
     def run(self, job_id: str, workflow: dict, outputs: list[str] | None, inputs: dict[str, bytes]) -> Iterator[dict]:
         """Yields ``{"type": "_accepted"}``, the job's events, then ``{"type": "_finished", ...}``."""
@@ -115,8 +116,7 @@ class WorkerActor:
             results = private(report.outputs, self.engine.settings)
             for node_id, written in report.files.items():
                 files[node_id] = [(item, self._take(item)) for item in written]
-        yield {"type": "_finished", "finished": finished, "outputs": results, "files": files,
-               "cached": self.engine.cache.keys()}
+        yield {"type": "_finished", "finished": finished, "outputs": results, "files": files}
 
     def _take(self, item: OutputFile) -> bytes:
         """A written file's bytes; the local copy goes (the server's outputs folder is where outputs live)."""
@@ -124,6 +124,9 @@ class WorkerActor:
         data = path.read_bytes()
         path.unlink()
         return data
+
+    def cached_part(self, workflow: dict, outputs: list[str] | None) -> int:
+        return cached_part(self.engine, Job("", workflow, outputs))
 
     def cancel(self, job_id: str, by_user: bool = True) -> None:
         with self._lock:
@@ -141,11 +144,14 @@ class RayExecutor:
         self.pool, self.name, self.actor = pool, name, actor
         self.ident = actor._actor_id.hex()
         self.where = f"{described['host']} pid {described['pid']}"
-        self.cached = frozenset(described["cached"])
         self.load = 0
 
-    def cached_keys(self) -> frozenset[str]:
-        return self.cached
+    def cached_part(self, job: Job) -> int:
+        """Asked of the actor: its engine computes the keys as they are on its machine."""
+        try:
+            return self.pool.ray.get(self.actor.cached_part.remote(job.workflow, job.outputs), timeout=AFFINITY_SECONDS)
+        except Exception:  # slow or gone: route as if it held nothing (a lost worker shows when it runs a job)
+            return 0
 
     def run(self, job: Job, send: Publish) -> Finished:
         ray = self.pool.ray
@@ -157,7 +163,6 @@ class RayExecutor:
                 if item["type"] == "_accepted":
                     accepted = True
                 elif item["type"] == "_finished":
-                    self.cached = frozenset(item["cached"])
                     finished = item["finished"]
                     finished.outputs = public_outputs(item["outputs"], store_files(self.pool.outputs_dir, item["files"]))
                     return finished
@@ -246,7 +251,7 @@ class RayPool:
                 continue
             slot.executor = RayExecutor(self, f"worker-{index}", slot.actor, described)
             log.info("worker-%d ready on %s (gpus %s, %d cached values)", index, slot.executor.where,
-                        described["gpus"] or "none", len(described["cached"]))
+                        described["gpus"] or "none", described["cached"])
 
     def _start(self, index: int, with_gpu: bool) -> _Slot:
         """Create worker-``index``, or reattach to it when a previous server left it running."""

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Protocol
+from typing import Any, Callable, Protocol
 from urllib.parse import quote
 
 from ..context import CancelToken, Settings
@@ -20,6 +20,7 @@ from ..events import Event, Preview, Progress, RunCancelled, RunFailed, RunSucce
 from ..execute import Engine, RunReport
 from ..outputs import OutputFile
 from ..paths import hide_folders
+from .routing import cached_prefix
 from .store import Job
 
 log = logging.getLogger("graphflow.server")
@@ -142,7 +143,8 @@ class Executor(Protocol):
     ident: str  # unique for this executor's lifetime (a replacement under the same name gets another)
     load: int  # jobs given to it so far
 
-    def cached_keys(self) -> Collection[str]: ...
+    def cached_part(self, job: Job) -> int:
+        """How many of the job's plan nodes its cache holds, by its own content keys (0 when it cannot tell)."""
 
     def run(self, job: Job, send: Publish) -> Finished:
         """Run the job, sending its events; raises WorkerLost if the executor goes away meanwhile."""
@@ -161,8 +163,8 @@ class LocalExecutor:
         self._lock = threading.Lock()
         self._current: tuple[str, CancelToken, list[bool]] | None = None  # job id, token, [cancelled by user]
 
-    def cached_keys(self) -> Collection[str]:
-        return self.engine.cache
+    def cached_part(self, job: Job) -> int:
+        return cached_part(self.engine, job)
 
     def run(self, job: Job, send: Publish) -> Finished:
         token, by_user = CancelToken(), [False]
@@ -205,10 +207,13 @@ class LocalPool:
         pass
 
 
-def plan_keys(engine: Engine, job: Job) -> list[str]:
-    """The job's content keys in plan order, as the server's engine computes them (random seeds not drawn yet:
-    what depends on them matches no cache, which is right)."""
+def cached_part(engine: Engine, job: Job) -> int:
+    """How many of the job's plan nodes the engine's cache holds (random seeds are not drawn yet: what depends on
+    them matches nothing, which is right); 0 when the plan cannot be made (the run will say why)."""
     from ..plan import make_plan
 
-    plan = make_plan(engine.validate(job.workflow, job.outputs), engine.settings)
-    return [plan.keys[node_id] for node_id in plan.order]
+    try:
+        plan = make_plan(engine.validate(job.workflow, job.outputs), engine.settings)
+    except Exception:
+        return 0
+    return cached_prefix([plan.keys[node_id] for node_id in plan.order], engine.cache)

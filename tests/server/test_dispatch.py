@@ -8,6 +8,7 @@ import time
 import pytest
 
 from graphflow.server.dispatch import Dispatcher
+from graphflow.server.routing import cached_prefix
 from graphflow.server.store import JobStore
 from graphflow.server.worker import Finished, WorkerLost
 
@@ -25,8 +26,8 @@ class FakeExecutor:
         self.cancelled: list[tuple[str, bool]] = []
         self.cancel_event = threading.Event()
 
-    def cached_keys(self):
-        return self.cached
+    def cached_part(self, job):
+        return cached_prefix(job.workflow.get("keys", []), self.cached)
 
     def run(self, job, send):
         self.ran.append(job.id)
@@ -74,9 +75,9 @@ def store(tmp_path):
 def run_dispatcher(store):
     made = []
 
-    def make(*executors, keys=lambda job: job.workflow.get("keys", [])):
+    def make(*executors):
         events: list[dict] = []
-        dispatcher = Dispatcher(FakePool(*executors), store, events.append, keys)
+        dispatcher = Dispatcher(FakePool(*executors), store, events.append)
         dispatcher.start()
         made.append((dispatcher, executors))
         return dispatcher, events
