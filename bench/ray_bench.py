@@ -71,7 +71,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = Path(tempfile.mkdtemp(prefix="ray-bench-", dir=scratch))
         env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
-        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", GRAPHFLOW_CHECK_MUTATIONS="0", HF_HUB_OFFLINE="1",
+        env.update(RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", GRAPHFLOW_CHECK_MUTATIONS="0", HF_HUB_OFFLINE="1",
                    GRAPHFLOW_NODES=NODES, GRAPHFLOW_TOKEN="",
                    PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         self.log = open(self.data_dir / "server.log", "w")

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def cluster():
     # Ray's worker processes inherit this environment: they import graphflow and the test node modules from here.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a test cluster reports nothing anywhere
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     for _ in range(2):
         cluster.add_node(num_cpus=1, num_gpus=1)
@@ -326,8 +326,8 @@ def test_graphflow_serve_ray_starts_its_own_ray_runs_a_job_and_stops_on_ctrl_c(t
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
-    env.update(GRAPHFLOW_NODES="tests.engine.toynodes", GRAPHFLOW_TOKEN="", PYTHONPATH=os.environ["PYTHONPATH"]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}  # not the test cluster's
+    env.update(RAY_USAGE_STATS_ENABLED="0", GRAPHFLOW_NODES="tests.engine.toynodes", GRAPHFLOW_TOKEN="", PYTHONPATH=os.environ["PYTHONPATH"]
                if "PYTHONPATH" in os.environ else str(ROOT))
     process = subprocess.Popen([sys.executable, "-m", "graphflow", "serve", "--ray", "--workers", "1", "--worker-cpus", "0.5",
                                 "--port", str(port), "--data-dir", str(tmp_path / "d")],
