@@ -73,8 +73,13 @@ class Server:
         self.limits = config.limits.over_defaults(self.engine.registry.literal_limits)
         self.engine.settings = replace(settings, limits=self.limits.run_limits(self.engine.registry.run_limits))
         self.hub = Hub()
-        self.worker = Dispatcher(self._pool(config), self.store, self._publish_from_thread,
-                                 lambda value: private(value, self.engine.settings))
+        try:
+            pool = self._pool(config)
+        except BaseException:  # no Ray, no cluster: let go of the data directory for the next attempt
+            self.store.close()
+            self._lock_file.close()
+            raise
+        self.worker = Dispatcher(pool, self.store, self._publish_from_thread, lambda value: private(value, self.engine.settings))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._catalog: str | None = None
 

@@ -63,6 +63,16 @@ def test_ray_only_options_without_ray_are_refused(capsys):
     assert "--workers, --worker-cpus and --ray-namespace apply only with --ray" in capsys.readouterr().err
 
 
+def test_ray_without_ray_installed_is_a_clear_error_and_frees_the_data_dir(tmp_path, monkeypatch, toy_registry):
+    from graphflow.server import ServerConfig, create_app
+    from graphflow.server.ray_pool import RayOptions
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError, as where the extra is missing
+    with pytest.raises(RuntimeError, match=r"^--ray needs Ray, which is an optional extra: pip install 'graphflow\[ray\]'"):
+        create_app(ServerConfig(data_dir=tmp_path / "d", ray=RayOptions()), toy_registry)
+    create_app(ServerConfig(data_dir=tmp_path / "d"), toy_registry)  # the failed start left no lock behind
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
