@@ -171,7 +171,7 @@ class RayExecutor:
         except ray.exceptions.RayTaskError as exc:  # the actor's code raised: a bug to report, not a lost worker
             log.error("worker %s raised on job %s: %s", self.name, job.id, exc)
             return Finished("failed", error={"node": None, "type": "WorkerError",
-                                             "message": f"worker {self.name} could not run the job: {type(exc.cause).__name__}: {exc.cause}"})
+                                             "message": f"{self.name} ({self.where}) could not run the job: {type(exc.cause).__name__}: {exc.cause}"})
         except ray.exceptions.RayError as exc:
             raise WorkerLost(f"{self.name} ({self.where})", loss_reason(exc), accepted) from None
         raise WorkerLost(f"{self.name} ({self.where})", "its stream ended without a result", accepted)
