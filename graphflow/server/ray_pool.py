@@ -59,7 +59,8 @@ def require_ray():
 
 # -- the actor (runs in a Ray worker process, on any machine of the cluster) ---------------------------------
 class WorkerActor:
-    def __init__(self, node_modules: list[str] | None, models_dir: str | None, preview_interval: float):
+    def __init__(self, node_modules: list[str] | None, models_dir: str | None, limits: dict[str, float],
+                 preview_interval: float):
         if node_modules is None:
             registry = default_registry()
         else:
@@ -68,7 +69,7 @@ class WorkerActor:
                 registry.add_module(importlib.import_module(name))
         self.scratch = Path(tempfile.mkdtemp(prefix="graphflow-worker-"))
         settings = Settings.from_env(models_dir=models_dir, input_dir=self.scratch / "inputs",
-                                     output_dir=self.scratch / "outputs")
+                                     output_dir=self.scratch / "outputs", limits=limits)  # the server's run limits
         for folder in (settings.input_dir, settings.output_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.engine = Engine(registry, settings)
@@ -80,7 +81,8 @@ class WorkerActor:
         import ray
 
         return {"host": socket.gethostname(), "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
-                "gpus": [str(gpu) for gpu in ray.get_gpu_ids()], "cached": len(self.engine.cache)}
+                "gpus": [str(gpu) for gpu in ray.get_gpu_ids()], "cached": len(self.engine.cache),
+                "limits": dict(self.engine.settings.limits)}
 
     def run(self, job_id: str, workflow: dict, outputs: list[str] | None, inputs: dict[str, bytes]) -> Iterator[dict]:
         """Yields ``{"type": "_accepted"}``, the job's events, then ``{"type": "_finished", ...}``."""
@@ -209,7 +211,8 @@ class RayPool:
             ray.init(address=options.address or "local", namespace=options.namespace, log_to_driver=False,
                      configure_logging=False, include_dashboard=False)
         self._actor_class = ray.remote(WorkerActor)
-        self._init_args = (registry.modules(), str(Path(settings.models_dir).resolve()), preview_interval)
+        self._init_args = (registry.modules(), str(Path(settings.models_dir).resolve()), dict(settings.limits),
+                           preview_interval)
         self._slots: dict[int, _Slot] = {}
         self._lock = threading.Lock()
         self._last_refresh = float("-inf")

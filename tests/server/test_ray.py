@@ -116,6 +116,7 @@ async def test_one_worker_per_gpu_each_on_its_own_machine_and_jobs_run_side_by_s
     described = [ray.get(w.actor.describe.remote()) for w in workers]
     assert len({d["node"] for d in described}) == 2, "the two workers share a machine"
     assert all(len(d["gpus"]) == 1 for d in described), described  # each was placed by num_gpus=1
+    assert all(d["limits"] == server.app[SERVER].engine.settings.limits for d in described)  # the server's run limits
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(f"{server.url}/ws") as ws:
             first = await submit(session, server.url, wait_workflow(1.5, value=1))
