@@ -11,7 +11,7 @@ import logging
 import mimetypes
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -30,7 +30,11 @@ from .limits import Limits, check_literals, check_size, issue
 from .middleware import (ApiError, answer_protocol_errors_as_json, dumps, guard_host_and_origin, json_errors, json_response,
                          require_token)
 from .store import STATUSES, JobStore
-from .worker import Worker
+from .dispatch import Dispatcher
+from .worker import LocalPool, private
+
+if TYPE_CHECKING:
+    from .ray_pool import RayOptions
 
 log = logging.getLogger("graphflow.server")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -43,6 +47,7 @@ class ServerConfig:
     models_dir: Path | None = None  # None: $GRAPHFLOW_MODELS_DIR or ./models
     limits: Limits = field(default_factory=Limits)
     allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS  # Host header names accepted; None accepts any
+    ray: "RayOptions | None" = None  # run jobs on Ray worker actors instead of this process's engine
 
 
 SERVER = web.AppKey("server", "Server")
@@ -69,12 +74,25 @@ class Server:
         self.limits = config.limits.over_defaults(self.engine.registry.literal_limits)
         self.engine.settings = replace(settings, limits=self.limits.run_limits(self.engine.registry.run_limits))
         self.hub = Hub()
-        self.worker = Worker(self.engine, self.store, self._publish_from_thread)
+        try:
+            pool = self._pool(config)
+        except BaseException:  # no Ray, no cluster: let go of the data directory for the next attempt
+            self.store.close()
+            self._lock_file.close()
+            raise
+        self.worker = Dispatcher(pool, self.store, self._publish_from_thread, lambda value: private(value, self.engine.settings))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._catalog: str | None = None
         # NodePack.server_extensions: routes of other APIs on this queue; one may take over GET /ws requests
         # (``takes_websocket(request)`` → its ``websocket(request)``).
         self.extensions = [make(self) for make in self.engine.registry.server_extensions]
+
+    def _pool(self, config: ServerConfig):
+        if config.ray is None:
+            return LocalPool(self.engine)
+        from .ray_pool import RayPool
+
+        return RayPool(config.ray, self.engine.registry, self.engine.settings, self.uploads_dir, self.outputs_dir)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def start(self, app: web.Application) -> None:

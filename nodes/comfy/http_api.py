@@ -122,12 +122,16 @@ class ComfyApi:
         return web.Response(status=200)
 
     async def interrupt(self, request) -> Any:
-        """Stop the running job; with ``{"prompt_id": ID}`` only if that is the one running."""
+        """Stop the running job; with ``{"prompt_id": ID}`` that job, if it is running."""
         body = await _json_body(request) if request.can_read_body else {}
         wanted = body.get("prompt_id") if isinstance(body, dict) else None
-        running = self.server.worker.running
-        if running is not None and wanted in (None, running):
-            self.server.worker.cancel(running)
+        if wanted is None:
+            target = self.server.worker.running  # the one running longest, when a worker pool runs several
+        else:
+            job = self.server.store.get(str(wanted))
+            target = job["id"] if job is not None and job["status"] == "running" else None
+        if target is not None:
+            self.server.worker.cancel(target)
         return web.Response(status=200)
 
     # -- history ---------------------------------------------------------------------------------------------------
