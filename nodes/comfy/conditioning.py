@@ -62,7 +62,10 @@ def _embedding_finder(clip: Clip, settings):
 
 
 def clip_skip_of(clip: Clip) -> int:
-    """graphflow's clip_skip for the CLIP's stop_at_layer (-n -> n; beyond the encoder's depth: the last layer)."""
+    """graphflow's clip_skip for the CLIP's stop_at_layer (-n -> n; beyond the encoder's depth: the last layer;
+    not set: the penultimate layer for SD 2.x, as ComfyUI encodes it, else the last)."""
+    if clip.stop_at_layer is None:
+        return 2 if clip.family == "sd2" else 1
     core = getattr(clip.text_encoder, "text_model", clip.text_encoder)
     layers = len(core.encoder.layers)
     return 1 if -clip.stop_at_layer > layers else -clip.stop_at_layer
