@@ -3,8 +3,10 @@
 Models (README section)
 -----------------------
 Checkpoints go in the models directory (``./models``, or ``GRAPHFLOW_MODELS_DIR``) or its ``checkpoints/``
-subfolder; separate VAEs in ``models/vae/`` (the models directory itself is searched too). A name resolves, first
-match wins, to:
+subfolder; separate VAEs in ``models/vae/`` (the models directory itself is searched too). The models directory may
+also be a ComfyUI ``models/`` folder or an AUTOMATIC1111 one (``Stable-diffusion/``, ``VAE/``, ``Lora/``,
+``ESRGAN/``, ``embeddings/`` beside it), and ComfyUI's ``extra_model_paths.yaml`` next to it or in it adds
+folders per kind (see ``nodes/model_folders.py``). A name resolves, first match wins, to:
 
 1. a built-in model: ``tiny-sd`` (random tiny SD1-architecture model, built on first use, for tests and demos),
    ``tiny-sd-inpainting`` (its 9-channel variant) and ``toy-shapes`` (a small trained model shipped in the
@@ -41,6 +43,7 @@ from graphflow.node import node
 
 from . import checkpoints
 from .builtin_models import PACKAGE_MODELS, TINY_VERSION, tiny_sd_folder
+from .model_folders import kind_folders
 from .search import MissingFile, preflight_check
 from .values import CLIP, MODEL, VAE, Clip, Model, Vae
 
@@ -107,11 +110,11 @@ def listing(folders: list[Path], suffixes: tuple[str, ...], is_folder) -> list[s
 
 
 def checkpoint_dirs(models_dir: Path) -> list[Path]:
-    return [Path(models_dir), Path(models_dir) / "checkpoints"]
+    return [Path(models_dir)] + kind_folders(models_dir, "checkpoints")
 
 
 def vae_dirs(models_dir: Path) -> list[Path]:
-    return [Path(models_dir) / "vae", Path(models_dir)]
+    return kind_folders(models_dir, "vae") + [Path(models_dir)]
 
 
 def available_models(folders: list[Path], suffixes: tuple[str, ...], is_folder) -> list[str]:

@@ -17,19 +17,21 @@ from pydantic import Field
 
 from graphflow.context import RunContext
 from graphflow.documents import PNG_CHUNK
-from graphflow.errors import NodeInputError
+from graphflow.errors import NodeInputError, node_inputs
 from graphflow.node import Input, node
 from graphflow.outputs import OutputFile
 
 from .files import new_output, relative_name, write_new_output
 from .metadata import a1111_parameters, checkpoint_hash, describe
 from .pixels import pixels_to_pil
+from .watermark import embed_watermark, payload_of
 from .values import CLIP, IMAGE, MODEL, VAE, Clip, Image, Model, Vae
 
 @node(output=True, category="image")
 def SaveImage(
     images: Image = Input(IMAGE),
     filename_prefix: str = Field("graphflow", min_length=1, description="files are <prefix>_00001.png, _00002.png, ...; may include sub-folders"),
+    watermark: str = Field("", max_length=64, description="hide this text in every image with the invisible watermark (see InvisibleWatermark; 'StableDiffusionV1' as SD's scripts); empty = none"),
     *,
     ctx: RunContext,
 ) -> list[OutputFile]:
@@ -39,14 +41,21 @@ def SaveImage(
     half-written (nodes.files.write_new_output). Each PNG carries the workflow as it ran (text chunk
     "graphflow": ``graphflow run IMAGE.png`` reruns it) and AUTOMATIC1111's "parameters" text (prompt with
     LoRA tags, negative prompt, steps, sampler and schedule type, CFG scale, seed, size, model and its hash,
-    hires fix settings: see nodes.metadata) that other tools read."""
-    return save_pngs(images, filename_prefix, ctx)
+    hires fix settings: see nodes.metadata) that other tools read. With ``watermark``, every picture carries
+    that text as the invisible watermark (DWT-DCT; pictures of at least 256×256 pixels). Images that went through
+    SafetyCheck are listed with ``"flagged": true/false``."""
+    pixels = images.pixels
+    if watermark:
+        with node_inputs(pixels="images", payload="watermark"):
+            pixels = embed_watermark(pixels, payload_of(watermark))
+    return save_pngs(images, filename_prefix, ctx, pixels=pixels)
 
 
 def save_pngs(images: Image, filename_prefix: str, ctx: RunContext, extra_text: dict[str, str] | None = None,
-              truncate: bool = False) -> list[OutputFile]:
-    """SaveImage's work: the images as numbered PNGs in the output folder with the "parameters" and "graphflow"
-    text chunks, plus ``extra_text`` chunks (a node pack's own formats); ``truncate`` as in :func:`pixels_to_pil`."""
+              truncate: bool = False, pixels=None) -> list[OutputFile]:
+    """SaveImage's work: the images (or ``pixels`` made from them, e.g. watermarked) as numbered PNGs in the
+    output folder with the "parameters" and "graphflow" text chunks, plus ``extra_text`` chunks (a node pack's own
+    formats); ``truncate`` as in :func:`pixels_to_pil`."""
     out_dir = Path(ctx.settings.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
@@ -58,9 +67,13 @@ def save_pngs(images: Image, filename_prefix: str, ctx: RunContext, extra_text: 
     for key, text in (extra_text or {}).items():
         info.add_text(key, text)
     saved = []
-    for picture in pixels_to_pil(images.pixels, truncate):
+    flags = images.flagged or ()
+    for index, picture in enumerate(pixels_to_pil(images.pixels if pixels is None else pixels, truncate)):
         path = write_new_output(out_dir, filename_prefix, "png", lambda file, picture=picture: picture.save(file, format="PNG", pnginfo=info))
-        saved.append(OutputFile("image", relative_name(path, out_dir), {"width": picture.width, "height": picture.height}))
+        details = {"width": picture.width, "height": picture.height}
+        if index < len(flags):
+            details["flagged"] = flags[index]  # by SafetyCheck
+        saved.append(OutputFile("image", relative_name(path, out_dir), details))
     return saved
 
 

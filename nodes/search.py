@@ -15,6 +15,7 @@ from graphflow.errors import NodeInputError
 from graphflow.node import FileProblem
 
 from .files import resolve_inside
+from .model_folders import kind_folders
 
 
 class MissingFile(NodeInputError):
@@ -22,10 +23,11 @@ class MissingFile(NodeInputError):
 
 
 def search_folders(settings, subdir: str, first: Path | None = None) -> list[Path]:
-    """The folders to look in, in order: ``first`` (default ``<models_dir>/<subdir>``), then
-    ``<asset_dir>/<subdir>`` for every asset folder. ``subdir`` may be "" (files directly in the folders)."""
-    first = Path(settings.models_dir) / subdir if first is None else Path(first)
-    return [first] + [Path(asset) / subdir for asset in getattr(settings, "asset_dirs", ())]
+    """The folders to look in, in order: ``first`` (default: the model kind ``subdir``'s folders under the models
+    directory, in every layout :func:`nodes.model_folders.kind_folders` knows), then ``<asset_dir>/<subdir>`` for
+    every asset folder. ``subdir`` may be "" (files directly in the folders)."""
+    own = kind_folders(settings.models_dir, subdir) if first is None else [Path(first)]
+    return own + [Path(asset) / subdir for asset in getattr(settings, "asset_dirs", ())]
 
 
 def find_file(folders: Iterable[Path], candidates: Iterable[str], input_name: str) -> Path | None:

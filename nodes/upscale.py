@@ -4,7 +4,7 @@ Model files live in ``<models_dir>/upscale_models``, then ``upscale_models/`` in
 (``settings.asset_dirs``, see :mod:`nodes.search`); spandrel reads the state dict (``.pth`` through its
 restricted unpickler, ``.safetensors``), recognises the architecture from the key layout and builds the
 network. A 4× model on a 1024² image would need gigabytes of activations in one pass, so the image is cut
-into overlapping tiles, each tile upscaled on its own and the tiles blended back (see :func:`upscale_tiled`).
+into overlapping tiles, each tile upscaled on its own and the tiles blended back (see :func:`nodes.tiling.run_tiled`).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from graphflow.node import Input, node
 
 from .loaders import pick_device
 from .mask import luminance
+from .tiling import run_tiled, tile_count
 from .search import MissingFile, file_fingerprint, find_file, preflight_check, search_folders
 from .values import IMAGE, UPSCALE_MODEL, Image, SocketValue, digest_of, nbytes_of
 
@@ -136,84 +137,6 @@ def LoadUpscaleModel(
     return load_upscale_model(model_path(name, ctx.settings), name, pick_device(device))
 
 
-# ---------------------------------------------------------------------------------------------- tiling
-
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Where tiles of ``tile`` pixels start along an axis so consecutive ones overlap by at least ``overlap``.
-
-    The last tile is pushed back to end exactly at the border (it then overlaps its neighbour by more),
-    so every tile has the full size and no tile hangs over the edge."""
-    if length <= tile:
-        return [0]
-    stride = tile - overlap
-    return list(range(0, length - tile, stride)) + [length - tile]
-
-
-def axis_weights(starts: list[int], index: int, size: int, margin: int, scale: int) -> torch.Tensor:
-    """Blend weights, in output pixels, of tile ``index`` along one axis.
-
-    Where the tile overlaps a neighbour, its weight is 0 for the ``margin`` input pixels nearest its own
-    edge (those pixels saw zero padding instead of the neighbouring image), then ramps linearly to 1.
-    The neighbour's ramp mirrors it, so the two weights add up to 1 across the overlap. At the image
-    border there is no neighbour and the weight stays 1."""
-    weights = torch.ones(size * scale)
-    position = torch.arange(size * scale, dtype=torch.float32) + 0.5
-    edge = margin * scale
-    if index > 0:
-        shared = (starts[index - 1] + size - starts[index]) * scale
-        weights = torch.minimum(weights, _ramp(position, edge, shared))
-    if index < len(starts) - 1:
-        shared = (starts[index] + size - starts[index + 1]) * scale
-        weights = torch.minimum(weights, _ramp(position.flip(0), edge, shared))
-    return weights
-
-
-def _ramp(distance: torch.Tensor, edge: int, shared: int) -> torch.Tensor:
-    """0 up to ``edge`` from the tile's edge, then linear up to 1 at ``shared - edge``."""
-    width = shared - 2 * edge
-    if width <= 0:  # tiles merely touch: nothing to blend
-        return torch.ones_like(distance)
-    return ((distance - edge) / width).clamp(0, 1)
-
-
-def upscale_tiled(run: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, scale: int, tile: int, overlap: int,
-                  on_tile: Callable[[], None] | None = None) -> torch.Tensor:
-    """Upscale one image (1, C, H, W) by ``scale`` with ``run`` applied to overlapping tiles.
-
-    Each output pixel is the weighted mean of the tiles covering it (:func:`axis_weights`), so seams are
-    feathered. The weights leave out ``overlap // 4`` input pixels at every shared tile edge: when the
-    model's receptive field reaches no further than that, the result equals one untiled pass. Memory
-    for the model's activations is bounded by the tile size; ``on_tile`` is called after each tile."""
-    _, _, height, width = image.shape
-    ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
-    tile_h, tile_w = min(tile, height), min(tile, width)
-    margin = overlap // 4
-    weights_y = [axis_weights(ys, i, tile_h, margin, scale) for i in range(len(ys))]
-    weights_x = [axis_weights(xs, i, tile_w, margin, scale) for i in range(len(xs))]
-    total_y, total_x = torch.zeros(height * scale), torch.zeros(width * scale)
-    for y, w in zip(ys, weights_y):
-        total_y[y * scale:(y + tile_h) * scale] += w
-    for x, w in zip(xs, weights_x):
-        total_x[x * scale:(x + tile_w) * scale] += w
-    output: torch.Tensor | None = None
-    for y, w_y in zip(ys, weights_y):
-        for x, w_x in zip(xs, weights_x):
-            piece = run(image[:, :, y:y + tile_h, x:x + tile_w]).float().cpu()
-            expected = (tile_h * scale, tile_w * scale)
-            if tuple(piece.shape[-2:]) != expected:
-                raise RuntimeError(f"the model returned a {tuple(piece.shape[-2:])} tile for a {(tile_h, tile_w)} input; "
-                                   f"expected {expected} for a {scale}x model")
-            if output is None:
-                output = torch.zeros(1, piece.shape[1], height * scale, width * scale)
-            region = (slice(None), slice(None), slice(y * scale, (y + tile_h) * scale), slice(x * scale, (x + tile_w) * scale))
-            output[region] += piece * (w_y[:, None] * w_x[None, :])
-            if on_tile is not None:
-                on_tile()
-    assert output is not None
-    # the tiles form a grid, so the summed 2-D weight is the product of the per-axis sums
-    return output / (total_y[:, None] * total_x[None, :])
-
-
 def run_model(descriptor: Any, tile: torch.Tensor) -> torch.Tensor:
     """One forward pass of a spandrel model on a (1, C, h, w) tile in [0, 1] (its own device and dtype)."""
     return descriptor(tile.to(device=descriptor.device, dtype=descriptor.dtype))
@@ -247,7 +170,7 @@ def upscale_image(model: UpscaleModel, pixels: torch.Tensor, tile: int, overlap:
     results = []
     for picture in pixels:
         chw = to_model_channels(picture, descriptor.input_channels, model.name)
-        upscaled = upscale_tiled(lambda t: run_model(descriptor, t), chw, model.scale, tile, overlap, on_tile)
+        upscaled = run_tiled(lambda t: run_model(descriptor, t), chw, tile, overlap, scale=model.scale, on_tile=on_tile)
         results.append(from_model_channels(upscaled))
     return torch.stack(results).clamp(0, 1)
 
@@ -290,7 +213,7 @@ def UpscaleWithModel(
 
 def upscale_with_progress(model: UpscaleModel, image: Image, tile: int, overlap: int, ctx: RunContext) -> torch.Tensor:
     """:func:`upscale_image` reporting ``ctx.progress(tile, n_tiles)`` after every tile (which also checks cancel)."""
-    per_image = len(tile_starts(image.height, tile, overlap)) * len(tile_starts(image.width, tile, overlap))
+    per_image = tile_count(image.height, image.width, tile, overlap)
     total, done = image.batch_size * per_image, 0
 
     def on_tile() -> None:

@@ -11,6 +11,8 @@ result over the original with it. ``paste_back=False`` gives the pipeline's own 
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from pydantic import Field
 
@@ -18,31 +20,77 @@ from graphflow.context import RunContext
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
+from .tiling import run_tiled, tile_count
 from .mask import gaussian_blur, latent_noise_mask, match_mask_to_image, masks_for_batch
 from .values import IMAGE, LATENT, MASK, VAE, Image, Latent, Mask, Vae
 
 BLANK = 0.5  # grey in [0, 1] is 0 in the VAE's [-1, 1]: what the pipeline's `image * (mask < 0.5)` leaves
 
 
-def decode_latents(vae: Vae, samples: torch.Tensor) -> torch.Tensor:
-    """Latents (B, 4, h, w) scaled by the scaling factor → pixels (B, H, W, 3) float32 in [0, 1] on the CPU."""
+def decode_latents(vae: Vae, samples: torch.Tensor, tile_size: int = 0, overlap: int = 64,
+                   on_tile: Callable[[], None] | None = None) -> torch.Tensor:
+    """Latents (B, 4, h, w) scaled by the scaling factor → pixels (B, H, W, 3) float32 in [0, 1] on the CPU.
+
+    ``tile_size`` > 0 decodes in overlapping tiles of that many pixels (see :func:`vae_tiles`)."""
     model = vae.vae
     latents = samples.to(device=model.device, dtype=model.dtype)
     with torch.no_grad():
-        decoded = model.decode(latents / vae.scaling_factor, return_dict=False)[0]
+        if tile_size:
+            tile, shared = vae_tiles(vae, tile_size, overlap)
+            run = lambda z: model.decode(z, return_dict=False)[0]  # noqa: E731
+            decoded = torch.cat([run_tiled(run, z[None], tile, shared, scale=vae.downscale, on_tile=on_tile)
+                                 for z in latents / vae.scaling_factor])
+        else:
+            decoded = model.decode(latents / vae.scaling_factor, return_dict=False)[0]
     pixels = (decoded * 0.5 + 0.5).clamp(0, 1)  # VaeImageProcessor.denormalize
     return pixels.permute(0, 2, 3, 1).float().cpu()
 
 
-def encode_pixels(vae: Vae, pixels: torch.Tensor) -> torch.Tensor:
-    """Pixels (B, H, W, 3) in [0, 1] → the mode of the VAE's latent distribution, times the scaling factor."""
+def encode_pixels(vae: Vae, pixels: torch.Tensor, tile_size: int = 0, overlap: int = 64,
+                  on_tile: Callable[[], None] | None = None) -> torch.Tensor:
+    """Pixels (B, H, W, 3) in [0, 1] → the mode of the VAE's latent distribution, times the scaling factor.
+
+    ``tile_size`` > 0 encodes in overlapping tiles of that many pixels (see :func:`vae_tiles`)."""
     model = vae.vae
     chw = pixels.permute(0, 3, 1, 2).to(device=model.device, dtype=model.dtype)
     with torch.no_grad():
-        latents = model.encode(2.0 * chw - 1.0).latent_dist.mode()  # VaeImageProcessor.normalize, then encode
+        if tile_size:
+            tile, shared = vae_tiles(vae, tile_size, overlap)
+            run = lambda x: model.encode(x).latent_dist.mode()  # noqa: E731
+            latents = torch.cat([run_tiled(run, x[None], tile, shared, shrink=vae.downscale, on_tile=on_tile)
+                                 for x in 2.0 * chw - 1.0]).to(device=model.device, dtype=model.dtype)
+        else:
+            latents = model.encode(2.0 * chw - 1.0).latent_dist.mode()  # VaeImageProcessor.normalize, then encode
     # channels-last pixels give channels-last latents; the usual layout keeps the UNet's arithmetic the same
     # as for latents made any other way (convolutions sum in a layout-dependent order)
     return (vae.scaling_factor * latents).contiguous()
+
+
+def vae_tiles(vae: Vae, tile_size: int, overlap: int) -> tuple[int, int]:
+    """Tile side and overlap in latent pixels for sizes given in image pixels.
+
+    Tiling bounds the memory of the VAE's activations by the tile instead of the image (the decoder of a
+    1024² SD image needs gigabytes at once). It is not exact: the VAE's mid-block attention and group norms
+    see the whole picture untiled and only their tile tiled, so tiles differ slightly from one pass; the
+    blend across the overlap hides the seams (the difference is measured in tests/nodes/test_vae.py)."""
+    factor = vae.downscale
+    return max(1, tile_size // factor), overlap // factor
+
+
+def vae_tile_count(vae: Vae, height: int, width: int, tile_size: int, overlap: int) -> int:
+    tile, shared = vae_tiles(vae, tile_size, overlap)
+    return tile_count(height // vae.downscale, width // vae.downscale, tile, shared)
+
+
+def tile_progress(ctx: RunContext, total: int) -> Callable[[], None]:
+    done = 0
+
+    def on_tile() -> None:
+        nonlocal done
+        done += 1
+        ctx.progress(done, total)  # also where a cancelled run stops
+
+    return on_tile
 
 
 def check_encodable(vae: Vae, image: Image) -> None:
@@ -65,25 +113,47 @@ def paste_back(decoded: torch.Tensor, latent: Latent) -> torch.Tensor:
     return decoded * alpha + original * (1 - alpha)
 
 
+TILE_SIZE = Field(0, ge=0, le=8192, multiple_of=8, description="0 = the whole image in one pass; else tiles of this many pixels (less memory for large images, slightly different result)")
+TILE_OVERLAP = Field(64, ge=0, le=1024, multiple_of=8, description="pixels neighbouring tiles share; the seams are blended across them")
+
+
+def check_tiles(tile_size: int, overlap: int) -> None:
+    if tile_size and overlap >= tile_size:
+        raise NodeInputError("tile_overlap", "must be smaller than tile_size", f"< {tile_size}", overlap)
+
+
 @node(outputs={"image": IMAGE}, category="latent", version=2)
-def VAEDecode(vae: Vae = Input(VAE), latent: Latent = Input(LATENT)) -> Image:
+def VAEDecode(vae: Vae = Input(VAE), latent: Latent = Input(LATENT), tile_size: int = TILE_SIZE,
+              tile_overlap: int = TILE_OVERLAP, *, ctx: RunContext) -> Image:
     """Decode latents to an image: divide by the VAE's scaling factor, decode, map [-1, 1] to [0, 1].
 
     The same float pixels diffusers' pipelines return with ``output_type="pt"`` (before any uint8 rounding),
     channels last. An inpainting latent (InpaintEncode with ``paste_back``) is then composited over its
-    original picture with its blurred mask: outside the mask the pixels are exactly the original's."""
-    return Image(pixels=paste_back(decode_latents(vae, latent.samples), latent))
+    original picture with its blurred mask: outside the mask the pixels are exactly the original's.
+    ``tile_size`` decodes large images tile by tile (progress per tile, cancellable between tiles)."""
+    check_tiles(tile_size, tile_overlap)
+    on_tile = None
+    if tile_size:
+        height, width = (side * vae.downscale for side in latent.samples.shape[-2:])
+        on_tile = tile_progress(ctx, latent.batch_size * vae_tile_count(vae, height, width, tile_size, tile_overlap))
+    return Image(pixels=paste_back(decode_latents(vae, latent.samples, tile_size, tile_overlap, on_tile), latent))
 
 
 @node(outputs={"latent": LATENT}, category="latent")
-def VAEEncode(vae: Vae = Input(VAE), image: Image = Input(IMAGE)) -> Latent:
+def VAEEncode(vae: Vae = Input(VAE), image: Image = Input(IMAGE), tile_size: int = TILE_SIZE,
+              tile_overlap: int = TILE_OVERLAP, *, ctx: RunContext) -> Latent:
     """Encode an image to latents, deterministically: the mode (mean) of the VAE's latent distribution.
 
     Pipelines sample the distribution with their generator instead; the mode keeps an encoded image the
     same on every run so it caches, and differs from a sample by the VAE's tiny posterior noise. The width
-    and height must be multiples of the VAE's downscale factor (8 for SD)."""
+    and height must be multiples of the VAE's downscale factor (8 for SD). ``tile_size`` encodes large
+    images tile by tile, as VAEDecode decodes them."""
     check_encodable(vae, image)
-    return Latent(samples=encode_pixels(vae, image.pixels))
+    check_tiles(tile_size, tile_overlap)
+    on_tile = None
+    if tile_size:
+        on_tile = tile_progress(ctx, image.batch_size * vae_tile_count(vae, image.height, image.width, tile_size, tile_overlap))
+    return Latent(samples=encode_pixels(vae, image.pixels, tile_size, tile_overlap, on_tile))
 
 
 @node(outputs={"latent": LATENT}, category="latent", version=2)

@@ -242,9 +242,13 @@ class Latent(SocketValue):
 
 @dataclass(frozen=True, eq=False)
 class Image(SocketValue):
-    """IMAGE: pixels as a float tensor (B, H, W, 3) in [0, 1], channels last (the layout PIL and PNG use)."""
+    """IMAGE: pixels as a float tensor (B, H, W, 3) in [0, 1], channels last (the layout PIL and PNG use).
+
+    ``flagged``: per image, whether SafetyCheck flagged it (None: not checked); nodes that make new pixels
+    drop it, so check right before saving."""
 
     pixels: torch.Tensor
+    flagged: tuple[bool, ...] | None = None
 
     @property
     def batch_size(self) -> int:

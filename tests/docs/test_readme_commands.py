@@ -297,13 +297,14 @@ def test_the_python_block_runs(code, scratch, tmp_path):
 
 def test_every_set_example_names_a_node_input_of_a_shipped_workflow():
     """`--set NODE.INPUT=...` in the README's prose is not run, so check it names something real."""
+    from graphflow.documents import read_file
     from graphflow.registry import default_registry
 
     registry = default_registry()
     accepted: dict[str, set[str]] = {}
-    for path in (ROOT / "workflows").glob("*.json"):
-        for node_id, node in json.loads(path.read_text(encoding="utf-8"))["nodes"].items():
-            spec = registry.get(node["type"])
+    for path in [*(ROOT / "workflows").glob("*.json"), *(ROOT / "workflows" / "comfyui").glob("*.json")]:
+        for node_id, node in read_file(path, registry).nodes.items():  # ComfyUI's formats too
+            spec = registry.get(node.type)
             accepted.setdefault(node_id, set()).update([*spec.sockets, *spec.literal_names])
     examples = set(re.findall(r"--set (\w+)\.(\w+)=", README.read_text(encoding="utf-8"))) - {("NODE", "INPUT")}
     assert examples, "no --set examples found"

@@ -9,8 +9,7 @@ from graphflow.cache import ResultCache
 from graphflow.errors import Cancelled, NodeInputError, WorkflowInvalid
 from graphflow.node import Input, node, spec_of
 from graphflow.registry import Registry
-from nodes.upscale import (LoadUpscaleModel, UpscaleModel, UpscaleWithModel, axis_weights, model_file_fingerprint,
-                           tile_starts)
+from nodes.upscale import LoadUpscaleModel, UpscaleModel, UpscaleWithModel, model_file_fingerprint
 from nodes.values import IMAGE, Image
 from tests.nodes.runctx import make_ctx, run_node
 from tests.upscale_assets import write_tiny_esrgan
@@ -131,28 +130,6 @@ def test_fingerprint_follows_the_resolved_file(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- tiling
-
-def test_tile_starts_cover_the_axis_with_full_tiles():
-    assert tile_starts(40, 64, 16) == [0]
-    assert tile_starts(100, 48, 16) == [0, 32, 52]
-    for length, tile, overlap in ((100, 48, 16), (97, 32, 8), (64, 32, 0)):
-        starts = tile_starts(length, tile, overlap)
-        assert starts[-1] + tile == length
-        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
-
-
-def test_axis_weights_sum_to_one_and_skip_the_margin():
-    starts, size, margin, scale = tile_starts(100, 48, 16), 48, 4, 2
-    total = torch.zeros(100 * scale)
-    for i, start in enumerate(starts):
-        w = axis_weights(starts, i, size, margin, scale)
-        total[start * scale:(start + size) * scale] += w
-        if i > 0:
-            assert torch.all(w[:margin * scale] == 0)  # edge pixels that saw padding do not count
-        if i < len(starts) - 1:
-            assert torch.all(w[-margin * scale:] == 0)
-    assert torch.allclose(total, torch.ones_like(total))
-
 
 def test_tiled_equals_untiled_when_the_receptive_field_fits(tmp_path, x4):
     image = picture(height=40, width=48)

@@ -150,3 +150,14 @@ async def test_a_repeat_the_queue_cannot_hold_is_429_and_queues_none(start_serve
             assert response.status == 429
             assert "queue is full" in (await response.json())["error"]
         assert await queued_count(session, server.url) == 0
+
+
+async def test_a_workflow_in_a_node_packs_format_is_read_by_the_pack(server):
+    """POST /jobs reads documents as every entry point does: the toy pack's "pairs" format here."""
+    pairs = {"pairs": [["x", "Number", {"value": 5}], ["note", "WriteNote", {"from": "x"}]]}
+    async with aiohttp.ClientSession() as session:
+        job_id = await submit(session, server.url, pairs)
+        job = await wait_for_status(session, server.url, job_id, "succeeded")
+        assert job["workflow"]["nodes"]["note"]["inputs"]["value"] == {"from": "x", "output": "value"}  # stored converted
+        async with session.post(f"{server.url}/jobs", json={"workflow": {"pairs": [["x"]]}}) as response:
+            assert response.status == 400 and "each pair is [id, type, inputs]" in (await response.json())["error"]

@@ -23,6 +23,6 @@ def test_seed_minus_one_draws_a_new_image_and_the_png_says_which_seed(tmp_path):
         [image] = run.outputs["save"]["images"]
         with PILImage.open(tmp_path / "outputs" / image["filename"]) as png:
             assert f"Seed: {seed}," in png.text["parameters"]
-            assert json.loads(png.text["workflow"])["nodes"]["noise"]["inputs"]["seed"] == seed
+            assert json.loads(png.text["graphflow"])["nodes"]["noise"]["inputs"]["seed"] == seed
             pictures.append(png.convert("RGB").tobytes())
     assert pictures[0] != pictures[1]

@@ -55,7 +55,7 @@ def test_example_runs_and_saves_pngs(shipped, path):
             continue
         with PILImage.open(file) as png:
             assert png.format == "PNG" and png.size == (image["width"], image["height"]) == EXPECTED_SIZES[path.name]
-            assert json.loads(png.text["workflow"])["nodes"].keys() == json.loads(path.read_text())["nodes"].keys()
+            assert json.loads(png.text["graphflow"])["nodes"].keys() == json.loads(path.read_text())["nodes"].keys()
             assert "Size: " in png.text["parameters"]
 
 
