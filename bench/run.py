@@ -33,7 +33,7 @@ os.environ["GRAPHFLOW_CHECK_MUTATIONS"] = "0"  # the mutation guard hashes every
 
 import torch  # noqa: E402
 
-from bench import common, sides  # noqa: E402
+from bench import cache_scale, common, sides  # noqa: E402
 from bench.small_model import SMALL_NAME, small_sd_folder  # noqa: E402
 from graphflow.context import Settings  # noqa: E402
 
@@ -397,6 +397,18 @@ def row_cold_start(bench: Bench) -> dict[str, Any]:
                {k: v for k, v in detail.items() if k != "pairs"}, detail["pairs"])
 
 
+def row_cache_scale(bench: Bench) -> dict[str, Any]:
+    detail = cache_scale.measure()
+    jobs = detail["jobs"]
+    value = detail["value"]
+    met = value <= cache_scale.FLAT and jobs["last_over_first"] <= cache_scale.FLAT_JOBS
+    return row(10, "cache at 100,000 entries / at 10: put cost, and get cost against a plain dict's (worst of the "
+               f"two); engine time over {jobs['jobs']} jobs", value, "ratio",
+               f"≤ {cache_scale.FLAT:g}; last/first jobs ≤ {cache_scale.FLAT_JOBS:g} "
+               f"(here {jobs['last_over_first']:.2f})", met, None, detail,
+               [{"entries": n, **s} for n, s in detail["sizes"].items()])
+
+
 # ----------------------------------------------------------------------------------------------------- reporting
 
 
@@ -472,6 +484,8 @@ def remark(r: dict[str, Any]) -> str:
                 f"{d['overhead_cpu']['median']:+.2f} [{d['overhead_cpu']['min']:+.2f}–{d['overhead_cpu']['max']:+.2f}]; "
                 f"LoadCheckpoint {d['load_checkpoint']['median']:.2f} s; same image: "
                 f"{'yes' if d['same_image'] else 'NO'}")
+    if r["id"] == 10:
+        return cache_scale.remark(d)
     return ""
 
 
@@ -555,6 +569,7 @@ def notes(config: Config, rows: list[dict[str, Any]]) -> str:
         "node discovery, validation, planning, loading path, engine, PNG metadata). One discarded warm-up pair "
         "first; the sides alternate; CPU seconds of both processes (from the kernel's child accounting) are in "
         "results.json, as they are less disturbed by other jobs than wall time.",
+        cache_scale.NOTE,
         "",
         f"Threads: `torch.set_num_threads` is the same for both sides (and OMP_NUM_THREADS in subprocesses). "
         f"Mode `{config.mode}`: {config.pairs} pairs on {config.big}"
@@ -608,7 +623,7 @@ def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], c
 # ---------------------------------------------------------------------------------------------------------- main
 
 
-ALL_ROWS = set(range(1, 10))
+ALL_ROWS = set(range(1, 11))
 
 
 def carried_over(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -642,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "_work", help="models, inputs, scratch")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on every side (default 1)")
     parser.add_argument("--profile", action="store_true", help="cProfile graphflow's txt2img runs into WORK/profile_txt2img.txt")
-    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8,9", help=argparse.SUPPRESS)  # for working on one row
+    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8,9,10", help=argparse.SUPPRESS)  # for working on one row
     args = parser.parse_args(argv)
     config = CONFIGS["quick" if args.quick else "smoke" if args.smoke else "full"]
     wanted = {int(x) for x in args.rows.split(",")}
@@ -669,6 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         ({7}, lambda: [row_server(bench)]),
         ({8}, lambda: [row_scaling(bench)]),
         ({9}, lambda: [row_cold_start(bench)]),
+        ({10}, lambda: [row_cache_scale(bench)]),
     ]
     rows: list[dict[str, Any]] = []
     for ids, measure in steps:

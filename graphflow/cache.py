@@ -101,11 +101,12 @@ class ResultCache:
         self.max_models = max_models if max_models is not None else env.read("GRAPHFLOW_MAX_MODELS", DEFAULT_MAX_MODELS)
         self._values: OrderedDict[str, _Entry] = OrderedDict()
         self._models: OrderedDict[str, _Entry] = OrderedDict()
+        self._value_bytes = 0  # running total of the values' sizes: a put never re-sums the pool
         self._lock = threading.Lock()
 
     @property
     def value_bytes(self) -> int:
-        return sum(e.nbytes for e in self._values.values())
+        return self._value_bytes
 
     def get(self, key: str) -> tuple[Any, ...] | None:
         with self._lock:
@@ -125,14 +126,16 @@ class ResultCache:
                     self._models.popitem(last=False)
                 return
             size = sizeof(outputs)
-            self._values.pop(key, None)
+            replaced = self._values.pop(key, None)
+            if replaced is not None:
+                self._value_bytes -= replaced.nbytes
             if size > self.value_budget:
                 return
             self._values[key] = _Entry(outputs, size)
-            total = self.value_bytes
-            while total > self.value_budget:
+            self._value_bytes += size
+            while self._value_bytes > self.value_budget:  # oldest first: O(entries evicted)
                 _, evicted = self._values.popitem(last=False)
-                total -= evicted.nbytes
+                self._value_bytes -= evicted.nbytes
 
     def __contains__(self, key: str) -> bool:
         return key in self._values or key in self._models
@@ -144,6 +147,7 @@ class ResultCache:
         with self._lock:
             self._values.clear()
             self._models.clear()
+            self._value_bytes = 0
 
     def stats(self) -> dict[str, int]:
         return {"values": len(self._values), "value_bytes": self.value_bytes, "value_budget": self.value_budget,

@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 from .context import CancelToken, Settings
 from .env import EnvironmentInvalid
@@ -24,14 +24,17 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130
 
 
 def parse_assignment(text: str) -> tuple[tuple[str, str], Any]:
-    """``NODE.INPUT=VALUE``; VALUE is read as JSON when it parses (numbers, true, lists), else as a string."""
+    """``NODE.INPUT=VALUE``; VALUE is read as JSON when it parses (numbers, true, lists), else as a string.
+    JSON that cannot be used (a 5000-digit integer, NaN, nesting hundreds deep) is an error, not a string."""
+    from .workflow import InvalidJson, decode_json
+
     target, sep, raw = text.partition("=")
     node_id, dot, name = target.partition(".")
     if not sep or not dot or not node_id or not name:
-        raise WorkflowFormatError(f"--set {text!r}: expected NODE.INPUT=VALUE")
+        raise WorkflowFormatError(f"--set {text[:200]!r}: expected NODE.INPUT=VALUE")
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
+        value = decode_json(raw, f"--set {target}")
+    except InvalidJson:
         value = raw
     return (node_id, name), value
 
@@ -277,8 +280,14 @@ class CtrlC:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The entry point. Ctrl-C at any moment, even while the first imports of a command run, exits 130 quietly."""
+    return interruptible(lambda: run_command(argv))
+
+
+def interruptible(command: Callable[[], int]) -> int:
+    """``command()``'s exit status, or 130 with one line and no traceback when Ctrl-C lands anywhere in it (also
+    ``python server.py``'s entry: its imports take seconds, and nothing else could catch Ctrl-C there)."""
     try:
-        return run_command(argv)
+        return command()
     except KeyboardInterrupt:
         print("\ncancelled", file=sys.stderr)
         return EXIT_CANCELLED

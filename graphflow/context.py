@@ -28,6 +28,9 @@ class Settings:
     # `assets/` folder next to the workflow file it runs, so shipped workflows run as-is).
     asset_dirs: tuple[Path, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
+    # Upper bounds on what nodes make, by name ("pixels": of one image or latent batch, "prompt_chunks", ...): a
+    # shared server sets them, nodes check them with RunContext.check_limit before allocating. Empty: no bounds.
+    limits: dict[str, float] = field(default_factory=dict)
 
     def with_asset_dir(self, folder: Path) -> "Settings":
         if folder in self.asset_dirs or not folder.is_dir():
@@ -79,6 +82,17 @@ class RunContext:
         """Call between pieces of long work: raises :class:`Cancelled` once the run was cancelled."""
         if self.cancel_token.cancelled:
             raise Cancelled(self.node_id)
+
+    def check_limit(self, name: str, value: float, input_name: str, what: str) -> None:
+        """Raise :class:`~graphflow.errors.NodeInputError` on ``input_name`` when ``value`` (what this node is
+        about to make: ``what`` says what it counts) is over the settings' limit ``name``; call before allocating."""
+        limit = self.settings.limits.get(name)
+        if limit is not None and value > limit:
+            from .errors import NodeInputError
+
+            shown = int(limit) if float(limit).is_integer() else limit
+            raise NodeInputError(input_name, f"{what}: {value} is over this server's limit of {shown} ({name})",
+                                 f"at most {shown}", value)
 
     def progress(self, value: int, maximum: int) -> None:
         self.emit(Progress(self.run_id, self.node_id, value, maximum))

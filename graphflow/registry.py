@@ -35,6 +35,8 @@ class NodePack:
 
     ``literal_limits``: default upper bounds, by literal input name, that a shared server applies to every
     node type (its ``--max-literal`` overrides them; when two packs bound one name the lower bound wins).
+    ``run_limits``: default upper bounds, by name, on what the pack's nodes make at run time (they check them
+    with ``ctx.check_limit``); a shared server applies them (its ``--max-run`` overrides them; lower bound wins).
     ``output_example``: an output node type that messages name when a workflow has no output node.
     ``document_readers``: readers of other workflow formats (see :data:`DocumentReader`); every entry point reads
     documents through :func:`graphflow.documents.read_document`, which tries them after graphflow's own format.
@@ -42,6 +44,7 @@ class NodePack:
 
     literal_limits: Mapping[str, float] = field(default_factory=dict)
     output_example: str | None = None
+    run_limits: Mapping[str, float] = field(default_factory=dict)
     document_readers: tuple[DocumentReader, ...] = ()
     png_text_chunks: tuple[str, ...] = ()
 
@@ -50,6 +53,7 @@ class Registry:
     def __init__(self, specs: Iterable[NodeSpec] = ()):
         self._specs: dict[str, NodeSpec] = {}
         self.literal_limits: dict[str, float] = {}
+        self.run_limits: dict[str, float] = {}
         self.output_example: str | None = None
         self.document_readers: list[DocumentReader] = []
         self.png_text_chunks: list[str] = []
@@ -65,6 +69,8 @@ class Registry:
     def add_pack(self, pack: NodePack) -> None:
         for name, limit in pack.literal_limits.items():
             self.literal_limits[name] = min(limit, self.literal_limits.get(name, limit))
+        for name, limit in pack.run_limits.items():
+            self.run_limits[name] = min(limit, self.run_limits.get(name, limit))
         self.output_example = self.output_example or pack.output_example
         self.document_readers += [r for r in pack.document_readers if r not in self.document_readers]
         self.png_text_chunks += [c for c in pack.png_text_chunks if c not in self.png_text_chunks]

@@ -20,6 +20,7 @@ from .errors import WorkflowFormatError
 
 FORMAT_VERSION = 1
 LINK_KEYS = frozenset({"from", "output"})
+MAX_DEPTH = 64  # arrays/objects inside each other; a workflow needs about 6 (document → nodes → inputs → a list)
 
 
 @dataclass(frozen=True)
@@ -97,26 +98,73 @@ def document_schema() -> dict[str, Any]:
     return schema
 
 
+class InvalidJson(WorkflowFormatError):
+    """The text is not JSON at all (a syntax error), as opposed to JSON this format refuses."""
+
+
+def decode_json(text: str, source: str = "workflow") -> Any:
+    """Strict JSON: what any JSON parser reads alike. Malformed text, NaN/Infinity (and numbers too large for a
+    float), integers of more digits than Python converts, and nesting deeper than :data:`MAX_DEPTH` each become a
+    one-line :class:`WorkflowFormatError` naming the problem (never a RecursionError or a bare ValueError)."""
+    def finite(text: str) -> float:
+        value = float(text)
+        if value in (float("inf"), float("-inf")):
+            raise ValueError(f"number {text[:40]} is too large")
+        return value
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number")
+
+    try:
+        data = json.loads(text, parse_float=finite, parse_constant=constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidJson(f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise WorkflowFormatError(f"{source}: JSON nested too deeply (at most {MAX_DEPTH} levels)") from None
+    except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() digits, NaN, 1e999
+        message = str(exc).split(";")[0]
+        raise WorkflowFormatError(f"{source}: unusable JSON number: {message}") from None
+    check_depth(data, source)
+    return data
+
+
+def check_depth(data: Any, source: str = "workflow") -> None:
+    """WorkflowFormatError if lists/dicts nest deeper than :data:`MAX_DEPTH` (checked without recursion)."""
+    pending = [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise WorkflowFormatError(f"{source}: JSON nested too deeply (at most {MAX_DEPTH} levels)")
+            pending.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+
+
 def parse_text(text: str, source: str = "workflow") -> Workflow:
     """Parse workflow JSON text; malformed JSON becomes a one-line error with line and column."""
+    return parse(decode_json(text, source), source)
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file's contents; an unreadable or non-UTF-8 file is a WorkflowFormatError saying which."""
+    path = Path(path)
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise WorkflowFormatError(f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-    return parse(data, source)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise WorkflowFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise WorkflowFormatError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                                  "save the workflow as UTF-8") from None
 
 
 def load(path: str | Path) -> Workflow:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise WorkflowFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return parse_text(text, str(path))
+    return parse_text(read_text(path), str(Path(path)))
 
 
 def parse(data: Any, source: str = "workflow") -> Workflow:
     """Turn an already-decoded JSON document into a :class:`Workflow` (shape errors → WorkflowFormatError)."""
+    check_depth(data, source)
     try:
         doc = WorkflowDoc.model_validate(data)
     except ValidationError as exc:

@@ -83,7 +83,9 @@ def lazy_module(name: str) -> types.ModuleType:
 lazy_module("torch")
 
 # What a shared server bounds by default (its --max-literal overrides), and the output node hints name.
-GRAPHFLOW_PACK = NodePack(literal_limits={"steps": 200, "batch_size": 16}, output_example="SaveImage")
+# prompt_chunks: 75-token windows of one prompt (each BREAK starts one); 32 windows are 2,400 tokens.
+GRAPHFLOW_PACK = NodePack(literal_limits={"steps": 200, "batch_size": 16}, output_example="SaveImage",
+                          run_limits={"prompt_chunks": 32})
 
 
 def add_commands(subparsers) -> None:

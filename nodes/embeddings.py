@@ -79,10 +79,9 @@ def load_embedding(path: Path) -> torch.Tensor:
         if vectors is None:
             vectors = _only_tensor(tensors, path)
     else:
-        try:
-            data = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # UnpicklingError for unsafe pickles, RuntimeError for a corrupt file
-            raise ValueError(f"{path.name} could not be read as a weights-only torch file: {exc}") from exc
+        from .checkpoints.reading import load_pickled_weights
+
+        data = load_pickled_weights(path)  # one line of ours for unsafe or corrupt pickles (a ValueError)
         vectors = _vectors_from_pickle(data, path)
     if vectors.ndim == 1:
         vectors = vectors.unsqueeze(0)

@@ -20,7 +20,7 @@ from graphflow.node import Input, node
 
 from .latent import scaled_size
 from .mask import load_mask_from_rgba, luminance, match_mask_to_image
-from .pixels import image_grid, pil_to_pixels
+from .pixels import check_pixels, image_grid, pil_to_pixels
 from .search import MissingFile, file_fingerprint, find_file, preflight_check, search_folders
 from .values import IMAGE, MASK, Image, Mask
 
@@ -127,18 +127,23 @@ def ImageScale(
     width: int = Field(0, ge=0, le=16384, description="0 = follow height's aspect ratio (or scale_by)"),
     height: int = Field(0, ge=0, le=16384, description="0 = follow width's aspect ratio (or scale_by)"),
     scale_by: float = Field(1.0, ge=0.01, le=16.0, description="used when width and height are both 0"),
+    *,
+    ctx: RunContext,
 ) -> Image:
     """Resize images with PIL's filters (lanczos as in A1111's upscaler "Lanczos").
 
     Resizing happens on float channels (PIL mode "F"), so no 8-bit rounding is added; lanczos and bicubic
     overshoot at edges and are clipped back to [0, 1]."""
     new_w, new_h = scaled_size(image.width, image.height, width, height, scale_by)
+    check_pixels(ctx, "width" if width else "height" if height else "scale_by", image.batch_size, new_h, new_w,
+                 "scaled image")
     resample = _PIL_FILTERS[method]
     frames = image.pixels.detach().cpu().float().numpy()
-    resized = [
-        np.stack([_resize_channel(frame[..., c], (new_w, new_h), resample) for c in range(frame.shape[-1])], axis=-1)
-        for frame in frames
-    ]
+    resized = []
+    for frame in frames:  # a big batch of big pictures takes a while: a cancelled run stops between pictures
+        ctx.check_cancelled()
+        resized.append(np.stack([_resize_channel(frame[..., c], (new_w, new_h), resample)
+                                 for c in range(frame.shape[-1])], axis=-1))
     return Image(pixels=torch.from_numpy(np.stack(resized)).clamp(0, 1))
 
 

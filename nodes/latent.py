@@ -17,7 +17,7 @@ from graphflow.node import Input, node
 
 from . import lazy_module
 from .mask import latent_noise_mask, masks_for_batch, match_mask_to_image
-from .pixels import image_grid, normalise
+from .pixels import check_pixels, image_grid, normalise
 from .values import IMAGE, LATENT, MASK, VAE, Image, Latent, Mask, Vae
 
 F = lazy_module("torch.nn.functional")  # torch loads on first use (see nodes/__init__.py)
@@ -33,12 +33,25 @@ def latent_geometry(vae: Vae | None, why: str = "it gives the latent scale") -> 
     return vae.downscale, int(vae.vae.config.latent_channels)
 
 
+# The largest downscale factor of the supported families (SD's): a latent's image size when no VAE says otherwise.
+LARGEST_FACTOR = 8
+
+
+def check_latent_pixels(ctx: RunContext, input_name: str, batch: int, height: int, width: int, vae: Vae | None) -> None:
+    """:func:`~nodes.pixels.check_pixels` for a latent of ``batch`` × ``height`` × ``width``: counted as the image it
+    decodes to, with the VAE's factor (or, with none connected, the largest one: a bound must not under-count)."""
+    factor = vae.downscale if vae is not None else LARGEST_FACTOR
+    check_pixels(ctx, input_name, batch, height * factor, width * factor, "image this latent decodes to")
+
+
 @node(outputs={"latent": LATENT}, category="latent", pixels=("width", "height", "batch_size"))
 def EmptyLatent(
     width: int = Field(512, ge=64, le=8192, multiple_of=8, description="image width in pixels"),
     height: int = Field(512, ge=64, le=8192, multiple_of=8, description="image height in pixels"),
     batch_size: int = Field(1, ge=1, le=64),
     vae: Vae = Input(VAE, description="gives the latent's channels and scale (its downscale factor)"),
+    *,
+    ctx: RunContext,
 ) -> Latent:
     """An all-zero latent batch for a width × height image; AddNoise turns it into the starting noise.
 
@@ -48,6 +61,7 @@ def EmptyLatent(
     for name, side in (("width", width), ("height", height)):
         if side % factor:
             raise NodeInputError(name, f"must be a multiple of the VAE's downscale factor {factor}", f"a multiple of {factor}", side)
+    check_pixels(ctx, "width", batch_size, height, width, "image this latent is for")
     return Latent(samples=torch.zeros(batch_size, channels, height // factor, width // factor))
 
 
@@ -59,6 +73,8 @@ def LatentUpscale(
     width: int = Field(0, ge=0, le=16384, multiple_of=8, description="target image width in pixels; 0 = from height's ratio (or scale_by)"),
     height: int = Field(0, ge=0, le=16384, multiple_of=8, description="target image height in pixels; 0 = from width's ratio (or scale_by)"),
     vae: Vae | None = Input(VAE, optional=True, description="gives the latent scale; needed when width or height is set"),
+    *,
+    ctx: RunContext,
 ) -> Latent:
     """Resize latents (the first step of a latent hires fix); the result is a clean latent to re-noise.
 
@@ -69,6 +85,7 @@ def LatentUpscale(
         width, height = width // factor, height // factor
     h, w = latent.samples.shape[-2:]
     new_w, new_h = scaled_size(w, h, width, height, scale_by)
+    check_latent_pixels(ctx, "width" if width else "height" if height else "scale_by", latent.batch_size, new_h, new_w, vae)
     size = (new_h, new_w)
     return Latent(
         samples=resize_latents(latent.samples, size, method),
@@ -105,6 +122,8 @@ def SetLatentNoiseMask(
 def RepeatLatent(
     latent: Latent = Input(LATENT),
     amount: int = Field(2, ge=1, le=64, description="copies of the batch, one after the other"),
+    *,
+    ctx: RunContext,
 ) -> Latent:
     """The batch repeated ``amount`` times, e.g. an img2img batch from one encoded image. Repeat the clean
     latent, before AddNoise, so every copy gets noise of its own. A noise mask, masked-image latents or an
@@ -112,6 +131,7 @@ def RepeatLatent(
     if latent.schedule is not None:
         raise NodeInputError("latent", "repeat the clean latent, before AddNoise", "a latent without noise", f"a latent noised for {latent.schedule.sampler}")
     batch = latent.batch_size
+    check_latent_pixels(ctx, "amount", batch * amount, *latent.samples.shape[-2:], None)
 
     def repeated(tensor: torch.Tensor | None) -> torch.Tensor | None:
         if tensor is None or (tensor.shape[0] == 1 and batch > 1):

@@ -30,6 +30,7 @@ the file name: "768" or "v-pred"/"vpred" in it means v_prediction (the official 
 
 ``device="auto"`` uses CUDA in float16 when available, else the CPU in float32.
 """
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -81,6 +82,21 @@ def inside(folder: Path, name: str) -> Path:
     return Path(folder) / name
 
 
+def check_contents_inside(folder: Path, model: Path) -> None:
+    """A model folder is read file by file: every file and sub-folder in it must stay inside ``folder`` by the
+    same rule as a single file's name (LoRA, embeddings and upscalers follow it too), so a symlink inside the
+    folder cannot make a loader read what lies outside the models directory."""
+    for parent, folders, files in os.walk(model):  # symlinked sub-folders are listed, not entered
+        for entry in (*folders, *files):
+            path = Path(parent) / entry
+            try:
+                paths.resolve_inside(folder, path.relative_to(folder).as_posix())
+            except paths.UnsafePath:
+                held = path.relative_to(model).as_posix()
+                raise NodeInputError("name", f"model folder {model.name!r} holds {held!r}, a symlink that leads "
+                                     "out of the models directory", "files inside the models directory", held) from None
+
+
 def is_checkpoint_folder(path: Path) -> bool:
     return (path / "model_index.json").is_file()
 
@@ -93,6 +109,7 @@ def find_in(name: str, folders: list[Path], suffixes: tuple[str, ...], is_folder
     for folder in folders:
         candidate = inside(folder, name)
         if candidate.is_dir() and is_folder(candidate):
+            check_contents_inside(folder, candidate)
             return candidate
         for path in [candidate] + [inside(folder, name + suffix) for suffix in suffixes]:
             if path.is_file():

@@ -15,10 +15,12 @@ import torch
 from PIL import Image as PILImage
 from pydantic import Field
 
+from graphflow.context import RunContext
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
 from . import lazy_module
+from .pixels import check_pixels
 from .values import IMAGE, MASK, Image, Mask
 
 F = lazy_module("torch.nn.functional")  # torch loads on first use (see nodes/__init__.py)
@@ -101,13 +103,13 @@ def InvertMask(mask: Mask = Input(MASK)) -> Mask:
     return Mask(mask=1.0 - mask.mask)
 
 
-def grow(mask: torch.Tensor, pixels: int, tapered: bool) -> torch.Tensor:
+def grow(mask: torch.Tensor, pixels: int, tapered: bool, check: Callable[[], None] | None = None) -> torch.Tensor:
     """Dilate (pixels > 0) or erode (pixels < 0) a (B, H, W) mask by |pixels| pixels.
 
     Grey-level morphology, so soft masks stay soft. ``tapered`` grows in a diamond (4-neighbour steps,
     rounded-looking corners); otherwise in a square (8-neighbour steps, corners stay square). Erosion is
     dilation of the inverse; outside the image counts as "unchanged", so masks touching the border
-    do not shrink away from it."""
+    do not shrink away from it. ``check`` (a node's ``ctx.check_cancelled``) runs between the diamond's steps."""
     if pixels == 0:
         return mask.clone()
     x = mask[:, None].float()
@@ -116,6 +118,8 @@ def grow(mask: torch.Tensor, pixels: int, tapered: bool) -> torch.Tensor:
     steps = abs(pixels)
     if tapered:
         for _ in range(steps):
+            if check is not None:
+                check()
             x = _max_of_cross(x)
     else:  # a (2r+1)² max filter is r square steps at once; rows then columns keeps it O(r) per pixel
         x = F.max_pool2d(x, kernel_size=(1, 2 * steps + 1), stride=1, padding=(0, steps))
@@ -135,9 +139,11 @@ def GrowMask(
     mask: Mask = Input(MASK),
     pixels: int = Field(8, ge=-1024, le=1024, description="how far to grow; negative values shrink"),
     tapered: bool = Field(True, description="grow in a diamond (rounder corners) instead of a square"),
+    *,
+    ctx: RunContext,
 ) -> Mask:
     """Grow or shrink the repainted area by a number of pixels (giving inpainting room to blend in)."""
-    return Mask(mask=grow(mask.mask, pixels, tapered))
+    return Mask(mask=grow(mask.mask, pixels, tapered, ctx.check_cancelled))
 
 
 def edge_ramp(size: int, start: int, end: int) -> torch.Tensor:
@@ -217,6 +223,8 @@ def PadImageForOutpaint(
     right: int = Field(0, ge=0, le=4096, multiple_of=8),
     bottom: int = Field(0, ge=0, le=4096, multiple_of=8),
     feathering: int = Field(40, ge=0, le=1024, description="pixels over which the mask fades into the original image"),
+    *,
+    ctx: RunContext,
 ) -> tuple[Image, Mask]:
     """Extend the canvas for outpainting: new area filled with neutral grey, and a mask that repaints it.
 
@@ -225,6 +233,8 @@ def PadImageForOutpaint(
     multiples of 8 so the canvas stays a valid latent size."""
     pixels = image.pixels
     batch, height, width, _ = pixels.shape
+    widest = max(("left", left), ("top", top), ("right", right), ("bottom", bottom), key=lambda side: side[1])[0]
+    check_pixels(ctx, widest, batch, height + top + bottom, width + left + right, "padded canvas")
     padded = F.pad(pixels.permute(0, 3, 1, 2), (left, right, top, bottom), value=OUTPAINT_FILL).permute(0, 2, 3, 1)
     mask = outpaint_mask(height, width, left, top, right, bottom, feathering).to(pixels.device)
     return Image(pixels=padded.contiguous()), Mask(mask=mask.expand(batch, -1, -1).clone())

@@ -15,7 +15,7 @@ encoder and VAE (the WebUI's "copy config/VAE from A" options), or merge each wi
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from pydantic import Field
@@ -33,9 +33,9 @@ MODE = Field("weighted_sum", description="weighted_sum: A·(1−α) + B·α; add
 
 
 def merge_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], c: dict[str, torch.Tensor] | None,
-                mode: MergeMode, alpha: float) -> dict[str, torch.Tensor]:
+                mode: MergeMode, alpha: float, check: Callable[[], None] | None = None) -> dict[str, torch.Tensor]:
     """The merged state dict (A's dtypes and devices). Raises InvalidArgument on ``b``, ``c`` or ``mode``
-    naming the first mismatch."""
+    naming the first mismatch. ``check`` (a node's ``ctx.check_cancelled``) runs before each tensor."""
     check_same_layout(a, b, "b")
     if mode == "add_difference":
         if c is None:
@@ -45,6 +45,8 @@ def merge_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], c: dict[
         raise InvalidArgument("mode", "unknown merge mode", "weighted_sum or add_difference", mode)
     merged = {}
     for key, ta in a.items():
+        if check is not None:
+            check()
         tb = b[key]
         if not ta.is_floating_point():
             if not torch.equal(ta, tb.to(ta.device)):
@@ -77,8 +79,8 @@ def check_same_layout(a: dict[str, torch.Tensor], other: dict[str, torch.Tensor]
 
 
 def merge_modules(a: torch.nn.Module, b: torch.nn.Module, c: torch.nn.Module | None, mode: MergeMode,
-                  alpha: float) -> torch.nn.Module:
-    state = merge_state(a.state_dict(), b.state_dict(), c.state_dict() if c is not None else None, mode, alpha)
+                  alpha: float, check: Callable[[], None] | None = None) -> torch.nn.Module:
+    state = merge_state(a.state_dict(), b.state_dict(), c.state_dict() if c is not None else None, mode, alpha, check)
     return clone_with_weights(a, state)
 
 
@@ -105,7 +107,8 @@ def MergeModels(
         ctx.warn(f"model_a predicts {model_a.prediction_type}, model_b {model_b.prediction_type}; the merge keeps "
                  f"model_a's {model_a.prediction_type}")
     with node_inputs(a="model_a", b="model_b", c="model_c"):
-        unet = merge_modules(model_a.unet, model_b.unet, model_c.unet if model_c is not None else None, mode, alpha)
+        unet = merge_modules(model_a.unet, model_b.unet, model_c.unet if model_c is not None else None, mode, alpha,
+                             ctx.check_cancelled)
     label = _label(mode, alpha, model_b, model_c)
     return replace(model_a, unet=unet, patches=model_a.patches + (label,))
 
@@ -117,11 +120,13 @@ def MergeClip(
     clip_c: Clip | None = Input(CLIP, optional=True, description="C for add_difference"),
     mode: MergeMode = MODE,
     alpha: float = ALPHA,
+    *,
+    ctx: RunContext,
 ) -> Clip:
     """Merge two text encoders (or add the difference B − C to A); tokenizer and embeddings come from A."""
     with node_inputs(a="clip_a", b="clip_b", c="clip_c"):
         encoder = merge_modules(clip_a.text_encoder, clip_b.text_encoder,
-                                clip_c.text_encoder if clip_c is not None else None, mode, alpha)
+                                clip_c.text_encoder if clip_c is not None else None, mode, alpha, ctx.check_cancelled)
     label = _label(mode, alpha, clip_b, clip_c)
     return replace(clip_a, text_encoder=encoder, patches=clip_a.patches + (label,))
 
@@ -133,8 +138,11 @@ def MergeVae(
     vae_c: Vae | None = Input(VAE, optional=True, description="C for add_difference"),
     mode: MergeMode = MODE,
     alpha: float = ALPHA,
+    *,
+    ctx: RunContext,
 ) -> Vae:
     """Merge two VAEs (or add the difference B − C to A)."""
     with node_inputs(a="vae_a", b="vae_b", c="vae_c"):
-        merged = merge_modules(vae_a.vae, vae_b.vae, vae_c.vae if vae_c is not None else None, mode, alpha)
+        merged = merge_modules(vae_a.vae, vae_b.vae, vae_c.vae if vae_c is not None else None, mode, alpha,
+                               ctx.check_cancelled)
     return replace(vae_a, vae=merged)

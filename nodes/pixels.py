@@ -42,3 +42,10 @@ def normalise(values: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     low, high = values.amin(dims, keepdim=True), values.amax(dims, keepdim=True)
     span = high - low
     return torch.where(span > 0, (values - low) / span.clamp(min=1e-12), torch.full_like(values, 0.5))
+
+
+def check_pixels(ctx, input_name: str, batch: int, height: int, width: int, what: str = "image") -> None:
+    """Refuse (NodeInputError on ``input_name``) to make ``what`` of ``batch`` × ``width``×``height`` pixels when a
+    server bounds the pixels one node makes (``Settings.limits["pixels"]``): called before allocating, so a
+    workflow that grows an image step by step (ImageScale ×16, ×16, ×2) stops at the node that would overflow."""
+    ctx.check_limit("pixels", batch * height * width, input_name, f"the {what} ({batch} × {width}×{height} pixels)")

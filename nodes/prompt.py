@@ -23,10 +23,11 @@ import inspect
 import re
 import weakref
 from dataclasses import dataclass
-from typing import Literal, Mapping, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
 import torch
 
+from graphflow.context import RunContext
 from graphflow.errors import InvalidArgument, NodeInputError
 
 from .prompt_syntax import is_break, parse_prompt_attention
@@ -72,6 +73,7 @@ def tokenize_prompt(
     embeddings: Mapping[str, torch.Tensor] | None = None,
     comma_backtrack: bool = False,
     backtrack_window: int = DEFAULT_BACKTRACK_WINDOW,
+    check: Callable[[], None] | None = None,
 ) -> PromptTokens:
     """Tokenize a prompt with emphasis, ``BREAK`` and textual-inversion names into 77-token windows.
 
@@ -79,7 +81,8 @@ def tokenize_prompt(
     overflow while a comma sits within its last ``backtrack_window`` tokens ends after that comma instead
     (A1111's "comma padding backtrack"). An embedding never straddles two windows. Embedding names are
     matched case-insensitively as whole words, bare (``easynegative``) or as ``embedding:easynegative``;
-    an ``embedding:`` name that is not loaded is an error."""
+    an ``embedding:`` name that is not loaded is an error. ``check`` (a node's ``ctx.check_cancelled``) is
+    called between the prompt's pieces, so a huge prompt can be cancelled while it is tokenized."""
     window = int(tokenizer.model_max_length)
     chunk_length = window - 2
     lookup = _embedding_lookup(embeddings or {})
@@ -87,6 +90,8 @@ def tokenize_prompt(
     comma = _comma_id(tokenizer)
     units: list[_Unit | None] = []  # None = BREAK
     for run in parse_prompt_attention(text):
+        if check is not None:
+            check()
         if is_break(run):
             units.append(None)
             continue
@@ -230,6 +235,7 @@ def encode_tokens(
     emphasis: Emphasis = "original",
     embedding_vectors: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
+    on_window: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Text embeddings (B, 77k, C) for token ids (B, 77k): every 77-token window encoded on its own.
 
@@ -237,7 +243,8 @@ def encode_tokens(
     followed by the final layer norm (diffusers' ``clip_skip = n - 1``). ``emphasis``: "original" scales
     each token's embedding by its weight and then rescales the window so its mean is what it was before
     (A1111's default), "no_norm" scales without restoring the mean, "none" ignores the weights.
-    ``attention_mask`` is only read by text encoders whose config sets ``use_attention_mask``."""
+    ``attention_mask`` is only read by text encoders whose config sets ``use_attention_mask``. ``on_window(done,
+    total)`` is called after each window (a node passes ``ctx.progress``, which also stops a cancelled run)."""
     core = getattr(text_encoder, "text_model", text_encoder)  # CLIPTextModelWithProjection wraps one
     window = int(core.embeddings.position_embedding.num_embeddings)
     layers = len(core.encoder.layers)
@@ -250,6 +257,7 @@ def encode_tokens(
     use_mask = bool(getattr(text_encoder.config, "use_attention_mask", False))
     device = core.embeddings.token_embedding.weight.device
     outputs = []
+    total = input_ids.shape[1] // window
     with torch.no_grad():
         for start in range(0, input_ids.shape[1], window):
             ids = input_ids[:, start:start + window].to(device)
@@ -258,6 +266,8 @@ def encode_tokens(
             if weights is not None and emphasis != "none":
                 hidden = apply_emphasis(hidden, weights[:, start:start + window], emphasis)
             outputs.append(hidden)
+            if on_window is not None:
+                on_window(len(outputs), total)
     return torch.cat(outputs, dim=1)
 
 
@@ -396,16 +406,29 @@ def pad_conditionings(positive, negative) -> tuple[torch.Tensor, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------------
 
 
-def prompt_tokens(clip: Clip, text: str, comma_backtrack: bool = False) -> Tokens:
-    """TOKENS for a prompt, with the CLIP's textual-inversion embeddings available by name."""
-    tokens = tokenize_prompt(clip.tokenizer, text, clip.embeddings, comma_backtrack)
+def prompt_tokens(clip: Clip, text: str, comma_backtrack: bool = False, ctx: RunContext | None = None) -> Tokens:
+    """TOKENS for a prompt, with the CLIP's textual-inversion embeddings available by name. With a node's ``ctx``
+    the tokenizing can be cancelled and the windows are bounded by the server's ``prompt_chunks`` limit."""
+    tokens = tokenize_prompt(clip.tokenizer, text, clip.embeddings, comma_backtrack,
+                             check=ctx.check_cancelled if ctx is not None else None)
+    if ctx is not None:
+        check_prompt_chunks(ctx, tokens.chunks, "text")
     return Tokens(input_ids=tokens.input_ids, weights=tokens.weights, text=(text,), chunks=tokens.chunks,
                   attention_mask=tokens.attention_mask, embedding_vectors=tokens.embedding_vectors)
 
 
-def prompt_conditioning(clip: Clip, tokens: Tokens, clip_skip: int = 1, emphasis: Emphasis = "original") -> Conditioning:
-    """CONDITIONING for TOKENS, carrying the encoded empty prompt that pads it against a longer one."""
+def check_prompt_chunks(ctx: RunContext, chunks: int, input_name: str) -> None:
+    ctx.check_limit("prompt_chunks", chunks, input_name, "the prompt's 75-token windows (a BREAK starts one)")
+
+
+def prompt_conditioning(clip: Clip, tokens: Tokens, clip_skip: int = 1, emphasis: Emphasis = "original",
+                        ctx: RunContext | None = None) -> Conditioning:
+    """CONDITIONING for TOKENS, carrying the encoded empty prompt that pads it against a longer one. With a node's
+    ``ctx``, progress is reported per window and a cancelled run stops between windows."""
+    if ctx is not None:
+        check_prompt_chunks(ctx, tokens.chunks, "tokens")
     embeds = encode_tokens(clip.text_encoder, tokens.input_ids, tokens.weights, clip_skip, emphasis,
-                           tokens.embedding_vectors, tokens.attention_mask)
+                           tokens.embedding_vectors, tokens.attention_mask,
+                           on_window=ctx.progress if ctx is not None else None)
     empty = encode_empty_chunk(clip.tokenizer, clip.text_encoder, clip_skip)
     return Conditioning(embeds=embeds, text=tokens.text, empty_chunk=empty)

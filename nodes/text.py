@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from graphflow.context import RunContext
 from graphflow.errors import node_inputs
 from graphflow.node import Input, node
 
@@ -25,14 +26,15 @@ EMPHASIS = Field("original", description="original: weight tokens, then restore 
 
 
 @node(outputs={"tokens": TOKENS}, category="conditioning", version=2)
-def Tokenize(clip: Clip = Input(CLIP), text: str = TEXT, comma_backtrack: bool = COMMA_BACKTRACK) -> Tokens:
+def Tokenize(clip: Clip = Input(CLIP), text: str = TEXT, comma_backtrack: bool = COMMA_BACKTRACK, *,
+             ctx: RunContext) -> Tokens:
     """Split a prompt into CLIP tokens with a weight each, in 77-token windows (BOS + 75 + EOS).
 
     Prompts longer than 75 tokens take several windows instead of being cut; ``BREAK`` starts a new one.
     Textual-inversion names loaded into the CLIP (LoadEmbeddings) become their vectors. The empty prompt
     is one window of padding, which is what diffusers encodes as the unconditional prompt."""
     with node_inputs(embeddings="clip"):
-        return prompt_tokens(clip, text, comma_backtrack)
+        return prompt_tokens(clip, text, comma_backtrack, ctx)
 
 
 @node(outputs={"conditioning": CONDITIONING}, category="conditioning", version=2)
@@ -41,6 +43,8 @@ def CLIPTextEncode(
     tokens: Tokens = Input(TOKENS),
     clip_skip: int = CLIP_SKIP,
     emphasis: Emphasis = EMPHASIS,
+    *,
+    ctx: RunContext,
 ) -> Conditioning:
     """Run the CLIP text encoder over tokens; the hidden states become the UNet's cross-attention input.
 
@@ -48,7 +52,7 @@ def CLIPTextEncode(
     counts layers from the end the way A1111 does: 1 uses the final layer's output; n ≥ 2 takes the n-th
     layer from the end through the final layer norm (diffusers' ``clip_skip = n - 1``)."""
     with node_inputs(input_ids="tokens", weights="tokens", embedding_vectors="tokens", text_encoder="clip"):
-        return prompt_conditioning(clip, tokens, clip_skip, emphasis)
+        return prompt_conditioning(clip, tokens, clip_skip, emphasis, ctx)
 
 
 @node(outputs={"conditioning": CONDITIONING}, category="conditioning", version=2)
@@ -58,7 +62,9 @@ def TextEncode(
     clip_skip: int = CLIP_SKIP,
     emphasis: Emphasis = EMPHASIS,
     comma_backtrack: bool = COMMA_BACKTRACK,
+    *,
+    ctx: RunContext,
 ) -> Conditioning:
     """Tokenize and encode a prompt in one node (Tokenize followed by CLIPTextEncode)."""
     with node_inputs(embeddings="clip", input_ids="text", weights="text", embedding_vectors="text", text_encoder="clip"):
-        return prompt_conditioning(clip, prompt_tokens(clip, text, comma_backtrack), clip_skip, emphasis)
+        return prompt_conditioning(clip, prompt_tokens(clip, text, comma_backtrack, ctx), clip_skip, emphasis, ctx)

@@ -21,6 +21,7 @@ from graphflow.node import Input, node
 
 from .loaders import pick_device
 from .mask import luminance
+from .pixels import check_pixels
 from .tiling import run_tiled, tile_count
 from .search import MissingFile, file_fingerprint, find_file, preflight_check, search_folders
 from .values import IMAGE, UPSCALE_MODEL, Image, SocketValue, digest_of, nbytes_of
@@ -193,6 +194,8 @@ def UpscaleWithModel(
     size (a warning says so) before the node fails."""
     if overlap >= tile_size:
         raise NodeInputError("overlap", "must be smaller than tile_size", f"< {tile_size}", overlap)
+    scale = upscale_model.scale
+    check_pixels(ctx, "image", image.batch_size, image.height * scale, image.width * scale, f"×{scale} upscaled image")
     try:
         return Image(pixels=upscale_with_progress(upscale_model, image, tile_size, overlap, ctx))
     except Exception as exc:

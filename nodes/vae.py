@@ -22,6 +22,7 @@ from graphflow.node import Input, node
 
 from .tiling import run_tiled, tile_count
 from .mask import gaussian_blur, latent_noise_mask, match_mask_to_image, masks_for_batch
+from .pixels import check_pixels
 from .values import IMAGE, LATENT, MASK, VAE, Image, Latent, Mask, Vae
 
 BLANK = 0.5  # grey in [0, 1] is 0 in the VAE's [-1, 1]: what the pipeline's `image * (mask < 0.5)` leaves
@@ -132,6 +133,8 @@ def VAEDecode(vae: Vae = Input(VAE), latent: Latent = Input(LATENT), tile_size: 
     original picture with its blurred mask: outside the mask the pixels are exactly the original's.
     ``tile_size`` decodes large images tile by tile (progress per tile, cancellable between tiles)."""
     check_tiles(tile_size, tile_overlap)
+    height, width = latent.samples.shape[-2:]
+    check_pixels(ctx, "latent", latent.batch_size, height * vae.downscale, width * vae.downscale, "decoded image")
     on_tile = None
     if tile_size:
         height, width = (side * vae.downscale for side in latent.samples.shape[-2:])

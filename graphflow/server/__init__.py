@@ -26,7 +26,7 @@ __all__ = ["ServerConfig", "Limits", "create_app", "build_parser", "config_from_
 def build_parser(prog: str = "server.py") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Run the graphflow job server.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8188)
+    parser.add_argument("--port", type=port_number, default=8188, help="TCP port, 1 to 65535, or 0 for any free one (default 8188)")
     parser.add_argument("--data-dir", type=Path, default=Path("graphflow-data"),
                         help="jobs.sqlite, outputs/ and uploads/ live here (default ./graphflow-data)")
     parser.add_argument("--token", default=None,
@@ -47,8 +47,21 @@ def build_parser(prog: str = "server.py") -> argparse.ArgumentParser:
     limits.add_argument("--max-literal", action="append", default=[], metavar="NAME=MAX", type=literal_limit,
                         help="upper bound for every literal input with this name; repeatable (defaults: what the "
                              "installed node packs declare)")
+    limits.add_argument("--max-run", action="append", default=[], metavar="NAME=MAX", type=literal_limit,
+                        help="upper bound on what nodes make while they run, by name (pixels is --max-pixels; "
+                             "defaults: what the installed node packs declare, e.g. prompt_chunks=32); repeatable")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     return parser
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = None
+    if port is None or not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}")
+    return port
 
 
 def literal_limit(text: str) -> tuple[str, float]:
@@ -66,7 +79,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     max_literal = dict(args.max_literal)  # the server adds the node packs' defaults under these
     limits = Limits(max_body_bytes=args.max_body, max_upload_bytes=args.max_upload,
                     max_upload_pixels=args.max_upload_pixels, max_nodes=args.max_nodes,
-                    max_queued=args.max_queued, max_pixels=args.max_pixels, max_literal=max_literal)
+                    max_queued=args.max_queued, max_pixels=args.max_pixels, max_literal=max_literal,
+                    max_run=dict(args.max_run))
     token = args.token if args.token is not None else env.read("GRAPHFLOW_TOKEN")
     loopback = args.host in LOOPBACK_HOSTS
     allowed_hosts = LOOPBACK_HOSTS | {h.lower() for h in args.allow_host} if loopback else None
@@ -95,8 +109,14 @@ def serve_from_args(argv: Sequence[str] | None = None, prog: str = "graphflow se
               file=sys.stderr)
         return 1
     url_host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"graphflow server on http://{url_host}:{args.port} (data in {config.data_dir.resolve()})", file=sys.stderr)
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=logging.getLogger("aiohttp.access") if args.verbose else None)
+    listening = f"graphflow server on http://{url_host}:{args.port} (data in {config.data_dir.resolve()})"
+    try:  # run_app calls print once the socket is bound: the line never announces a server that failed to start
+        web.run_app(app, host=args.host, port=args.port, print=lambda _: print(listening, file=sys.stderr),
+                    access_log=logging.getLogger("aiohttp.access") if args.verbose else None)
+    except OSError as exc:  # the port is taken or privileged, the host is no address of this machine
+        reason = exc.strerror or str(exc)
+        print(f"error: cannot listen on {url_host}:{args.port}: {reason}", file=sys.stderr)
+        return 2
     return 0
 
 

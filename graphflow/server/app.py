@@ -7,14 +7,13 @@ clients out.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import mimetypes
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from .. import paths
 from ..context import Settings
@@ -23,10 +22,12 @@ from ..errors import WorkflowFormatError, WorkflowInvalid
 from ..execute import Engine
 from ..registry import Registry, default_registry
 from ..seeds import offset_seeds
+from .bodies import read_json, read_multipart_field
 from .files import Rejected, served_file, store_image
 from .hub import Hub
 from .limits import Limits, check_literals, check_size, issue
-from .middleware import ApiError, dumps, guard_host_and_origin, json_errors, json_response, require_token
+from .middleware import (ApiError, answer_protocol_errors_as_json, dumps, guard_host_and_origin, json_errors, json_response,
+                         require_token)
 from .store import STATUSES, JobStore
 from .worker import Worker
 
@@ -65,6 +66,7 @@ class Server:
         settings = Settings.from_env(models_dir=config.models_dir, input_dir=self.uploads_dir, output_dir=self.outputs_dir)
         self.engine = Engine(registry or default_registry(), settings)
         self.limits = config.limits.over_defaults(self.engine.registry.literal_limits)
+        self.engine.settings = replace(settings, limits=self.limits.run_limits(self.engine.registry.run_limits))
         self.hub = Hub()
         self.worker = Worker(self.engine, self.store, self._publish_from_thread)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -94,11 +96,7 @@ class Server:
         if request.content_type not in ("application/json", "application/octet-stream"):  # the latter: no header
             # Refusing form/text bodies stops a web page from posting jobs here without a CORS preflight.
             raise ApiError(415, f"send the job as JSON (Content-Type: application/json), not {request.content_type}")
-        text = await request.text()  # aiohttp answers 413 past limits.max_body_bytes
-        try:
-            body = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ApiError(400, f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        body = await read_json(request)
         document, outputs, priority, repeat = _job_request(body, self.limits.max_repeat)
         try:
             workflow = read_document(document, "workflow", self.engine.registry)
@@ -144,7 +142,11 @@ class Server:
             raise ApiError(400, f"status must be one of {', '.join(STATUSES)}, not {status!r}")
         limit = _int_query(request, "limit", 50, 1, 500)
         offset = _int_query(request, "offset", 0, 0, 2**62)
-        return json_response({"jobs": self.store.list(status, limit, offset), "limit": limit, "offset": offset})
+
+        def page() -> str:  # up to 500 jobs read and encoded: in a thread, so the event loop keeps answering
+            return dumps({"jobs": self.store.list(status, limit, offset), "limit": limit, "offset": offset})
+
+        return web.Response(text=await asyncio.to_thread(page), content_type="application/json")
 
     async def cancel(self, request: web.Request) -> web.Response:
         job_id = request.match_info["id"]
@@ -174,11 +176,7 @@ class Server:
             raise ApiError(415, "send the image as multipart/form-data with the field 'image'")
         if request.content_length is not None and request.content_length > limit + 64 * 1024:
             raise ApiError(413, f"upload too large: {request.content_length} bytes, the limit is {limit}")
-        data = None
-        async for part in await request.multipart():
-            if isinstance(part, BodyPartReader) and part.name == "image":
-                data = await _read_at_most(part, limit)
-                break
+        data = await read_multipart_field(request, "image", limit)
         if data is None:
             raise ApiError(400, "multipart field 'image' is missing")
         try:
@@ -194,7 +192,7 @@ class Server:
         return web.Response(text=self._catalog, content_type="application/json")
 
     async def health(self, request: web.Request) -> web.Response:
-        return json_response({"status": "ok", "queue": self.store.count("queued"), "running": self.worker.running})
+        return json_response({"status": "ok", "queue": self.store.queued, "running": self.worker.running})
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
         job_id = request.query.get("job") or None
@@ -233,6 +231,7 @@ def create_app(config: ServerConfig, registry: Registry | None = None) -> web.Ap
     app = web.Application(client_max_size=config.limits.max_body_bytes,
                           middlewares=[json_errors, guard_host_and_origin(config.allowed_hosts), require_token(config.token)])
     app[SERVER] = server
+    answer_protocol_errors_as_json(app)
     app.add_routes(server.routes())
     app.on_startup.append(server.start)
     app.on_shutdown.append(server.shutdown)
@@ -320,15 +319,6 @@ def _int_query(request: web.Request, name: str, default: int, low: int, high: in
     if value is None or not low <= value <= high:
         raise ApiError(400, f"{name} must be an integer from {low} to {high}, not {raw!r}")
     return value
-
-
-async def _read_at_most(part: BodyPartReader, limit: int) -> bytes:
-    data = bytearray()
-    while chunk := await part.read_chunk(64 * 1024):
-        data += chunk
-        if len(data) > limit:
-            raise ApiError(413, f"upload too large: more than {limit} bytes")
-    return bytes(data)
 
 
 def _sweep_interrupted_writes(*folders: Path) -> None:

@@ -28,17 +28,21 @@ def served_file(root: Path, name: str) -> Path | None:
     """The regular file ``name`` (a relative path) names inside ``root`` by :func:`graphflow.paths.resolve_inside`'s
     rules; None when there is no such file. A symlink that leads out is, to a client, just not there; the other
     refused names could only be an escape attempt and raise :class:`Rejected` (400), as does a backslash (a URL
-    names sub-folders with ``/``)."""
-    refusal = f"invalid file name {name!r}: expected a path inside the directory, without '..'"
+    names sub-folders with ``/``). Hidden names (a part starting with ``.``) are never served."""
+    refusal = f"invalid file name {name[:300]!r}: expected a path inside the directory, without '..'"
     if "\\" in name:
         raise Rejected(400, refusal)
     try:
         path = paths.resolve_inside(root, name)
+        if any(part.startswith(".") for part in name.split("/")):
+            return None  # hidden: an interrupted write's temporary (swept at start), never a finished output
+        return path if path.is_file() else None
     except paths.UnsafePath as exc:
         if exc.via_symlink:
             return None
         raise Rejected(400, refusal) from None
-    return path if path.is_file() else None
+    except (OSError, ValueError):  # a name or path too long for the file system, or one it cannot encode
+        return None
 
 
 def store_image(data: bytes, directory: Path, max_pixels: int) -> dict[str, object]:

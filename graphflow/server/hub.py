@@ -9,11 +9,12 @@ from ``GET /jobs/{id}``.
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSCloseCode, web
+
+from .middleware import dumps
 
 MAX_BACKLOG = 10_000
 MAX_BACKLOG_BYTES = 32 * 1024 * 1024
@@ -51,7 +52,7 @@ class Hub:
         return len(self._subscribers)
 
     def publish(self, message: dict[str, Any]) -> None:
-        text = json.dumps(message, default=str)
+        text = dumps(message)
         for subscriber in self._subscribers:
             if subscriber.job is None or subscriber.job == message.get("job"):
                 subscriber.offer(text)
@@ -62,7 +63,7 @@ class Hub:
         subscriber = Subscriber(ws, job)
         self._subscribers.add(subscriber)
         if first is not None:
-            subscriber.offer(json.dumps(first, default=str))
+            subscriber.offer(dumps(first))
         sender = asyncio.create_task(self._pump(subscriber))
         try:
             async for _ in ws:

@@ -3,6 +3,9 @@
 The checks know no node type: literal inputs are bounded by *name* (``max_literal``: the node packs declare
 defaults in their :class:`~graphflow.registry.NodePack`, ``--max-literal`` overrides them), and a node that
 declares a pixel count (``@node(pixels=(...))``: the literals whose product it is) is bounded by ``max_pixels``.
+What a workflow makes from those literals (an image scaled up three times, a prompt of thousands of windows) is
+bounded at run time: the server puts :meth:`Limits.run_limits` in the engine's settings, and nodes check them with
+``ctx.check_limit`` before they allocate.
 """
 from __future__ import annotations
 
@@ -24,6 +27,12 @@ class Limits:
     max_repeat: int = 100  # jobs one POST /jobs may ask for with "repeat"
     max_pixels: int = 2048 * 2048 * 4  # the pixel count of any node that declares one
     max_literal: dict[str, float] = field(default_factory=dict)  # by literal name, over the node packs' defaults
+    max_run: dict[str, float] = field(default_factory=dict)  # run-time bounds by name, over the node packs' defaults
+
+    def run_limits(self, defaults: Mapping[str, float]) -> dict[str, float]:
+        """The bounds nodes check while they run (``Settings.limits``): ``max_pixels`` as "pixels", over the
+        packs' ``run_limits`` ``defaults``, under what ``max_run`` sets."""
+        return {"pixels": self.max_pixels, **defaults, **self.max_run}
 
     def over_defaults(self, defaults: Mapping[str, float]) -> "Limits":
         """These limits with ``defaults`` (a registry's ``literal_limits``) under the literal bounds set here."""

@@ -73,6 +73,9 @@ class JobStore:
             for name, sql_type in _ADDED_COLUMNS.items():
                 if name not in present:
                     self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}")
+            # Jobs waiting, kept up to date by the transactions that change it: /health reads it without a query,
+            # so it answers at once however busy the store is (this process alone writes the locked data dir).
+            self.queued = self._db.execute("SELECT COUNT(*) FROM jobs WHERE status='queued'").fetchone()[0]
 
     def close(self) -> None:
         with self._lock:
@@ -98,6 +101,7 @@ class JobStore:
         with self._transaction() as db:
             db.execute("INSERT INTO jobs (id, status, priority, workflow, requested, created) VALUES (?, 'queued', ?, ?, ?, ?)",
                        (job_id, priority, json.dumps(workflow), _dump(outputs), time.time()))
+            self.queued += 1
         return job_id
 
     def recover(self) -> int:
@@ -118,6 +122,7 @@ class JobStore:
             if row is None:
                 return None
             db.execute("UPDATE jobs SET status='running', started=? WHERE id=?", (time.time(), row["id"]))
+            self.queued -= 1
         return Job(row["id"], json.loads(row["workflow"]), json.loads(row["requested"]) if row["requested"] else None)
 
     def finish(self, job_id: str, status: str, *, progress: dict | None = None, outputs: dict | None = None,
@@ -137,8 +142,10 @@ class JobStore:
     def cancel_queued(self, job_id: str) -> bool:
         """Cancel a job that has not started; False if it is not (or no longer) queued."""
         with self._transaction() as db:
-            return db.execute("UPDATE jobs SET status='cancelled', finished=? WHERE id=? AND status='queued'",
-                              (time.time(), job_id)).rowcount == 1
+            cancelled = db.execute("UPDATE jobs SET status='cancelled', finished=? WHERE id=? AND status='queued'",
+                                   (time.time(), job_id)).rowcount == 1
+            self.queued -= cancelled
+        return cancelled
 
     def get(self, job_id: str, with_workflow: bool = False) -> dict[str, Any] | None:
         extra = ", workflow, requested" if with_workflow else ""

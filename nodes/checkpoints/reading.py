@@ -25,6 +25,35 @@ def aligned(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.data_ptr() % 64 == 0 else tensor.clone()
 
 
+def load_pickled_weights(path: Path):
+    """``torch.load(path, weights_only=True)`` on the CPU, for every pickled weights file (checkpoints,
+    embeddings): a failure is one :class:`CheckpointError` line of ours, never torch's text (colour codes,
+    advice to load with ``weights_only=False``, links)."""
+    path = Path(path)
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as error:
+        text = torch_message(error)
+        culprit = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if culprit is None:  # a damaged pickle (or not a pickle at all), not a refused one
+            reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+            raise CheckpointError(f"{path.name} is neither a safetensors file nor a PyTorch checkpoint "
+                                  f"({reason[1].strip() if reason else text.splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{path.name} contains pickled Python objects besides tensors ({culprit[1]}); graphflow reads pickled "
+            "files with weights_only=True and never runs pickle code from a file. Convert it to .safetensors with "
+            "a tool you trust.") from None
+    except Exception as error:  # torch reports garbage as KeyError / RuntimeError with terse messages
+        raise CheckpointError(f"{path.name} is neither a safetensors file nor a PyTorch checkpoint "
+                              f"({type(error).__name__}: {torch_message(error).splitlines()[0] if str(error) else ''})") from None
+
+
+def torch_message(error: BaseException) -> str:
+    """An exception's text without terminal colour codes, its lines stripped and blank ones dropped."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    return "\n".join(line.strip() for line in text.splitlines() if line.strip()) or type(error).__name__
+
+
 def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors of a ``.safetensors`` or ``.ckpt``/``.pt`` file (on the CPU) and the safetensors metadata.
 
@@ -39,21 +68,7 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
                 return {k: aligned(f.get_tensor(k)) for k in f.keys()}, dict(f.metadata() or {})
         except Exception as error:  # safetensors raises its own error type for a damaged header
             raise CheckpointError(f"{path.name} is not a readable safetensors file ({error})") from None
-    try:
-        loaded = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as error:
-        if "weights only" not in str(error).lower():  # a damaged pickle, not a refused one
-            raise CheckpointError(f"{path.name} is neither a safetensors file nor a PyTorch checkpoint ({error})") from None
-        culprit = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        raise CheckpointError(
-            f"{path.name} contains pickled Python objects besides tensors"
-            + (f" ({culprit[1]})" if culprit else "")
-            + "; graphflow reads .ckpt files with weights_only=True and never runs pickle code from a file. "
-            "Convert it to .safetensors with a tool you trust."
-        ) from None
-    except Exception as error:  # torch reports garbage as KeyError / RuntimeError with terse messages
-        raise CheckpointError(f"{path.name} is neither a safetensors file nor a PyTorch checkpoint "
-                              f"({type(error).__name__}: {error})") from None
+    loaded = load_pickled_weights(path)
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]  # Lightning-style {"state_dict": ..., "global_step": ...}
     if not isinstance(loaded, dict):

@@ -64,8 +64,28 @@ def test_diffusers_bin_format(tmp_path):
 
 def test_unsafe_pickle_is_refused(tmp_path):
     torch.save({"string_to_param": {"*": torch.randn(1, 32)}, "extra": NotAllowed()}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match="weights-only"):
+    with pytest.raises(ValueError, match="evil.pt contains pickled Python objects besides tensors .*NotAllowed"):
         load_embedding(tmp_path / "evil.pt")
+
+
+@pytest.mark.parametrize("content, words", [
+    ("unsafe", "contains pickled Python objects besides tensors"),
+    (b"not a pickle at all", "neither a safetensors file nor a PyTorch checkpoint"),
+    (b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01", "neither a safetensors file nor a PyTorch checkpoint"),
+])
+def test_an_unreadable_pickle_is_one_line_of_ours_without_torchs_colours_or_advice(tmp_path, content, words):
+    path = tmp_path / "bad.pt"
+    if content == "unsafe":
+        torch.save({"emb_params": torch.randn(1, 32), "extra": NotAllowed()}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError) as refused:
+        load_embedding(path)
+    message = str(refused.value)
+    assert message.startswith("bad.pt ") and words in message
+    assert "\x1b" not in message and "\n" not in message
+    for advice in ("weights_only` set to `False`", "file an issue", "https://", "add_safe_globals"):
+        assert advice not in message
 
 
 def test_listing_prefers_safetensors(tmp_path):

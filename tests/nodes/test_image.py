@@ -264,3 +264,15 @@ def test_image_nodes_leave_inputs_untouched_and_repeat(stage_ctx):
 
     run_node(SaveImage, ctx=ctx, images=image)
     assert image.__graphflow_digest__() == before
+
+
+def test_a_cancelled_image_scale_stops_between_pictures(tmp_path):
+    from graphflow.errors import Cancelled
+    from nodes.image import ImageScale
+    from nodes.values import Image
+    from tests.nodes.runctx import make_ctx, run_node
+
+    ctx, _ = make_ctx(tmp_path)
+    ctx.cancel_token.cancel()
+    with pytest.raises(Cancelled):
+        run_node(ImageScale, ctx, image=Image(pixels=torch.zeros(4, 16, 16, 3)), scale_by=2.0)

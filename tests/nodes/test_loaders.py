@@ -221,3 +221,23 @@ def test_load_vae_errors_name_the_input(loader_ctx, models_dir):
     with pytest.raises(NodeInputError, match="broken cannot be loaded") as caught:
         run_node(LoadVAE, loader_ctx, name="broken")
     assert caught.value.input == "name"
+
+
+@pytest.mark.parametrize("loader, folder, marker", [("LoadCheckpoint", "checkpoints", "model_index.json"),
+                                                     ("LoadVAE", "vae", "config.json")])
+def test_a_model_folder_with_a_symlink_out_is_refused_like_a_single_file(loader_ctx, models_dir, tmp_path, loader,
+                                                                         folder, marker):
+    """One rule for every loader: what it reads stays inside the models directory, also inside a model folder."""
+    outside = tmp_path / "elsewhere" / "weights.safetensors"
+    outside.parent.mkdir()
+    outside.write_bytes(b"not yours")
+    model = models_dir / folder / "linked"
+    (model / "unet").mkdir(parents=True)
+    (model / marker).write_text("{}")
+    (model / "unet" / "diffusion_pytorch_model.safetensors").symlink_to(outside)
+    with pytest.raises(NodeInputError, match="'unet/diffusion_pytorch_model.safetensors', a symlink that leads out") as caught:
+        run_node(getattr(loaders, loader), loader_ctx, name="linked")
+    assert caught.value.input == "name"
+    (model / "unet" / "diffusion_pytorch_model.safetensors").unlink()  # a link that stays inside is fine
+    (model / "unet" / "diffusion_pytorch_model.safetensors").symlink_to(model / marker)
+    loaders.check_contents_inside(models_dir / folder, model)

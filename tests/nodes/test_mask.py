@@ -172,3 +172,15 @@ def test_mask_chain_in_the_engine_leaves_inputs_untouched(tmp_path):
     }})
     assert report.outputs["a"]["shape"] == [1, 16, 32] and 0 < report.outputs["a"]["mean"] < 1
     assert report.outputs["b"]["shape"] == [1, 16, 32]
+
+
+def test_a_cancelled_tapered_grow_stops_between_steps(tmp_path):
+    from graphflow.errors import Cancelled
+    from nodes.mask import GrowMask
+    from nodes.values import Mask
+    from tests.nodes.runctx import make_ctx, run_node
+
+    ctx, _ = make_ctx(tmp_path)
+    ctx.cancel_token.cancel()
+    with pytest.raises(Cancelled):
+        run_node(GrowMask, ctx, mask=Mask(mask=torch.zeros(1, 32, 32)), pixels=1000, tapered=True)

@@ -199,3 +199,25 @@ def test_merge_and_save_in_a_workflow(tmp_path):
     assert torch.allclose(reloaded.unet.state_dict()[key], (plain[key] + lorad[key]) / 2, atol=1e-7)
     assert not torch.equal(plain[key], lorad[key])
     assert_same(reloaded.vae, report.values["ckpt"]["vae"].vae)
+
+
+@pytest.mark.parametrize("node, index, names", [(MergeModels, 0, ("model_a", "model_b")),
+                                                (MergeClip, 1, ("clip_a", "clip_b")),
+                                                (MergeVae, 2, ("vae_a", "vae_b"))])
+def test_a_cancelled_merge_stops_between_tensors(a, b, tmp_path, node, index, names):
+    from graphflow.errors import Cancelled
+
+    checks = []
+    ctx, _ = make_ctx(tmp_path)
+
+    def count_then_cancel():
+        checks.append(1)
+        if len(checks) == 3:
+            ctx.cancel_token.cancel()
+        if ctx.cancel_token.cancelled:
+            raise Cancelled(ctx.node_id)
+
+    ctx.check_cancelled = count_then_cancel
+    with pytest.raises(Cancelled):
+        run_node(node, ctx, **{names[0]: a[index], names[1]: b[index]})
+    assert len(checks) == 3  # the third tensor's check stopped it, not the end of the merge

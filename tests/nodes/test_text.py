@@ -183,3 +183,51 @@ def test_the_prompt_helpers_errors_are_named_after_the_nodes_inputs(sd_clip):
     with pytest.raises(NodeInputError) as error:
         run_node(Tokenize, clip=sd_clip, text="a embedding:absent cat")
     assert error.value.input == "text" and "absent" in error.value.received
+
+
+# -- long prompts: cancel between windows, a server's bound on the windows ---------------------------------------
+def test_encoding_reports_each_window_and_stops_when_cancelled(sd_clip, tmp_path):
+    from graphflow.errors import Cancelled
+    from tests.nodes.runctx import make_ctx
+
+    tokens = run_node(Tokenize, clip=sd_clip, text="a cat BREAK " * 40)
+    assert tokens.chunks == 40
+    ctx, recorder = make_ctx(tmp_path)
+    run_node(CLIPTextEncode, ctx=ctx, clip=sd_clip, tokens=tokens)
+    assert recorder.progress == [(i, 40) for i in range(1, 41)]
+    ctx, recorder = make_ctx(tmp_path, cancel_after_progress=3)
+    with pytest.raises(Cancelled):
+        run_node(TextEncode, ctx=ctx, clip=sd_clip, text="a cat BREAK " * 40)
+    assert len(recorder.progress) == 3  # stopped after the third of 40 windows
+
+
+def test_tokenizing_a_huge_prompt_stops_when_cancelled(sd_clip, tmp_path):
+    from graphflow.errors import Cancelled
+    from tests.nodes.runctx import make_ctx
+
+    ctx, _ = make_ctx(tmp_path)
+    ctx.cancel_token.cancel()
+    with pytest.raises(Cancelled):
+        run_node(Tokenize, ctx=ctx, clip=sd_clip, text="BREAK " * 3000)
+
+
+@pytest.mark.parametrize("node, inputs, input_name", [
+    (Tokenize, {}, "text"), (TextEncode, {}, "text"), (CLIPTextEncode, {"tokens": None}, "tokens")])
+def test_a_servers_prompt_chunk_limit_is_refused_naming_the_input(sd_clip, tmp_path, node, inputs, input_name):
+    from dataclasses import replace
+
+    from tests.nodes.runctx import make_ctx
+
+    text = "BREAK ".join(["a cat "] * 5)  # 5 windows
+    ctx, _ = make_ctx(tmp_path)
+    ctx.settings = replace(ctx.settings, limits={"prompt_chunks": 4})
+    if "tokens" in inputs:
+        inputs = {"tokens": run_node(Tokenize, clip=sd_clip, text=text)}
+    else:
+        inputs = {"text": text}
+    with pytest.raises(NodeInputError) as refused:
+        run_node(node, ctx=ctx, clip=sd_clip, **inputs)
+    assert refused.value.input == input_name
+    assert "prompt_chunks" in refused.value.message and "5" in refused.value.message and "4" in refused.value.message
+    ctx.settings = replace(ctx.settings, limits={"prompt_chunks": 5})
+    run_node(node, ctx=ctx, clip=sd_clip, **inputs)  # at the limit: fine

@@ -9,6 +9,7 @@ from graphflow.cache import ResultCache
 from graphflow.errors import Cancelled, NodeInputError, WorkflowInvalid
 from graphflow.node import Input, node, spec_of
 from graphflow.registry import Registry
+from nodes.tiling import tile_starts
 from nodes.upscale import LoadUpscaleModel, UpscaleModel, UpscaleWithModel, model_file_fingerprint
 from nodes.values import IMAGE, Image
 from tests.nodes.runctx import make_ctx, run_node

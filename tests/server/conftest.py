@@ -157,9 +157,11 @@ async def wait_for_status(session: aiohttp.ClientSession, url: str, job_id: str,
 
 
 async def next_event(ws: aiohttp.ClientWebSocketResponse, *types: str, job: str | None = None) -> dict:
-    """The next WebSocket event of one of ``types`` (for ``job`` if given), skipping others."""
+    """The next WebSocket event of one of ``types`` (for ``job`` if given), skipping others. A node may send
+    nothing for a long while on a loaded machine (a first model load imports the libraries): the test's own
+    timeout bounds the whole wait."""
     while True:
-        message = await ws.receive(timeout=15)
+        message = await ws.receive(timeout=90)
         assert message.type == aiohttp.WSMsgType.TEXT, message
         event = json.loads(message.data)
         if event["type"] in types and (job is None or event.get("job") == job):

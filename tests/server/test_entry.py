@@ -75,3 +75,52 @@ def test_the_entry_points_serve_and_stop_on_ctrl_c(tmp_path, command):
         _, stderr = process.communicate(timeout=20)
     assert process.returncode == 0, stderr
     assert f"http://127.0.0.1:{port}" in stderr and "Traceback" not in stderr
+
+
+def start_cli(tmp_path, *args: str, **popen):
+    env = {**os.environ, "GRAPHFLOW_NODES": "tests.engine.toynodes", "GRAPHFLOW_TOKEN": "", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, *args, "--data-dir", str(tmp_path / "d")], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("options, words", [
+    (["--port", "99999"], ["--port", "0 to 65535", "99999"]),
+    (["--port", "http"], ["--port", "0 to 65535"]),
+    (["--host", "256.1.1.1"], ["cannot listen on 256.1.1.1:8188"]),
+    (["--port", "IN_USE"], ["cannot listen on 127.0.0.1:", "in use"]),
+])
+def test_a_port_or_host_it_cannot_listen_on_exits_2_in_one_line(tmp_path, options, words):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        options = [port if option == "IN_USE" else option for option in options]
+        words = [word.replace("IN_USE", port) for word in words]
+        process = start_cli(tmp_path, "server.py", *options)
+        _, stderr = process.communicate(timeout=100)
+    assert process.returncode == 2, stderr
+    assert "Traceback" not in stderr and "graphflow server on" not in stderr
+    for word in words:
+        assert word in stderr.strip().splitlines()[-1], stderr
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("delay", [0.0, 0.3])
+def test_ctrl_c_while_server_py_imports_exits_130_without_a_traceback(tmp_path, delay):
+    process = start_cli(tmp_path, "-X", "importtime", "server.py", "--port", str(free_port()))
+    try:
+        for line in process.stderr:
+            if line.rstrip().endswith("| graphflow.cli"):
+                break
+        time.sleep(delay)
+        assert process.poll() is None
+        process.send_signal(signal.SIGINT)
+        rest = process.stderr.read()
+        process.wait(60)
+    finally:
+        process.kill()
+    messages = [line for line in rest.splitlines() if line.strip() and not line.startswith("import time:")]
+    assert process.returncode == 130, rest[-3000:]
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
+    assert messages == ["cancelled"]

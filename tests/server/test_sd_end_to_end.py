@@ -219,3 +219,18 @@ async def test_sampler_previews_arrive_as_small_pngs(sd_server, txt2img):
     assert 1 <= len(previews) <= 6 and {p["node"] for p in previews} == {sampler}
     with Image.open(io.BytesIO(base64.b64decode(previews[0]["image_png"]))) as picture:
         assert picture.format == "PNG" and max(picture.size) <= 256
+
+
+@pytest.mark.timeout(SECONDS)
+async def test_a_prompt_past_the_servers_window_limit_fails_naming_node_and_input(sd_server, txt2img):
+    """issue 19: "BREAK " * 3000 ran for minutes; the server bounds a prompt's windows (prompt_chunks, 32 by default)."""
+    workflow = copy.deepcopy(txt2img)
+    workflow["nodes"]["positive"]["inputs"]["text"] = "a red circle BREAK " * 40
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{sd_server.url}/ws") as ws:
+            job_id = await submit(session, sd_server.url, workflow)
+            end = await next_event(ws, "succeeded", "failed", "cancelled", job=job_id)
+    assert end["type"] == "failed"
+    error = end["error"]
+    assert (error["node"], error["input"]) == ("positive", "text")
+    assert "prompt_chunks" in error["message"] and "40" in error["message"] and "32" in error["message"]

@@ -218,3 +218,13 @@ async def test_upload_limits_and_shape(start_server, data_dir):
         async with session.post(f"{server.url}/uploads", data=png_bytes(4, 4, 0)) as response:
             assert response.status == 415
     assert list((data_dir / "uploads").iterdir()) == []
+
+
+def test_the_engine_runs_under_the_servers_run_time_limits(start_server, toy_registry):
+    """What nodes make while they run is bounded too: --max-pixels as "pixels", the node packs' run_limits, and
+    --max-run over both (nodes check them with ctx.check_limit before allocating)."""
+    from graphflow.server.app import SERVER
+
+    toy_registry.add_pack(NodePack(run_limits={"prompt_chunks": 32, "frames": 100}))
+    server = start_server(limits=Limits(max_pixels=4096, max_run={"frames": 10}))
+    assert server.app[SERVER].engine.settings.limits == {"pixels": 4096, "prompt_chunks": 32, "frames": 10}
