@@ -82,3 +82,14 @@ def test_graphflows_sample_refuses_composed_conditioning(sd_model):
     with pytest.raises(NodeInputError) as error:
         _guidance_embeds(sd_model, combined, plain(0), 7.0, 1)
     assert error.value.input == "positive" and "comfy.KSampler" in str(error.value.expected)
+
+
+def test_the_servers_prompt_window_limit_applies(sd_clip, stage_ctx):
+    from dataclasses import replace
+
+    ctx, _ = stage_ctx
+    ctx.settings = replace(ctx.settings, limits={"prompt_chunks": 1})
+    CLIPTextEncode("cat " * 70, sd_clip, ctx=ctx)  # one window
+    with pytest.raises(NodeInputError) as error:
+        CLIPTextEncode("cat " * 100, sd_clip, ctx=ctx)
+    assert error.value.input == "text" and "prompt_chunks" in str(error.value)
