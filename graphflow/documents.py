@@ -10,12 +10,11 @@ packs name (``NodePack.png_text_chunks``), then :data:`LEGACY_PNG_CHUNK`, where 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import WorkflowFormatError
-from .workflow import Workflow, parse
+from .workflow import Workflow, decode_json, parse
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -38,27 +37,25 @@ def read_document(document: Any, source: str = "workflow", registry: "Registry |
 
 
 def read_text(text: str, source: str = "workflow", registry: "Registry | None" = None) -> Workflow:
-    """:func:`read_document` of JSON text; malformed JSON becomes a one-line error with line and column."""
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise WorkflowFormatError(f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-    return read_document(document, source, registry)
+    """:func:`read_document` of JSON text, decoded strictly (:func:`graphflow.workflow.decode_json`: malformed
+    JSON, NaN, huge numbers and deep nesting each become a one-line error)."""
+    return read_document(decode_json(text, source), source, registry)
 
 
 def read_file(path: str | Path, registry: "Registry | None" = None) -> Workflow:
     """The workflow in a JSON file, or in a PNG's text chunks (told apart by the PNG signature, not the name)."""
     path = Path(path)
     try:
-        with path.open("rb") as file:
-            is_png = file.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
-        if is_png:
-            return read_png(path, registry)
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise WorkflowFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise WorkflowFormatError(f"{path}: neither JSON text nor a PNG image") from None
+    if data.startswith(PNG_SIGNATURE):
+        return read_png(path, registry)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise WorkflowFormatError(f"{path}: neither JSON text nor a PNG image (not UTF-8: byte 0x{data[exc.start]:02x} "
+                                  f"at offset {exc.start}); save the workflow as UTF-8") from None
     return read_text(text, str(path), registry)
 
 
