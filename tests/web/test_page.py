@@ -80,9 +80,12 @@ def test_run_watch_gallery_cancel_and_reload(browser, live_server, artifacts, tm
     assert "error" in css(driver, '#run-graph g[data-node="ckpt"]').get_attribute("class")
     assert job_states(driver) == {}
 
-    set_field(driver, "ckpt.name", "toy-shapes")
+    set_field(driver, "ckpt.name", "toy-shapes")  # editing the input clears its error
+    assert css(driver, '[name="ckpt.name"]').get_attribute("aria-invalid") is None and not error.is_displayed()
+    assert "error" not in css(driver, '#run-graph g[data-node="ckpt"]').get_attribute("class")
     set_field(driver, "positive.text", "a blue square on a white background")
     set_field(driver, "sample.preview_every", "1")
+    driver.save_screenshot(str(artifacts / "web-run.png"))
     submitted = time.monotonic()
     css(driver, "#submit").click()
     wait(driver, lambda d: css(d, "#preview-box").is_displayed(), 120, "a step preview streams in")

@@ -104,7 +104,7 @@ async function openWorkflow(doc, name) {
   $("workflow-name").textContent = `${name}: ${view.nodes.length} nodes${native ? "" : " (ComfyUI format: sent to the server as it is)"}`;
   const fields = $("fields");
   if (native) {
-    state.form = buildForm(fields, doc, state.catalog, { upload: uploadImage });
+    state.form = buildForm(fields, doc, state.catalog, { upload: uploadImage, edited: (nodeId) => state.runGraph.setState(nodeId, "") });
   } else {
     state.form = null;
     fields.replaceChildren(el("p", { class: "hint" }, "This workflow is not in graphflow's format: it has no form here and is sent as it is."));

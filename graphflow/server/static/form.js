@@ -64,7 +64,7 @@ function readControl(kind, control, schema) {
 }
 
 /** Build the form into ``container``; returns {read(): the workflow with the form's values, showErrors(nodeErrors)}. */
-export function buildForm(container, doc, catalog, { upload }) {
+export function buildForm(container, doc, catalog, { upload, edited }) {
   container.replaceChildren();
   const fields = [];  // {node, name, kind, control, schema, present, initial, errorText, fieldset}
   const fieldsets = new Map();
@@ -77,13 +77,14 @@ export function buildForm(container, doc, catalog, { upload }) {
     if (typeof node.title === "string" && node.title) fieldset.appendChild(el("p", { class: "hint" }, node.title));
     const nodeError = el("p", { class: "error-text", id: `node-error-${++counter}` });
     fieldset.appendChild(nodeError);
-    fieldsets.set(nodeId, { fieldset, nodeError });
     if (!spec) {
+      fieldsets.set(nodeId, { fieldset, nodeError });
       nodeError.textContent = `unknown node type ${node.type}: the server will say what it expected`;
       nodeError.dataset.keep = "1";
       container.appendChild(fieldset);
       continue;
     }
+    const before = fields.length;
     for (const [name, input] of Object.entries(spec.inputs)) {
       const current = node.inputs?.[name];
       if (input.kind !== "literal" || isLink(current)) continue;
@@ -112,7 +113,10 @@ export function buildForm(container, doc, catalog, { upload }) {
         picker.addEventListener("change", async () => {
           if (!picker.files.length) return;
           const stored = await upload(picker.files[0], errorText);
-          if (stored) control.value = stored;
+          if (stored) {
+            control.value = stored;
+            control.dispatchEvent(new Event("input"));
+          }
         });
         row.appendChild(picker);
       }
@@ -127,9 +131,21 @@ export function buildForm(container, doc, catalog, { upload }) {
       field.appendChild(errorText);
       if (described.length) control.setAttribute("aria-describedby", described.join(" "));
       fieldset.appendChild(field);
-      fields.push({ nodeId, name, kind, control, schema, present, initial: value, errorText, described });
+      const entry = { nodeId, name, kind, control, schema, present, initial: value, errorText, described };
+      fields.push(entry);
+      const clear = () => { clearError(entry); edited?.(nodeId); };
+      control.addEventListener("input", clear);
+      control.addEventListener("change", clear);
     }
+    if (fields.length === before) continue;  // nothing to edit: its problems go to the list above the form
+    fieldsets.set(nodeId, { fieldset, nodeError });
     container.appendChild(fieldset);
+  }
+
+  function clearError(f) {
+    f.errorText.hidden = true;
+    f.control.removeAttribute("aria-invalid");
+    f.control.setAttribute("aria-describedby", f.described.join(" "));
   }
 
   return {
@@ -144,11 +160,7 @@ export function buildForm(container, doc, catalog, { upload }) {
     },
     /** Put each problem next to the input (or on the node) it names; returns what named nothing on this form. */
     showErrors(nodeErrors) {
-      for (const f of fields) {
-        f.errorText.hidden = true;
-        f.control.removeAttribute("aria-invalid");
-        f.control.setAttribute("aria-describedby", f.described.join(" "));
-      }
+      fields.forEach(clearError);
       for (const { fieldset, nodeError } of fieldsets.values()) { fieldset.classList.remove("error"); if (!nodeError.dataset.keep) nodeError.textContent = ""; }
       const elsewhere = [];
       let first = null;
