@@ -1,9 +1,10 @@
 // The page: Run (open, edit, queue), Watch (queue, live progress, previews), Gallery, Settings.
 // Everything the server or a file says is put in as text (textContent, attributes), never as HTML.
-import { api, imageURL, openEvents, setToken, token } from "./api.js";
+import { api, openEvents, setToken, token } from "./api.js";
 import { pngText } from "./png.js";
 import { drawGraph, graphView } from "./graph.js";
 import { buildForm, describeIssue } from "./form.js";
+import { initGallery, refreshGallery } from "./gallery.js";
 
 const $ = (id) => document.getElementById(id);
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
@@ -395,82 +396,6 @@ function reconnectNow() {
   connect();
 }
 
-// -- Gallery -----------------------------------------------------------------------------------------------
-async function refreshGallery() {
-  const { status, body } = await api("/jobs?status=succeeded&limit=100");
-  if (status !== 200) return;
-  const grid = $("gallery-grid");
-  const items = [];
-  for (const job of body.jobs) {
-    for (const [node, result] of Object.entries(job.outputs ?? {})) {
-      for (const image of result?.images ?? []) items.push({ job, node, image });
-    }
-  }
-  grid.replaceChildren();
-  for (const item of items) {
-    const li = el("li", { "data-job": item.job.id });
-    const name = decodeURIComponent(item.image.url.split("/").pop());
-    const button = el("button", { type: "button", "aria-label": `open ${name}` });
-    const img = el("img", { alt: name, loading: "lazy" });
-    button.appendChild(img);
-    button.addEventListener("click", () => openViewer(item));
-    li.appendChild(button);
-    li.appendChild(el("p", {}, `${name} · ${new Date(item.job.finished * 1000).toLocaleString()}`));
-    grid.appendChild(li);
-    imageURL(item.image.url).then((url) => { img.src = url; }).catch(() => { img.alt = `${name} (could not be loaded)`; });
-  }
-  if (!items.length) grid.appendChild(el("li", {}, "No images yet: queue a job on the Run tab."));
-}
-
-let viewerWorkflow = null;
-async function openViewer(item) {
-  const name = decodeURIComponent(item.image.url.split("/").pop());
-  $("viewer-title").textContent = name;
-  $("viewer-image").alt = name;
-  const url = await imageURL(item.image.url);
-  $("viewer-image").src = url;
-  $("viewer-download").href = url;
-  $("viewer-download").setAttribute("download", name.split("/").pop());
-  const rows = $("viewer-params").tBodies[0];
-  rows.replaceChildren();
-  const { status, body } = await api(`/jobs/${encodeURIComponent(item.job.id)}`);
-  viewerWorkflow = status === 200 ? withSeedsUsed(body.workflow, body.seeds) : null;
-  const add = (key, value) => {
-    const tr = el("tr");
-    tr.appendChild(el("th", { scope: "row" }, key));
-    tr.appendChild(el("td", {}, typeof value === "string" ? value : JSON.stringify(value)));
-    rows.appendChild(tr);
-  };
-  add("job", item.job.id);
-  add("size", `${item.image.width ?? "?"} × ${item.image.height ?? "?"}`);
-  if (item.job.seconds) add("seconds", item.job.seconds.toFixed(2));
-  for (const [node, inputs] of Object.entries(body.seeds ?? {})) for (const [input, seed] of Object.entries(inputs)) add(`${node}.${input} (seed used)`, String(seed));
-  for (const [id, node] of Object.entries(viewerWorkflow?.nodes ?? {})) {
-    for (const [input, value] of Object.entries(node.inputs ?? {})) {
-      if (!(value && typeof value === "object" && "from" in value)) add(`${id}.${input}`, value);
-    }
-  }
-  $("viewer-load").disabled = !viewerWorkflow;
-  $("viewer").showModal();
-}
-
-function withSeedsUsed(doc, seeds) {  // the stored workflow with drawn seeds replaced by the ones that ran
-  if (!doc?.nodes || Array.isArray(doc.nodes)) return doc;
-  const copy = structuredClone(doc);
-  for (const [node, inputs] of Object.entries(seeds ?? {})) {
-    if (copy.nodes[node]) Object.assign(copy.nodes[node].inputs ??= {}, inputs);
-  }
-  return copy;
-}
-
-$("viewer-close").addEventListener("click", () => $("viewer").close());
-$("viewer-load").addEventListener("click", async () => {
-  $("viewer").close();
-  showTab("run");
-  await openWorkflow(viewerWorkflow, $("viewer-title").textContent);
-});
-$("gallery-refresh").addEventListener("click", refreshGallery);
-
 // -- Settings ----------------------------------------------------------------------------------------------
 $("token").value = token();
 $("settings-form").addEventListener("submit", async (event) => {
@@ -488,5 +413,9 @@ $("token-clear").addEventListener("click", () => {
   reconnectNow();
 });
 
+initGallery((workflow, name) => {
+  showTab("run");
+  openWorkflow(workflow, name);
+});
 showTab("run");
 connect();
