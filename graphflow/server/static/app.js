@@ -1,12 +1,12 @@
 // The page: Run (open, edit, queue), Watch (queue, live progress, previews), Gallery, Settings.
 // Everything the server or a file says is put in as text (textContent, attributes), never as HTML.
+import { $, el } from "./dom.js";
 import { api, openEvents, setToken, token } from "./api.js";
 import { pngText } from "./png.js";
 import { drawGraph, graphView } from "./graph.js";
 import { buildForm, describeIssue } from "./form.js";
 import { initGallery, refreshGallery } from "./gallery.js";
 
-const $ = (id) => document.getElementById(id);
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 const state = {
   catalog: null,
@@ -17,13 +17,6 @@ const state = {
   seen: new Map(),                            // id → Map(node → [state, value, max, message]) from events, for any job
   lastPreview: null,                          // {job, src, caption}
 };
-
-function el(tag, attributes = {}, text) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, String(value));
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
 
 function setConnection(text, kind) {
   const line = $("connection");
@@ -346,7 +339,7 @@ async function refreshJob(id) {
   const { status, body } = await api(`/jobs/${encodeURIComponent(id)}`);
   if (status === 200) upsertJob(stripWorkflow(body));
   updateJobView();
-  if (!$("gallery").hidden) refreshGallery();
+  if (body?.status === "succeeded" && !$("gallery").hidden) refreshGallery();  // its images
 }
 
 async function refreshJobs() {
@@ -402,6 +395,7 @@ $("settings-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   setToken($("token").value.trim());
   state.catalog = null;
+  delete $("gallery-grid").dataset.shown;  // thumbnails that the old token could not fetch
   const status = await loadCatalog();
   $("settings-status").textContent = status === 200 ? "saved: the server accepts it" : status === 401 ? "saved, but the server refuses this token" : `saved (server answered ${status})`;
   reconnectNow();  // with the new token

@@ -1,15 +1,10 @@
 // The form for a graphflow workflow's literal inputs, built from the node catalog's JSON Schemas.
+import { el } from "./dom.js";
+import { isLink } from "./graph.js";
+
 const SAFE_SEED = Number.MAX_SAFE_INTEGER;  // JavaScript numbers are exact up to 2^53 - 1
 let counter = 0;
 
-function el(tag, attributes = {}, text) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attributes)) if (value !== undefined && value !== null) node.setAttribute(key, String(value));
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-const isLink = (value) => value !== null && typeof value === "object" && !Array.isArray(value) && "from" in value;
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 
 /** Which widget a literal's schema asks for. */

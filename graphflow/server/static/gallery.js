@@ -1,14 +1,7 @@
 // The Gallery tab: the images of succeeded jobs, newest first; a viewer with the job's parameters.
+import { $, el } from "./dom.js";
 import { api, imageURL } from "./api.js";
-
-const $ = (id) => document.getElementById(id);
-
-function el(tag, attributes = {}, text) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, String(value));
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
+import { isLink } from "./graph.js";
 
 export async function refreshGallery() {
   const { status, body } = await api("/jobs?status=succeeded&limit=100");
@@ -20,6 +13,9 @@ export async function refreshGallery() {
       for (const image of result?.images ?? []) items.push({ job, node, image });
     }
   }
+  const shown = JSON.stringify(items.map((item) => item.image.url));
+  if (grid.dataset.shown === shown) return;  // nothing new: keep the thumbnails (and the focus) where they are
+  grid.dataset.shown = shown;
   grid.replaceChildren();
   for (const item of items) {
     const li = el("li", { "data-job": item.job.id });
@@ -61,7 +57,7 @@ async function openViewer(item) {
   for (const [node, inputs] of Object.entries(body.seeds ?? {})) for (const [input, seed] of Object.entries(inputs)) add(`${node}.${input} (seed used)`, String(seed));
   for (const [id, node] of Object.entries(viewerWorkflow?.nodes ?? {})) {
     for (const [input, value] of Object.entries(node.inputs ?? {})) {
-      if (!(value && typeof value === "object" && "from" in value)) add(`${id}.${input}`, value);
+      if (!isLink(value)) add(`${id}.${input}`, value);
     }
   }
   $("viewer-load").disabled = !viewerWorkflow;

@@ -1,5 +1,8 @@
 // The workflow's graph as plain SVG: nodes in rows by depth (top to bottom), links as curves. Text goes in as textContent.
 const SVG = "http://www.w3.org/2000/svg";
+/** A graphflow input that is a link ({"from": node, "output": name}) rather than a literal. */
+export const isLink = (value) => value !== null && typeof value === "object" && !Array.isArray(value) && "from" in value;
+
 const WIDTH = 150, HEIGHT = 44, GAP_X = 14, GAP_Y = 34, PAD = 10;
 
 /** Nodes and links to draw, from a graphflow workflow or either ComfyUI format (for display only). */
@@ -9,7 +12,7 @@ export function graphView(doc) {
     for (const [id, node] of Object.entries(doc.nodes)) {
       nodes.push({ id, type: String(node?.type ?? "?"), note: typeof node?.title === "string" ? node.title : "" });
       for (const [input, value] of Object.entries(node?.inputs ?? {})) {
-        if (value && typeof value === "object" && "from" in value) links.push({ from: String(value.from), to: id, input });
+        if (isLink(value)) links.push({ from: String(value.from), to: id, input });
       }
     }
   } else if (doc && Array.isArray(doc.nodes)) {  // ComfyUI's UI format: nodes[] and links[[id, from, slot, to, slot, type]]
