@@ -42,8 +42,17 @@ def set_field(driver, name: str, value: str) -> None:
 
 def job_states(driver) -> dict[str, str]:
     """The Watch tab's queue, newest first: job id → status (read in one step: the list re-renders)."""
-    return driver.execute_script(
-        "return Object.fromEntries([...document.querySelectorAll('#queue li[data-job]')].map(li => [li.dataset.job, li.dataset.status]))")
+    pairs = driver.execute_script(  # pairs, not an object: the driver sorts an object's keys
+        "return [...document.querySelectorAll('#queue li[data-job]')].map(li => [li.dataset.job, li.dataset.status])")
+    return dict(pairs)
+
+
+def drop_file(driver, name: str, text: str) -> None:
+    """Drop a file on the Run tab, as dragging it from the desktop does."""
+    driver.execute_script("""const [name, text] = arguments, data = new DataTransfer();
+        data.items.add(new File([text], name, {type: "application/json"}));
+        document.getElementById("run").dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true, cancelable: true}));""",
+                          name, text)
 
 
 def page_errors(driver) -> list[str]:
@@ -114,6 +123,19 @@ def test_run_watch_gallery_cancel_and_reload(browser, live_server, artifacts, tm
          30, "the sampler's bar moves")
     assert 0.5 < float(css(driver, "#job-progress").get_attribute("value")) < 1
     driver.save_screenshot(str(artifacts / "web-running.png"))
+
+    # a third job waits behind it at its priority, and is cancelled before it starts
+    css(driver, "#tab-run").click()
+    css(driver, "#priority").clear()
+    css(driver, "#priority").send_keys("5")
+    css(driver, "#submit").click()
+    wait(driver, lambda d: len(job_states(d)) == 3, 10)
+    third = next(job for job in job_states(driver) if job not in (first, second))
+    wait(driver, lambda d: "priority 5" in css(d, f'#queue li[data-job="{third}"] .meta').text
+         and "position 1 in the queue" in css(d, f'#queue li[data-job="{third}"] .meta').text, 10, "the third job waits")
+    css(driver, f'#queue li[data-job="{third}"] button.cancel').click()
+    wait(driver, lambda d: job_states(d)[third] == "cancelled", 10, "the queued job is cancelled")
+    assert job_states(driver)[second] == "running"
     css(driver, f'#queue li[data-job="{second}"] button.cancel').click()
     wait(driver, lambda d: job_states(d)[second] == "cancelled", 60, "the second job is cancelled")
 
@@ -137,7 +159,9 @@ def test_run_watch_gallery_cancel_and_reload(browser, live_server, artifacts, tm
     driver.refresh()
     wait(driver, lambda d: css(d, "#connection").get_attribute("data-state") == "live", 30)
     css(driver, "#tab-watch").click()
-    wait(driver, lambda d: job_states(d) == {first: "succeeded", second: "cancelled"}, 20, "both jobs after a reload")
+    wait(driver, lambda d: job_states(d) == {third: "cancelled", second: "cancelled", first: "succeeded"}, 20,
+         "the jobs after a reload")
+    assert list(job_states(driver)) == [third, second, first]  # newest first
     driver.save_screenshot(str(artifacts / "web-reload.png"))
 
     # every shipped workflow opens with its whole graph; a ComfyUI workflow is drawn and sent as it is
@@ -147,10 +171,9 @@ def test_run_watch_gallery_cancel_and_reload(browser, live_server, artifacts, tm
         count = len(json.loads(path.read_text())["nodes"])
         wait(driver, lambda d: css(d, "#workflow-name").text == f"{path.name}: {count} nodes"
              and len(all_css(d, "#run-graph g.node")) == count, 10, path.name)
-    comfy = tmp_path / "comfy_api.json"
-    comfy.write_text(json.dumps({"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "x.safetensors"}},
-                                 "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "hi"}}}))
-    css(driver, "#open-file").send_keys(str(comfy))
+    drop_file(driver, "comfy_api.json", json.dumps({
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "x.safetensors"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "hi"}}}))
     wait(driver, lambda d: "ComfyUI format" in css(d, "#workflow-name").text, 10)
     assert len(all_css(driver, "#run-graph g.node")) == 2 and len(all_css(driver, "#run-graph path.link")) == 1
     # what a file says is text, never markup
