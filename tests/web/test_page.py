@@ -34,6 +34,11 @@ def all_css(driver, selector: str):
     return driver.find_elements(By.CSS_SELECTOR, selector)
 
 
+def click(driver, selector: str) -> None:
+    """Click, again if the element was replaced meanwhile (the queue re-renders as job states change)."""
+    wait(driver, lambda d: css(d, selector).click() or True, 10, f"click {selector}")
+
+
 def set_field(driver, name: str, value: str) -> None:
     field = css(driver, f'[name="{name}"]')
     field.clear()
@@ -133,10 +138,10 @@ def test_run_watch_gallery_cancel_and_reload(browser, live_server, artifacts, tm
     third = next(job for job in job_states(driver) if job not in (first, second))
     wait(driver, lambda d: "priority 5" in css(d, f'#queue li[data-job="{third}"] .meta').text
          and "position 1 in the queue" in css(d, f'#queue li[data-job="{third}"] .meta').text, 10, "the third job waits")
-    css(driver, f'#queue li[data-job="{third}"] button.cancel').click()
+    click(driver, f'#queue li[data-job="{third}"] button.cancel')
     wait(driver, lambda d: job_states(d)[third] == "cancelled", 10, "the queued job is cancelled")
     assert job_states(driver)[second] == "running"
-    css(driver, f'#queue li[data-job="{second}"] button.cancel').click()
+    click(driver, f'#queue li[data-job="{second}"] button.cancel')
     wait(driver, lambda d: job_states(d)[second] == "cancelled", 60, "the second job is cancelled")
 
     # the gallery: the image, its parameters, its workflow back in the Run tab
