@@ -73,6 +73,12 @@ def test_run_watch_gallery_cancel_and_reload(browser, live_server, artifacts, tm
     server = live_server()
     driver = browser
     open_page(driver, server.url)
+    from selenium.webdriver.common.keys import Keys
+
+    css(driver, "#tab-run").send_keys(Keys.ARROW_RIGHT)  # the tab list is keyboard-driven, focus moves along
+    assert driver.switch_to.active_element.get_attribute("id") == "tab-watch" and css(driver, "#watch").is_displayed()
+    driver.switch_to.active_element.send_keys(Keys.ARROW_LEFT)
+    assert css(driver, "#run").is_displayed() and not css(driver, "#watch").is_displayed()
 
     css(driver, "#open-file").send_keys(str(TXT2IMG))
     wait(driver, lambda d: len(all_css(d, "#run-graph g.node")) == 9, 10, "the graph is drawn")

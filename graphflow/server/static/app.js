@@ -218,7 +218,10 @@ function renderQueue() {
     list.appendChild(item);
     if (job.status === "running") updateQueueProgress(job.id);
   }
-  if (focused) list.querySelector(`li[data-job="${CSS.escape(focused[0])}"] button.${focused[1] || "show"}`)?.focus();
+  if (focused) {  // keep the keyboard focus on the job's row: its Cancel button, or Show once Cancel is gone
+    const row = list.querySelector(`li[data-job="${CSS.escape(focused[0])}"]`);
+    (row?.querySelector(`button.${focused[1] || "show"}`) ?? row?.querySelector("button.show"))?.focus();
+  }
   const waiting = positions.size + jobs.filter((j) => j.status === "running").length;
   $("queue-count").textContent = waiting ? `(${waiting})` : "";
 }
