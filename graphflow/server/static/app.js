@@ -137,7 +137,8 @@ $("run-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const workflow = state.form ? state.form.read() : state.doc;
   const priority = Number($("priority").value || 0);
-  const { status, body } = await api("/jobs", { method: "POST", json: { workflow, priority } });
+  $("submit").disabled = true;  // one job per click, however impatient
+  const { status, body } = await api("/jobs", { method: "POST", json: { workflow, priority } }).finally(() => { $("submit").disabled = false; });
   state.runGraph?.reset();
   if (status !== 202) {
     const problems = body.node_errors ?? {};
@@ -246,15 +247,15 @@ async function selectJob(id) {
   const rows = $("node-progress");
   rows.replaceChildren();
   state.nodeRows.clear();
-  for (const node of view.nodes) {
+  view.nodes.forEach((node, index) => {
     const row = el("li", { "data-node": node.id });
-    const labelId = `np-${node.id}`.replace(/[^\w-]/g, "_");
+    const labelId = `node-progress-${index}`;
     row.appendChild(el("span", { id: labelId }, node.id));
     const bar = el("progress", { max: 1, value: 0, "aria-labelledby": labelId });
     row.appendChild(bar);
     rows.appendChild(row);
     state.nodeRows.set(node.id, { row, bar });
-  }
+  });
   for (const node of body.executed ?? []) markNode(node, "done", 1, 1);
   for (const node of body.cached ?? []) markNode(node, "cached", 1, 1);
   if (body.status === "running" && body.progress) markNode(body.progress.node, "running", body.progress.value, body.progress.max);
