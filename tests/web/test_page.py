@@ -182,6 +182,11 @@ def test_run_watch_gallery_cancel_and_reload(browser, live_server, artifacts, tm
         count = len(json.loads(path.read_text())["nodes"])
         wait(driver, lambda d: css(d, "#workflow-name").text == f"{path.name}: {count} nodes"
              and len(all_css(d, "#run-graph g.node")) == count, 10, path.name)
+        if path.name == "denoise_animation.json":  # an exclusive bound: fps > 0
+            set_field(driver, "animate.fps", "0")
+            assert css(driver, '[name="animate.fps"]').get_attribute("validationMessage") == "must be more than 0"
+            set_field(driver, "animate.fps", "0.5")
+            assert css(driver, '[name="animate.fps"]').get_attribute("validationMessage") == ""
     drop_file(driver, "comfy_api.json", json.dumps({
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "x.safetensors"}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "hi"}}}))

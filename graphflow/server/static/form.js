@@ -28,6 +28,16 @@ function makeControl(kind, id, name, schema, value) {
     const step = schema.multipleOf ?? (integer ? 1 : "any");
     control = el("input", { id, type: "number", step, min: schema.minimum ?? schema.exclusiveMinimum, max: schema.maximum ?? schema.exclusiveMaximum });
     control.value = value ?? "";
+    const { exclusiveMinimum: low, exclusiveMaximum: high } = schema;
+    if (low !== undefined || high !== undefined) {  // min/max attributes include the bound itself
+      const check = () => {
+        const number = Number(control.value);
+        control.setCustomValidity(control.value !== "" && (number <= low || number >= high)
+          ? `must be ${number <= low ? `more than ${low}` : `less than ${high}`}` : "");
+      };
+      control.addEventListener("input", check);
+      check();
+    }
   } else if (kind === "checkbox") {
     control = el("input", { id, type: "checkbox" });
     control.checked = Boolean(value);
@@ -187,7 +197,9 @@ export function buildForm(container, doc, catalog, { upload, edited }) {
 function boundsText(schema) {
   const parts = [];
   if (schema.minimum !== undefined) parts.push(`≥ ${schema.minimum}`);
+  if (schema.exclusiveMinimum !== undefined) parts.push(`> ${schema.exclusiveMinimum}`);
   if (schema.maximum !== undefined) parts.push(`≤ ${schema.maximum}`);
+  if (schema.exclusiveMaximum !== undefined) parts.push(`< ${schema.exclusiveMaximum}`);
   if (schema.multipleOf !== undefined) parts.push(`multiple of ${schema.multipleOf}`);
   return parts.join(", ");
 }
