@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     check = with_workflow_options(with_dirs(sub.add_parser("validate", help="check a workflow and the files it names without running it")))
-    check.add_argument("workflow", help="a workflow JSON file")
+    check.add_argument("workflow", help="a workflow JSON file (any format a node pack reads) or a PNG carrying one")
     check.set_defaults(handler=cmd_validate)
 
     convert = sub.add_parser("convert", help="write the graphflow workflow equivalent to a workflow in another format")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import WorkflowFormatError
 from .workflow import Workflow, decode_json, parse
+from .workflow import read_text as read_text_file
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -38,7 +39,7 @@ def read_document(document: Any, source: str = "workflow", registry: "Registry |
 
 def read_text(text: str, source: str = "workflow", registry: "Registry | None" = None) -> Workflow:
     """:func:`read_document` of JSON text, decoded strictly (:func:`graphflow.workflow.decode_json`: malformed
-    JSON, NaN, huge numbers and deep nesting each become a one-line error)."""
+    JSON, unusable numbers and too deep nesting become one-line errors)."""
     return read_document(decode_json(text, source), source, registry)
 
 
@@ -46,17 +47,13 @@ def read_file(path: str | Path, registry: "Registry | None" = None) -> Workflow:
     """The workflow in a JSON file, or in a PNG's text chunks (told apart by the PNG signature, not the name)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            is_png = file.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
     except OSError as exc:
         raise WorkflowFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if data.startswith(PNG_SIGNATURE):
+    if is_png:
         return read_png(path, registry)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise WorkflowFormatError(f"{path}: neither JSON text nor a PNG image (not UTF-8: byte 0x{data[exc.start]:02x} "
-                                  f"at offset {exc.start}); save the workflow as UTF-8") from None
-    return read_text(text, str(path), registry)
+    return read_text(read_text_file(path), str(path), registry)  # a non-UTF-8 file is named with its first bad byte
 
 
 def read_png(path: str | Path, registry: "Registry | None" = None) -> Workflow:

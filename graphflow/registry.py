@@ -98,6 +98,11 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._specs)
 
+    def modules(self) -> list[str]:
+        """The modules defining its node types: importing them into a fresh Registry rebuilds it elsewhere
+        (a Ray worker process)."""
+        return sorted({spec.function.__module__ for spec in self._specs.values()})
+
     def catalog(self) -> dict[str, Any]:
         """Every node type with its inputs, outputs, defaults, bounds and a JSON Schema of its literal inputs."""
         return {name: catalog_entry(self._specs[name]) for name in self.names()}

@@ -3,9 +3,12 @@
     python server.py [--host 127.0.0.1] [--port 8188] [--data-dir DIR] [--token TOKEN]
     graphflow serve  [same options]
 
-Modules: ``store`` (SQLite job queue and history), ``worker`` (the one thread that runs jobs), ``hub``
-(WebSocket fan-out), ``files`` (safe output paths, verified uploads), ``limits`` (request limits), ``app``
-(routes and middlewares). Like the rest of the engine this package knows no node domain.
+    graphflow serve --ray [ADDRESS] [--workers N]   (jobs run on a pool of Ray worker actors)
+
+Modules: ``store`` (SQLite job queue and history), ``dispatch`` (hands queued jobs to workers, records results),
+``routing`` (which worker: cache affinity), ``worker`` (running one job; the in-process worker), ``ray_pool``
+(worker actors on a Ray cluster), ``hub`` (WebSocket fan-out), ``files`` (safe output paths, verified uploads),
+``limits`` (request limits), ``app`` (routes and middlewares). Like the rest of the engine this package knows no node domain.
 """
 from __future__ import annotations
 
@@ -50,6 +53,15 @@ def build_parser(prog: str = "server.py") -> argparse.ArgumentParser:
     limits.add_argument("--max-run", action="append", default=[], metavar="NAME=MAX", type=literal_limit,
                         help="upper bound on what nodes make while they run, by name (pixels is --max-pixels; "
                              "defaults: what the installed node packs declare, e.g. prompt_chunks=32); repeatable")
+    scale = parser.add_argument_group("many GPUs, many machines (needs the 'ray' extra)")
+    scale.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                       help="run jobs on Ray worker actors: without ADDRESS on a Ray started here, 'auto' or HOST:PORT "
+                            "on the cluster that `ray start` made")
+    scale.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                       help="with --ray: N workers (default: one per GPU of the cluster, or one per machine without GPUs)")
+    scale.add_argument("--worker-cpus", type=float, default=1.0, metavar="N", help="with --ray: CPUs each worker reserves (default 1)")
+    scale.add_argument("--ray-namespace", default="graphflow", metavar="NAME",
+                       help="with --ray: the Ray namespace of this server's workers (two servers on one cluster need two)")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     return parser
 
@@ -75,6 +87,26 @@ def literal_limit(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected NAME=NUMBER (e.g. count=150), got {text!r}") from None
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def ray_options(args: argparse.Namespace):
+    """The Ray pool's options, or None for the in-process worker."""
+    if args.ray is None:
+        return None
+    from .ray_pool import RayOptions
+
+    return RayOptions(address=args.ray or None, workers=args.workers, worker_cpus=args.worker_cpus,
+                      namespace=args.ray_namespace)
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     max_literal = dict(args.max_literal)  # the server adds the node packs' defaults under these
     limits = Limits(max_body_bytes=args.max_body, max_upload_bytes=args.max_upload,
@@ -85,13 +117,16 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     loopback = args.host in LOOPBACK_HOSTS
     allowed_hosts = LOOPBACK_HOSTS | {h.lower() for h in args.allow_host} if loopback else None
     return ServerConfig(data_dir=args.data_dir, token=token or None, models_dir=args.models_dir,
-                        limits=limits, allowed_hosts=allowed_hosts)
+                        limits=limits, allowed_hosts=allowed_hosts, ray=ray_options(args))
 
 
 def serve_from_args(argv: Sequence[str] | None = None, prog: str = "graphflow serve") -> int:
     from aiohttp import web
 
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.ray is None and (args.workers is not None or args.worker_cpus != 1.0 or args.ray_namespace != "graphflow"):
+        parser.error("--workers, --worker-cpus and --ray-namespace apply only with --ray")
     problems = env.check_environment()
     if problems:
         for line in problems:
@@ -110,6 +145,8 @@ def serve_from_args(argv: Sequence[str] | None = None, prog: str = "graphflow se
         return 1
     url_host = f"[{args.host}]" if ":" in args.host else args.host
     listening = f"graphflow server on http://{url_host}:{args.port} (data in {config.data_dir.resolve()})"
+    if config.ray is not None:
+        listening += f"\njobs run on Ray workers ({config.ray.address or 'a Ray started here'}, namespace {config.ray.namespace})"
     try:  # run_app calls print once the socket is bound: the line never announces a server that failed to start
         web.run_app(app, host=args.host, port=args.port, print=lambda _: print(listening, file=sys.stderr),
                     access_log=logging.getLogger("aiohttp.access") if args.verbose else None)

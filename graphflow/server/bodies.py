@@ -8,6 +8,7 @@ import codecs
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import WorkflowFormatError
 from ..workflow import decode_json
@@ -44,8 +45,9 @@ async def read_multipart_field(request: web.Request, name: str, limit: int) -> b
                 return await _read_at_most(part, limit)
     except ApiError:
         raise
-    except (ValueError, AssertionError, LookupError, UnicodeError) as exc:  # what aiohttp's reader raises on bad input
-        reason = str(exc).split("\n")[0][:200] or type(exc).__name__
+    except (ValueError, AssertionError, LookupError, UnicodeError, HttpProcessingError) as exc:
+        # what aiohttp's reader raises on bad input (HttpProcessingError: a part's header lines it cannot parse)
+        reason = (exc.message if isinstance(exc, HttpProcessingError) else str(exc)).split("\n")[0][:200] or type(exc).__name__
         raise ApiError(400, f"malformed multipart/form-data body: {reason}") from None
     return None
 

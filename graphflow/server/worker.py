@@ -1,9 +1,9 @@
-"""The one worker thread: claims jobs from the store (priority, then FIFO) and runs them on the shared Engine.
+"""Running one job on an Engine, the same way wherever the Engine lives, and the in-process worker.
 
-It runs off the event loop so the API keeps answering while a job computes. Engine events are turned into
-JSON messages tagged with the job id and handed to ``publish`` (which the app makes thread-safe); the
-terminal message (succeeded / failed / cancelled) is published only after the store has recorded the result,
-so a client that reacts to it by fetching ``/jobs/{id}`` sees the final state.
+:func:`run_job` turns a run's engine events into JSON messages tagged with the job id (previews at most
+``preview_interval`` apart, warnings with the folders hidden) and its outcome into a :class:`Finished` record: the
+in-process :class:`LocalExecutor` calls it on the server's Engine, a Ray worker actor on its own
+(``ray_pool``). The dispatcher (``dispatch``) decides which executor runs which job and records the results.
 """
 from __future__ import annotations
 
@@ -11,186 +11,209 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 from urllib.parse import quote
 
-from ..context import CancelToken
+from ..context import CancelToken, Settings
 from ..errors import Cancelled, GraphflowError, NodeFailed
 from ..events import Event, Preview, Progress, RunCancelled, RunFailed, RunSucceeded, SeedsUsed, Warning_
 from ..execute import Engine, RunReport
+from ..outputs import OutputFile
 from ..paths import hide_folders
-from .store import Job, JobStore
+from .routing import cached_prefix
+from .store import Job
 
 log = logging.getLogger("graphflow.server")
 SHUTDOWN_REASON = "interrupted by server shutdown"
 Publish = Callable[[dict[str, Any]], None]
 
 
-def public_outputs(report: RunReport) -> dict[str, dict[str, Any]]:
+def public_outputs(outputs: dict[str, Any], files: dict[str, list[OutputFile]]) -> dict[str, dict[str, Any]]:
     """Output-node results in their wire form: each file an ``{"url": "/outputs/...", ...info}`` entry under its
     kind's group (``images``, ``checkpoints``, ...); results that are no files as the node returned them."""
     public: dict[str, dict[str, Any]] = {}
-    for node_id, result in report.outputs.items():
-        files = report.files.get(node_id)
-        if not files:
+    for node_id, result in outputs.items():
+        written = files.get(node_id)
+        if not written:
             public[node_id] = result
             continue
         grouped: dict[str, list[dict[str, Any]]] = {}
-        for item in files:
+        for item in written:
             grouped.setdefault(item.group, []).append({"url": "/outputs/" + quote(item.filename), **item.info})
         public[node_id] = grouped
     return public
 
 
+def private(value: Any, settings: Settings) -> Any:
+    """Error and warning texts with an engine's folders shown as <models>, <inputs>, <outputs>, <assets>."""
+    folders = {"<models>": settings.models_dir, "<inputs>": settings.input_dir, "<outputs>": settings.output_dir}
+    folders.update({f"<assets {i}>" if i else "<assets>": folder for i, folder in enumerate(settings.asset_dirs)})
+    return hide_folders(value, folders)
+
+
 @dataclass
-class _Running:
-    job_id: str
-    cancel: CancelToken = field(default_factory=CancelToken)
+class Finished:
+    """A job's result as the store records it (``outputs`` in wire form, filled in by the executor)."""
+
+    status: str  # succeeded | failed | cancelled
+    error: dict[str, Any] | None = None
     progress: dict[str, Any] | None = None
-    seeds: dict[str, dict[str, int]] = field(default_factory=dict)  # from the run's SeedsUsed event
-    last_preview: float = float("-inf")
-    cancelled_by_user: bool = False
+    seeds: dict[str, dict[str, int]] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    executed: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    seconds: float | None = None
+    timings: dict[str, float] | None = None
+
+    def message(self, job_id: str) -> dict[str, Any]:
+        """The terminal WebSocket message."""
+        message: dict[str, Any] = {"type": self.status, "job": job_id}
+        if self.status == "succeeded":
+            message.update(outputs=self.outputs, executed=self.executed, cached=self.cached, seeds=self.seeds)
+        elif self.status == "failed":
+            message["error"] = self.error
+        return message
 
 
-class Worker:
-    def __init__(self, engine: Engine, store: JobStore, publish: Publish, preview_interval: float = 0.5):
-        self.engine, self.store, self.publish = engine, store, publish
-        self.preview_interval = preview_interval  # seconds between previews of one job (≤ 2/s by default)
-        self._wake = threading.Event()
-        self._lock = threading.Lock()  # guards _current, and makes claim-vs-cancel one step
-        self._current: _Running | None = None
-        self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="graphflow-worker", daemon=True)
+def run_job(engine: Engine, job: Job, send: Publish, cancel: CancelToken, cancelled_by_user: Callable[[], bool],
+            preview_interval: float = 0.5) -> tuple[Finished, RunReport | None]:
+    """Run ``job`` on ``engine``, sending its events; never raises for a failing job. The terminal event is not
+    sent: whoever records the result sends it afterwards, so a client reacting to it sees the final state."""
+    finished = Finished("succeeded")
+    last_preview = float("-inf")
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop after interrupting the running job; a node that never checks for cancellation is abandoned
-        after ``timeout`` (its job is then marked failed at the next start)."""
-        with self._lock:
-            self._stopping = True
-            if self._current is not None:
-                self._current.cancel.cancel()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def wake(self) -> None:
-        """Call after queueing a job."""
-        self._wake.set()
-
-    @property
-    def running(self) -> str | None:
-        current = self._current
-        return current.job_id if current else None
-
-    def progress(self, job_id: str) -> dict[str, Any] | None:
-        current = self._current
-        return current.progress if current and current.job_id == job_id else None
-
-    def seeds(self, job_id: str) -> dict[str, dict[str, int]] | None:
-        current = self._current
-        return current.seeds if current and current.job_id == job_id else None
-
-    def cancel(self, job_id: str) -> str | None:
-        """'cancelled' (was queued), 'cancelling' (running: it stops at its next check) or None (neither)."""
-        with self._lock:
-            if self.store.cancel_queued(job_id):
-                self._send({"type": "cancelled", "job": job_id})
-                return "cancelled"
-            if self._current is not None and self._current.job_id == job_id:
-                self._current.cancelled_by_user = True
-                self._current.cancel.cancel()
-                return "cancelling"
-        return None
-
-    def _loop(self) -> None:
-        while True:
-            self._wake.clear()  # before claiming: a submission after this point sets it again
-            try:
-                with self._lock:
-                    if self._stopping:
-                        return
-                    job = self.store.claim_next()
-                    running = self._current = _Running(job.id) if job else None
-            except Exception:  # the store is unusable for now (disk full, ...): retry rather than die
-                log.exception("worker: could not claim the next job")
-                self._wake.wait(5.0)
-                continue
-            if job is None:
-                self._wake.wait()
-                continue
-            try:
-                self._run(job, running)
-            except Exception:  # recording the result failed: log it, keep the worker alive
-                log.exception("worker: could not record job %s", job.id)
-            finally:
-                with self._lock:
-                    self._current = None
-
-    def _run(self, job: Job, running: _Running) -> None:
-        self._send({"type": "started", "job": job.id})
-        report, status, error = None, "succeeded", None
-        try:
-            report = self.engine.run(job.workflow, job.outputs, on_event=lambda e: self._observe(running, e),
-                                     cancel=running.cancel, run_id=job.id)
-        except Cancelled as exc:
-            report = exc.report
-            if running.cancelled_by_user:
-                status = "cancelled"
-            else:
-                status, error = "failed", {"node": exc.node, "type": "Interrupted", "message": SHUTDOWN_REASON}
-        except NodeFailed as exc:
-            report, status = exc.report, "failed"
-            error = exc.to_json()
-        except Exception as exc:  # never let one job take the worker down
-            if not isinstance(exc, GraphflowError):
-                log.exception("job %s failed unexpectedly", job.id)
-            report, status = getattr(exc, "report", None), "failed"
-            error = {"node": None, "type": type(exc).__name__, "message": str(exc) or repr(exc)}
-        error = self.private(error)
-        if report is None:
-            outputs, executed, cached, seconds, timings = {}, [], [], None, None
-        else:
-            outputs, executed, cached = self.private(public_outputs(report)), list(report.executed), list(report.cached)
-            seconds, timings = report.seconds, dict(report.timings)
-        self.store.finish(job.id, status, progress=running.progress, outputs=outputs, executed=executed,
-                          cached=cached, error=error, seconds=seconds, timings=timings, seeds=running.seeds)
-        message: dict[str, Any] = {"type": status, "job": job.id}
-        if status == "succeeded":
-            message.update(outputs=outputs, executed=executed, cached=cached, seeds=running.seeds)
-        elif status == "failed":
-            message["error"] = error
-        self._send(message)
-
-    def _observe(self, running: _Running, event: Event) -> None:
+    def observe(event: Event) -> None:
+        nonlocal last_preview
         if isinstance(event, (RunSucceeded, RunFailed, RunCancelled)):
-            return  # _run publishes these itself, after the store has the result
+            return
         if isinstance(event, Progress):
-            running.progress = {"node": event.node, "value": event.value, "max": event.max}
+            finished.progress = {"node": event.node, "value": event.value, "max": event.max}
         if isinstance(event, SeedsUsed):
-            running.seeds = event.seeds
+            finished.seeds = event.seeds
         if isinstance(event, Preview):
             now = time.monotonic()
-            if now - running.last_preview < self.preview_interval:
+            if now - last_preview < preview_interval:
                 return
-            running.last_preview = now
+            last_preview = now
         message = event.to_json()
         message["job"] = message.pop("run_id")
         if isinstance(event, Warning_):
-            message = self.private(message)
-        self._send(message)
-
-    def private(self, value: Any) -> Any:
-        """Error and warning texts with the server's folders shown as <models>, <inputs>, <outputs>, <assets>."""
-        settings = self.engine.settings
-        folders = {"<models>": settings.models_dir, "<inputs>": settings.input_dir, "<outputs>": settings.output_dir}
-        folders.update({f"<assets {i}>" if i else "<assets>": folder for i, folder in enumerate(settings.asset_dirs)})
-        return hide_folders(value, folders)
-
-    def _send(self, message: dict[str, Any]) -> None:
+            message = private(message, engine.settings)
         try:
-            self.publish(message)
+            send(message)
         except Exception:  # a broken subscriber must not fail the node that emitted the event
             log.exception("worker: could not publish %s", message.get("type"))
+
+    report = None
+    try:
+        report = engine.run(job.workflow, job.outputs, on_event=observe, cancel=cancel, run_id=job.id)
+    except Cancelled as exc:
+        report = exc.report
+        if cancelled_by_user():
+            finished.status = "cancelled"
+        else:
+            finished.status, finished.error = "failed", {"node": exc.node, "type": "Interrupted", "message": SHUTDOWN_REASON}
+    except NodeFailed as exc:
+        report, finished.status, finished.error = exc.report, "failed", exc.to_json()
+    except Exception as exc:  # never let one job take the worker down
+        if not isinstance(exc, GraphflowError):
+            log.exception("job %s failed unexpectedly", job.id)
+        report, finished.status = getattr(exc, "report", None), "failed"
+        finished.error = {"node": None, "type": type(exc).__name__, "message": str(exc) or repr(exc)}
+    finished.error = private(finished.error, engine.settings)
+    if report is not None:
+        finished.executed, finished.cached = list(report.executed), list(report.cached)
+        finished.seconds, finished.timings = report.seconds, dict(report.timings)
+    return finished, report
+
+
+class WorkerLost(Exception):
+    """The worker running a job went away (process killed, machine lost). ``accepted``: whether it had taken the
+    job before it went (if not, the job never started there and moving it costs no retry)."""
+
+    def __init__(self, worker: str, reason: str, accepted: bool = True):
+        super().__init__(f"{worker}: {reason}")
+        self.worker, self.reason, self.accepted = worker, reason, accepted
+
+
+class Executor(Protocol):
+    """One place jobs run, one at a time: the server's own Engine or a Ray actor's."""
+
+    name: str  # shown in messages; unique among live executors
+    ident: str  # unique for this executor's lifetime (a replacement under the same name gets another)
+    load: int  # jobs given to it so far
+
+    def cached_part(self, job: Job) -> int:
+        """How many of the job's plan nodes its cache holds, by its own content keys (0 when it cannot tell)."""
+
+    def run(self, job: Job, send: Publish) -> Finished:
+        """Run the job, sending its events; raises WorkerLost if the executor goes away meanwhile."""
+
+    def cancel(self, job_id: str, by_user: bool = True) -> None:
+        """Stop the job at its next check if it is the one running here."""
+
+
+class LocalExecutor:
+    """The server's own Engine, run on the dispatcher's job thread."""
+
+    def __init__(self, engine: Engine, preview_interval: float = 0.5):
+        self.engine, self.preview_interval = engine, preview_interval
+        self.name = self.ident = "local"
+        self.load = 0
+        self._lock = threading.Lock()
+        self._current: tuple[str, CancelToken, list[bool]] | None = None  # job id, token, [cancelled by user]
+
+    def cached_part(self, job: Job) -> int:
+        return cached_part(self.engine, job)
+
+    def run(self, job: Job, send: Publish) -> Finished:
+        token, by_user = CancelToken(), [False]
+        with self._lock:
+            self._current = (job.id, token, by_user)
+        try:
+            finished, report = run_job(self.engine, job, send, token, lambda: by_user[0], self.preview_interval)
+        finally:
+            with self._lock:
+                self._current = None
+        if report is not None:
+            finished.outputs = private(public_outputs(report.outputs, report.files), self.engine.settings)
+        return finished
+
+    def cancel(self, job_id: str, by_user: bool = True) -> None:
+        with self._lock:
+            if self._current is not None and self._current[0] == job_id:
+                self._current[2][0] = by_user
+                self._current[1].cancel()
+
+
+class LocalPool:
+    """The in-process server's one executor."""
+
+    poll_interval: float | None = None  # membership never changes: the dispatcher waits for a wake-up
+
+    def __init__(self, engine: Engine, preview_interval: float = 0.5):
+        self._executors = [LocalExecutor(engine, preview_interval)]
+
+    def executors(self) -> list[LocalExecutor]:
+        return list(self._executors)
+
+    def refresh(self) -> None:
+        pass
+
+    def lost(self, executor: Executor) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def cached_part(engine: Engine, job: Job) -> int:
+    """How many of the job's plan nodes the engine's cache holds (random seeds are not drawn yet: what depends on
+    them matches nothing, which is right); 0 when the plan cannot be made (the run will say why)."""
+    from ..plan import make_plan
+
+    try:
+        plan = make_plan(engine.validate(job.workflow, job.outputs), engine.settings)
+    except Exception:
+        return 0
+    return cached_prefix([plan.keys[node_id] for node_id in plan.order], engine.cache)

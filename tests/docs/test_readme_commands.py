@@ -43,7 +43,7 @@ EXEMPT = {
     "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/graphflow run workflows/txt2img.json":
         "creates a virtualenv and installs graphflow and torch from PyPI (minutes, network); the run it ends with "
         "is the `graphflow run workflows/txt2img.json --set ...` command of the Command line section",
-    "python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e '.[test]' && .venv/bin/python -m pytest -q":
+    "python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e '.[test,ray]' && .venv/bin/python -m pytest -q":
         "installs from PyPI and runs this whole test suite, this test included",
     "python -m training.evaluate --model /tmp/toy           # the checks of meaning as a table, through graphflow workflows":
         "draws 300 pictures (minutes); ToyRuns, which it prints, is tested by tests/training/test_evaluate.py and "
@@ -51,6 +51,18 @@ EXEMPT = {
     "graphflow run workflows/hires_fix_model.json --set upscaler.name=RealESRGAN_x4plus.pth":
         "needs a real RealESRGAN_x4plus.pth (64 MB, not shipped); hires_fix_model.json itself is run by "
         "tests/workflows",
+    "pip install -e '.[ray]'":
+        "installs Ray from PyPI (network); the suite runs with the ray extra installed (.ci/run), and "
+        "tests/server/test_ray.py needs it",
+    "ray start --head --port 6379":
+        "starts Ray's daemons for a cluster and leaves them running; tests/server/test_ray.py starts a local cluster "
+        "with Ray's cluster utilities instead, and stops it",
+    "ray start --address HEAD_IP:6379":
+        "joins a head machine of a real cluster (HEAD_IP stands for its address); a joining machine is tested by "
+        "tests/server/test_ray.py::test_a_machine_joining_the_cluster_brings_a_worker_that_takes_jobs",
+    "GRAPHFLOW_TOKEN=$(openssl rand -hex 16) graphflow serve --ray auto --host 0.0.0.0 --models-dir /srv/models":
+        "needs the cluster of the two `ray start` lines above and listens on every interface; a server joining a "
+        "running cluster by address is what every test in tests/server/test_ray.py starts",
     'websocat "ws://127.0.0.1:8188/ws?job=$ID"':
         "websocat is no dependency of graphflow and stays connected until interrupted; /ws is tested by tests/server",
 }

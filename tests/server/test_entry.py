@@ -44,6 +44,35 @@ def test_options_and_environment(monkeypatch):
         build_parser().parse_args(["--max-literal", "steps"])
 
 
+def test_ray_options_are_given_only_with_ray():
+    assert config().ray is None
+    local = config("--ray").ray
+    assert (local.address, local.workers, local.worker_cpus, local.namespace) == (None, None, 1.0, "graphflow")
+    cluster = config("--ray", "10.0.0.5:6379", "--workers", "4", "--worker-cpus", "2", "--ray-namespace", "studio").ray
+    assert (cluster.address, cluster.workers, cluster.worker_cpus, cluster.namespace) == ("10.0.0.5:6379", 4, 2.0, "studio")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--ray", "--workers", "0"])
+
+
+def test_ray_only_options_without_ray_are_refused(capsys):
+    from graphflow.server import serve_from_args
+
+    with pytest.raises(SystemExit) as exit_:
+        serve_from_args(["--workers", "2"])
+    assert exit_.value.code == 2
+    assert "--workers, --worker-cpus and --ray-namespace apply only with --ray" in capsys.readouterr().err
+
+
+def test_ray_without_ray_installed_is_a_clear_error_and_frees_the_data_dir(tmp_path, monkeypatch, toy_registry):
+    from graphflow.server import ServerConfig, create_app
+    from graphflow.server.ray_pool import RayOptions
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError, as where the extra is missing
+    with pytest.raises(RuntimeError, match=r"^--ray needs Ray, which is an optional extra: pip install 'graphflow\[ray\]'"):
+        create_app(ServerConfig(data_dir=tmp_path / "d", ray=RayOptions()), toy_registry)
+    create_app(ServerConfig(data_dir=tmp_path / "d"), toy_registry)  # the failed start left no lock behind
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
