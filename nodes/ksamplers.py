@@ -11,7 +11,7 @@ order of float operations, so a step gives ComfyUI's numbers. Samplers that add 
 ``noise_sampler(sigma, sigma_next)`` (nodes/ksigmas.py makes ComfyUI's). ``callback(i, x, denoised)``, if
 given, is called after the model call of step i (progress and previews).
 
-:data:`KSAMPLERS` maps ComfyUI's sampler names to these functions.
+:data:`KSAMPLERS` maps ComfyUI's sampler names to these functions, in ComfyUI's order.
 """
 from __future__ import annotations
 
@@ -167,6 +167,27 @@ def _sigma(t: "torch.Tensor") -> "torch.Tensor":
     return t.neg().exp()
 
 
+def sample_dpmpp_2s_ancestral(model: Denoiser, x, sigmas, noise_sampler, callback: Callback = None, eta: float = 1.0,
+                              s_noise: float = 1.0, **_):
+    """DPM-Solver++(2S) down to sigma_down (one extra model call at the log-midpoint), then fresh noise."""
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, _batch(x, sigmas[i]))
+        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        _notify(callback, i, x, denoised)
+        if sigma_down == 0:
+            x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
+        else:
+            t, t_next = _t(sigmas[i]), _t(sigma_down)
+            h = t_next - t
+            s = t + 0.5 * h
+            x_2 = (_sigma(s) / _sigma(t)) * x - (-h * 0.5).expm1() * denoised
+            denoised_2 = model(x_2, _batch(x, _sigma(s)))
+            x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * denoised_2
+        if sigmas[i + 1] > 0:
+            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+    return x
+
+
 def sample_dpmpp_2m(model: Denoiser, x, sigmas, callback: Callback = None, **_):
     """DPM-Solver++(2M): second order from the previous step's prediction; first and last steps first order."""
     old_denoised = None
@@ -265,6 +286,12 @@ def _unipc(model, x, sigmas, callback: Callback = None, **_):
     return sample_unipc(model, x, sigmas, callback=callback)
 
 
+def _unipc_bh2(model, x, sigmas, callback: Callback = None, **_):
+    from .unipc import sample_unipc
+
+    return sample_unipc(model, x, sigmas, callback=callback, variant="bh2")
+
+
 KSAMPLERS: dict[str, KSampler] = {
     s.name: s
     for s in (
@@ -274,12 +301,14 @@ KSAMPLERS: dict[str, KSampler] = {
         KSampler("dpm_2", sample_dpm_2),
         KSampler("dpm_2_ancestral", sample_dpm_2_ancestral, "default"),
         KSampler("lms", sample_lms),
-        KSampler("dpmpp_2m", sample_dpmpp_2m),
+        KSampler("dpmpp_2s_ancestral", sample_dpmpp_2s_ancestral, "default"),
         KSampler("dpmpp_sde", sample_dpmpp_sde, "brownian"),
+        KSampler("dpmpp_2m", sample_dpmpp_2m),
         KSampler("dpmpp_2m_sde", sample_dpmpp_2m_sde, "brownian"),
         # ComfyUI's "ddim" is its Euler sampler (the DDIM schedule is the ddim_uniform scheduler); only the
         # inpainting noise differs (nodes/comfy/ksampler.py)
         KSampler("ddim", sample_euler),
         KSampler("uni_pc", _unipc),
+        KSampler("uni_pc_bh2", _unipc_bh2),
     )
 }

@@ -203,11 +203,17 @@ def trim_sigmas(sigmas: "torch.Tensor", start_step: int | None = None, last_step
 # ---------------------------------------------------------------------------------------------------
 
 
-def initial_noise(shape: tuple[int, ...], seed: int) -> "torch.Tensor":
+def initial_noise(shape: tuple[int, ...], seed: int, batch_index: tuple[int, ...] | None = None) -> "torch.Tensor":
     """ComfyUI's ``prepare_noise``: one float32 draw on the CPU for the whole batch from a generator seeded with
-    ``seed`` (image i of a batch is therefore not the image the same seed gives alone)."""
+    ``seed`` (image i of a batch is therefore not the image the same seed gives alone). With ``batch_index``
+    (images taken out of a bigger batch) the stream is drawn image by image up to the highest index and each
+    image gets the draw of its index, so it has the noise it had in the bigger batch."""
     generator = torch.Generator("cpu").manual_seed(seed)
-    return torch.randn(shape, dtype=torch.float32, generator=generator, device="cpu")
+    if batch_index is None:
+        return torch.randn(shape, dtype=torch.float32, generator=generator, device="cpu")
+    one = (1, *shape[1:])
+    draws = [torch.randn(one, dtype=torch.float32, generator=generator, device="cpu") for _ in range(max(batch_index) + 1)]
+    return torch.cat([draws[i] for i in batch_index])
 
 
 def default_noise_sampler(x: "torch.Tensor", seed: int) -> NoiseSampler:

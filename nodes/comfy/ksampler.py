@@ -18,6 +18,7 @@ mask the input is the original latent noised to the current sigma and the predic
 from __future__ import annotations
 
 import math
+import time
 from typing import Literal
 
 import torch
@@ -31,6 +32,7 @@ from graphflow.seeds import RANDOM, seed_type
 from ..ksamplers import KSAMPLERS
 from ..ksigmas import (SCHEDULER_NAMES, DiscreteSigmas, brownian_noise_sampler, default_noise_sampler, initial_noise,
                        ksampler_sigmas, trim_sigmas)
+from ..preview import preview_png
 from ..values import CONDITIONING, LATENT, MODEL, Conditioning, Latent, Model
 from .guidance import ComfyDenoiser, InpaintDenoiser
 
@@ -38,6 +40,7 @@ SamplerName = Literal[tuple(KSAMPLERS)]
 SchedulerName = Literal[SCHEDULER_NAMES]
 ComfySeed = seed_type(random=(RANDOM,))  # ComfyUI's 0 .. 2**64-1; "random" draws one per run
 MAX_STEPS = 10000
+PREVIEW_EVERY_S = 0.5  # live previews of the prediction: cheap, but not worth a PNG every step
 
 
 def sample_latent(model: Model, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
@@ -47,7 +50,10 @@ def sample_latent(model: Model, seed: int, steps: int, cfg: float, sampler_name:
     """ComfyUI's common_ksampler over graphflow values; the result keeps the latent's mask and paste-back."""
     _check_inputs(model, positive, negative, latent)
     clean = latent.samples.to(torch.float32)
-    noise = initial_noise(tuple(clean.shape), seed) if add_noise else torch.zeros(clean.shape, dtype=torch.float32)
+    if add_noise:
+        noise = initial_noise(tuple(clean.shape), seed, latent.batch_index)
+    else:
+        noise = torch.zeros(clean.shape, dtype=torch.float32)
     model_sigmas = DiscreteSigmas.from_config(model.scheduler_config)
     sigmas = ksampler_sigmas(model_sigmas, scheduler, sampler_name, steps, denoise)
     sigmas = trim_sigmas(sigmas, start_step, last_step, force_full_denoise)
@@ -60,7 +66,7 @@ def sample_latent(model: Model, seed: int, steps: int, cfg: float, sampler_name:
     if latent.noise_mask is not None:
         mask = latent.noise_mask.to(device, torch.float32).expand(clean.shape[0], clean.shape[1], -1, -1)
         # ComfyUI's "ddim" keeps the unmasked part with fresh noise from seed + 1 instead of the initial noise
-        kept_noise = initial_noise(tuple(clean.shape), seed + 1).to(device) if sampler_name == "ddim" else noise
+        kept_noise = initial_noise(tuple(clean.shape), (seed + 1) % 2**64).to(device) if sampler_name == "ddim" else noise
         denoiser = InpaintDenoiser(denoiser, clean, kept_noise, mask)
     x = _noised(clean, noise, sigmas[0], model_sigmas)
     spec = KSAMPLERS[sampler_name]
@@ -70,8 +76,13 @@ def sample_latent(model: Model, seed: int, steps: int, cfg: float, sampler_name:
     elif spec.noise == "brownian" and len(sigmas) > 1:
         extra["noise_sampler"] = brownian_noise_sampler(x, sigmas, seed)
     total = len(sigmas) - 1
+    last_preview = [time.monotonic()]
 
-    def progress(i: int, _x, _denoised) -> None:
+    def progress(i: int, _x, denoised) -> None:
+        # ComfyUI shows the current prediction as a latent-RGB preview; at most every PREVIEW_EVERY_S here
+        if i + 1 < total and time.monotonic() - last_preview[0] >= PREVIEW_EVERY_S:
+            ctx.preview(preview_png(denoised), i + 1)
+            last_preview[0] = time.monotonic()
         ctx.progress(i + 1, total)
 
     with torch.no_grad():
@@ -90,7 +101,7 @@ def _noised(clean: "torch.Tensor", noise: "torch.Tensor", sigma: "torch.Tensor",
 
 def _result(latent: Latent, samples: "torch.Tensor") -> Latent:
     return Latent(samples=samples, noise_mask=latent.noise_mask, masked_image=latent.masked_image,
-                  paste_pixels=latent.paste_pixels, paste_mask=latent.paste_mask)
+                  paste_pixels=latent.paste_pixels, paste_mask=latent.paste_mask, batch_index=latent.batch_index)
 
 
 def _check_inputs(model: Model, positive: Conditioning, negative: Conditioning, latent: Latent) -> None:

@@ -113,6 +113,14 @@ def test_initial_noise_is_one_cpu_stream_for_the_batch():
     assert torch.equal(initial_noise((1, 4, 2, 2), 2**64 - 1), initial_noise((1, 4, 2, 2), 2**64 - 1))
 
 
+def test_images_taken_from_a_batch_keep_the_noise_they_had_there():
+    full = torch.cat([initial_noise((1, 4, 8, 8), 5, (i,)) for i in range(3)])
+    generator = torch.Generator().manual_seed(5)
+    assert torch.equal(full, torch.cat([torch.randn(1, 4, 8, 8, generator=generator) for _ in range(3)]))
+    picked = initial_noise((3, 4, 8, 8), 5, (2, 0, 2))
+    assert torch.equal(picked, full[[2, 0, 2]])
+
+
 def test_ancestral_noise_comes_from_seed_plus_one_on_the_cpu():
     x = torch.zeros(1, 4, 4, 4)
     sample = default_noise_sampler(x, 42)
