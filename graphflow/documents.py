@@ -10,12 +10,12 @@ packs name (``NodePack.png_text_chunks``), then :data:`LEGACY_PNG_CHUNK`, where 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import WorkflowFormatError
-from .workflow import Workflow, parse
+from .workflow import Workflow, decode_json, parse
+from .workflow import read_text as read_text_file
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -38,12 +38,9 @@ def read_document(document: Any, source: str = "workflow", registry: "Registry |
 
 
 def read_text(text: str, source: str = "workflow", registry: "Registry | None" = None) -> Workflow:
-    """:func:`read_document` of JSON text; malformed JSON becomes a one-line error with line and column."""
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise WorkflowFormatError(f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-    return read_document(document, source, registry)
+    """:func:`read_document` of JSON text, decoded strictly (:func:`graphflow.workflow.decode_json`: malformed
+    JSON, unusable numbers and too deep nesting become one-line errors)."""
+    return read_document(decode_json(text, source), source, registry)
 
 
 def read_file(path: str | Path, registry: "Registry | None" = None) -> Workflow:
@@ -52,14 +49,11 @@ def read_file(path: str | Path, registry: "Registry | None" = None) -> Workflow:
     try:
         with path.open("rb") as file:
             is_png = file.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
-        if is_png:
-            return read_png(path, registry)
-        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise WorkflowFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise WorkflowFormatError(f"{path}: neither JSON text nor a PNG image") from None
-    return read_text(text, str(path), registry)
+    if is_png:
+        return read_png(path, registry)
+    return read_text(read_text_file(path), str(path), registry)  # a non-UTF-8 file is named with its first bad byte
 
 
 def read_png(path: str | Path, registry: "Registry | None" = None) -> Workflow:

@@ -85,12 +85,15 @@ def open_picture(path: Path, input_name: str, name: str) -> PILImage.Image:
         raise NodeInputError(input_name, f"not a readable image: {exc}", "a PNG, JPEG, WebP, ... file", name) from None
 
 
+UPLOAD = {"upload": "image"}  # tells clients (the web page) that an uploaded image's name goes here
+
+
 @node(outputs={"image": IMAGE, "mask": MASK}, category="image", fingerprint=_file_fingerprint, version=2,
       preflight=_preflight)
 def LoadImage(
-    name: str = Field(..., description="file name inside the input folder (sub-folders allowed)"),
+    name: str = Field(..., description="file name inside the input folder (sub-folders allowed)", json_schema_extra=UPLOAD),
     mask: str = Field("", description="optional mask file in the input folder: white repaints, black keeps; "
-                      "empty = the image's transparency (transparent repaints)"),
+                      "empty = the image's transparency (transparent repaints)", json_schema_extra=UPLOAD),
     *,
     ctx: RunContext,
 ) -> tuple[Image, Mask]:

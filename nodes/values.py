@@ -125,8 +125,9 @@ class Clip(SocketValue):
     embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
     patches: tuple[str, ...] = ()
     # The text encoder layer comfy.CLIPSetLastLayer chose for comfy.CLIPTextEncode: -1 = the last, -2 = the one
-    # before (A1111's clip skip 2), ... graphflow's own encode nodes take clip_skip as an input instead.
-    stop_at_layer: int = -1
+    # before (A1111's clip skip 2), ...; None = the family's default (ComfyUI: the last for SD 1.x, the one before
+    # for SD 2.x). graphflow's own encode nodes take clip_skip as an input instead.
+    stop_at_layer: int | None = None
 
 
 @dataclass(frozen=True, eq=False)

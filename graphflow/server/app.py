@@ -27,8 +27,9 @@ from .bodies import read_json, read_multipart_field
 from .files import Rejected, served_file, store_image
 from .hub import Hub
 from .limits import Limits, check_literals, check_size, issue
-from .middleware import (ApiError, answer_protocol_errors_as_json, dumps, guard_host_and_origin, json_errors, json_response,
-                         require_token)
+from .middleware import (WS_PROTOCOL, ApiError, answer_protocol_errors_as_json, dumps, guard_host_and_origin, json_errors,
+                         json_response, require_token)
+from .page import is_public, page_routes
 from .store import STATUSES, JobStore
 from .dispatch import Dispatcher
 from .worker import LocalPool, private
@@ -238,7 +239,7 @@ class Server:
         if job_id is not None:  # start with the job's current state, so a late subscriber is never left waiting
             snapshot = self._job_or_404(job_id)
             first = {**snapshot, "type": "status", "job": snapshot.pop("id")}
-        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=64 * 1024)
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=64 * 1024, protocols=(WS_PROTOCOL,))
         await ws.prepare(request)
         await self.hub.serve(ws, job_id, first)
         return ws
@@ -251,7 +252,8 @@ class Server:
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.get("/", self.index),
+            *page_routes(),
+            web.get("/about", self.index),
             web.post("/jobs", self.submit),
             web.get("/jobs", self.jobs),
             web.get("/jobs/{id}", self.job),
@@ -267,7 +269,7 @@ class Server:
 def create_app(config: ServerConfig, registry: Registry | None = None) -> web.Application:
     server = Server(config, registry)
     app = web.Application(client_max_size=config.limits.max_body_bytes,
-                          middlewares=[json_errors, guard_host_and_origin(config.allowed_hosts), require_token(config.token)])
+                          middlewares=[json_errors, guard_host_and_origin(config.allowed_hosts), require_token(config.token, is_public)])
     app[SERVER] = server
     answer_protocol_errors_as_json(app)
     app.add_routes(server.routes())
@@ -278,9 +280,11 @@ def create_app(config: ServerConfig, registry: Registry | None = None) -> web.Ap
 
 
 # -- the index page ----------------------------------------------------------------------------------------
-# One line per route for the page at /; a route missing here fails tests/server/test_index.py.
+# One line per route for the page at /about; a route missing here fails tests/server/test_index.py.
 ROUTE_HELP = {
-    ("GET", "/"): "this page",
+    ("GET", "/"): "the web page: run workflows, watch the queue and previews, browse the gallery (open without the token)",
+    ("GET", "/ui/{name}"): "the web page's scripts and styles (open without the token)",
+    ("GET", "/about"): "this page",
     ("POST", "/jobs"): 'submit a workflow: {"workflow": {...}, "outputs": [...], "priority": 0} → 202 {"id", "status"}',
     ("GET", "/jobs"): "the jobs, newest first (?status=&limit=&offset=)",
     ("GET", "/jobs/{id}"): "one job: status, progress, outputs, timings, error",
@@ -291,7 +295,7 @@ ROUTE_HELP = {
     ("GET", "/health"): "liveness and queue length (open without the token)",
     ("GET", "/ws"): "WebSocket of job events (?job=ID to follow one job)",
 }
-LINKED = ("/nodes", "/jobs", "/health")
+LINKED = ("/", "/nodes", "/jobs", "/health")
 
 
 def index_page(counts: dict[str, int], running: str | None, routes: list[web.RouteDef]) -> str:
@@ -312,7 +316,8 @@ def index_page(counts: dict[str, int], running: str | None, routes: list[web.Rou
 </head><body>
 <h1>graphflow server</h1>
 <p>This is a graphflow job server: it runs node-graph workflows as jobs, one at a time,
-streams their progress over a WebSocket and serves the images they write. Clients send JSON; see
+streams their progress over a WebSocket and serves the images they write. People use <a href="/">its web page</a>;
+programs send JSON: see
 <a href="/nodes">/nodes</a> for the node types, <a href="/jobs">/jobs</a> for the jobs and
 <a href="/health">/health</a> for a liveness check.</p>
 <h2>Queue</h2>

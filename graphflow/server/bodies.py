@@ -8,6 +8,7 @@ import codecs
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import WorkflowFormatError
 from ..workflow import decode_json
@@ -73,11 +74,12 @@ async def read_multipart_form(request: web.Request, name: str, limit: int) -> tu
     return fields, data, filename
 
 
-MALFORMED = (ValueError, AssertionError, LookupError, UnicodeError)  # what aiohttp's reader raises on bad input
+# what aiohttp's reader raises on bad input (HttpProcessingError: a part's header lines it cannot parse)
+MALFORMED = (ValueError, AssertionError, LookupError, UnicodeError, HttpProcessingError)
 
 
 def _malformed(exc: Exception) -> ApiError:
-    reason = str(exc).split("\n")[0][:200] or type(exc).__name__
+    reason = (exc.message if isinstance(exc, HttpProcessingError) else str(exc)).split("\n")[0][:200] or type(exc).__name__
     return ApiError(400, f"malformed multipart/form-data body: {reason}")
 
 

@@ -1,6 +1,7 @@
 """What every request goes through: JSON error answers, the host/origin guard, the bearer token."""
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 import logging
@@ -105,21 +106,43 @@ def guard_host_and_origin(allowed_hosts: frozenset[str] | None) -> Middleware:
     return guard
 
 
-def require_token(token: str | None) -> Middleware:
-    """With a token, every route but /health needs ``Authorization: Bearer TOKEN`` (compared in constant time)."""
+WS_PROTOCOL = "graphflow"  # the WebSocket subprotocol the server selects
+WS_TOKEN_PREFIX = "bearer."  # a browser cannot set headers on a WebSocket: it offers "bearer.<base64url token>"
+
+
+def require_token(token: str | None, public: Callable[[str], bool] = lambda path: False) -> Middleware:
+    """With a token, every route but /health and the ``public`` paths needs ``Authorization: Bearer TOKEN``
+    (compared in constant time). A WebSocket handshake may carry it instead as the subprotocol
+    ``bearer.<token in unpadded base64url>``, next to ``graphflow``."""
     expected = token.encode() if token else None
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is not None and request.path != "/health":
+        if expected is not None and request.path != "/health" and not public(request.path):
             scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            # aiohttp keeps undecodable header bytes as surrogates: encode them back to the bytes that were sent
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected):
+            if scheme.lower() == "bearer":
+                # aiohttp keeps undecodable header bytes as surrogates: encode them back to the bytes that were sent
+                presented = given.strip().encode("utf-8", "surrogateescape")
+            else:
+                presented = _protocol_token(request.headers.get("Sec-WebSocket-Protocol", ""))
+            if not hmac.compare_digest(presented, expected):
                 return json_response({"error": "missing or wrong bearer token"}, status=401,
                                      headers={"WWW-Authenticate": "Bearer"})
         return await handler(request)
 
     return check
+
+
+def _protocol_token(header: str) -> bytes:
+    for offered in header.split(","):
+        offered = offered.strip()
+        if offered.startswith(WS_TOKEN_PREFIX):
+            encoded = offered[len(WS_TOKEN_PREFIX):]
+            try:
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+            except ValueError:
+                return b""
+    return b""
 
 
 # A Host header is a name or an address with an optional port, nothing else: "evil.com@localhost" names evil.com's

@@ -19,7 +19,7 @@ from graphflow.errors import NodeInputError, node_inputs
 from graphflow.node import Input, node
 
 from ..embeddings import available_embeddings, embedding_folders, find_embedding, load_embedding
-from ..prompt import EMBEDDING_PREFIX
+from ..prompt import EMBEDDING_PREFIX, check_prompt_chunks
 from ..search import file_fingerprint
 from ..values import CLIP, CONDITIONING, Clip, Conditioning
 from .prompt import MissingEmbedding, encode_weighted, tokenize_weighted
@@ -62,22 +62,27 @@ def _embedding_finder(clip: Clip, settings):
 
 
 def clip_skip_of(clip: Clip) -> int:
-    """graphflow's clip_skip for the CLIP's stop_at_layer (-n -> n; beyond the encoder's depth: the last layer)."""
+    """graphflow's clip_skip for the CLIP's stop_at_layer (-n -> n; beyond the encoder's depth: the last layer;
+    not set: the penultimate layer for SD 2.x, as ComfyUI encodes it, else the last)."""
+    if clip.stop_at_layer is None:
+        return 2 if clip.family == "sd2" else 1
     core = getattr(clip.text_encoder, "text_model", clip.text_encoder)
     layers = len(core.encoder.layers)
     return 1 if -clip.stop_at_layer > layers else -clip.stop_at_layer
 
 
-def encode_comfy_prompt(clip: Clip, text: str, settings) -> Conditioning:
-    """A prompt encoded ComfyUI's way, with the encoded empty prompt for graphflow's Sample to pad with."""
-    find, folders = _embedding_finder(clip, settings)
+def encode_comfy_prompt(clip: Clip, text: str, ctx: RunContext) -> Conditioning:
+    """A prompt encoded ComfyUI's way, with the encoded empty prompt for graphflow's Sample to pad with. The
+    windows are bounded by the server's ``prompt_chunks`` limit, as graphflow's own prompts are."""
+    find, folders = _embedding_finder(clip, ctx.settings)
     try:
-        tokens = tokenize_weighted(clip.tokenizer, text, find)
+        tokens = tokenize_weighted(clip.tokenizer, text, find, ctx.check_cancelled)
     except MissingEmbedding as missing:
         names = sorted(set(clip.embeddings) | set(available_embeddings(folders)))
         raise NodeInputError("text", f"the prompt uses {EMBEDDING_PREFIX}{missing} but there is no such embedding "
                              "(ComfyUI would drop it; graphflow stops)", names or "an embedding in the models' "
                              "embeddings folder", str(missing)) from None
+    check_prompt_chunks(ctx, int(tokens.input_ids.shape[0]), "text")
     clip_skip = clip_skip_of(clip)
     with node_inputs(text_encoder="clip", embedding_vectors="text", input_ids="text"):
         embeds = encode_weighted(clip.tokenizer, clip.text_encoder, tokens, clip_skip)
@@ -94,7 +99,7 @@ def CLIPTextEncode(
     ctx: RunContext,
 ) -> Conditioning:
     """Encode a prompt with ComfyUI's weighting (tokens pulled from the empty prompt by their weight)."""
-    return encode_comfy_prompt(clip, text, ctx.settings)
+    return encode_comfy_prompt(clip, text, ctx)
 
 
 @node(name="comfy.CLIPSetLastLayer", outputs={"CLIP": CLIP}, category="comfy/conditioning")

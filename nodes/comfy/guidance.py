@@ -157,8 +157,8 @@ class ComfyDenoiser:
         for side, entries in enumerate(self.conds):
             for entry in entries or ():
                 area = _clamped_area(entry, height, width, "positive" if side == 0 else "negative")
-                h, w, y, x0 = area
-                crop = x[:, :, y:y + h, x0:x0 + w]
+                h, w, top, left = area
+                crop = x[:, :, top:top + h, left:left + w]
                 weights = area_weights(area, height, width, entry.strength, crop.shape).to(x.device)
                 pending.append((side, area, crop, weights, _to_batch(entry.embeds, x.shape[0])))
         while pending:
@@ -167,9 +167,9 @@ class ComfyDenoiser:
             batch = [pending.pop(i) for i in reversed(group)]
             outputs = self.apply_model(torch.cat([b[2] for b in batch]), torch.cat([sigma] * len(batch)),
                                        _concat_prompts([b[4] for b in batch])).chunk(len(batch))
-            for (side, (h, w, y, x0), _, weights, _), output in zip(batch, outputs):
-                sums[side][:, :, y:y + h, x0:x0 + w] += output * weights
-                counts[side][:, :, y:y + h, x0:x0 + w] += weights
+            for (side, (h, w, top, left), _, weights, _), output in zip(batch, outputs):
+                sums[side][:, :, top:top + h, left:left + w] += output * weights
+                counts[side][:, :, top:top + h, left:left + w] += weights
         return [s / c if s is not None else None for s, c in zip(sums, counts)]
 
     def __call__(self, x: "torch.Tensor", sigma: "torch.Tensor") -> "torch.Tensor":

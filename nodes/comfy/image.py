@@ -12,6 +12,7 @@ from graphflow.node import Input, node
 
 from ..image import LoadImage as GraphflowLoadImage
 from ..image import input_file, open_picture
+from ..pixels import check_pixels
 from ..upscale import UpscaleWithModel
 from ..values import IMAGE, MASK, UPSCALE_MODEL, Image, Mask
 from .delegate import Renamed, comfy_name
@@ -60,28 +61,33 @@ def ImageScale(
     width: int = Field(512, ge=0, le=MAX_RESOLUTION, description="0 = keep the aspect ratio"),
     height: int = Field(512, ge=0, le=MAX_RESOLUTION, description="0 = keep the aspect ratio"),
     crop: Crop = "disabled",
+    *,
+    ctx: RunContext,
 ) -> Image:
     """Resize pictures to width × height (both 0: unchanged), optionally cropped to that aspect ratio first."""
     if width == 0 and height == 0:
         return image
     width, height = fit_sides(width, height, image.width, image.height, 1)
+    check_pixels(ctx, "width", image.batch_size, height, width, "resized image")
     return Image(pixels=upscale_pixels(image.pixels, width, height, upscale_method, crop))
 
 
 @node(name="comfy.ImageScaleBy", outputs={"IMAGE": IMAGE}, category="comfy/image")
 def ImageScaleBy(image: Image = Input(IMAGE), upscale_method: ImageMethod = "nearest-exact",
-                 scale_by: float = Field(1.0, ge=0.01, le=8.0)) -> Image:
+                 scale_by: float = Field(1.0, ge=0.01, le=8.0), *, ctx: RunContext) -> Image:
     """Resize pictures by a factor (each side rounded)."""
     width, height = round(image.width * scale_by), round(image.height * scale_by)
+    check_pixels(ctx, "scale_by", image.batch_size, height, width, "resized image")
     return Image(pixels=upscale_pixels(image.pixels, width, height, upscale_method))
 
 
 @node(name="comfy.ImageScaleToTotalPixels", outputs={"IMAGE": IMAGE}, category="comfy/image")
 def ImageScaleToTotalPixels(image: Image = Input(IMAGE), upscale_method: ImageMethod = "nearest-exact",
-                            megapixels: float = Field(1.0, ge=0.01, le=16.0)) -> Image:
+                            megapixels: float = Field(1.0, ge=0.01, le=16.0), *, ctx: RunContext) -> Image:
     """Resize pictures to about ``megapixels`` × 1024 × 1024 pixels, keeping the aspect ratio."""
     scale = math.sqrt(megapixels * 1024 * 1024 / (image.width * image.height))
     width, height = round(image.width * scale), round(image.height * scale)
+    check_pixels(ctx, "megapixels", image.batch_size, height, width, "resized image")
     return Image(pixels=upscale_pixels(image.pixels, width, height, upscale_method))
 
 
@@ -110,9 +116,13 @@ def ImagePadForOutpaint(
     right: int = Field(0, ge=0, le=MAX_RESOLUTION),
     bottom: int = Field(0, ge=0, le=MAX_RESOLUTION),
     feathering: int = Field(40, ge=0, le=MAX_RESOLUTION),
+    *,
+    ctx: RunContext,
 ) -> tuple[Image, Mask]:
     """A bigger canvas, the new area grey (0.5), and a mask: 1 on the new area, feathered into the picture."""
     batch, height, width, channels = image.pixels.shape
+    widest = max(("left", left), ("top", top), ("right", right), ("bottom", bottom), key=lambda side: side[1])[0]
+    check_pixels(ctx, widest, batch, height + top + bottom, width + left + right, "padded canvas")
     canvas = torch.full((batch, height + top + bottom, width + left + right, channels), 0.5)
     canvas[:, top:top + height, left:left + width] = image.pixels.cpu().float()
     mask = torch.ones(height + top + bottom, width + left + right)

@@ -18,6 +18,7 @@ mask the input is the original latent noised to the current sigma and the predic
 from __future__ import annotations
 
 import math
+import time
 from typing import Literal
 
 import torch
@@ -31,6 +32,7 @@ from graphflow.seeds import RANDOM, seed_type
 from ..ksamplers import KSAMPLERS
 from ..ksigmas import (SCHEDULER_NAMES, DiscreteSigmas, brownian_noise_sampler, default_noise_sampler, initial_noise,
                        ksampler_sigmas, trim_sigmas)
+from ..preview import preview_png
 from ..values import CONDITIONING, LATENT, MODEL, Conditioning, Latent, Model
 from .guidance import ComfyDenoiser, InpaintDenoiser
 
@@ -38,6 +40,7 @@ SamplerName = Literal[tuple(KSAMPLERS)]
 SchedulerName = Literal[SCHEDULER_NAMES]
 ComfySeed = seed_type(random=(RANDOM,))  # ComfyUI's 0 .. 2**64-1; "random" draws one per run
 MAX_STEPS = 10000
+PREVIEW_EVERY_S = 0.5  # live previews of the prediction: cheap, but not worth a PNG every step
 
 
 def sample_latent(model: Model, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
@@ -73,8 +76,13 @@ def sample_latent(model: Model, seed: int, steps: int, cfg: float, sampler_name:
     elif spec.noise == "brownian" and len(sigmas) > 1:
         extra["noise_sampler"] = brownian_noise_sampler(x, sigmas, seed)
     total = len(sigmas) - 1
+    last_preview = [time.monotonic()]
 
-    def progress(i: int, _x, _denoised) -> None:
+    def progress(i: int, _x, denoised) -> None:
+        # ComfyUI shows the current prediction as a latent-RGB preview; at most every PREVIEW_EVERY_S here
+        if i + 1 < total and time.monotonic() - last_preview[0] >= PREVIEW_EVERY_S:
+            ctx.preview(preview_png(denoised), i + 1)
+            last_preview[0] = time.monotonic()
         ctx.progress(i + 1, total)
 
     with torch.no_grad():

@@ -9,10 +9,12 @@ these nodes do when they set or resize one."""
 import torch
 from pydantic import Field
 
+from graphflow.context import RunContext
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
 from .. import lazy_module
+from ..pixels import check_pixels
 from ..values import LATENT, MASK, Latent, Mask
 from .resize import MAX_RESOLUTION, Crop, LatentMethod, common_upscale, fit_sides
 
@@ -25,6 +27,12 @@ def noise_mask_at(mask: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor"
     brings its picture-size noise masks to latent size."""
     flat = mask.reshape(-1, 1, *mask.shape[-2:]).float()
     return F.interpolate(flat, size=size, mode="bilinear")
+
+
+def check_latent_pixels(ctx: RunContext, input_name: str, batch: int, height: int, width: int) -> None:
+    """A shared server's pixel bound for a latent of height × width latent units, counted as ComfyUI sizes it:
+    the picture 8× larger (the engine cannot know which VAE will decode it)."""
+    check_pixels(ctx, input_name, batch, height * LATENT_FACTOR, width * LATENT_FACTOR, "image this latent decodes to")
 
 
 def resized(latent: Latent, width: int, height: int, method: str, crop: str) -> Latent:
@@ -55,12 +63,15 @@ def LatentUpscale(
     width: int = Field(512, ge=0, le=MAX_RESOLUTION, description="picture pixels; 0 = keep the aspect ratio"),
     height: int = Field(512, ge=0, le=MAX_RESOLUTION, description="picture pixels; 0 = keep the aspect ratio"),
     crop: Crop = "disabled",
+    *,
+    ctx: RunContext,
 ) -> Latent:
     """Resize latents to width × height picture pixels (latent side = pixels // 8); both 0 leaves them as they are."""
     if width == 0 and height == 0:
         return samples
     h, w = samples.samples.shape[-2:]
     width, height = fit_sides(width, height, w, h, 64)
+    check_latent_pixels(ctx, "width", samples.batch_size, height // LATENT_FACTOR, width // LATENT_FACTOR)
     return resized(samples, width // LATENT_FACTOR, height // LATENT_FACTOR, upscale_method, crop)
 
 
@@ -69,9 +80,12 @@ def LatentUpscaleBy(
     samples: Latent = Input(LATENT),
     upscale_method: LatentMethod = "nearest-exact",
     scale_by: float = Field(1.5, ge=0.01, le=8.0),
+    *,
+    ctx: RunContext,
 ) -> Latent:
     """Resize latents by a factor (each side rounded)."""
     h, w = samples.samples.shape[-2:]
+    check_latent_pixels(ctx, "scale_by", samples.batch_size, round(h * scale_by), round(w * scale_by))
     return resized(samples, round(w * scale_by), round(h * scale_by), upscale_method, "disabled")
 
 
@@ -103,8 +117,10 @@ def LatentFromBatch(
 
 
 @node(name="comfy.RepeatLatentBatch", outputs={"LATENT": LATENT}, category="comfy/latent")
-def RepeatLatentBatch(samples: Latent = Input(LATENT), amount: int = Field(1, ge=1, le=64)) -> Latent:
+def RepeatLatentBatch(samples: Latent = Input(LATENT), amount: int = Field(1, ge=1, le=64), *,
+                      ctx: RunContext) -> Latent:
     """The batch repeated ``amount`` times; per-image masks repeat with it, places in the batch continue."""
+    check_latent_pixels(ctx, "amount", samples.batch_size * amount, *samples.samples.shape[-2:])
     def repeated(tensor):
         if tensor is None or tensor.shape[0] == 1:  # one mask serves the whole batch, repeated or not
             return tensor

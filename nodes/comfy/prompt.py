@@ -96,10 +96,12 @@ class MissingEmbedding(LookupError):
     pass
 
 
-def _groups(tokenizer, text: str, find_embedding: EmbeddingFinder, table: EmbeddingTable):
+def _groups(tokenizer, text: str, find_embedding: EmbeddingFinder, table: EmbeddingTable, check=None):
     """The token groups of a prompt: [(ids, weight)], one per piece of text and one per embedding."""
     groups = []
     for piece, weight in parse_weights(text):
+        if check is not None:
+            check()
         words = re.split(f" {EMBEDDING_PREFIX}|\n{EMBEDDING_PREFIX}", piece)
         words = [words[0]] + [EMBEDDING_PREFIX + w for w in words[1:]]
         for word in (w for w in words if w != ""):
@@ -129,15 +131,16 @@ def _embedding_group(name_and_rest: str, weight: float, find_embedding: Embeddin
     return rest
 
 
-def tokenize_weighted(tokenizer, text: str, find_embedding: EmbeddingFinder) -> WeightedTokens:
-    """ComfyUI's tokenize_with_weights: windows of BOS + 75 + EOS, padded with the tokenizer's pad token."""
+def tokenize_weighted(tokenizer, text: str, find_embedding: EmbeddingFinder, check=None) -> WeightedTokens:
+    """ComfyUI's tokenize_with_weights: windows of BOS + 75 + EOS, padded with the tokenizer's pad token.
+    ``check`` (a node's ``ctx.check_cancelled``) is called between pieces, so a huge prompt can be cancelled."""
     window = int(tokenizer.model_max_length)
     bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
     table = EmbeddingTable()
     windows: list[list[tuple[int, float]]] = []
     current: list[tuple[int, float]] = [(bos, 1.0)]
     windows.append(current)
-    for ids, weight in _groups(tokenizer, text, find_embedding, table):
+    for ids, weight in _groups(tokenizer, text, find_embedding, table, check):
         group = [(t, weight) for t in ids]
         large = len(group) >= MAX_WORD_LENGTH
         while group:

@@ -90,7 +90,7 @@ def test_a_png_is_told_apart_by_its_signature_not_its_name(registry, tmp_path):
     renamed = png_with_text(tmp_path / "picture.json", **{PNG_CHUNK: json.dumps(wf(n=("Number", {})))})
     assert list(read_file(renamed, registry).nodes) == ["n"]
     (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00junk")
-    with pytest.raises(WorkflowFormatError, match="neither JSON text nor a PNG"):
+    with pytest.raises(WorkflowFormatError, match="not UTF-8 text .byte 0xff at offset 0."):
         read_file(tmp_path / "binary.json", registry)
 
 

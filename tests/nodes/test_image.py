@@ -29,6 +29,11 @@ def write_png(path, array):
 # ----------------------------------------------------------------------------------------------- LoadImage
 
 
+def test_load_image_tells_clients_its_file_inputs_take_an_uploaded_image():
+    schema = spec_of(LoadImage).literals.model_json_schema()["properties"]
+    assert schema["name"]["upload"] == schema["mask"]["upload"] == "image"  # the web page offers an upload there
+
+
 def test_load_image_reads_rgb_pixels(stage_ctx):
     ctx, _ = stage_ctx
     array = np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8)

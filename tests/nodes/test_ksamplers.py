@@ -216,6 +216,7 @@ def test_the_same_steps_as_diffusers_ports_of_the_k_diffusion_samplers(name, sch
         sigma = float(sigmas[i])
         k_x = x * math.sqrt(1 + sigma ** 2) if variance_preserving else x
         eps = (k_x - D(k_x, sigma)) / sigma  # what an epsilon UNet would predict for this denoiser
+        scheduler.scale_model_input(x, t)  # the pipeline's call (LMS warns without it); the UNet input is not needed
         x = scheduler.step(eps, t, x).prev_sample
     if variance_preserving and float(sigmas[steps]) > 0:
         x = x * math.sqrt(1 + float(sigmas[steps]) ** 2)

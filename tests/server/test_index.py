@@ -1,4 +1,4 @@
-"""GET / is a real page: what the server is, its queue counts, every API route, links to /nodes, /jobs, /health."""
+"""GET /about is a real page: what the server is, its queue counts, every API route, links to /nodes, /jobs, /health."""
 from __future__ import annotations
 
 import re
@@ -12,7 +12,7 @@ from .conftest import gray_workflow, submit, wait_for_status
 
 
 async def page(session: aiohttp.ClientSession, url: str, **headers: str) -> tuple[int, str, str]:
-    async with session.get(f"{url}/", headers=headers) as response:
+    async with session.get(f"{url}/about", headers=headers) as response:
         return response.status, response.content_type, await response.text()
 
 
@@ -29,7 +29,7 @@ async def test_the_index_says_what_the_server_is_and_counts_its_queue(server):
         job = await submit(session, server.url, gray_workflow(value=1.0))
         await wait_for_status(session, server.url, job, "succeeded")
         assert counts((await page(session, server.url))[2])["succeeded"] == 1
-    for target in ("/nodes", "/jobs", "/health"):
+    for target in ("/", "/nodes", "/jobs", "/health"):
         assert f'href="{target}"' in html
     assert "HTTP server → API" in html and "Not Found" not in html
 
@@ -44,7 +44,7 @@ async def test_the_index_lists_every_route_with_what_it_does(server):
         assert escape(text) in html
 
 
-async def test_with_a_token_the_index_needs_it_too(start_server):
+async def test_with_a_token_the_about_page_needs_it_too(start_server):
     server = start_server(token="s3cret")
     async with aiohttp.ClientSession() as session:
         assert (await page(session, server.url))[0] == 401

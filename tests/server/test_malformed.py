@@ -49,6 +49,8 @@ SHAPES = [
      b"--x\r\n\r\n", ["multipart"]),
     ("multipart, body without it", "POST", b"/uploads", {"Content-Type": b"multipart/form-data; boundary=abc"},
      b"no parts at all", []),
+    ("multipart, a part header with a NUL", "POST", b"/uploads", {"Content-Type": b"multipart/form-data; boundary=abc"},
+     b'--abc\r\nContent-Disposition: form-data; name="image"\r\nX\x00: y\r\n\r\ndata\r\n--abc--\r\n', ["multipart"]),
     ("limit of 10**100", "GET", b"/jobs?limit=" + b"1" * 100, {}, b"", ["limit"]),
 ]
 

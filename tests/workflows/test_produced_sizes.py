@@ -95,3 +95,46 @@ def test_no_bound_without_a_limit(tmp_path):
     assert settings.limits == {}
     report = Engine(settings=settings).run(image_chain(("ImageScale", {"scale_by": 16.0})))
     assert "save" in report.executed
+
+
+# ------------------------------------------------------------------------------------- the ComfyUI node pack
+
+
+def comfy_image_chain(*steps):
+    """A ComfyUI API-format prompt: LoadImage input.png → each (class, inputs) step on the image → SaveImage."""
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "input.png"}}}
+    previous = "1"
+    for index, (class_type, inputs) in enumerate(steps, start=2):
+        prompt[str(index)] = {"class_type": class_type, "inputs": {"image": [previous, 0], **inputs}}
+        previous = str(index)
+    prompt["99"] = {"class_type": "SaveImage", "inputs": {"images": [previous, 0], "filename_prefix": "big"}}
+    return prompt
+
+
+def comfy_latent_chain(*steps):
+    prompt = {"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}}}
+    previous = "1"
+    for index, (class_type, inputs) in enumerate(steps, start=2):
+        prompt[str(index)] = {"class_type": class_type, "inputs": {"samples": [previous, 0], **inputs}}
+        previous = str(index)
+    prompt["98"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd"}}
+    prompt["99"] = {"class_type": "VAEDecode", "inputs": {"samples": [previous, 0], "vae": ["98", 2]}}
+    prompt["100"] = {"class_type": "SaveImage", "inputs": {"images": ["99", 0], "filename_prefix": "big"}}
+    return prompt
+
+
+@pytest.mark.parametrize("steps, node, input_name", [
+    ((("ImageScaleBy", {"upscale_method": "nearest-exact", "scale_by": 8.0}),) * 3, "4", "scale_by"),
+    ((("ImagePadForOutpaint", {"left": 4096, "top": 4096, "right": 4096, "bottom": 4096, "feathering": 0}),), "2", "left"),
+    ((("ImageScale", {"upscale_method": "nearest-exact", "width": 16384, "height": 16384, "crop": "disabled"}),), "2", "width"),
+])
+def test_the_comfyui_packs_image_nodes_are_bounded_too(bounded, steps, node, input_name):
+    refused(bounded, comfy_image_chain(*steps), node, input_name)
+
+
+@pytest.mark.parametrize("steps, node, input_name", [
+    ((("LatentUpscaleBy", {"upscale_method": "nearest-exact", "scale_by": 8.0}),) * 2, "3", "scale_by"),
+    ((("RepeatLatentBatch", {"amount": 64}),) * 2, "3", "amount"),
+])
+def test_the_comfyui_packs_latent_nodes_are_bounded_too(bounded, steps, node, input_name):
+    refused(bounded, comfy_latent_chain(*steps), node, input_name)

@@ -44,7 +44,20 @@ def test_set_last_layer_is_clip_skip(sd_clip, stage_ctx):
     assert clip_skip_of(skipped) == 2 and clip_skip_of(CLIPSetLastLayer(sd_clip, -24)) == 1
     expected = prompt_conditioning(sd_clip, prompt_tokens(sd_clip, "a cat"), clip_skip=2).embeds
     assert torch.equal(CLIPTextEncode("a cat", skipped, ctx=ctx).embeds, expected)
-    assert sd_clip.stop_at_layer == -1  # the input CLIP is left alone
+    assert sd_clip.stop_at_layer is None  # the input CLIP is left alone
+    assert clip_skip_of(CLIPSetLastLayer(sd_clip, -1)) == 1 and clip_skip_of(sd_clip) == 1
+    from dataclasses import replace
+
+    assert clip_skip_of(replace(sd_clip, family="sd2")) == 2  # ComfyUI encodes SD 2.x at the penultimate layer
+
+
+def test_composed_conditioning_survives_the_disk_cache():
+    from nodes.values import value_from_disk, value_to_disk
+
+    composed = ConditioningCombine(plain(1), ConditioningSetArea(plain(2), 128, 64, 0, 64, 0.5))
+    back = value_from_disk(*value_to_disk(composed))
+    assert [(e.area, e.strength, float(e.embeds[0, 0, 0])) for e in back.entries] == \
+        [(None, 1.0, 1.0), ((8, 16, 8, 0), 0.5, 2.0)]
 
 
 def test_embeddings_come_from_the_clip_or_the_embeddings_folder(sd_clip, stage_ctx):
@@ -69,3 +82,14 @@ def test_graphflows_sample_refuses_composed_conditioning(sd_model):
     with pytest.raises(NodeInputError) as error:
         _guidance_embeds(sd_model, combined, plain(0), 7.0, 1)
     assert error.value.input == "positive" and "comfy.KSampler" in str(error.value.expected)
+
+
+def test_the_servers_prompt_window_limit_applies(sd_clip, stage_ctx):
+    from dataclasses import replace
+
+    ctx, _ = stage_ctx
+    ctx.settings = replace(ctx.settings, limits={"prompt_chunks": 1})
+    CLIPTextEncode("cat " * 70, sd_clip, ctx=ctx)  # one window
+    with pytest.raises(NodeInputError) as error:
+        CLIPTextEncode("cat " * 100, sd_clip, ctx=ctx)
+    assert error.value.input == "text" and "prompt_chunks" in str(error.value)

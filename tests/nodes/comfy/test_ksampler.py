@@ -83,10 +83,26 @@ def cond(value=1.0, length=77):
 
 class Ctx:
     def __init__(self):
-        self.steps = []
+        self.steps, self.previews = [], []
 
     def progress(self, value, maximum):
         self.steps.append((value, maximum))
+
+    def preview(self, png, step):
+        self.previews.append((png[:8], step))
+
+
+def test_previews_show_the_prediction_at_most_twice_a_second(monkeypatch):
+    import nodes.comfy.ksampler as ksampler
+
+    monkeypatch.setattr(ksampler, "PREVIEW_EVERY_S", 0.0)
+    ctx = Ctx()
+    sample_latent(affine_model(), 1, 4, 1.0, "euler", "normal", cond(), cond(), Latent(torch.zeros(1, 4, 8, 8)), ctx)
+    assert ctx.previews == [(b"\x89PNG\r\n\x1a\n", step) for step in (1, 2, 3)]  # none for the finished result
+    monkeypatch.setattr(ksampler, "PREVIEW_EVERY_S", 3600.0)
+    ctx = Ctx()
+    sample_latent(affine_model(), 1, 4, 1.0, "euler", "normal", cond(), cond(), Latent(torch.zeros(1, 4, 8, 8)), ctx)
+    assert ctx.previews == []
 
 
 def test_ksampler_noises_with_the_seed_and_steps_with_the_formula():
