@@ -33,7 +33,7 @@ os.environ["GRAPHFLOW_CHECK_MUTATIONS"] = "0"  # the mutation guard hashes every
 
 import torch  # noqa: E402
 
-from bench import cache_scale, common, sides  # noqa: E402
+from bench import cache_scale, comfy_api, common, sides  # noqa: E402
 from bench.small_model import SMALL_NAME, small_sd_folder  # noqa: E402
 from graphflow.context import Settings  # noqa: E402
 
@@ -409,6 +409,14 @@ def row_cache_scale(bench: Bench) -> dict[str, Any]:
                [{"entries": n, **s} for n, s in detail["sizes"].items()])
 
 
+def row_comfy_api(bench: Bench) -> dict[str, Any]:
+    detail = comfy_api.measure(comfy_api.PAIRS[bench.config.mode], bench.threads, bench.scratch)
+    extra = detail["extra_ms"]
+    return row(11, "ComfyUI's POST /prompt − graphflow's POST /jobs, same toy workflow: extra time per job",
+               extra["median"], "ms", f"≤ {comfy_api.TARGET_MS:g} ms", extra["median"] <= comfy_api.TARGET_MS, extra,
+               {k: v for k, v in detail.items() if k != "pairs"}, detail["pairs"])
+
+
 # ----------------------------------------------------------------------------------------------------- reporting
 
 
@@ -486,6 +494,8 @@ def remark(r: dict[str, Any]) -> str:
                 f"{'yes' if d['same_image'] else 'NO'}")
     if r["id"] == 10:
         return cache_scale.remark(d)
+    if r["id"] == 11:
+        return comfy_api.remark(d)
     return ""
 
 
@@ -570,6 +580,7 @@ def notes(config: Config, rows: list[dict[str, Any]]) -> str:
         "first; the sides alternate; CPU seconds of both processes (from the kernel's child accounting) are in "
         "results.json, as they are less disturbed by other jobs than wall time.",
         cache_scale.NOTE,
+        comfy_api.NOTE,
         "",
         f"Threads: `torch.set_num_threads` is the same for both sides (and OMP_NUM_THREADS in subprocesses). "
         f"Mode `{config.mode}`: {config.pairs} pairs on {config.big}"
@@ -623,7 +634,7 @@ def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], c
 # ---------------------------------------------------------------------------------------------------------- main
 
 
-ALL_ROWS = set(range(1, 11))
+ALL_ROWS = set(range(1, 12))
 
 
 def carried_over(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -657,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "_work", help="models, inputs, scratch")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on every side (default 1)")
     parser.add_argument("--profile", action="store_true", help="cProfile graphflow's txt2img runs into WORK/profile_txt2img.txt")
-    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8,9,10", help=argparse.SUPPRESS)  # for working on one row
+    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8,9,10,11", help=argparse.SUPPRESS)  # for working on one row
     args = parser.parse_args(argv)
     config = CONFIGS["quick" if args.quick else "smoke" if args.smoke else "full"]
     wanted = {int(x) for x in args.rows.split(",")}
@@ -685,6 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         ({8}, lambda: [row_scaling(bench)]),
         ({9}, lambda: [row_cold_start(bench)]),
         ({10}, lambda: [row_cache_scale(bench)]),
+        ({11}, lambda: [row_comfy_api(bench)]),
     ]
     rows: list[dict[str, Any]] = []
     for ids, measure in steps:

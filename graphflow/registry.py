@@ -40,13 +40,17 @@ class NodePack:
     ``output_example``: an output node type that messages name when a workflow has no output node.
     ``document_readers``: readers of other workflow formats (see :data:`DocumentReader`); every entry point reads
     documents through :func:`graphflow.documents.read_document`, which tries them after graphflow's own format.
-    ``png_text_chunks``: names of PNG text chunks that may carry such a document, looked in after graphflow's own."""
+    ``png_text_chunks``: names of PNG text chunks that may carry such a document, looked in after graphflow's own.
+    ``server_extensions``: factories the HTTP server calls with itself (a :class:`graphflow.server.app.Server`) when
+    it starts; each returns an object whose ``routes()`` gives aiohttp route definitions added after the server's
+    own (see ``graphflow/server/app.py`` for what else it may answer). The engine imports none of them."""
 
     literal_limits: Mapping[str, float] = field(default_factory=dict)
     output_example: str | None = None
     run_limits: Mapping[str, float] = field(default_factory=dict)
     document_readers: tuple[DocumentReader, ...] = ()
     png_text_chunks: tuple[str, ...] = ()
+    server_extensions: tuple[Callable[[Any], Any], ...] = ()
 
 
 class Registry:
@@ -57,6 +61,7 @@ class Registry:
         self.output_example: str | None = None
         self.document_readers: list[DocumentReader] = []
         self.png_text_chunks: list[str] = []
+        self.server_extensions: list[Callable[[Any], Any]] = []
         for spec in specs:
             self.add(spec)
 
@@ -74,6 +79,7 @@ class Registry:
         self.output_example = self.output_example or pack.output_example
         self.document_readers += [r for r in pack.document_readers if r not in self.document_readers]
         self.png_text_chunks += [c for c in pack.png_text_chunks if c not in self.png_text_chunks]
+        self.server_extensions += [make for make in pack.server_extensions if make not in self.server_extensions]
 
     def add_module(self, module: ModuleType) -> None:
         """Register every node in a module, and in its submodules when it is a package, and the module's

@@ -11,6 +11,7 @@ its first attribute access and hands every attribute on; from then on ``import t
 So node modules must not touch torch at import time (module-level constants, defaults, decorators):
 ``tests/nodes/test_lazy_torch.py`` keeps them honest."""
 import importlib
+import importlib.abc
 import importlib.util
 import os
 import sys
@@ -64,6 +65,27 @@ class LazyModule(types.ModuleType):
         return dir(self._load())
 
 
+class _ImportedMeanwhile(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """``from torch.fft import x`` as torch's first use: to find ``torch.fft`` the import system reads the stand-in's
+    ``__path__``, which imports the real torch, whose own start imports ``torch.fft``; the import system then runs
+    ``torch/fft/__init__.py`` a second time (it checked sys.modules before) and torch refuses ("already has a
+    docstring"). A submodule of such a package asked for while it is in sys.modules (and not to be reloaded:
+    ``target``) can only be such a one: it is handed over as it is."""
+
+    packages: set[str] = set()  # the top-level packages a LazyModule stood for
+
+    def find_spec(self, name, path=None, target=None):
+        if target is not None or name.partition(".")[0] not in self.packages or name not in sys.modules:
+            return None
+        return importlib.util.spec_from_loader(name, self)
+
+    def create_module(self, spec):
+        return sys.modules[spec.name]
+
+    def exec_module(self, module) -> None:
+        pass
+
+
 def lazy_module(name: str) -> types.ModuleType:
     """``name`` when it is already imported, else a :class:`LazyModule` standing for it. A top-level package's
     stand-in goes into ``sys.modules``, so that every ``import name`` gets it; a submodule's (``F =
@@ -77,6 +99,9 @@ def lazy_module(name: str) -> types.ModuleType:
         return importlib.import_module(name)  # not installed: the usual ImportError, right here
     module = LazyModule(name, spec)
     sys.modules[name] = module
+    _ImportedMeanwhile.packages.add(name)
+    if not any(isinstance(finder, _ImportedMeanwhile) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _ImportedMeanwhile())
     return module
 
 

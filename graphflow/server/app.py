@@ -22,6 +22,7 @@ from ..errors import WorkflowFormatError, WorkflowInvalid
 from ..execute import Engine
 from ..registry import Registry, default_registry
 from ..seeds import offset_seeds
+from ..workflow import Workflow
 from .bodies import read_json, read_multipart_field
 from .files import Rejected, served_file, store_image
 from .hub import Hub
@@ -83,6 +84,9 @@ class Server:
         self.worker = Dispatcher(pool, self.store, self._publish_from_thread, lambda value: private(value, self.engine.settings))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._catalog: str | None = None
+        # NodePack.server_extensions: routes of other APIs on this queue; one may take over GET /ws requests
+        # (``takes_websocket(request)`` → its ``websocket(request)``).
+        self.extensions = [make(self) for make in self.engine.registry.server_extensions]
 
     def _pool(self, config: ServerConfig):
         if config.ray is None:
@@ -117,8 +121,16 @@ class Server:
             raise ApiError(415, f"send the job as JSON (Content-Type: application/json), not {request.content_type}")
         body = await read_json(request)
         document, outputs, priority, repeat = _job_request(body, self.limits.max_repeat)
+        workflow = self.admit(document, outputs, repeat or 1)
+        job_ids = self.enqueue(workflow, outputs, priority, repeat or 1)
+        answer = {"id": job_ids[0], "status": "queued"} if repeat is None else {"ids": job_ids, "status": "queued"}
+        return json_response(answer, status=202, headers={"Location": f"/jobs/{job_ids[0]}"})
+
+    def admit(self, document: Any, outputs: list[str] | None, jobs: int = 1, source: str = "workflow") -> Workflow:
+        """The workflow of a submitted document once it has passed validation, the limits and the queue's room for
+        ``jobs`` more; else ApiError (400 with ``node_errors`` by node id, "" for the document; 429 queue full)."""
         try:
-            workflow = read_document(document, "workflow", self.engine.registry)
+            workflow = read_document(document, source, self.engine.registry)
         except WorkflowFormatError as exc:
             raise ApiError(400, str(exc), node_errors={"": [issue(None, str(exc), "a graphflow workflow", None, code="bad_document")]}) from None
         too_big = check_size(len(workflow.nodes), self.limits)
@@ -133,15 +145,20 @@ class Server:
         if over:
             raise ApiError(400, "workflow exceeds this server's limits", node_errors=over)
         waiting = self.store.count("queued")
-        if waiting + (repeat or 1) > self.limits.max_queued:
+        if waiting + jobs > self.limits.max_queued:
             raise ApiError(429, f"the queue is full ({waiting} of {self.limits.max_queued} jobs waiting); try again later")
+        return workflow
+
+    def enqueue(self, workflow: Workflow, outputs: list[str] | None, priority: int = 0, jobs: int = 1,
+                client: Any = None, job_id: str | None = None) -> list[str]:
+        """Queue an admitted workflow ``jobs`` times (A1111's batch count: fixed seeds count up by one per job)."""
         job_ids = []
-        for index in range(repeat or 1):  # A1111's batch count: fixed seeds count up by one per job
-            job_ids.append(self.store.add(offset_seeds(workflow, self.engine.registry, index).to_json(), outputs, priority))
+        for index in range(jobs):
+            job_ids.append(self.store.add(offset_seeds(workflow, self.engine.registry, index).to_json(), outputs,
+                                          priority, client=client, job_id=job_id if index == 0 else None))
             self.hub.publish({"type": "queued", "job": job_ids[-1], "priority": priority})
         self.worker.wake()
-        answer = {"id": job_ids[0], "status": "queued"} if repeat is None else {"ids": job_ids, "status": "queued"}
-        return json_response(answer, status=202, headers={"Location": f"/jobs/{job_ids[0]}"})
+        return job_ids
 
     async def job(self, request: web.Request) -> web.Response:
         return json_response(self._job_or_404(request.match_info["id"], with_workflow=True))
@@ -213,7 +230,10 @@ class Server:
     async def health(self, request: web.Request) -> web.Response:
         return json_response({"status": "ok", "queue": self.store.queued, "running": self.worker.running})
 
-    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        for extension in self.extensions:
+            if getattr(extension, "takes_websocket", lambda _: False)(request):
+                return await extension.websocket(request)
         job_id = request.query.get("job") or None
         first = None
         if job_id is not None:  # start with the job's current state, so a late subscriber is never left waiting
@@ -243,7 +263,7 @@ class Server:
             web.get("/nodes", self.nodes),
             web.get("/health", self.health),
             web.get("/ws", self.websocket),
-        ]
+        ] + [route for extension in self.extensions for route in extension.routes()]
 
 
 def create_app(config: ServerConfig, registry: Registry | None = None) -> web.Application:

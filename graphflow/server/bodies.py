@@ -45,11 +45,42 @@ async def read_multipart_field(request: web.Request, name: str, limit: int) -> b
                 return await _read_at_most(part, limit)
     except ApiError:
         raise
-    except (ValueError, AssertionError, LookupError, UnicodeError, HttpProcessingError) as exc:
-        # what aiohttp's reader raises on bad input (HttpProcessingError: a part's header lines it cannot parse)
-        reason = (exc.message if isinstance(exc, HttpProcessingError) else str(exc)).split("\n")[0][:200] or type(exc).__name__
-        raise ApiError(400, f"malformed multipart/form-data body: {reason}") from None
+    except MALFORMED as exc:
+        raise _malformed(exc) from None
     return None
+
+
+TEXT_FIELD_LIMIT = 64 * 1024
+
+
+async def read_multipart_form(request: web.Request, name: str, limit: int) -> tuple[dict[str, str], bytes | None, str]:
+    """Field ``name``'s bytes (at most ``limit``; None if missing) and file name, and every other field as text (at
+    most 64 KiB each), of a multipart/form-data body; errors as :func:`read_multipart_field`'s."""
+    fields: dict[str, str] = {}
+    data, filename = None, ""
+    try:
+        reader = await request.multipart()
+        async for part in reader:
+            if not isinstance(part, BodyPartReader) or not part.name:
+                continue
+            if part.name == name and data is None:
+                filename, data = part.filename or "", await _read_at_most(part, limit)
+            else:
+                fields[part.name] = (await _read_at_most(part, TEXT_FIELD_LIMIT)).decode("utf-8", "replace")
+    except ApiError:
+        raise
+    except MALFORMED as exc:
+        raise _malformed(exc) from None
+    return fields, data, filename
+
+
+# what aiohttp's reader raises on bad input (HttpProcessingError: a part's header lines it cannot parse)
+MALFORMED = (ValueError, AssertionError, LookupError, UnicodeError, HttpProcessingError)
+
+
+def _malformed(exc: Exception) -> ApiError:
+    reason = (exc.message if isinstance(exc, HttpProcessingError) else str(exc)).split("\n")[0][:200] or type(exc).__name__
+    return ApiError(400, f"malformed multipart/form-data body: {reason}")
 
 
 async def _read_at_most(part: BodyPartReader, limit: int) -> bytes:

@@ -39,13 +39,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     error     TEXT,                               -- JSON {node, type, message}
     seconds   REAL,                               -- the engine's run time (NULL if it never ran)
     timings   TEXT,                               -- JSON {node id: seconds} of the executed nodes
-    seeds     TEXT                                -- JSON {node id: {input: seed}}: the seeds used, drawn ones included
+    seeds     TEXT,                               -- JSON {node id: {input: seed}}: the seeds used, drawn ones included
+    client    TEXT                                -- JSON a server extension keeps with the jobs submitted through it
 );
 CREATE INDEX IF NOT EXISTS jobs_by_queue_order ON jobs (status, priority DESC, seq);
 """
 # Columns added after the first release, with their types: a queue file written by an older version gains them
 # when it is opened (ALTER TABLE ... ADD COLUMN keeps every row; old jobs read them as NULL).
-_ADDED_COLUMNS = {"seconds": "REAL", "timings": "TEXT", "seeds": "TEXT"}
+_ADDED_COLUMNS = {"seconds": "REAL", "timings": "TEXT", "seeds": "TEXT", "client": "TEXT"}
 _SUMMARY = "id, status, priority, created, started, finished, progress, outputs, executed, cached, error, seconds, timings, seeds"
 
 
@@ -96,12 +97,19 @@ class JobStore:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
-    def add(self, workflow: dict[str, Any], outputs: list[str] | None = None, priority: int = 0) -> str:
-        job_id = uuid.uuid4().hex
-        with self._transaction() as db:
-            db.execute("INSERT INTO jobs (id, status, priority, workflow, requested, created) VALUES (?, 'queued', ?, ?, ?, ?)",
-                       (job_id, priority, json.dumps(workflow), _dump(outputs), time.time()))
-            self.queued += 1
+    def add(self, workflow: dict[str, Any], outputs: list[str] | None = None, priority: int = 0, *,
+            job_id: str | None = None, client: Any = None) -> str:
+        """Queue a job; returns its id (``job_id`` when given: ValueError if a job has it already). ``client``: JSON
+        that the API it came through keeps with it (e.g. the request as that API's clients sent it)."""
+        job_id = job_id or uuid.uuid4().hex
+        try:
+            with self._transaction() as db:
+                db.execute("INSERT INTO jobs (id, status, priority, workflow, requested, created, client) "
+                           "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+                           (job_id, priority, json.dumps(workflow), _dump(outputs), time.time(), _dump(client)))
+                self.queued += 1
+        except sqlite3.IntegrityError:
+            raise ValueError(f"there is already a job {job_id!r}") from None
         return job_id
 
     def recover(self) -> int:
@@ -147,18 +155,30 @@ class JobStore:
             self.queued -= cancelled
         return cancelled
 
-    def get(self, job_id: str, with_workflow: bool = False) -> dict[str, Any] | None:
-        extra = ", workflow, requested" if with_workflow else ""
+    def get(self, job_id: str, with_workflow: bool = False, with_client: bool = False) -> dict[str, Any] | None:
+        extra = (", workflow, requested" if with_workflow else "") + (", client" if with_client else "")
         rows = self._query(f"SELECT {_SUMMARY}{extra} FROM jobs WHERE id=?", (job_id,))
         return _public(rows[0]) if rows else None
 
-    def list(self, status: str | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
-        """Jobs newest first, optionally only those with one status."""
-        where, params = ("WHERE status=?", (status,)) if status else ("", ())
-        rows = self._query(f"SELECT {_SUMMARY} FROM jobs {where} ORDER BY seq DESC LIMIT ? OFFSET ?", (*params, limit, offset))
+    def list(self, status: str | tuple[str, ...] | None = None, limit: int = 50, offset: int = 0, *,
+             with_client: bool = False, run_order: bool = False) -> list[dict[str, Any]]:
+        """Jobs newest first (``run_order``: in the order the worker claims them), optionally only those with one
+        of the statuses; ``with_client``: only the jobs that carry client data, with it."""
+        statuses = (status,) if isinstance(status, str) else tuple(status or ())
+        conditions = [f"status IN ({', '.join('?' * len(statuses))})"] if statuses else []
+        if with_client:
+            conditions.append("client IS NOT NULL")
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        order = "priority DESC, seq" if run_order else "seq DESC"
+        extra = ", client" if with_client else ""
+        rows = self._query(f"SELECT {_SUMMARY}{extra} FROM jobs {where} ORDER BY {order} LIMIT ? OFFSET ?",
+                           (*statuses, limit, offset))
         return [_public(row) for row in rows]
 
-    def count(self, status: str) -> int:
+    def count(self, status: str | None = None) -> int:
+        """How many jobs have this status (every job ever queued: None)."""
+        if status is None:
+            return self._query("SELECT COUNT(*) FROM jobs")[0][0]
         return self._query("SELECT COUNT(*) FROM jobs WHERE status=?", (status,))[0][0]
 
 
@@ -179,6 +199,8 @@ def _public(row: sqlite3.Row) -> dict[str, Any]:
     if "workflow" in row.keys():
         job["workflow"] = json.loads(row["workflow"])
         job["requested_outputs"] = _load(row["requested"], None)
+    if "client" in row.keys():
+        job["client"] = _load(row["client"], None)
     return job
 
 

@@ -46,3 +46,15 @@ def test_the_first_use_of_torch_loads_the_real_module_for_every_node_module():
         "                  'functional': nodes.latent.F.interpolate is torch.nn.functional.interpolate}))")
     assert answer == {"real_in_sys_modules": True, "sees_later_changes": True, "same_tensor_class": True,
                       "functional": True}
+
+
+def test_a_submodule_import_as_the_first_use_of_torch_works():
+    # diffusers' first line touching torch is `from torch.fft import ...`: the real torch's own start imports
+    # torch.fft too, which must not run a second time (torch refuses: "function 'fft_fft' already has a docstring")
+    answer = in_fresh_process(
+        "import json, sys\n"
+        "import nodes\n"
+        "from torch.fft import fftn\n"
+        "import torch\n"
+        "print(json.dumps({'same': torch.fft.fftn is fftn, 'real': type(sys.modules['torch']).__name__}))")
+    assert answer == {"same": True, "real": "module"}

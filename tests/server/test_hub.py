@@ -37,3 +37,22 @@ async def test_a_subscriber_with_too_many_bytes_waiting_is_disconnected(monkeypa
     subscriber.offer("p" * 600)
     await asyncio.sleep(0)
     assert subscriber.dropped and socket.closed_with[0] == 1013
+
+
+def test_listeners_see_every_message_and_a_failing_one_costs_subscribers_nothing(caplog):
+    hub = hub_module.Hub()
+    seen = []
+    hub.listen(seen.append)
+    hub.listen(lambda message: 1 / 0)
+    everything = Subscriber(FakeSocket(), job=None)
+    own_frames = Subscriber(FakeSocket(), job=None, events=False)  # an extension's: only what it offers
+    hub._subscribers.update({everything, own_frames})
+    hub.publish({"type": "queued", "job": "j"})
+    assert seen == [{"type": "queued", "job": "j"}] and "a listener failed" in caplog.text
+    assert everything.queue.qsize() == 1 and own_frames.queue.qsize() == 0
+
+
+async def test_binary_frames_are_queued_and_counted_like_text():
+    subscriber = Subscriber(FakeSocket(), job=None)
+    subscriber.offer(b"\x00\x00\x00\x01png")
+    assert subscriber.queued_bytes == 7 and await subscriber.next() == b"\x00\x00\x00\x01png"

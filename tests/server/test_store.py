@@ -105,3 +105,18 @@ def test_a_queue_file_from_before_the_timing_columns_opens_with_its_jobs(tmp_pat
     assert store.finish("old", "succeeded", seconds=1.5, timings={"n": 1.0})
     assert store.get("old")["seconds"] == 1.5
     store.close()
+
+
+def test_jobs_can_carry_client_data_and_a_chosen_id(store):
+    plain = store.add(doc(0))
+    mine = store.add(doc(1), priority=1, job_id="prompt-1", client={"number": 7, "prompt": {"1": {}}})
+    assert mine == "prompt-1"
+    with pytest.raises(ValueError, match="already a job 'prompt-1'"):
+        store.add(doc(2), job_id="prompt-1")
+    assert store.get("prompt-1", with_client=True)["client"] == {"number": 7, "prompt": {"1": {}}}
+    assert "client" not in store.get("prompt-1")  # only when asked for: /jobs answers stay as they were
+    assert [job["id"] for job in store.list(with_client=True)] == ["prompt-1"]
+    assert [job["id"] for job in store.list("queued", run_order=True)] == ["prompt-1", plain]
+    store.finish(store.claim_next().id, "succeeded")
+    assert [job["id"] for job in store.list(("succeeded", "failed"))] == ["prompt-1"]
+    assert store.count() == 2 and store.count("queued") == 1
