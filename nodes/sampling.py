@@ -26,6 +26,7 @@ from graphflow.errors import NodeInputError, node_inputs
 from graphflow.node import Input, node
 from graphflow.seeds import Seed, seed_type
 
+from .controlnet import ControlResiduals, control_residuals
 from .preview import PreviewMode, StepPreviews
 from .prompt import pad_conditionings
 from .values import (CONDITIONING, IMAGE, LATENT, MODEL, SCHEDULE, VAE, Conditioning, Image, Latent, Model,
@@ -229,6 +230,7 @@ def Sample(
     inpaint = _inpainting(model, latent)
     embeds = _guidance_embeds(model, positive, negative, cfg, latent.batch_size)
     guidance = cfg > 1
+    control = control_residuals(model, positive, negative, guidance, latent)
     previews = StepPreviews(preview_every, preview_mode, vae, ctx)
 
     scheduler = fresh_scheduler(schedule)
@@ -240,9 +242,7 @@ def Sample(
         for i, t in enumerate(timesteps):
             model_input = torch.cat([latents] * 2) if guidance else latents
             model_input = scheduler.scale_model_input(model_input, t)
-            if inpaint is not None and inpaint.concatenated:
-                model_input = torch.cat([model_input, *inpaint.unet_extras(model_input.shape[0])], dim=1)
-            noise_pred = model.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+            noise_pred = _predict_noise(model, model_input, t, embeds, inpaint, control, i, len(timesteps))
             if guidance:
                 noise_uncond, noise_cond = noise_pred.chunk(2)
                 noise_pred = noise_uncond + cfg * (noise_cond - noise_uncond)
@@ -254,6 +254,16 @@ def Sample(
                 previews.add(_finished_guess(step, latents), i + 1)
             ctx.progress(i + 1, len(timesteps))
     return Latent(samples=latents, paste_pixels=latent.paste_pixels, paste_mask=latent.paste_mask), previews.frames(latents)
+
+
+def _predict_noise(model: Model, model_input: "torch.Tensor", t, embeds: "torch.Tensor", inpaint: "Inpainting | None",
+                   control: ControlResiduals | None, step: int, steps: int) -> "torch.Tensor":
+    """The UNet's prediction for one step. ControlNets see the latents alone (before an inpainting UNet's mask and
+    masked-image channels, as in diffusers' ControlNet inpainting pipeline); their residuals join the UNet call."""
+    extra = control.unet_kwargs(model_input, t, embeds, step, steps) if control is not None else {}
+    if inpaint is not None and inpaint.concatenated:
+        model_input = torch.cat([model_input, *inpaint.unet_extras(model_input.shape[0])], dim=1)
+    return model.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False, **extra)[0]
 
 
 @dataclass(frozen=True)
