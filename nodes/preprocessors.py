@@ -79,8 +79,10 @@ def ControlImageResize(
                                     "fill it, ignoring the aspect ratio; pad: fit inside it, black around"),
     method: ScaleMethod = "lanczos",
 ) -> Image:
-    """Resize a control image to the pixel size of a latent (its size × the ControlNet's factor, 8 at full size),
-    as ApplyControlNet needs it. An image already that size is passed on unchanged."""
+    """Resize a control image to the latent's pixel size, as ApplyControlNet needs it.
+
+    The size is the latent's times the ControlNet's factor (8 at full size); an image already that size is passed
+    on unchanged."""
     height, width = (int(s) * control_net.downscale for s in latent.samples.shape[-2:])
     if (image.height, image.width) == (height, width):
         return image
