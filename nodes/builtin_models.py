@@ -94,9 +94,9 @@ def build_tiny_components(seed: int = TINY_SEED, in_channels: int = 4, cross_att
     """Fresh tiny components (UNet, VAE, text encoder, tokenizer, scheduler), identical for the same seed.
 
     ``in_channels=9`` gives the inpainting variant; ``cross_attention_dim`` is also the text width."""
+    torch.manual_seed(seed)  # torch before diffusers: importing torch.fft first would trip the lazy torch (nodes/__init__.py)
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=2,
@@ -153,9 +153,9 @@ def build_tiny_controlnet(seed: int = TINY_SEED + 3):
     both divide by 8). A ControlNet's training starts with all-zero output convolutions (the hint encoder's last
     one and one per residual); these are random (std 1 and 0.1), so the control image and the residuals visibly change
     what the UNet predicts and parity tests measure something."""
+    torch.manual_seed(seed)  # before diffusers' import, as in build_tiny_components
     from diffusers import ControlNetModel
 
-    torch.manual_seed(seed)
     controlnet = ControlNetModel(
         block_out_channels=(32, 64),
         layers_per_block=2,

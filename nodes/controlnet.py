@@ -63,8 +63,8 @@ def LoadControlNet(
 ) -> ControlNet:
     """Load an SD 1.x / 2.x ControlNet: a diffusers folder, or a single file in the original layout."""
     folders_of, suffixes, is_folder, builtins = _SEARCH
-    path = resolve(name, folders_of(ctx.settings.models_dir), suffixes, is_folder, builtins)
     target = pick_device(device)
+    path = resolve(name, folders_of(ctx.settings.models_dir), suffixes, is_folder, builtins)
     torch_dtype = pick_dtype(dtype, target)
     try:
         module, family = (load_controlnet_folder if path.is_dir() else load_controlnet_file)(path, torch_dtype)

@@ -10,7 +10,6 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field
-from scipy import ndimage
 
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
@@ -42,6 +41,8 @@ def Canny(
 
 def canny_edges(grey: np.ndarray, low: float, high: float) -> np.ndarray:
     """A boolean edge map of one (H, W) picture in grey levels 0–255."""
+    from scipy import ndimage  # not at import: scipy looks for torch, and must not meet the lazy stand-in (nodes/__init__.py)
+
     dx = ndimage.sobel(grey, axis=1, mode="nearest")
     dy = ndimage.sobel(grey, axis=0, mode="nearest")
     magnitude = np.abs(dx) + np.abs(dy)
