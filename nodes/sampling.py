@@ -223,6 +223,9 @@ def Sample(
     result is put back to the original (re-noised to the next step's level) outside the mask after every
     step; a 9-channel inpainting UNet gets the mask and the masked-image latents beside its input instead.
 
+    ControlNets that ApplyControlNet attached to the conditionings add their residuals to every UNet call
+    whose step they cover, as StableDiffusionControlNetPipeline does (nodes/controlnet.py).
+
     ``previews`` holds the frames shown every ``preview_every`` steps, the last step included (feed it to
     SaveAnimation for a denoising animation); with previews off it holds one frame, the result's latent_rgb
     picture, so the output is always a valid image."""

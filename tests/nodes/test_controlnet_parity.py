@@ -104,3 +104,26 @@ def test_the_controlnet_changes_the_picture_and_its_image_matters(sd_model, sd_c
                   for seed in (1, 2)]
     assert (controlled[0] - plain).abs().max() > 0.05
     assert (controlled[0] - controlled[1]).abs().max() > 0.05
+
+
+def test_img2img_step_range_counts_the_steps_sample_runs(tiny_parts, sd_model, sd_clip, sd_vae, control_nets):
+    """With denoise < 1 the range is a share of the remaining steps, as in StableDiffusionControlNetImg2ImgPipeline."""
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline
+
+    from nodes.sampling import SAMPLERS, build_scheduler
+    from nodes.vae import VAEEncode
+
+    start_image = Image(pixels=torch.linspace(0, 1, SIZE * SIZE * 3).reshape(1, SIZE, SIZE, 3))
+    clean = run_node(VAEEncode, vae=sd_vae, image=start_image)
+    image = control_image(6)
+    ours = run_nodes(sd_model, sd_clip, sd_vae, "euler", seed=9, latent=clean, denoise=0.6,
+                     condition=with_controls([(control_nets[0], image, 0.9, 0.2, 0.8, False)]))
+    scheduler = build_scheduler(dict(tiny_parts["scheduler"].config), SAMPLERS["euler"])
+    pipe = StableDiffusionControlNetImg2ImgPipeline(**{**tiny_parts, "scheduler": scheduler}, controlnet=control_nets[0].module,
+                                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(PROMPT, negative_prompt=NEGATIVE, image=clean.samples, control_image=image.pixels.permute(0, 3, 1, 2),
+                  strength=0.6, height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=CFG,
+                  generator=generator(9), output_type="pt", controlnet_conditioning_scale=0.9,
+                  control_guidance_start=0.2, control_guidance_end=0.8).images
+    assert_same_pixels(ours, channels_last(theirs))
