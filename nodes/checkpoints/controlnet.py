@@ -94,6 +94,21 @@ def controlnet_config_folder(family: str) -> Path:
     return CONFIGS / CONTROLNET_CONFIGS[family]
 
 
+def sidecar_options(path: Path) -> dict[str, Any]:
+    """What the weights cannot show, from a sidecar ``<name>.yaml`` (the release's original config): whether the
+    ControlNet pools its residuals over the picture (``global_average_pooling``, the shuffle model)."""
+    sidecar = Path(path).with_suffix(".yaml")
+    if not sidecar.is_file():
+        return {}
+    import yaml
+
+    try:
+        params = yaml.safe_load(sidecar.read_text())["model"]["params"]["control_stage_config"]["params"]
+    except (yaml.YAMLError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{sidecar.name} is not a ControlNet config (model.params.control_stage_config.params): {error}") from None
+    return {"global_pool_conditions": bool(params.get("global_average_pooling", False))}
+
+
 def load_controlnet_file(path: Path, dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, str]:
     """A ControlNet single file in the original layout, offline: (ControlNetModel, family)."""
     weights = controlnet_weights(read_state_dict(path)[0])
@@ -103,7 +118,7 @@ def load_controlnet_file(path: Path, dtype: torch.dtype | None = None) -> tuple[
         raise CheckpointError("the ControlNet has no cross-attention layers")
     family = controlnet_family(widths[0])
     base = read_json(controlnet_config_folder(family) / "config.json")
-    config = {**base, **size_defaults("unet", base, derived), **derived}
+    config = {**base, **size_defaults("unet", base, derived), **derived, **sidecar_options(path)}
     from accelerate import init_empty_weights
     from diffusers import ControlNetModel
 

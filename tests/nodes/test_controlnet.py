@@ -140,3 +140,12 @@ def test_inpainting_unets_take_controlnets_on_the_latent_channels(sd_clip, contr
     controlled = run_node(Sample, model=model, positive=positive, negative=negative, latent=noised)[0].samples
     plain = run_node(Sample, model=model, positive=conditionings(sd_clip)[0], negative=negative, latent=noised)[0].samples
     assert controlled.shape == (1, 4, 32, 32) and not torch.allclose(controlled, plain)
+
+
+def test_a_pooling_controlnet_always_acts_in_guess_mode(sd_clip):
+    """diffusers: guess_mode = guess_mode or global_pool_conditions (the shuffle ControlNet)."""
+    module = build_tiny_controlnet()
+    module.register_to_config(global_pool_conditions=True)
+    positive, negative = conditionings(sd_clip)
+    guided, unguided = apply(positive, negative, ControlNet(module, "sd1", "shuffle"))
+    assert unguided is negative and guided.controls[0].guess_mode

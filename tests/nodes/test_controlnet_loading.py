@@ -125,6 +125,17 @@ def test_pth_files_load_with_weights_only(tiny, tmp_path):
     assert_same_weights(load_controlnet_file(path)[0], tiny)
 
 
+def test_a_sidecar_yaml_says_whether_it_pools_over_the_picture(tiny, tmp_path):
+    path = original_file(tiny, tmp_path / "control_v11e_tiny_shuffle.safetensors")
+    assert not load_controlnet_file(path)[0].config.global_pool_conditions
+    path.with_suffix(".yaml").write_text("model:\n  params:\n    control_stage_config:\n      params:\n"
+                                         "        global_average_pooling: True\n")
+    assert load_controlnet_file(path)[0].config.global_pool_conditions
+    path.with_suffix(".yaml").write_text("model: 3\n")
+    with pytest.raises(ck.CheckpointError, match="not a ControlNet config"):
+        load_controlnet_file(path)
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda t: t.pop("zero_convs.3.0.weight"), "missing controlnet_down_blocks.3.weight"),
     (lambda t: t.update({"zero_convs.6.0.weight": torch.zeros(64, 64, 1, 1)}), "unexpected zero_convs.6.0.weight"),
