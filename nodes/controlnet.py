@@ -7,7 +7,8 @@ file ``<name>``, ``<name>.safetensors``, ``.pth``, ``.ckpt`` or ``.pt`` in the o
 ``control_*`` / ``control_v11*`` releases: keys under ``control_model.``, or bare). SD 1.x and SD 2.x ControlNets
 load offline from the configs shipped in ``nodes/models/configs/controlnet-*``, every size read from the weights;
 a tensor the architecture does not have, or one it needs that the file lacks, is an error. ``tiny-sd-controlnet``
-is built in: a random ControlNet for ``tiny-sd`` (for tests and demos; its effect is noise on noise).
+is built in: a random ControlNet for ``tiny-sd`` (for tests; its effect is noise on noise), and so is
+``toy-shapes-canny``, a Canny ControlNet trained for ``toy-shapes`` (shipped in the package, when present).
 
 How it samples (diffusers' StableDiffusionControlNetPipeline, step by step): at each step every ControlNet whose
 range covers the step (``start_percent ≤ i/N`` and ``(i+1)/N ≤ end_percent`` for step i of the N that Sample runs)
@@ -29,12 +30,13 @@ from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
 from . import checkpoints
-from .builtin_models import TINY_CONTROLNET_NAME, tiny_controlnet_folder
+from .builtin_models import PACKAGE_MODELS, TINY_CONTROLNET_NAME, tiny_controlnet_folder
 from .checkpoints.controlnet import load_controlnet_file, load_controlnet_folder
 from .loaders import Device, Dtype, model_fingerprint, model_preflight, pick_device, pick_dtype, resolve
 from .values import (CONDITIONING, CONTROL_NET, IMAGE, Conditioning, Control, ControlNet, Image, Latent, Model)
 
 CONTROLNET_SUFFIXES = (".safetensors", ".pth", ".ckpt", ".pt")
+TOY_CANNY = PACKAGE_MODELS / "toy-shapes-canny"
 
 
 def controlnet_dirs(models_dir: Path) -> list[Path]:
@@ -46,7 +48,11 @@ def is_controlnet_folder(path: Path) -> bool:
 
 
 def builtin_controlnets() -> dict:
-    return {TINY_CONTROLNET_NAME: tiny_controlnet_folder}
+    """Built-in names → a function giving their folder: the tiny random one, and toy-shapes' trained one when shipped."""
+    builtins = {TINY_CONTROLNET_NAME: tiny_controlnet_folder}
+    if (TOY_CANNY / "config.json").is_file():
+        builtins["toy-shapes-canny"] = lambda: TOY_CANNY
+    return builtins
 
 
 _SEARCH = (controlnet_dirs, CONTROLNET_SUFFIXES, is_controlnet_folder, builtin_controlnets)
