@@ -27,7 +27,7 @@ from training.shapes import SIZE, draw_shape  # noqa: E402
 SHAPE, COLOUR, BACKGROUND = "square", "blue", "white"
 BOX = (14, 14, 50, 50)  # left, top, right, bottom: a 36-pixel square in the middle
 MASK_MARGIN = 4
-OUTLINE_BOX = (6, 32, 32, 58)  # 26 pixels, lower left: away from where toy-shapes draws when left alone
+OUTLINE_BOX = (6, 32, 32, 58)  # a 26-pixel square in the lower left corner
 
 
 def input_picture() -> Image.Image:
