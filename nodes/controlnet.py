@@ -33,6 +33,7 @@ from . import checkpoints
 from .builtin_models import PACKAGE_MODELS, TINY_CONTROLNET_NAME, tiny_controlnet_folder
 from .checkpoints.controlnet import load_controlnet_file, load_controlnet_folder
 from .loaders import Device, Dtype, model_fingerprint, model_preflight, pick_device, pick_dtype, resolve
+from .model_folders import kind_folders
 from .values import (CONDITIONING, CONTROL_NET, IMAGE, Conditioning, Control, ControlNet, Image, Latent, Model)
 
 CONTROLNET_SUFFIXES = (".safetensors", ".pth", ".ckpt", ".pt")
@@ -40,7 +41,7 @@ TOY_CANNY = PACKAGE_MODELS / "toy-shapes-canny"
 
 
 def controlnet_dirs(models_dir: Path) -> list[Path]:
-    return [Path(models_dir) / "controlnet"]
+    return kind_folders(models_dir, "controlnet")  # models/controlnet, A1111's ControlNet/, extra_model_paths.yaml
 
 
 def is_controlnet_folder(path: Path) -> bool:

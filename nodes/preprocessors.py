@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from graphflow.context import RunContext
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
@@ -79,6 +80,8 @@ def ControlImageResize(
     resize_mode: ResizeMode = Field("crop", description="crop: fill the size and cut the overflow (centred); stretch: "
                                     "fill it, ignoring the aspect ratio; pad: fit inside it, black around"),
     method: ScaleMethod = "lanczos",
+    *,
+    ctx: RunContext,
 ) -> Image:
     """Resize a control image to the latent's pixel size, as ApplyControlNet needs it.
 
@@ -88,11 +91,11 @@ def ControlImageResize(
     if (image.height, image.width) == (height, width):
         return image
     if resize_mode == "stretch":
-        return ImageScale(image=image, method=method, width=width, height=height, scale_by=1.0)
+        return ImageScale(image=image, method=method, width=width, height=height, scale_by=1.0, ctx=ctx)
     cover = max if resize_mode == "crop" else min
     scale = cover(width / image.width, height / image.height)
     scaled_w, scaled_h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-    scaled = ImageScale(image=image, method=method, width=scaled_w, height=scaled_h, scale_by=1.0).pixels
+    scaled = ImageScale(image=image, method=method, width=scaled_w, height=scaled_h, scale_by=1.0, ctx=ctx).pixels
     if resize_mode == "crop":
         top, left = (scaled_h - height) // 2, (scaled_w - width) // 2
         return Image(pixels=scaled[:, top:top + height, left:left + width].contiguous())
