@@ -94,9 +94,9 @@ def build_tiny_components(seed: int = TINY_SEED, in_channels: int = 4, cross_att
     """Fresh tiny components (UNet, VAE, text encoder, tokenizer, scheduler), identical for the same seed.
 
     ``in_channels=9`` gives the inpainting variant; ``cross_attention_dim`` is also the text width."""
+    torch.manual_seed(seed)  # torch before diffusers: importing torch.fft first would trip the lazy torch (nodes/__init__.py)
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=2,
@@ -140,4 +140,46 @@ def tiny_sd_folder(in_channels: int = 4) -> Path:
     folder = cache_dir() / "builtin" / f"{name}-v{TINY_VERSION}"
     if not (folder / "model_index.json").exists():
         save_diffusers_folder(build_tiny_components(in_channels=in_channels), folder)
+    return folder
+
+
+TINY_CONTROLNET_NAME = "tiny-sd-controlnet"
+
+
+def build_tiny_controlnet(seed: int = TINY_SEED + 3):
+    """A fresh random ControlNet for the tiny UNet (same blocks, 32-wide text), identical for the same seed.
+
+    Its hint encoder halves the control image once, as the tiny VAE does (SD's full-size hint encoder and VAE
+    both divide by 8). A ControlNet's training starts with all-zero output convolutions (the hint encoder's last
+    one and one per residual); these are random (std 1 and 0.1), so the control image and the residuals visibly change
+    what the UNet predicts and parity tests measure something."""
+    torch.manual_seed(seed)  # before diffusers' import, as in build_tiny_components
+    from diffusers import ControlNetModel
+
+    controlnet = ControlNetModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        in_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        cross_attention_dim=32,
+        conditioning_embedding_out_channels=(16, 32),
+    )
+    hint_out = controlnet.controlnet_cond_embedding.conv_out
+    for convolution, std in [(hint_out, 1.0), *((c, 0.1) for c in controlnet.controlnet_down_blocks),
+                             (controlnet.controlnet_mid_block, 0.1)]:
+        torch.nn.init.normal_(convolution.weight, std=std)
+        torch.nn.init.normal_(convolution.bias, std=std)
+    return controlnet.eval()
+
+
+def tiny_controlnet_folder() -> Path:
+    """Path of the built-in tiny ControlNet's diffusers folder, building it on first use."""
+    folder = cache_dir() / "builtin" / f"{TINY_CONTROLNET_NAME}-v{TINY_VERSION}"
+    if not (folder / "config.json").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        controlnet = build_tiny_controlnet()
+        try:
+            atomic_folder(folder, lambda staging: controlnet.save_pretrained(staging, safe_serialization=True))
+        except FileExistsError:  # another process finished first; its copy is identical
+            pass
     return folder

@@ -43,7 +43,7 @@ from graphflow.errors import NodeInputError
 from graphflow.node import node
 
 from . import checkpoints
-from .builtin_models import PACKAGE_MODELS, TINY_VERSION, tiny_sd_folder
+from .builtin_models import PACKAGE_MODELS, TINY_CONTROLNET_NAME, TINY_VERSION, tiny_sd_folder
 from .model_folders import kind_folders
 from .search import MissingFile, preflight_check
 from .values import CLIP, MODEL, VAE, Clip, Model, Vae
@@ -51,6 +51,8 @@ from .values import CLIP, MODEL, VAE, Clip, Model, Vae
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 TOY_SHAPES = PACKAGE_MODELS / "toy-shapes"
+# Built-in models made from a fixed seed: their name and version identify their weights.
+DETERMINISTIC_BUILTINS = ("tiny-sd", "tiny-sd-inpainting", TINY_CONTROLNET_NAME)
 # Annotated descriptions keep plain Python defaults, so the node functions stay directly callable.
 Dtype = Annotated[Literal["auto", "float32", "float16", "bfloat16"],
                   Field(description="weight precision; auto = float16 on a GPU, float32 on the CPU")]
@@ -134,38 +136,38 @@ def vae_dirs(models_dir: Path) -> list[Path]:
     return kind_folders(models_dir, "vae") + [Path(models_dir)]
 
 
-def available_models(folders: list[Path], suffixes: tuple[str, ...], is_folder) -> list[str]:
-    return list(builtin_folders()) + listing(folders, suffixes, is_folder)
+def available_models(folders: list[Path], suffixes: tuple[str, ...], is_folder, builtins=builtin_folders) -> list[str]:
+    return list(builtins()) + listing(folders, suffixes, is_folder)
 
 
-def locate(name: str, folders: list[Path], suffixes: tuple[str, ...], is_folder) -> Path | Any:
-    """Built-in name (its folder-building function, not yet called), then folders in order; a miss lists every
-    name that would work."""
+def locate(name: str, folders: list[Path], suffixes: tuple[str, ...], is_folder, builtins=builtin_folders) -> Path | Any:
+    """Built-in name (its folder-building function, not yet called; ``builtins()`` names them), then folders in
+    order; a miss lists every name that would work."""
     inside(folders[0], name)  # a bad name is refused before built-in names are looked up
-    builtins = builtin_folders()
-    if name in builtins:
-        return builtins[name]
+    named = builtins()
+    if name in named:
+        return named[name]
     found = find_in(name, folders, suffixes, is_folder)
     if found is None:
         where = ", ".join(str(f) for f in folders)
         raise MissingFile("name", f"no model named {name!r} (looked in {where})",
-                          expected=available_models(folders, suffixes, is_folder), received=name)
+                          expected=available_models(folders, suffixes, is_folder, builtins), received=name)
     return found
 
 
-def resolve(name: str, folders: list[Path], suffixes: tuple[str, ...], is_folder) -> Path:
+def resolve(name: str, folders: list[Path], suffixes: tuple[str, ...], is_folder, builtins=builtin_folders) -> Path:
     """The model's file or folder; a built-in one is built on first use."""
-    found = locate(name, folders, suffixes, is_folder)
+    found = locate(name, folders, suffixes, is_folder, builtins)
     return found if isinstance(found, Path) else Path(found())
 
 
-def model_preflight(folders_of, suffixes: tuple[str, ...], is_folder):
+def model_preflight(folders_of, suffixes: tuple[str, ...], is_folder, builtins=builtin_folders):
     """A node preflight: does ``name`` resolve (a built-in name does, without building the model)?"""
 
     def preflight(literals: dict[str, Any], settings: Settings) -> list:
         folders = folders_of(settings.models_dir)
-        return preflight_check(lambda: locate(literals["name"], folders, suffixes, is_folder),
-                               lambda: available_models(folders, suffixes, is_folder))
+        return preflight_check(lambda: locate(literals["name"], folders, suffixes, is_folder, builtins),
+                               lambda: available_models(folders, suffixes, is_folder, builtins))
 
     return preflight
 
@@ -178,14 +180,14 @@ def file_identity(path: Path) -> str:
     return "|".join(parts)
 
 
-def model_fingerprint(folders_of, suffixes: tuple[str, ...], is_folder):
+def model_fingerprint(folders_of, suffixes: tuple[str, ...], is_folder, builtins=builtin_folders):
     """A node fingerprint: the identity of the file or folder ``name`` resolves to."""
 
     def fingerprint(literals: dict[str, Any], settings: Settings) -> str:
         name = literals.get("name", "")
-        if name in ("tiny-sd", "tiny-sd-inpainting"):
+        if name in DETERMINISTIC_BUILTINS:
             return f"builtin:{name}:v{TINY_VERSION}"  # deterministic: no need to build it just to fingerprint
-        return file_identity(resolve(name, folders_of(settings.models_dir), suffixes, is_folder))
+        return file_identity(resolve(name, folders_of(settings.models_dir), suffixes, is_folder, builtins))
 
     return fingerprint
 

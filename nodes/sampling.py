@@ -26,6 +26,7 @@ from graphflow.errors import NodeInputError, node_inputs
 from graphflow.node import Input, node
 from graphflow.seeds import Seed, seed_type
 
+from .controlnet import ControlResiduals, control_residuals
 from .preview import PreviewMode, StepPreviews
 from .prompt import pad_conditionings
 from .values import (CONDITIONING, IMAGE, LATENT, MODEL, SCHEDULE, VAE, Conditioning, Image, Latent, Model,
@@ -222,6 +223,9 @@ def Sample(
     result is put back to the original (re-noised to the next step's level) outside the mask after every
     step; a 9-channel inpainting UNet gets the mask and the masked-image latents beside its input instead.
 
+    ControlNets that ApplyControlNet attached to the conditionings add their residuals to every UNet call
+    whose step they cover, as StableDiffusionControlNetPipeline does (nodes/controlnet.py).
+
     ``previews`` holds the frames shown every ``preview_every`` steps, the last step included (feed it to
     SaveAnimation for a denoising animation); with previews off it holds one frame, the result's latent_rgb
     picture, so the output is always a valid image."""
@@ -229,6 +233,7 @@ def Sample(
     inpaint = _inpainting(model, latent)
     embeds = _guidance_embeds(model, positive, negative, cfg, latent.batch_size)
     guidance = cfg > 1
+    control = control_residuals(model, positive, negative, guidance, latent)
     previews = StepPreviews(preview_every, preview_mode, vae, ctx)
 
     scheduler = fresh_scheduler(schedule)
@@ -240,9 +245,7 @@ def Sample(
         for i, t in enumerate(timesteps):
             model_input = torch.cat([latents] * 2) if guidance else latents
             model_input = scheduler.scale_model_input(model_input, t)
-            if inpaint is not None and inpaint.concatenated:
-                model_input = torch.cat([model_input, *inpaint.unet_extras(model_input.shape[0])], dim=1)
-            noise_pred = model.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+            noise_pred = _predict_noise(model, model_input, t, embeds, inpaint, control, i, len(timesteps))
             if guidance:
                 noise_uncond, noise_cond = noise_pred.chunk(2)
                 noise_pred = noise_uncond + cfg * (noise_cond - noise_uncond)
@@ -254,6 +257,16 @@ def Sample(
                 previews.add(_finished_guess(step, latents), i + 1)
             ctx.progress(i + 1, len(timesteps))
     return Latent(samples=latents, paste_pixels=latent.paste_pixels, paste_mask=latent.paste_mask), previews.frames(latents)
+
+
+def _predict_noise(model: Model, model_input: "torch.Tensor", t, embeds: "torch.Tensor", inpaint: "Inpainting | None",
+                   control: ControlResiduals | None, step: int, steps: int) -> "torch.Tensor":
+    """The UNet's prediction for one step. ControlNets see the latents alone (before an inpainting UNet's mask and
+    masked-image channels, as in diffusers' ControlNet inpainting pipeline); their residuals join the UNet call."""
+    extra = control.unet_kwargs(model_input, t, embeds, step, steps) if control is not None else {}
+    if inpaint is not None and inpaint.concatenated:
+        model_input = torch.cat([model_input, *inpaint.unet_extras(model_input.shape[0])], dim=1)
+    return model.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False, **extra)[0]
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ TOKENS, CONDITIONING = "TOKENS", "CONDITIONING"
 LATENT, IMAGE, MASK = "LATENT", "IMAGE", "MASK"
 SCHEDULE = "SCHEDULE"
 UPSCALE_MODEL = "UPSCALE_MODEL"
+CONTROL_NET = "CONTROL_NET"
 
 
 def tensor_digest(tensor: torch.Tensor, hasher: "hashlib._Hash") -> None:
@@ -59,9 +60,16 @@ def digest_of(value: Any) -> str:
 
 
 def nbytes_of(value: Any) -> int:
-    """Bytes of the tensors a value holds (a module's by its state dict); nothing else counts."""
+    """Bytes of the tensors a value holds (a module's by its state dict); nothing else counts. A loaded model held
+    by reference inside another value (the ControlNet a conditioning carries) is the model pool's, not counted again."""
     total = 0
-    for _, part in walk(value, is_leaf=_is_weights):
+
+    def is_leaf(part: Any) -> bool:
+        return _is_weights(part) or (part is not value and isinstance(part, ControlNet))
+
+    for _, part in walk(value, is_leaf=is_leaf):
+        if part is not value and isinstance(part, ControlNet):
+            continue
         if isinstance(part, torch.Tensor):
             total += part.numel() * part.element_size()
         elif isinstance(part, torch.nn.Module):
@@ -164,8 +172,44 @@ class Tokens(SocketValue):
 
 
 @dataclass(frozen=True, eq=False)
+class ControlNet(SocketValue):
+    """CONTROL_NET: a diffusers ControlNetModel and the model family it was trained for ("sd1", "sd2")."""
+
+    module: torch.nn.Module
+    family: str
+    name: str
+
+    @property
+    def downscale(self) -> int:
+        """How much smaller than the control image the hint encoder's output is: the latent's factor."""
+        return 2 ** (len(self.module.config.conditioning_embedding_out_channels) - 1)
+
+    @property
+    def global_pool(self) -> bool:
+        """Whether it averages its residuals over the picture (the shuffle ControlNet): diffusers then always uses
+        guess mode."""
+        return bool(self.module.config.global_pool_conditions)
+
+
+@dataclass(frozen=True, eq=False)
+class Control(SocketValue):
+    """One ApplyControlNet on a conditioning: the ControlNet, its control image and when and how strongly it acts.
+
+    ``start`` / ``end`` are shares of the steps Sample runs (diffusers' ``control_guidance_start`` / ``_end``);
+    ``guess_mode`` scales the residuals from 0.1 (first block) up to 1 (middle block), diffusers' guess mode."""
+
+    control_net: ControlNet
+    image: torch.Tensor  # (1 or B, H, W, 3) in [0, 1]: an IMAGE's pixels
+    strength: float
+    start: float
+    end: float
+    guess_mode: bool = False
+
+
+@dataclass(frozen=True, eq=False)
 class Conditioning(SocketValue):
-    """CONDITIONING: text embeddings (B, 77·k, C) for the UNet's cross-attention."""
+    """CONDITIONING: text embeddings (B, 77·k, C) for the UNet's cross-attention, and the ControlNets applied to
+    them (``controls``, in the order they were applied; Sample adds up their residuals)."""
 
     embeds: torch.Tensor
     text: tuple[str, ...] = ()
@@ -179,6 +223,7 @@ class Conditioning(SocketValue):
     area: tuple[int, ...] | None = None
     strength: float = 1.0
     also: tuple["Conditioning", ...] = ()
+    controls: tuple[Control, ...] = ()
 
     @property
     def entries(self) -> tuple["Conditioning", ...]:

@@ -7,7 +7,9 @@ DIR defaults to workflows/assets. Writes (replacing what is there; the bytes dep
   ``toy-shapes`` training pictures are drawn, so the toy VAE reproduces it (img2img.json, inpaint.json and
   outpaint.json start from it);
 - inpaint_mask.png: white (repaint) over the square and a margin of MASK_MARGIN pixels around it, black
-  (keep) elsewhere; inpaint.json repaints the square and keeps the white around it.
+  (keep) elsewhere; inpaint.json repaints the square and keeps the white around it;
+- outline_input.png: a smaller green square in the lower left corner, whose Canny edges tell controlnet_canny.json
+  where to draw.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from training.shapes import SIZE, draw_shape  # noqa: E402
 SHAPE, COLOUR, BACKGROUND = "square", "blue", "white"
 BOX = (14, 14, 50, 50)  # left, top, right, bottom: a 36-pixel square in the middle
 MASK_MARGIN = 4
+OUTLINE_BOX = (6, 32, 32, 58)  # a 26-pixel square in the lower left corner
 
 
 def input_picture() -> Image.Image:
@@ -42,7 +45,8 @@ def inpaint_mask() -> Image.Image:
 
 def make_demo_images(out: Path = REPO / "workflows" / "assets") -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
-    written = {"input.png": input_picture(), "inpaint_mask.png": inpaint_mask()}
+    written = {"input.png": input_picture(), "inpaint_mask.png": inpaint_mask(),
+               "outline_input.png": draw_shape("square", "green", BACKGROUND, OUTLINE_BOX, SIZE)}
     for name, picture in written.items():
         picture.save(out / name, optimize=True)
     return {name: out / name for name in written}

@@ -63,23 +63,31 @@ def cross_attention_widths(unet: dict[str, torch.Tensor]) -> list[int]:
 
 
 def derive_unet_config(unet: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """UNet sizes from original-layout UNet weights: input blocks are conv_in, then per level
+    """UNet sizes from original-layout UNet weights: the encoder half's (:func:`derive_encoder_config`), then
+    the output channels and which up blocks attend."""
+    config = derive_encoder_config(unet)
+    per_level, levels = config["layers_per_block"], len(config["block_out_channels"])
+    up_attention = [any(k.startswith(f"output_blocks.{level * (per_level + 1)}.1.") for k in unet) for level in range(levels)]
+    return {**config, "out_channels": shape(unet, "out.2.weight", "UNet")[0],
+            "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in up_attention]}
+
+
+def derive_encoder_config(unet: dict[str, torch.Tensor], component: str = "UNet") -> dict[str, Any]:
+    """The sizes of a UNet's encoder half (time embedding, input blocks, middle block) from original-layout
+    weights — all a ControlNet, a copy of that half, has. Input blocks are conv_in, then per level
     ``layers_per_block`` (resnet[, attention]) blocks and a downsampler (none after the last level)."""
     n_input = len(indices(unet, "input_blocks."))
     levels = 1 + sum(1 for k in unet if re.fullmatch(r"input_blocks\.\d+\.0\.op\.weight", k))
     per_level = n_input // levels - 1
     if per_level < 1 or n_input != levels * (per_level + 1):
-        raise CheckpointError(f"UNet input blocks ({n_input}) do not form {levels} levels of equal depth")
+        raise CheckpointError(f"{component} input blocks ({n_input}) do not form {levels} levels of equal depth")
     first = [1 + level * (per_level + 1) for level in range(levels)]
     down_attention = [any(k.startswith(f"input_blocks.{i}.1.") for k in unet) for i in first]
-    up_attention = [any(k.startswith(f"output_blocks.{level * (per_level + 1)}.1.") for k in unet) for level in range(levels)]
     config = {
-        "in_channels": shape(unet, "input_blocks.0.0.weight", "UNet")[1],
-        "out_channels": shape(unet, "out.2.weight", "UNet")[0],
-        "block_out_channels": [shape(unet, f"input_blocks.{i}.0.out_layers.3.weight", "UNet")[0] for i in first],
+        "in_channels": shape(unet, "input_blocks.0.0.weight", component)[1],
+        "block_out_channels": [shape(unet, f"input_blocks.{i}.0.out_layers.3.weight", component)[0] for i in first],
         "layers_per_block": per_level,
         "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in down_attention],
-        "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in up_attention],
     }
     widths = cross_attention_widths(unet)
     if widths:

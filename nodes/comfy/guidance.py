@@ -132,6 +132,11 @@ class ComfyDenoiser:
         self.sigmas = DiscreteSigmas.from_config(model.scheduler_config)
         self.v_prediction = model.prediction_type == "v_prediction"
         self.cfg = cfg
+        for name, conditioning in (("positive", positive), ("negative", negative)):
+            if conditioning is not None and any(entry.controls for entry in conditioning.entries):
+                raise NodeInputError(name, "this conditioning carries ControlNets (ApplyControlNet); graphflow's Sample "
+                                     "runs them, this sampler does not yet", "a conditioning without ControlNets",
+                                     "ControlNets " + ", ".join(c.control_net.name for e in conditioning.entries for c in e.controls))
         pos, neg = composed_conditionings(positive, negative)
         self.conds = [pos, None if math.isclose(cfg, 1.0) else neg]
 

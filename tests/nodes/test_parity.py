@@ -27,9 +27,12 @@ def encode(clip, text):
 
 
 def run_nodes(model, clip, vae, sampler, seed, latent=None, denoise=1.0, batch_size=1, cfg=CFG, eta=0.0,
-              negative=NEGATIVE):
+              negative=NEGATIVE, condition=None):
+    """The chain of stage nodes; ``condition(positive, negative)`` may rework the encoded prompts (ApplyControlNet)."""
     positive = encode(clip, PROMPT)
     negative = encode(clip, negative) if negative is not None else None
+    if condition is not None:
+        positive, negative = condition(positive, negative)
     if latent is None:
         latent = run_node(EmptyLatent, width=SIZE, height=SIZE, batch_size=batch_size, vae=vae)
     schedule = run_node(Schedule, model=model, sampler=sampler, steps=STEPS, denoise=denoise)
