@@ -44,6 +44,7 @@ from graphflow.node import node
 
 from . import checkpoints
 from .builtin_models import PACKAGE_MODELS, TINY_CONTROLNET_NAME, TINY_VERSION, tiny_sd_folder
+from .builtin_sdxl import TINY_SDXL_NAMES, TINY_SDXL_VERSION, tiny_sdxl_folder
 from .model_folders import kind_folders
 from .search import MissingFile, preflight_check
 from .values import CLIP, MODEL, VAE, Clip, Model, Vae
@@ -66,7 +67,8 @@ Device = Annotated[Literal["auto", "cpu", "cuda", "mps"],
 
 def builtin_folders() -> dict[str, Any]:
     """Built-in names → a function giving their diffusers folder (tiny models are built on first use)."""
-    builtins = {"tiny-sd": tiny_sd_folder, "tiny-sd-inpainting": lambda: tiny_sd_folder(in_channels=9)}
+    builtins = {"tiny-sd": tiny_sd_folder, "tiny-sd-inpainting": lambda: tiny_sd_folder(in_channels=9),
+                "tiny-sdxl": tiny_sdxl_folder, "tiny-sdxl-refiner": lambda: tiny_sdxl_folder(refiner=True)}
     if (TOY_SHAPES / "model_index.json").is_file():
         builtins["toy-shapes"] = lambda: TOY_SHAPES
     return builtins
@@ -187,6 +189,8 @@ def model_fingerprint(folders_of, suffixes: tuple[str, ...], is_folder, builtins
         name = literals.get("name", "")
         if name in DETERMINISTIC_BUILTINS:
             return f"builtin:{name}:v{TINY_VERSION}"  # deterministic: no need to build it just to fingerprint
+        if name in TINY_SDXL_NAMES:
+            return f"builtin:{name}:v{TINY_SDXL_VERSION}"
         return file_identity(resolve(name, folders_of(settings.models_dir), suffixes, is_folder, builtins))
 
     return fingerprint
@@ -232,7 +236,7 @@ def LoadCheckpoint(
     *,
     ctx: RunContext,
 ):
-    """Load a Stable Diffusion 1.x / 2.x checkpoint: a built-in name, a diffusers folder or a single file.
+    """Load a Stable Diffusion 1.x / 2.x / SDXL checkpoint: a built-in name, a diffusers folder or a single file.
 
     ``prediction_type`` overrides what the model is taken to predict (SD 2.x 768 models predict velocity)."""
     path = resolve(name, checkpoint_dirs(ctx.settings.models_dir), CHECKPOINT_SUFFIXES, is_checkpoint_folder)
@@ -245,10 +249,14 @@ def LoadCheckpoint(
             parts = checkpoints.load_single_file(path, prediction_type, torch_dtype)
     except checkpoints.CheckpointError as error:
         raise NodeInputError("name", f"{name} cannot be loaded: {error}",
-                             expected="a Stable Diffusion 1.x or 2.x checkpoint", received=path.name) from None
+                             expected="a Stable Diffusion 1.x, 2.x or SDXL checkpoint", received=path.name) from None
     model = Model(unet=parts.unet.to(target), scheduler_config=parts.scheduler_config, family=parts.family,
-                  prediction_type=parts.prediction_type, name=name)
-    clip = Clip(tokenizer=parts.tokenizer, text_encoder=parts.text_encoder.to(target), family=parts.family, name=name)
+                  prediction_type=parts.prediction_type, name=name,
+                  vae_scale_factor=2 ** (len(parts.vae.config.block_out_channels) - 1),
+                  zero_empty_negative=parts.zero_empty_negative)
+    second = parts.text_encoder_2.to(target) if parts.text_encoder_2 is not None else None
+    clip = Clip(tokenizer=parts.tokenizer, text_encoder=parts.text_encoder.to(target), family=parts.family, name=name,
+                text_encoder_2=second, tokenizer_2=parts.tokenizer_2)
     return model, clip, Vae(vae=parts.vae.to(target), name=name)
 
 

@@ -69,33 +69,61 @@ def load_diffusers_vae(folder: Path, dtype: torch.dtype | None = None) -> torch.
 
 
 def load_diffusers_folder(folder: Path, prediction_type: str = "auto", dtype: torch.dtype | None = None) -> Components:
-    """A diffusers StableDiffusionPipeline folder; its own configs describe the model (the tiny model too)."""
+    """A diffusers StableDiffusionPipeline or SDXL pipeline folder; its own configs describe the model (the tiny
+    models too). SDXL base has ``text_encoder`` and ``text_encoder_2``; the refiner only ``text_encoder_2``."""
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
 
     folder = Path(folder)
     try:
+        index = read_json(folder / "model_index.json")
         unet = checked(UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, local_files_only=True,
                                                            output_loading_info=True), "UNet")
-        text_encoder = checked(CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype, local_files_only=True,
-                                                             output_loading_info=True), "text encoder")
-        tokenizer_dir = folder / "tokenizer"
-        if any((tokenizer_dir / f).exists() for f in ("tokenizer.json", "vocab.json")):
-            tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        else:  # vocabulary not shipped with the folder: the real CLIP BPE is the same for SD1 and SD2
-            tokenizer = clip_tokenizer(read_json(tokenizer_dir / "tokenizer_config.json").get("pad_token", "<|endoftext|>"))
+        encoders = [(sub, tokenizer) for sub, tokenizer in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
+                    if (index.get(sub) or [None])[0] is not None]
+        if not encoders:
+            raise CheckpointError(f"the diffusers folder {folder.name} names no text encoder in model_index.json")
+        loaded = [(folder_text_encoder(folder, sub, dtype), folder_tokenizer(folder / tokenizer)) for sub, tokenizer in encoders]
         scheduler_config = read_json(folder / "scheduler" / "scheduler_config.json")
     except (OSError, ValueError) as error:
+        if isinstance(error, CheckpointError):
+            raise
         raise CheckpointError(f"cannot load the diffusers folder {folder.name}: {error}") from None
     vae = load_diffusers_vae(folder / "vae", dtype)
     if prediction_type == "auto":
         prediction_type = scheduler_config.get("prediction_type", "epsilon")
+    (text_encoder, tokenizer), (text_encoder_2, tokenizer_2) = loaded[0], (loaded[1] if len(loaded) > 1 else (None, None))
+    if unet.config.addition_embed_type == "text_time":  # SDXL's added size / pooled-text conditioning
+        family = "sdxl" if text_encoder_2 is not None else "sdxl-refiner"
+    else:
+        family = family_of(int(unet.config.cross_attention_dim), text_layout_of(text_encoder.config.hidden_act))
     return Components(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
         scheduler_config={**scheduler_config, "prediction_type": prediction_type},
-        family=family_of(int(unet.config.cross_attention_dim), text_layout_of(text_encoder.config.hidden_act)),
-        prediction_type=prediction_type,
+        family=family, prediction_type=prediction_type, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+        zero_empty_negative=bool(index.get("force_zeros_for_empty_prompt", False)),
     )
+
+
+def folder_text_encoder(folder: Path, subfolder: str, dtype: torch.dtype | None) -> torch.nn.Module:
+    """A pipeline folder's text encoder, as the class its config names (SDXL's second one has a projection)."""
+    import transformers
+
+    config = read_json(folder / subfolder / "config.json")
+    name = next(iter(config.get("architectures") or []), "CLIPTextModel")
+    if name not in ("CLIPTextModel", "CLIPTextModelWithProjection"):
+        raise CheckpointError(f"{subfolder} is a {name}; graphflow loads CLIP text encoders")
+    model_class = getattr(transformers, name)
+    return checked(model_class.from_pretrained(folder, subfolder=subfolder, dtype=dtype, local_files_only=True,
+                                               output_loading_info=True), subfolder.replace("_", " "))
+
+
+def folder_tokenizer(tokenizer_dir: Path):
+    from transformers import CLIPTokenizer
+
+    if any((tokenizer_dir / f).exists() for f in ("tokenizer.json", "vocab.json")):
+        return CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    # vocabulary not shipped with the folder: the real CLIP BPE is the same for every family
+    return clip_tokenizer(read_json(tokenizer_dir / "tokenizer_config.json").get("pad_token", "<|endoftext|>"))
 
 
 def load_vae_file(path: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
