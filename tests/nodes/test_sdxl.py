@@ -215,3 +215,57 @@ def test_builtin_tiny_sdxl_loads_with_the_weights_it_is_built_from(loader_ctx, n
         theirs = original.state_dict()
         assert loaded.state_dict().keys() == theirs.keys()
         assert all(torch.equal(tensor, theirs[key]) for key, tensor in loaded.state_dict().items())
+
+
+# --- base → refiner hand-off: denoising_end / denoising_start ---------------------------------------------------
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "heun", "ddim"])
+@pytest.mark.parametrize("fraction", [0.8, 0.55])
+def test_a_stopped_schedule_and_a_resumed_one_split_the_steps_as_diffusers_does(sd_model, sampler, fraction):
+    stopped = run_node(Schedule, model=sd_model, sampler=sampler, steps=10, denoising_end=fraction)
+    resumed = run_node(Schedule, model=sd_model, sampler=sampler, steps=10, denoising_start=fraction)
+    scheduler = build_scheduler(sd_model.scheduler_config, SAMPLERS[sampler])
+    scheduler.set_timesteps(10)
+    cutoff = int(round(1000 - fraction * 1000))
+    ran = stopped.timesteps[stopped.start_index:stopped.end_index]
+    assert stopped.start_index == 0 and ran.tolist() == [t for t in scheduler.timesteps.tolist() if t >= cutoff]
+    remaining = int((scheduler.timesteps < cutoff).sum())
+    remaining += 1 if scheduler.order == 2 and remaining % 2 == 0 else 0
+    assert resumed.start_index == len(scheduler.timesteps) - remaining and resumed.end_index is None
+    assert resumed.resumes and not stopped.resumes
+
+
+def test_denoising_start_cannot_be_combined_with_denoise(sd_model):
+    with pytest.raises(NodeInputError) as error:
+        run_node(Schedule, model=sd_model, steps=10, denoise=0.5, denoising_start=0.8)
+    assert error.value.input == "denoise"
+    with pytest.raises(NodeInputError, match="end after it starts"):
+        run_node(Schedule, model=sd_model, steps=10, denoising_start=0.8, denoising_end=0.5)
+
+
+def ensemble(base_parts, refiner_parts, sampler, steps, fraction, seed):
+    """Base for ``fraction`` of the schedule, the refiner for the rest, through the nodes."""
+    base, base_clip, vae = values_of(base_parts)
+    refiner, refiner_clip, refiner_vae = values_of(refiner_parts)
+    latent = run_node(EmptyLatent, width=SIZE, height=SIZE, batch_size=1, vae=vae)
+    stopped = run_node(Schedule, model=base, sampler=sampler, steps=steps, denoising_end=fraction)
+    noised = run_node(AddNoise, latent=latent, schedule=stopped, seed=seed)
+    handed_over, _ = run_node(Sample, model=base, positive=encode(base_clip, PROMPT), negative=encode(base_clip, NEGATIVE),
+                              latent=noised, cfg=CFG)
+    resumed = run_node(Schedule, model=refiner, sampler=sampler, steps=steps, denoising_start=fraction)
+    carried = run_node(AddNoise, latent=handed_over, schedule=resumed, seed=seed)
+    finished, _ = run_node(Sample, model=refiner, positive=encode(refiner_clip, PROMPT),
+                           negative=encode(refiner_clip, NEGATIVE), latent=carried, cfg=CFG)
+    return handed_over, run_node(VAEDecode, vae=refiner_vae, latent=finished).pixels
+
+
+@pytest.mark.parametrize("sampler", ["euler", "euler_a", "dpmpp_2m", "heun"])
+def test_base_plus_refiner_matches_the_diffusers_ensemble(base_parts, refiner_parts, sampler):
+    handed_over, ours = ensemble(base_parts, refiner_parts, sampler, steps=10, fraction=0.8, seed=4)
+    common = dict(negative_prompt=NEGATIVE, num_inference_steps=10, guidance_scale=CFG)
+    latents = pipe_for(base_parts, sampler)(PROMPT, height=SIZE, width=SIZE, denoising_end=0.8, generator=generator(4),
+                                            output_type="latent", **common).images
+    assert (handed_over.samples - latents).abs().max() <= TOLERANCE
+    theirs = pipe_for(refiner_parts, sampler)(PROMPT, image=latents, denoising_start=0.8, generator=generator(4),
+                                              output_type="pt", **common).images
+    assert_same_pixels(ours, channels_last(theirs))
