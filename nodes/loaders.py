@@ -249,7 +249,8 @@ def LoadCheckpoint(
             parts = checkpoints.load_single_file(path, prediction_type, torch_dtype)
     except checkpoints.CheckpointError as error:
         raise NodeInputError("name", f"{name} cannot be loaded: {error}",
-                             expected="a Stable Diffusion 1.x, 2.x or SDXL checkpoint", received=path.name) from None
+                             expected=f"a {checkpoints.loadable_titles()} checkpoint (or an inpainting variant)",
+                             received=path.name) from None
     model = Model(unet=parts.unet.to(target), scheduler_config=parts.scheduler_config, family=parts.family,
                   prediction_type=parts.prediction_type, name=name,
                   vae_scale_factor=2 ** (len(parts.vae.config.block_out_channels) - 1),
