@@ -269,3 +269,23 @@ def test_base_plus_refiner_matches_the_diffusers_ensemble(base_parts, refiner_pa
     theirs = pipe_for(refiner_parts, sampler)(PROMPT, image=latents, denoising_start=0.8, generator=generator(4),
                                               output_type="pt", **common).images
     assert_same_pixels(ours, channels_last(theirs))
+
+
+def test_merge_clip_merges_both_sdxl_encoders_and_refuses_a_single_encoder_clip(base_parts, sd_clip):
+    from nodes.merge import MergeClip
+
+    _, clip, _ = values_of(base_parts)
+    doubled = clip.replace(text_encoder_2=scaled(clip.text_encoder_2, 3.0))
+    merged = run_node(MergeClip, clip_a=clip, clip_b=doubled, mode="weighted_sum", alpha=0.5)
+    a, b = clip.text_encoder_2.state_dict(), merged.text_encoder_2.state_dict()
+    assert all(torch.allclose(b[k], 2.0 * a[k]) for k in a if a[k].is_floating_point())
+    assert all(torch.equal(t, clip.text_encoder.state_dict()[k]) for k, t in merged.text_encoder.state_dict().items())
+    with pytest.raises(NodeInputError) as error:
+        run_node(MergeClip, clip_a=clip, clip_b=sd_clip)
+    assert (error.value.input, error.value.received) == ("clip_b", 1)
+
+
+def scaled(module, factor):
+    from nodes.patching import clone_with_weights
+
+    return clone_with_weights(module, {k: v * factor if v.is_floating_point() else v for k, v in module.state_dict().items()})
