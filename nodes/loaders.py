@@ -9,20 +9,21 @@ also be a ComfyUI ``models/`` folder or an AUTOMATIC1111 one (``Stable-diffusion
 folders per kind (see ``nodes/model_folders.py``). A name resolves, first match wins, to:
 
 1. a built-in model: ``tiny-sd`` (random tiny SD1-architecture model, built on first use, for tests and demos),
-   ``tiny-sd-inpainting`` (its 9-channel variant) and ``toy-shapes`` (a small trained model shipped in the
-   package, when present);
+   ``tiny-sd-inpainting`` (its 9-channel variant), ``tiny-sdxl`` / ``tiny-sdxl-refiner`` (random tiny SDXL base
+   and refiner, nodes/builtin_sdxl.py) and ``toy-shapes`` (a small trained model shipped in the package, when present);
 2. a diffusers folder ``<name>/`` holding ``model_index.json`` (for LoadVAE: an AutoencoderKL folder with
    ``config.json``, or a pipeline folder's ``vae/``);
 3. a single file ``<name>``, ``<name>.safetensors`` or ``<name>.ckpt`` (LoadVAE also ``.pt``) in the original
-   CompVis / A1111 layout, as published for SD 1.x and 2.x. ``.ckpt`` files are read with
+   CompVis / A1111 / Stability layout, as published for SD 1.x, 2.x and SDXL. ``.ckpt`` files are read with
    ``torch.load(weights_only=True)``: one that needs arbitrary pickled objects is refused — convert it to
    ``.safetensors``.
 
 Names are relative to those folders (``sub/model`` works); ``..`` and absolute paths are refused. Single files load
 fully offline from the configs shipped in ``nodes/models/configs``; the sizes come from the weights themselves.
 
-Detection: a UNet cross-attention width of 768 is SD 1.x, 1024 is SD 2.x (other widths: an OpenCLIP text encoder
-means SD 2.x); a 9-channel UNet input is an inpainting model. Whether an SD 2.x model predicts velocity cannot be
+Detection: a UNet with SDXL's added embedding (``label_emb``) is SDXL base (CLIP-L + OpenCLIP bigG) or refiner
+(bigG alone); otherwise a UNet cross-attention width of 768 is SD 1.x, 1024 is SD 2.x (other widths: an OpenCLIP
+text encoder means SD 2.x); a 9-channel UNet input is an inpainting model. Whether an SD 2.x model predicts velocity cannot be
 read from its weights. With ``prediction_type="auto"`` a diffusers folder's scheduler config decides; for a single
 file, first a sidecar ``<name>.yaml`` (the original inference config: ``parameterization: "v"``), then, for SD 2.x,
 the file name: "768" or "v-pred"/"vpred" in it means v_prediction (the official ``768-v-ema`` and
@@ -236,7 +237,7 @@ def LoadCheckpoint(
     *,
     ctx: RunContext,
 ):
-    """Load a Stable Diffusion 1.x / 2.x / SDXL checkpoint: a built-in name, a diffusers folder or a single file.
+    """Load an SD 1.x / 2.x / SDXL base, refiner or inpainting checkpoint: a built-in name, a diffusers folder or a single file.
 
     ``prediction_type`` overrides what the model is taken to predict (SD 2.x 768 models predict velocity)."""
     path = resolve(name, checkpoint_dirs(ctx.settings.models_dir), CHECKPOINT_SUFFIXES, is_checkpoint_folder)

@@ -127,8 +127,9 @@ def MergeClip(
     *,
     ctx: RunContext,
 ) -> Clip:
-    """Merge two text encoders (or add the difference B − C to A); tokenizer and embeddings come from A. SDXL's
-    second encoders are merged the same way."""
+    """Merge two text encoders (or add the difference B − C to A); tokenizer and embeddings come from A.
+
+    SDXL's second text encoders are merged the same way; CLIPs with different numbers of encoders are refused."""
     for name, other in (("clip_b", clip_b), ("clip_c", clip_c)):
         if other is not None and (other.text_encoder_2 is None) != (clip_a.text_encoder_2 is None):
             raise NodeInputError(name, "CLIPs with different numbers of text encoders cannot be merged",
