@@ -20,7 +20,7 @@ from .vae import VAE_PARTS, VAE_PREFIX, derive_vae_config, vae_from_original
 
 def load_single_file(path: Path, prediction_type: str = "auto", dtype: torch.dtype | None = None) -> Components:
     """Build UNet, VAE, text encoder(s), tokenizer(s) and scheduler config from one original-layout file, offline."""
-    state_dict, metadata = read_state_dict(path)
+    state_dict, metadata = read_state_dict(path, dtype)  # cast while streaming: one copy of the weights at a time
     detected = detect(state_dict)
     if detected.text_layout is None:
         raise CheckpointError("the file has no text encoder (cond_stage_model.* / conditioner.embedders.*); "

@@ -188,3 +188,18 @@ def test_every_real_sdxl_tensor_maps_onto_the_diffusers_modules(full_size):
     assert set(unet_from_original(parts["unet"], {**dict(unet.config), **config})) == set(unet.state_dict())
     for (_, layout), weights, encoder in zip(family.encoders, ck.text_parts(state_dict, family), encoders):
         assert set(layout.from_original(weights)) == set(encoder.state_dict()), layout.name
+
+
+def test_a_float16_file_is_cast_while_it_is_read(tiny, tmp_path):
+    """Streaming: every weight arrives in the asked dtype straight from the file (no float16 copy is kept), with
+    exactly the values a load-then-cast gives."""
+    _, parts, path = tiny
+    tensors, metadata = ck.read_state_dict(path)
+    half = tmp_path / "half.safetensors"
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(half), metadata=metadata)
+    streamed, _ = ck.read_state_dict(half, torch.float32)
+    assert {t.dtype for t in streamed.values()} == {torch.float32}
+    as_half, _ = ck.read_state_dict(half)
+    assert all(torch.equal(streamed[k], as_half[k].float()) for k in as_half)
+    loaded = ck.load_single_file(half, dtype=torch.float32)
+    assert all(torch.equal(t, parts.unet.state_dict()[k].half().float()) for k, t in loaded.unet.state_dict().items())
