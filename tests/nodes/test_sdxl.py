@@ -289,3 +289,15 @@ def scaled(module, factor):
     from nodes.patching import clone_with_weights
 
     return clone_with_weights(module, {k: v * factor if v.is_floating_point() else v for k, v in module.state_dict().items()})
+
+
+def test_sdxl_tokens_and_conditioning_survive_the_disk_cache(base_parts):
+    from nodes.values import value_from_disk, value_to_disk
+
+    _, clip, _ = values_of(base_parts)
+    tokens = prompt_tokens(clip, "a cat", text_2="a dog")
+    conditioning = run_node(SDXLSizes, conditioning=prompt_conditioning(clip, tokens), original_width=100)
+    for value in (tokens, conditioning):
+        back = value_from_disk(*value_to_disk(value))
+        assert back.__graphflow_digest__() == value.__graphflow_digest__()
+    assert back.sizes == {"original_width": 100.0, "crop_left": 0.0, "crop_top": 0.0} and back.pooled.shape == (1, 32)
