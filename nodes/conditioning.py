@@ -52,12 +52,13 @@ def prompt_tokens(clip: Clip, text: str, comma_backtrack: bool = False, ctx: Run
         raise InvalidArgument("text_2", "this CLIP has a single text encoder; text_2 is for SDXL's second one",
                               "an empty text_2", text_2)
     if clip.text_encoder_2 is None:
-        return tokens_for(clip.tokenizer, text, clip.embeddings, comma_backtrack)
+        return tokens_for(clip.tokenizer, text, clip.embeddings, comma_backtrack, ctx)
     # SDXL embeddings hold both encoders' vectors side by side (nodes/embeddings.py): each encoder gets its part
     first = int(clip.text_encoder.get_input_embeddings().embedding_dim)
-    tokens = tokens_for(clip.tokenizer, text, {k: v[:, :first] for k, v in clip.embeddings.items()}, comma_backtrack)
+    tokens = tokens_for(clip.tokenizer, text, {k: v[:, :first] for k, v in clip.embeddings.items()}, comma_backtrack,
+                        ctx)
     second = tokens_for(clip.tokenizer_2, text_2 or text, {k: v[:, first:] for k, v in clip.embeddings.items()},
-                        comma_backtrack)
+                        comma_backtrack, ctx)
     return tokens.replace(second=second)
 
 
