@@ -13,7 +13,7 @@ import torch
 from graphflow.context import RunContext
 from graphflow.errors import InvalidArgument
 
-from .prompt import Emphasis, encode_empty_chunk, encode_text, pad_to_same_chunks, tokenize_prompt
+from .prompt import Emphasis, check_prompt_chunks, encode_empty_chunk, encode_text, pad_to_same_chunks, tokenize_prompt
 from .values import Clip, Conditioning, Tokens
 
 
@@ -36,10 +36,6 @@ def tokens_for(tokenizer, text: str, embeddings, comma_backtrack: bool, ctx: Run
         check_prompt_chunks(ctx, tokens.chunks, "text")
     return Tokens(input_ids=tokens.input_ids, weights=tokens.weights, text=(text,), chunks=tokens.chunks,
                   attention_mask=tokens.attention_mask, embedding_vectors=tokens.embedding_vectors)
-
-
-def check_prompt_chunks(ctx: RunContext, chunks: int, input_name: str) -> None:
-    ctx.check_limit("prompt_chunks", chunks, input_name, "the prompt's 75-token windows (a BREAK starts one)")
 
 
 def prompt_tokens(clip: Clip, text: str, comma_backtrack: bool = False, ctx: RunContext | None = None,

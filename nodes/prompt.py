@@ -435,3 +435,8 @@ def pad_conditionings(positive, negative) -> tuple[torch.Tensor, torch.Tensor]:
     empty_pos = positive.empty_chunk if positive.empty_chunk is not None else negative.empty_chunk
     empty_neg = negative.empty_chunk if negative.empty_chunk is not None else positive.empty_chunk
     return pad_to_same_chunks(positive.embeds, negative.embeds, empty_pos, empty_neg)
+
+
+def check_prompt_chunks(ctx, chunks: int, input_name: str) -> None:
+    """A node's ``ctx`` refuses more 75-token windows than the server's ``prompt_chunks`` limit allows."""
+    ctx.check_limit("prompt_chunks", chunks, input_name, "the prompt's 75-token windows (a BREAK starts one)")
