@@ -10,7 +10,8 @@ without extension; a prompt uses it by that name (``easynegative``) or as ``embe
 Formats read:
 - A1111 / original textual-inversion ``.pt``: ``{"string_to_param": {"*": tensor(n, C)}, ...}``;
 - diffusers ``.bin`` / ``.pt``: ``{"<token>": tensor(C)}``;
-- ``.safetensors``: a single tensor, or ``emb_params`` (A1111's safetensors export).
+- ``.safetensors``: a single tensor, or ``emb_params`` (A1111's safetensors export), or SDXL's ``clip_l`` and
+  ``clip_g`` (one set of vectors per text encoder, kept side by side: (n, 768 + 1280) for an SDXL base CLIP).
 Pickled files are opened with ``torch.load(weights_only=True)`` only: a file that needs arbitrary
 classes to unpickle is refused, never executed.
 """
@@ -76,7 +77,11 @@ def load_embedding(path: Path) -> torch.Tensor:
 
         tensors = load_file(str(path), device="cpu")
         vectors = tensors.get("emb_params")
-        if vectors is None:
+        if {"clip_l", "clip_g"} <= set(tensors):  # SDXL: one set of vectors per text encoder, kept side by side
+            if tensors["clip_l"].shape[:-1] != tensors["clip_g"].shape[:-1]:
+                raise ValueError(f"{path.name}: clip_l and clip_g hold different numbers of vectors")
+            vectors = torch.cat([tensors["clip_l"], tensors["clip_g"]], dim=-1)
+        elif vectors is None:
             vectors = _only_tensor(tensors, path)
     else:
         from .checkpoints.reading import load_pickled_weights
@@ -111,7 +116,9 @@ def _only_tensor(tensors, path: Path) -> torch.Tensor:
 
 
 def text_width(clip: Clip) -> int:
-    return int(clip.text_encoder.get_input_embeddings().embedding_dim)
+    """The width of the CLIP's input vectors; SDXL's two encoders side by side (768 + 1280 at full size)."""
+    encoders = [clip.text_encoder] + ([clip.text_encoder_2] if clip.text_encoder_2 is not None else [])
+    return sum(int(encoder.get_input_embeddings().embedding_dim) for encoder in encoders)
 
 
 def with_embeddings(clip: Clip, embeddings: dict[str, torch.Tensor], input_name: str = "names") -> Clip:

@@ -9,20 +9,21 @@ also be a ComfyUI ``models/`` folder or an AUTOMATIC1111 one (``Stable-diffusion
 folders per kind (see ``nodes/model_folders.py``). A name resolves, first match wins, to:
 
 1. a built-in model: ``tiny-sd`` (random tiny SD1-architecture model, built on first use, for tests and demos),
-   ``tiny-sd-inpainting`` (its 9-channel variant) and ``toy-shapes`` (a small trained model shipped in the
-   package, when present);
+   ``tiny-sd-inpainting`` (its 9-channel variant), ``tiny-sdxl`` / ``tiny-sdxl-refiner`` (random tiny SDXL base
+   and refiner, nodes/builtin_sdxl.py) and ``toy-shapes`` (a small trained model shipped in the package, when present);
 2. a diffusers folder ``<name>/`` holding ``model_index.json`` (for LoadVAE: an AutoencoderKL folder with
    ``config.json``, or a pipeline folder's ``vae/``);
 3. a single file ``<name>``, ``<name>.safetensors`` or ``<name>.ckpt`` (LoadVAE also ``.pt``) in the original
-   CompVis / A1111 layout, as published for SD 1.x and 2.x. ``.ckpt`` files are read with
+   CompVis / A1111 / Stability layout, as published for SD 1.x, 2.x and SDXL. ``.ckpt`` files are read with
    ``torch.load(weights_only=True)``: one that needs arbitrary pickled objects is refused — convert it to
    ``.safetensors``.
 
 Names are relative to those folders (``sub/model`` works); ``..`` and absolute paths are refused. Single files load
 fully offline from the configs shipped in ``nodes/models/configs``; the sizes come from the weights themselves.
 
-Detection: a UNet cross-attention width of 768 is SD 1.x, 1024 is SD 2.x (other widths: an OpenCLIP text encoder
-means SD 2.x); a 9-channel UNet input is an inpainting model. Whether an SD 2.x model predicts velocity cannot be
+Detection: a UNet with SDXL's added embedding (``label_emb``) is SDXL base (CLIP-L + OpenCLIP bigG) or refiner
+(bigG alone); otherwise a UNet cross-attention width of 768 is SD 1.x, 1024 is SD 2.x (other widths: an OpenCLIP
+text encoder means SD 2.x); a 9-channel UNet input is an inpainting model. Whether an SD 2.x model predicts velocity cannot be
 read from its weights. With ``prediction_type="auto"`` a diffusers folder's scheduler config decides; for a single
 file, first a sidecar ``<name>.yaml`` (the original inference config: ``parameterization: "v"``), then, for SD 2.x,
 the file name: "768" or "v-pred"/"vpred" in it means v_prediction (the official ``768-v-ema`` and
@@ -44,6 +45,7 @@ from graphflow.node import node
 
 from . import checkpoints
 from .builtin_models import PACKAGE_MODELS, TINY_CONTROLNET_NAME, TINY_VERSION, tiny_sd_folder
+from .builtin_sdxl import TINY_SDXL_NAMES, TINY_SDXL_VERSION, tiny_sdxl_folder
 from .model_folders import kind_folders
 from .search import MissingFile, preflight_check
 from .values import CLIP, MODEL, VAE, Clip, Model, Vae
@@ -66,7 +68,8 @@ Device = Annotated[Literal["auto", "cpu", "cuda", "mps"],
 
 def builtin_folders() -> dict[str, Any]:
     """Built-in names → a function giving their diffusers folder (tiny models are built on first use)."""
-    builtins = {"tiny-sd": tiny_sd_folder, "tiny-sd-inpainting": lambda: tiny_sd_folder(in_channels=9)}
+    builtins = {"tiny-sd": tiny_sd_folder, "tiny-sd-inpainting": lambda: tiny_sd_folder(in_channels=9),
+                "tiny-sdxl": tiny_sdxl_folder, "tiny-sdxl-refiner": lambda: tiny_sdxl_folder(refiner=True)}
     if (TOY_SHAPES / "model_index.json").is_file():
         builtins["toy-shapes"] = lambda: TOY_SHAPES
     return builtins
@@ -187,6 +190,8 @@ def model_fingerprint(folders_of, suffixes: tuple[str, ...], is_folder, builtins
         name = literals.get("name", "")
         if name in DETERMINISTIC_BUILTINS:
             return f"builtin:{name}:v{TINY_VERSION}"  # deterministic: no need to build it just to fingerprint
+        if name in TINY_SDXL_NAMES:
+            return f"builtin:{name}:v{TINY_SDXL_VERSION}"
         return file_identity(resolve(name, folders_of(settings.models_dir), suffixes, is_folder, builtins))
 
     return fingerprint
@@ -232,7 +237,7 @@ def LoadCheckpoint(
     *,
     ctx: RunContext,
 ):
-    """Load a Stable Diffusion 1.x / 2.x checkpoint: a built-in name, a diffusers folder or a single file.
+    """Load an SD 1.x / 2.x / SDXL base, refiner or inpainting checkpoint: a built-in name, a diffusers folder or a single file.
 
     ``prediction_type`` overrides what the model is taken to predict (SD 2.x 768 models predict velocity)."""
     path = resolve(name, checkpoint_dirs(ctx.settings.models_dir), CHECKPOINT_SUFFIXES, is_checkpoint_folder)
@@ -245,10 +250,15 @@ def LoadCheckpoint(
             parts = checkpoints.load_single_file(path, prediction_type, torch_dtype)
     except checkpoints.CheckpointError as error:
         raise NodeInputError("name", f"{name} cannot be loaded: {error}",
-                             expected="a Stable Diffusion 1.x or 2.x checkpoint", received=path.name) from None
+                             expected=f"a {checkpoints.loadable_titles()} checkpoint (or an inpainting variant)",
+                             received=path.name) from None
     model = Model(unet=parts.unet.to(target), scheduler_config=parts.scheduler_config, family=parts.family,
-                  prediction_type=parts.prediction_type, name=name)
-    clip = Clip(tokenizer=parts.tokenizer, text_encoder=parts.text_encoder.to(target), family=parts.family, name=name)
+                  prediction_type=parts.prediction_type, name=name,
+                  vae_scale_factor=2 ** (len(parts.vae.config.block_out_channels) - 1),
+                  zero_empty_negative=parts.zero_empty_negative)
+    second = parts.text_encoder_2.to(target) if parts.text_encoder_2 is not None else None
+    clip = Clip(tokenizer=parts.tokenizer, text_encoder=parts.text_encoder.to(target), family=parts.family, name=name,
+                text_encoder_2=second, tokenizer_2=parts.tokenizer_2)
     return model, clip, Vae(vae=parts.vae.to(target), name=name)
 
 

@@ -4,12 +4,13 @@ Files are looked up in ``<models_dir>/loras`` first, then in ``loras/`` of each 
 (``Settings.asset_dirs``, see ``nodes/search.py``).
 
 File formats (``.safetensors`` only):
-- Kohya / A1111: ``lora_unet_<module>`` and ``lora_te_<module>`` (``lora_te1_`` too) with
+- Kohya / A1111: ``lora_unet_<module>`` and ``lora_te_<module>`` (``lora_te1_`` too; SDXL's second text encoder
+  ``lora_te2_``) with
   ``.lora_down.weight``, ``.lora_up.weight`` and optionally ``.alpha``; ``<module>`` is either the diffusers
   module path with ``_`` for ``.`` (``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q``)
   or the original LDM one (``lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q``);
 - diffusers / peft: ``unet.<module>.lora_A.weight`` / ``.lora_B.weight`` (``text_encoder.`` for the text
-  encoder), or the older ``.lora.down.weight`` / ``.to_q_lora.down.weight`` spellings; alpha from
+  encoder, ``text_encoder_2.`` for SDXL's second), or the older ``.lora.down.weight`` / ``.to_q_lora.down.weight`` spellings; alpha from
   ``<module>.alpha`` keys or from diffusers' ``lora_adapter_metadata`` (``unet.lora_alpha``).
 Key names are translated with diffusers' own conversion code (``lora_state_dict`` for Kohya files,
 ``convert_unet_state_dict_to_peft`` / ``convert_state_dict_to_peft``), then matched to modules; a key that
@@ -39,8 +40,7 @@ from .search import MissingFile, file_fingerprint, find_file, preflight_check, s
 from .values import CLIP, MODEL, Clip, Model
 
 LORAS_SUBDIR = "loras"
-TARGETS = ("unet", "text_encoder")
-KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder"}
+TARGETS = ("unet", "text_encoder", "text_encoder_2")  # text_encoder_2: SDXL's second (OpenCLIP bigG) encoder
 _KOHYA_PARTS = ("lora_down.weight", "lora_up.weight", "alpha")
 
 
@@ -100,8 +100,6 @@ def _kohya_to_peft(tensors: Mapping[str, torch.Tensor], unet_config) -> dict[str
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         lora_name, _, part = key.partition(".")
-        if lora_name.startswith("lora_te2_"):
-            raise InvalidArgument("tensors", f"{key}: a second text encoder (SDXL) LoRA; SD 1.x/2.x models have one text encoder")
         if part not in _KOHYA_PARTS:
             raise InvalidArgument("tensors", f"{key}: unsupported LoRA key (LoHa/LoKr/DoRA and other LyCORIS types are not "
                              f"supported; expected {', '.join(_KOHYA_PARTS)})")
@@ -130,8 +128,6 @@ def _diffusers_to_peft(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[t
     converted: dict[str, tuple[torch.Tensor | float, str]] = {}
     for key, value in tensors.items():
         prefix = key.split(".", 1)[0]
-        if prefix == "text_encoder_2":
-            raise InvalidArgument("tensors", f"{key}: a second text encoder (SDXL) LoRA; SD 1.x/2.x models have one text encoder")
         full = key if prefix in TARGETS else f"unet.{key}"  # diffusers files without a prefix are UNet-only
         (new_key, new_value), = _to_peft_names({full: value}).items()
         converted[new_key] = (float(new_value.item()) if new_key.endswith(".alpha") else new_value, key)
@@ -183,7 +179,7 @@ def _group_peft(peft: Mapping[str, tuple[torch.Tensor | float, str]], default_al
             raise InvalidArgument("tensors", f"{source}: needs both down (lora_A) and up (lora_B) weights")
         target, _, path = module.partition(".")
         if target not in TARGETS:
-            raise InvalidArgument("tensors", f"{found['lora_A.weight'][1]}: unknown LoRA target {target!r} (expected unet or text_encoder)")
+            raise InvalidArgument("tensors", f"{found['lora_A.weight'][1]}: unknown LoRA target {target!r} (expected unet, text_encoder or text_encoder_2)")
         alpha = found["alpha"][0] if "alpha" in found else default_alpha.get(target)
         down, source = found["lora_A.weight"]
         grouped[target][path] = LoraModule(down, found["lora_B.weight"][0], alpha, source)
@@ -315,11 +311,18 @@ def apply_lora_file(model: Model, clip: Clip | None, name: str, strength_model: 
         loras = parse_lora(tensors, metadata, unet_config=model.unet.config)
         unet = apply_lora(model.unet, loras["unet"], strength_model)
         text_encoder = None if clip is None else apply_lora(clip.text_encoder, loras["text_encoder"], strength_clip)
+        text_encoder_2 = None if clip is None else clip.text_encoder_2
+        if loras["text_encoder_2"] and clip is not None:
+            if text_encoder_2 is None:
+                raise InvalidArgument("tensors", "the LoRA adapts a second text encoder (lora_te2_, SDXL) but this CLIP "
+                                      "has one text encoder")
+            text_encoder_2 = apply_lora(text_encoder_2, loras["text_encoder_2"], strength_clip)
     except InvalidArgument as exc:  # whatever the helpers found wrong is wrong with the file this input names
         raise NodeInputError("name", f"{path.name}: {exc.message}", "a LoRA for this model", name) from exc
     label = Path(name).with_suffix("").as_posix() if name.endswith(".safetensors") else name
     if unet is not model.unet:
         model = replace(model, unet=unet, patches=model.patches + (f"lora:{label}:{strength_model:g}",))
-    if clip is not None and text_encoder is not clip.text_encoder:
-        clip = replace(clip, text_encoder=text_encoder, patches=clip.patches + (f"lora:{label}:{strength_clip:g}",))
+    if clip is not None and (text_encoder is not clip.text_encoder or text_encoder_2 is not clip.text_encoder_2):
+        clip = replace(clip, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                       patches=clip.patches + (f"lora:{label}:{strength_clip:g}",))
     return model, clip

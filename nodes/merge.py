@@ -113,6 +113,10 @@ def MergeModels(
     return replace(model_a, unet=unet, patches=model_a.patches + (label,))
 
 
+def encoder_count(clip: Clip) -> int:
+    return 1 if clip.text_encoder_2 is None else 2
+
+
 @node(outputs={"clip": CLIP}, category="merge", pool="model")
 def MergeClip(
     clip_a: Clip = Input(CLIP),
@@ -123,12 +127,22 @@ def MergeClip(
     *,
     ctx: RunContext,
 ) -> Clip:
-    """Merge two text encoders (or add the difference B − C to A); tokenizer and embeddings come from A."""
+    """Merge two text encoders (or add the difference B − C to A); tokenizer and embeddings come from A.
+
+    SDXL's second text encoders are merged the same way; CLIPs with different numbers of encoders are refused."""
+    for name, other in (("clip_b", clip_b), ("clip_c", clip_c)):
+        if other is not None and (other.text_encoder_2 is None) != (clip_a.text_encoder_2 is None):
+            raise NodeInputError(name, "CLIPs with different numbers of text encoders cannot be merged",
+                                 f"{encoder_count(clip_a)} like clip_a", encoder_count(other))
     with node_inputs(a="clip_a", b="clip_b", c="clip_c"):
         encoder = merge_modules(clip_a.text_encoder, clip_b.text_encoder,
                                 clip_c.text_encoder if clip_c is not None else None, mode, alpha, ctx.check_cancelled)
+        second = clip_a.text_encoder_2
+        if second is not None:
+            second = merge_modules(clip_a.text_encoder_2, clip_b.text_encoder_2,
+                                   clip_c.text_encoder_2 if clip_c is not None else None, mode, alpha, ctx.check_cancelled)
     label = _label(mode, alpha, clip_b, clip_c)
-    return replace(clip_a, text_encoder=encoder, patches=clip_a.patches + (label,))
+    return replace(clip_a, text_encoder=encoder, text_encoder_2=second, patches=clip_a.patches + (label,))
 
 
 @node(outputs={"vae": VAE}, category="merge", pool="model")

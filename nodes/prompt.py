@@ -27,11 +27,9 @@ from typing import Callable, Literal, Mapping, Sequence
 
 import torch
 
-from graphflow.context import RunContext
 from graphflow.errors import InvalidArgument, NodeInputError
 
 from .prompt_syntax import is_break, parse_prompt_attention
-from .values import Clip, Conditioning, Tokens
 
 DEFAULT_BACKTRACK_WINDOW = 20  # A1111's default "comma padding backtrack"
 EMBEDDING_PREFIX = "embedding:"
@@ -245,6 +243,26 @@ def encode_tokens(
     (A1111's default), "no_norm" scales without restoring the mean, "none" ignores the weights.
     ``attention_mask`` is only read by text encoders whose config sets ``use_attention_mask``. ``on_window(done,
     total)`` is called after each window (a node passes ``ctx.progress``, which also stops a cancelled run)."""
+    return encode_text(text_encoder, input_ids, weights, clip_skip, emphasis, embedding_vectors, attention_mask,
+                       on_window=on_window)[0]
+
+
+def encode_text(
+    text_encoder: torch.nn.Module,
+    input_ids: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    clip_skip: int = 1,
+    emphasis: Emphasis = "original",
+    embedding_vectors: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    penultimate: bool = False,
+    pooled: bool = False,
+    on_window: Callable[[int, int], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`encode_tokens`, and what SDXL reads besides. ``penultimate`` (SDXL): the output of the layer before
+    the one ``clip_skip`` names, without the final layer norm (diffusers' ``hidden_states[-(clip_skip + 1)]``).
+    ``pooled``: also the projected final state at the first window's end-of-text token (B, P) — the pooled
+    prompt embedding of a CLIPTextModelWithProjection, unweighted, as diffusers and A1111 take it."""
     core = getattr(text_encoder, "text_model", text_encoder)  # CLIPTextModelWithProjection wraps one
     window = int(core.embeddings.position_embedding.num_embeddings)
     layers = len(core.encoder.layers)
@@ -256,19 +274,30 @@ def encode_tokens(
         raise InvalidArgument("weights", "weights must match token ids", tuple(input_ids.shape), tuple(weights.shape))
     use_mask = bool(getattr(text_encoder.config, "use_attention_mask", False))
     device = core.embeddings.token_embedding.weight.device
-    outputs = []
+    outputs, pooled_output = [], None
     total = input_ids.shape[1] // window
     with torch.no_grad():
         for start in range(0, input_ids.shape[1], window):
             ids = input_ids[:, start:start + window].to(device)
             mask = attention_mask[:, start:start + window].to(device) if use_mask and attention_mask is not None else None
-            hidden = _run_text_encoder(core, _input_embeddings(core, ids, embedding_vectors), clip_skip, mask)
+            pool = pooled and start == 0
+            hidden, final = _run_text_encoder(core, _input_embeddings(core, ids, embedding_vectors), clip_skip, mask,
+                                              penultimate, run_all=pool)
+            if pool:
+                pooled_output = text_encoder.text_projection(final[torch.arange(ids.shape[0]), _eos_positions(text_encoder, ids)])
             if weights is not None and emphasis != "none":
                 hidden = apply_emphasis(hidden, weights[:, start:start + window], emphasis)
             outputs.append(hidden)
             if on_window is not None:
                 on_window(len(outputs), total)
-    return torch.cat(outputs, dim=1)
+    return torch.cat(outputs, dim=1), pooled_output
+
+
+def _eos_positions(text_encoder, ids: torch.Tensor) -> torch.Tensor:
+    """Where transformers' CLIP pools: the highest id for configs with the old ``eos_token_id`` 2, else the first
+    end-of-text id (textual-inversion slots are negative, so neither rule can pick one)."""
+    eos = text_encoder.config.eos_token_id
+    return ids.argmax(dim=-1) if eos == 2 else (ids == eos).int().argmax(dim=-1)
 
 
 def _input_embeddings(core, ids: torch.Tensor, embedding_vectors: torch.Tensor | None) -> torch.Tensor:
@@ -294,8 +323,11 @@ def _input_embeddings(core, ids: torch.Tensor, embedding_vectors: torch.Tensor |
     return embeds
 
 
-def _run_text_encoder(core, inputs_embeds: torch.Tensor, clip_skip: int, attention_mask: torch.Tensor | None):
-    """The CLIP text transformer from input embeddings up to layer ``-clip_skip``, then the final layer norm.
+def _run_text_encoder(core, inputs_embeds: torch.Tensor, clip_skip: int, attention_mask: torch.Tensor | None,
+                      penultimate: bool = False, run_all: bool = False):
+    """The CLIP text transformer from input embeddings: (the output of layer ``-clip_skip`` through the final layer
+    norm, or with ``penultimate`` the raw output of the layer before it; the final layer's normed output when
+    ``run_all``, else None).
 
     transformers' CLIPTextModel.forward only takes token ids, so this replays its steps (position
     embeddings, causal mask, layers, final norm) with the same modules and the same calls."""
@@ -305,9 +337,13 @@ def _run_text_encoder(core, inputs_embeds: torch.Tensor, clip_skip: int, attenti
     # Newer transformers renamed past_key_values to cache (the old name warns); there is no cache either way.
     no_cache = {"cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values": None}
     mask = create_causal_mask(config=core.config, inputs_embeds=hidden, attention_mask=attention_mask, **no_cache)
-    for layer in core.encoder.layers[: len(core.encoder.layers) - clip_skip + 1]:
-        hidden = layer(hidden, mask, is_causal=True)
-    return core.final_layer_norm(hidden)
+    layers = core.encoder.layers
+    read = len(layers) - clip_skip + (0 if penultimate else 1)  # how many layers the read output has passed
+    states = [hidden]
+    for layer in layers[: len(layers) if run_all else read]:
+        states.append(layer(states[-1], mask, is_causal=True))
+    selected = states[read] if penultimate else core.final_layer_norm(states[read])
+    return selected, core.final_layer_norm(states[-1]) if run_all else None
 
 
 MEAN_NOISE_FLOOR = 1e-4  # relative: far above float32 noise (~1e-7), far below a real encoder's mean
@@ -351,14 +387,15 @@ def apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor, emphasis: Emphas
 _EMPTY_CHUNKS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, torch.Tensor]]" = weakref.WeakKeyDictionary()
 
 
-def encode_empty_chunk(tokenizer, text_encoder: torch.nn.Module, clip_skip: int = 1) -> torch.Tensor:
+def encode_empty_chunk(tokenizer, text_encoder: torch.nn.Module, clip_skip: int = 1, penultimate: bool = False) -> torch.Tensor:
     """The empty prompt encoded (1, 77, C): what a shorter conditioning is padded with. Encoded once per text
-    encoder and clip_skip, since every CLIPTextEncode carries it."""
+    encoder, clip_skip and layer choice (``penultimate``: SDXL's), since every CLIPTextEncode carries it."""
     empty = tokenize_prompt(tokenizer, "")
     known = _EMPTY_CHUNKS.setdefault(text_encoder, {})
-    key = (tuple(empty.input_ids.flatten().tolist()), clip_skip)
+    key = (tuple(empty.input_ids.flatten().tolist()), clip_skip, penultimate)
     if key not in known:
-        known[key] = encode_tokens(text_encoder, empty.input_ids, empty.weights, clip_skip, attention_mask=empty.attention_mask)
+        known[key] = encode_text(text_encoder, empty.input_ids, empty.weights, clip_skip, attention_mask=empty.attention_mask,
+                                 penultimate=penultimate)[0]
     return known[key]
 
 
@@ -400,35 +437,6 @@ def pad_conditionings(positive, negative) -> tuple[torch.Tensor, torch.Tensor]:
     return pad_to_same_chunks(positive.embeds, negative.embeds, empty_pos, empty_neg)
 
 
-
-# ---------------------------------------------------------------------------------------------------
-# Socket values: what the Tokenize / CLIPTextEncode nodes call
-# ---------------------------------------------------------------------------------------------------
-
-
-def prompt_tokens(clip: Clip, text: str, comma_backtrack: bool = False, ctx: RunContext | None = None) -> Tokens:
-    """TOKENS for a prompt, with the CLIP's textual-inversion embeddings available by name. With a node's ``ctx``
-    the tokenizing can be cancelled and the windows are bounded by the server's ``prompt_chunks`` limit."""
-    tokens = tokenize_prompt(clip.tokenizer, text, clip.embeddings, comma_backtrack,
-                             check=ctx.check_cancelled if ctx is not None else None)
-    if ctx is not None:
-        check_prompt_chunks(ctx, tokens.chunks, "text")
-    return Tokens(input_ids=tokens.input_ids, weights=tokens.weights, text=(text,), chunks=tokens.chunks,
-                  attention_mask=tokens.attention_mask, embedding_vectors=tokens.embedding_vectors)
-
-
-def check_prompt_chunks(ctx: RunContext, chunks: int, input_name: str) -> None:
+def check_prompt_chunks(ctx, chunks: int, input_name: str) -> None:
+    """A node's ``ctx`` refuses more 75-token windows than the server's ``prompt_chunks`` limit allows."""
     ctx.check_limit("prompt_chunks", chunks, input_name, "the prompt's 75-token windows (a BREAK starts one)")
-
-
-def prompt_conditioning(clip: Clip, tokens: Tokens, clip_skip: int = 1, emphasis: Emphasis = "original",
-                        ctx: RunContext | None = None) -> Conditioning:
-    """CONDITIONING for TOKENS, carrying the encoded empty prompt that pads it against a longer one. With a node's
-    ``ctx``, progress is reported per window and a cancelled run stops between windows."""
-    if ctx is not None:
-        check_prompt_chunks(ctx, tokens.chunks, "tokens")
-    embeds = encode_tokens(clip.text_encoder, tokens.input_ids, tokens.weights, clip_skip, emphasis,
-                           tokens.embedding_vectors, tokens.attention_mask,
-                           on_window=ctx.progress if ctx is not None else None)
-    empty = encode_empty_chunk(clip.tokenizer, clip.text_encoder, clip_skip)
-    return Conditioning(embeds=embeds, text=tokens.text, empty_chunk=empty)

@@ -22,13 +22,13 @@ import torch
 from pydantic import Field
 
 from graphflow.context import RunContext
-from graphflow.errors import NodeInputError, node_inputs
+from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 from graphflow.seeds import Seed, seed_type
 
 from .controlnet import ControlResiduals, control_residuals
 from .preview import PreviewMode, StepPreviews
-from .prompt import pad_conditionings
+from .unet_inputs import UNetInputs, unet_inputs
 from .values import (CONDITIONING, IMAGE, LATENT, MODEL, SCHEDULE, VAE, Conditioning, Image, Latent, Model,
                      ScheduleValue, Vae)
 
@@ -110,23 +110,57 @@ def start_step(steps: int, denoise: float) -> int:
     return max(steps - init_timestep, 0)
 
 
-@node(outputs={"schedule": SCHEDULE}, category="sampling")
+def cutoff_timestep(scheduler, fraction: float) -> int:
+    """The training timestep at ``fraction`` of the way from pure noise to clean (the SDXL pipelines' rounding)."""
+    total = scheduler.config.num_train_timesteps
+    return int(round(total - fraction * total))
+
+
+def resume_index(scheduler, denoising_start: float) -> int:
+    """Where a schedule starting at ``denoising_start`` begins (StableDiffusionXLImg2ImgPipeline.get_timesteps): the
+    timesteps below the cut-off, one more for a second-order scheduler so a step's two halves stay together."""
+    remaining = int((scheduler.timesteps < cutoff_timestep(scheduler, denoising_start)).sum())
+    if scheduler.order == 2 and remaining % 2 == 0:
+        remaining += 1
+    return len(scheduler.timesteps) - remaining
+
+
+@node(outputs={"schedule": SCHEDULE}, category="sampling", version=2)
 def Schedule(
     model: Model = Input(MODEL),
     sampler: SamplerName = "euler",
     steps: int = Field(20, ge=1, le=1000),
     denoise: float = Field(1.0, ge=0.0, le=1.0, description="share of the steps to run: 1 starts from pure noise, less keeps more of the input latent (img2img strength)"),
+    denoising_start: float = Field(0.0, ge=0.0, lt=1.0, description="resume a schedule another Sample stopped at this share of the noise schedule (its denoising_end; diffusers' denoising_start): the latent gets no new noise; 0 = off"),
+    denoising_end: float = Field(1.0, gt=0.0, le=1.0, description="stop at this share of the noise schedule, leaving a noisy latent for a model that resumes there (SDXL base → refiner; diffusers' denoising_end); 1 = run to the end"),
 ) -> ScheduleValue:
     """Choose a sampler and a number of steps; ``denoise`` < 1 starts part-way (img2img, hires fix).
 
     The timesteps are those the scheduler makes for ``steps``; with denoise < 1 the first
-    ``steps - int(steps * denoise)`` are skipped, as diffusers' img2img pipeline does with ``strength``."""
+    ``steps - int(steps * denoise)`` are skipped, as diffusers' img2img pipeline does with ``strength``.
+
+    Base → refiner hand-off: a schedule with ``denoising_end`` 0.8 stops where 80 % of the noise is gone (the
+    timesteps at or above training step 200 of 1000); one with ``denoising_start`` 0.8 over the same steps runs
+    the rest on the stopped latent, as diffusers' ``denoising_end`` / ``denoising_start`` do."""
     spec = SAMPLERS[sampler]
     scheduler = build_scheduler(model.scheduler_config, spec, model.prediction_type)
     try:
         scheduler.set_timesteps(steps)
     except ValueError as exc:  # e.g. more steps than the model was trained with
         raise NodeInputError("steps", str(exc), "a step count this scheduler accepts", steps) from None
+    if denoising_start > 0 and denoise < 1:
+        raise NodeInputError("denoise", "denoising_start sets where a resumed schedule starts; denoise cannot also "
+                             "set it", "denoise 1 with denoising_start > 0", denoise)
+    if denoising_start >= denoising_end:
+        raise NodeInputError("denoising_end", "a schedule must end after it starts", f"> {denoising_start}", denoising_end)
+    if denoising_start > 0:
+        start = resume_index(scheduler, denoising_start)
+    else:
+        start = start_step(steps, denoise) * scheduler.order
+    end = None
+    if denoising_end < 1:
+        cutoff = cutoff_timestep(scheduler, denoising_end)
+        end = start + int((scheduler.timesteps[start:] >= cutoff).sum())
     # Private keys (_class_name, _use_default_values, ...) are dropped: every value is now explicit.
     config = {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
     return ScheduleValue(
@@ -136,7 +170,9 @@ def Schedule(
         scheduler_class=type(scheduler).__name__,
         scheduler_config=config,
         timesteps=scheduler.timesteps.clone(),
-        start_index=start_step(steps, denoise) * scheduler.order,
+        start_index=start,
+        end_index=end,
+        resumes=denoising_start > 0,
     )
 
 
@@ -168,6 +204,8 @@ def AddNoise(
 
     scheduler = fresh_scheduler(schedule)
     clean = latent.samples
+    if schedule.resumes:
+        return _resumed(latent, schedule, seed, batch_seeds)
     if batch_seeds == "seed_plus_index":
         generators = [torch.Generator("cpu").manual_seed((seed + i) % 2**64) for i in range(clean.shape[0])]
         noise = randn_tensor(tuple(clean.shape), generator=generators, device=clean.device, dtype=clean.dtype)
@@ -196,6 +234,22 @@ def AddNoise(
     )
 
 
+def _resumed(latent: Latent, schedule: ScheduleValue, seed: int, batch_seeds: BatchSeeds) -> Latent:
+    """A latent for a schedule that resumes at ``denoising_start``: it is already noised to that step, so it passes
+    as it is and no noise is drawn — the generator's stream starts fresh for the sampler, as in the refiner pipeline."""
+    if latent.noise_mask is not None:
+        raise NodeInputError("schedule", "a schedule resumed at denoising_start cannot inpaint a masked latent",
+                             "a schedule without denoising_start", "denoising_start > 0")
+    samples = latent.samples
+    if batch_seeds == "seed_plus_index":
+        rng_state = torch.stack([torch.Generator("cpu").manual_seed((seed + i) % 2**64).get_state()
+                                 for i in range(samples.shape[0])])
+    else:
+        rng_state = torch.Generator("cpu").manual_seed(seed).get_state()
+    return Latent(samples=samples, paste_pixels=latent.paste_pixels, paste_mask=latent.paste_mask, schedule=schedule,
+                  clean=samples, noise=torch.zeros_like(samples), rng_state=rng_state)
+
+
 @node(outputs={"latent": LATENT, "previews": IMAGE}, category="sampling", version=3)
 def Sample(
     model: Model = Input(MODEL),
@@ -217,7 +271,9 @@ def Sample(
     The loop is diffusers' StableDiffusionPipeline's: for each remaining timestep, batch [negative, positive],
     scale the input, predict noise, guide (``uncond + cfg * (cond - uncond)``, only when cfg > 1), step the
     scheduler. Conditioning of batch 1 serves every latent in the batch; a positive and a negative of
-    different lengths (prompts over 75 tokens) are evened out with empty-prompt chunks.
+    different lengths (prompts over 75 tokens) are evened out with empty-prompt chunks. An SDXL UNet also gets
+    the pooled embeddings and size ids (nodes/sdxl.py), as StableDiffusionXLPipeline feeds them; for SDXL base an
+    empty negative prompt is zeros (the pipeline's ``force_zeros_for_empty_prompt``).
 
     A latent with a noise mask is inpainted as StableDiffusionInpaintPipeline does: a 4-channel UNet's
     result is put back to the original (re-noised to the next step's level) outside the mask after every
@@ -231,7 +287,7 @@ def Sample(
     picture, so the output is always a valid image."""
     schedule = _noised_schedule(latent)
     inpaint = _inpainting(model, latent)
-    embeds = _guidance_embeds(model, positive, negative, cfg, latent.batch_size)
+    inputs = unet_inputs(model, positive, negative, cfg, latent.batch_size, tuple(latent.samples.shape[-2:]))
     guidance = cfg > 1
     control = control_residuals(model, positive, negative, guidance, latent)
     previews = StepPreviews(preview_every, preview_mode, vae, ctx)
@@ -239,13 +295,13 @@ def Sample(
     scheduler = fresh_scheduler(schedule)
     generator = _generator(seed, latent)
     extra_step_kwargs = _extra_step_kwargs(scheduler, generator, eta)
-    timesteps = scheduler.timesteps[schedule.start_index:]
+    timesteps = scheduler.timesteps[schedule.start_index:schedule.end_index]
     latents = latent.samples.to(device=model.device, dtype=model.dtype)
     with torch.no_grad():
         for i, t in enumerate(timesteps):
             model_input = torch.cat([latents] * 2) if guidance else latents
             model_input = scheduler.scale_model_input(model_input, t)
-            noise_pred = _predict_noise(model, model_input, t, embeds, inpaint, control, i, len(timesteps))
+            noise_pred = _predict_noise(model, model_input, t, inputs, inpaint, control, i, len(timesteps))
             if guidance:
                 noise_uncond, noise_cond = noise_pred.chunk(2)
                 noise_pred = noise_uncond + cfg * (noise_cond - noise_uncond)
@@ -259,14 +315,15 @@ def Sample(
     return Latent(samples=latents, paste_pixels=latent.paste_pixels, paste_mask=latent.paste_mask), previews.frames(latents)
 
 
-def _predict_noise(model: Model, model_input: "torch.Tensor", t, embeds: "torch.Tensor", inpaint: "Inpainting | None",
+def _predict_noise(model: Model, model_input: "torch.Tensor", t, inputs: UNetInputs, inpaint: "Inpainting | None",
                    control: ControlResiduals | None, step: int, steps: int) -> "torch.Tensor":
     """The UNet's prediction for one step. ControlNets see the latents alone (before an inpainting UNet's mask and
     masked-image channels, as in diffusers' ControlNet inpainting pipeline); their residuals join the UNet call."""
+    embeds = inputs.encoder_hidden_states
     extra = control.unet_kwargs(model_input, t, embeds, step, steps) if control is not None else {}
     if inpaint is not None and inpaint.concatenated:
         model_input = torch.cat([model_input, *inpaint.unet_extras(model_input.shape[0])], dim=1)
-    return model.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False, **extra)[0]
+    return inputs.predict(model.unet, model_input, t, step, steps, **extra)
 
 
 @dataclass(frozen=True)
@@ -334,42 +391,6 @@ def _inpainting(model: Model, latent: Latent) -> Inpainting | None:
 
 def _on(model: Model, tensor: "torch.Tensor") -> "torch.Tensor":
     return tensor.to(device=model.device, dtype=model.dtype)
-
-
-def _guidance_embeds(model: Model, positive: Conditioning, negative: Conditioning | None, cfg: float, batch: int) -> "torch.Tensor":
-    """The UNet's text embeddings: [negative, positive] stacked for CFG (cfg > 1), else positive alone."""
-    _check_width(model, positive, "positive")
-    if cfg <= 1:
-        return _conditioning_for_batch(model, positive.embeds, batch, "positive")
-    if not isinstance(negative, Conditioning):
-        raise NodeInputError("negative", f"cfg {cfg} > 1 needs a negative conditioning (encode \"\" for none)", "a CONDITIONING link", "nothing connected")
-    _check_width(model, negative, "negative")
-    with node_inputs():  # pad_conditionings names positive or negative, as Sample's inputs are named
-        cond, uncond = pad_conditionings(positive, negative)
-    cond = _conditioning_for_batch(model, cond, batch, "positive")
-    uncond = _conditioning_for_batch(model, uncond, batch, "negative")
-    return torch.cat([uncond, cond])
-
-
-def _check_width(model: Model, conditioning: Conditioning, name: str) -> None:
-    if not conditioning.is_plain:
-        raise NodeInputError(name, "this conditioning has several entries or an area (ComfyUI's ConditioningCombine / "
-                             "ConditioningSetArea); Sample takes one prompt over the whole latent",
-                             "a conditioning from CLIPTextEncode / TextEncode, or comfy.KSampler to compose areas",
-                             f"{len(conditioning.entries)} entries, area {conditioning.area}")
-    width, expected = int(conditioning.embeds.shape[-1]), int(model.unet.config.cross_attention_dim)
-    if width != expected:
-        raise NodeInputError(name, "conditioning width does not fit this model (text encoder and UNet from different models?)", expected, width)
-
-
-def _conditioning_for_batch(model: Model, embeds: "torch.Tensor", batch: int, name: str) -> "torch.Tensor":
-    """Embeddings for ``batch`` latents: each prompt repeated batch/prompts times, as num_images_per_prompt does."""
-    embeds = embeds.to(device=model.device, dtype=model.dtype)
-    prompts, seq_len, width = embeds.shape
-    if batch % prompts:
-        raise NodeInputError(name, f"{prompts} prompts cannot be spread over a latent batch of {batch}", f"a divisor of {batch}", prompts)
-    per_prompt = batch // prompts
-    return embeds.repeat(1, per_prompt, 1).view(prompts * per_prompt, seq_len, width)
 
 
 def _generator(seed: int, latent: Latent) -> "torch.Generator | list[torch.Generator]":

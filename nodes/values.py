@@ -95,8 +95,11 @@ class SocketValue:
 class Model(SocketValue):
     """MODEL: the denoising UNet plus the scheduler configuration it was trained with.
 
-    ``family`` is "sd1" / "sd2"; ``prediction_type`` is "epsilon" or "v_prediction";
-    ``patches`` names what was applied on top of the loaded weights (LoRAs, merges), for metadata."""
+    ``family`` is "sd1" / "sd2" / "sdxl" / "sdxl-refiner"; ``prediction_type`` is "epsilon" or "v_prediction";
+    ``patches`` names what was applied on top of the loaded weights (LoRAs, merges), for metadata.
+    ``vae_scale_factor`` is how many pixels one latent pixel spans with the checkpoint's VAE (SDXL's size
+    conditioning defaults to the image size); ``zero_empty_negative`` is the pipeline's
+    ``force_zeros_for_empty_prompt`` (SDXL base): an empty negative prompt is all zeros, not the encoded empty prompt."""
 
     unet: torch.nn.Module
     scheduler_config: dict[str, Any]
@@ -104,6 +107,8 @@ class Model(SocketValue):
     prediction_type: str
     name: str
     patches: tuple[str, ...] = ()
+    vae_scale_factor: int = 8
+    zero_empty_negative: bool = False
 
     @property
     def in_channels(self) -> int:
@@ -124,7 +129,10 @@ class Model(SocketValue):
 
 @dataclass(frozen=True, eq=False)
 class Clip(SocketValue):
-    """CLIP: tokenizer + text encoder. ``embeddings`` maps textual-inversion names to (n_vectors, dim) tensors."""
+    """CLIP: tokenizer + text encoder. ``embeddings`` maps textual-inversion names to (n_vectors, dim) tensors.
+
+    SDXL base has a second encoder (OpenCLIP ViT-bigG, with its own tokenizer): ``text_encoder_2`` /
+    ``tokenizer_2``. The SDXL refiner has only that one, held as ``text_encoder`` / ``tokenizer``."""
 
     tokenizer: Any
     text_encoder: torch.nn.Module
@@ -136,6 +144,8 @@ class Clip(SocketValue):
     # before (A1111's clip skip 2), ...; None = the family's default (ComfyUI: the last for SD 1.x, the one before
     # for SD 2.x). graphflow's own encode nodes take clip_skip as an input instead.
     stop_at_layer: int | None = None
+    text_encoder_2: torch.nn.Module | None = None
+    tokenizer_2: Any = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -169,6 +179,7 @@ class Tokens(SocketValue):
     attention_mask: torch.Tensor | None = None
     # Textual inversion (nodes/prompt.py): negative ids -1-j in input_ids stand for row j of these (m, C) vectors.
     embedding_vectors: torch.Tensor | None = None
+    second: Tokens | None = None  # SDXL: the tokens of the second text encoder (its own tokenizer, maybe text_2)
 
 
 @dataclass(frozen=True, eq=False)
@@ -209,7 +220,10 @@ class Control(SocketValue):
 @dataclass(frozen=True, eq=False)
 class Conditioning(SocketValue):
     """CONDITIONING: text embeddings (B, 77·k, C) for the UNet's cross-attention, and the ControlNets applied to
-    them (``controls``, in the order they were applied; Sample adds up their residuals)."""
+    them (``controls``, in the order they were applied; Sample adds up their residuals).
+
+    SDXL adds ``pooled`` (B, P), the pooled prompt embedding, and ``sizes``: the size / crop / aesthetic-score
+    conditioning set with SDXLSizes (keys of nodes.sdxl.SIZE_KEYS; a key left out takes the pipeline's default)."""
 
     embeds: torch.Tensor
     text: tuple[str, ...] = ()
@@ -224,6 +238,8 @@ class Conditioning(SocketValue):
     strength: float = 1.0
     also: tuple["Conditioning", ...] = ()
     controls: tuple[Control, ...] = ()
+    pooled: torch.Tensor | None = None
+    sizes: dict[str, float] = field(default_factory=dict)
 
     @property
     def entries(self) -> tuple["Conditioning", ...]:
@@ -240,7 +256,8 @@ class Conditioning(SocketValue):
 class ScheduleValue(SocketValue):
     """SCHEDULE: a sampler over a fixed number of steps, and where denoising starts.
 
-    ``start_index`` indexes ``timesteps``: 0 for txt2img, later for img2img (strength < 1).
+    ``start_index`` indexes ``timesteps``: 0 for txt2img, later for img2img (strength < 1) and for a schedule
+    that resumes a stopped one (``denoising_start``); ``end_index`` is where a schedule stops early.
     ``scheduler_config`` is complete (model config + sampler overrides) so a fresh scheduler can be
     built from it for every run — diffusers schedulers are stateful."""
 
@@ -251,6 +268,10 @@ class ScheduleValue(SocketValue):
     scheduler_config: dict[str, Any]
     timesteps: torch.Tensor
     start_index: int
+    # Where denoising stops (exclusive; None = at the end): diffusers' denoising_end, a base model handing over.
+    end_index: int | None = None
+    # Started at diffusers' denoising_start: the latent is already noised to this step (a stopped Sample's result).
+    resumes: bool = False
 
 
 @dataclass(frozen=True, eq=False)

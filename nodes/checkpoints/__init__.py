@@ -2,8 +2,8 @@
 
 Pure functions, no nodes (``nodes/loaders.py`` wraps them). What is data and what is code:
 
-* **Data.** ``families.py``: one record per model family (SD 1.x, SD 2.x) — cross-attention width, where the
-  text encoder sits in a single file and in which layout, the shipped config folder of each variant (prediction
+* **Data.** ``families.py``: one record per model family (SD 1.x, SD 2.x, SDXL base, SDXL refiner) —
+  cross-attention width, where each text encoder sits in a single file and in which layout, the shipped config folder of each variant (prediction
   type, inpainting). ``unet.py``, ``vae.py``, ``text.py``: the key-renaming tables of each component's layout
   (diffusers ↔ original CompVis / A1111), each read in either direction so the reader and the writer cannot
   drift apart. A new family or component layout is a new record or table.
@@ -20,10 +20,10 @@ from .build import load_exact
 from .common import CONFIGS, CheckpointError, Components, Detected, indices, read_json, take_prefix
 from .configs import size_defaults
 from .families import (FAMILIES, OPENCLIP_PREFIX, Family, config_folder, detect, family_of, guess_prediction_type,
-                       split_components)
+                       loadable_titles, split_components, text_parts, text_subfolders)
 from .load import load_diffusers_folder, load_diffusers_vae, load_single_file, load_vae_file
 from .reading import read_state_dict
-from .text import clip_from_original, derive_text_config, openclip_from_original
+from .text import clip_from_original, derive_text_config, openclip_from_original, openclip_g_from_original
 from .unet import UNET_PREFIX, derive_unet_config
 from .vae import derive_vae_config, vae_to_original
 from .writing import original_state_dict, save_single_file
@@ -34,4 +34,5 @@ __all__ = [  # the loading API, and the pieces its tests take apart
     "family_of", "guess_prediction_type", "indices", "load_diffusers_folder", "load_diffusers_vae", "load_exact",
     "load_single_file", "load_vae_file", "openclip_from_original", "original_state_dict", "read_json",
     "read_state_dict", "save_single_file", "size_defaults", "split_components", "take_prefix", "vae_to_original",
+    "loadable_titles", "openclip_g_from_original", "text_parts", "text_subfolders",
 ]

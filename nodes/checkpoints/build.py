@@ -45,13 +45,15 @@ def vae_from_weights(config: dict[str, Any], weights: Weights) -> torch.nn.Modul
     return load_exact(vae, weights, "VAE")
 
 
-def text_encoder_from_weights(config: dict[str, Any], weights: Weights) -> torch.nn.Module:
+def text_encoder_from_weights(config: dict[str, Any], weights: Weights, model_class: str = "CLIPTextModel",
+                              component: str = "text encoder") -> torch.nn.Module:
+    """A transformers CLIP text model (``CLIPTextModelWithProjection`` for SDXL's OpenCLIP bigG)."""
+    import transformers
     from accelerate import init_empty_weights
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     with init_empty_weights():  # buffers (position_ids) stay real: only parameters are left empty
-        model = CLIPTextModel(CLIPTextConfig.from_dict(config))
-    return load_exact(model, weights, "text encoder")
+        model = getattr(transformers, model_class)(transformers.CLIPTextConfig.from_dict(config))
+    return load_exact(model, weights, component)
 
 
 def checked(result: tuple[Any, dict[str, list]], component: str) -> Any:

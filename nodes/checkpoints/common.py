@@ -33,6 +33,9 @@ class Components:
     scheduler_config: dict[str, Any]
     family: str
     prediction_type: str
+    text_encoder_2: torch.nn.Module | None = None  # SDXL base's OpenCLIP encoder (see nodes.values.Clip)
+    tokenizer_2: Any = None
+    zero_empty_negative: bool = False  # the pipeline's force_zeros_for_empty_prompt
 
 
 @dataclass(frozen=True)

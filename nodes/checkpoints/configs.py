@@ -13,7 +13,7 @@ def size_defaults(component: str, base: dict[str, Any], derived: dict[str, Any])
     if component == "unet" and derived["block_out_channels"] != base["block_out_channels"]:
         if isinstance(base["attention_head_dim"], list):
             return {"attention_head_dim": [max(1, c // 64) for c in derived["block_out_channels"]]}
-    if component == "text_encoder" and derived["hidden_size"] != base["hidden_size"]:
+    if component.startswith("text_encoder") and derived["hidden_size"] != base["hidden_size"]:
         return {"num_attention_heads": max(1, derived["hidden_size"] // 64)}
     return {}
 

@@ -4,8 +4,10 @@ A family is a record: its cross-attention width at full size, where its text enc
 which layout, and the shipped config folders of its variants (prediction type, inpainting). Adding a family is
 adding a record (and its config folders); the detection and loading code reads only these records.
 
-Detection: the UNet's cross-attention width picks the family (768 → SD 1.x, 1024 → SD 2.x); other widths (test-size
-models) follow the text encoder's layout; a 9-channel UNet input is the family's inpainting variant."""
+Detection: a UNet with SDXL's added embedding (``label_emb``) is SDXL — base (CLIP-L and OpenCLIP bigG under
+``conditioner.embedders.0/1``) or refiner (bigG alone, under ``conditioner.embedders.0``); otherwise the UNet's
+cross-attention width picks the family (768 → SD 1.x, 1024 → SD 2.x; other widths, test-size models, follow the
+text encoder's layout). A 9-channel UNet input is the family's inpainting variant."""
 from __future__ import annotations
 
 import json
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 
 from .common import CONFIGS, METADATA_PREFIX, CheckpointError, Detected, take_prefix
-from .text import CLIP, OPENCLIP, TextLayout
+from .text import CLIP, OPENCLIP, OPENCLIP_G, TextLayout
 from .unet import INPAINTING_IN_CHANNELS, UNET_PREFIX, cross_attention_widths
 from .vae import VAE_PREFIX
 
@@ -33,18 +35,35 @@ class Family:
     text_prefix: str  # where a single file keeps its text encoder...
     text: TextLayout  # ...and in which layout
     configs: dict[str, str]  # prediction type → shipped config folder (nodes/models/configs/<folder>)
-    inpainting_config: str  # the config folder of the 9-channel inpainting variant
+    inpainting_config: str | None  # the config folder of the 9-channel inpainting variant (None: there is none)
     v_prediction_stem: str | None = None  # a file name matching this is a velocity model (the weights cannot tell)
+    text_2: tuple[str, TextLayout] | None = None  # SDXL base: the second text encoder's prefix and layout
+    added_conditioning: bool = False  # SDXL: the UNet embeds pooled text and size ids (label_emb.*)...
+    size_ids: int = 0  # ...this many: 6 for the base (sizes, crop, target), 5 for the refiner (aesthetic score)
+
+    @property
+    def encoders(self) -> tuple[tuple[str, TextLayout], ...]:
+        """(prefix, layout) of each text encoder in a single file, in the order their features are joined."""
+        return ((self.text_prefix, self.text),) + ((self.text_2,) if self.text_2 else ())
 
 
 SD1 = Family("sd1", "SD 1.x", 768, CLIP_PREFIX, CLIP, {"epsilon": "sd1", "v_prediction": "sd1"}, "sd1-inpainting")
 # SD 2.x's velocity models were published as 768-v-ema / v2-1_768-ema-pruned; the 512 "base" ones predict noise.
 SD2 = Family("sd2", "SD 2.x", 1024, OPENCLIP_PREFIX, OPENCLIP, {"epsilon": "sd2-base", "v_prediction": "sd2"},
              "sd2-inpainting", v_prediction_stem=r"768|v-?pred")
-FAMILIES = (SD1, SD2)
+SDXL = Family("sdxl", "SDXL base", 2048, "conditioner.embedders.0.transformer.", CLIP,
+              {"epsilon": "sdxl", "v_prediction": "sdxl"}, "sdxl-inpainting",
+              text_2=("conditioner.embedders.1.model.", OPENCLIP_G), added_conditioning=True, size_ids=6)
+SDXL_REFINER = Family("sdxl-refiner", "SDXL refiner", 1280, "conditioner.embedders.0.model.", OPENCLIP_G,
+                      {"epsilon": "sdxl-refiner", "v_prediction": "sdxl-refiner"}, None, added_conditioning=True,
+                      size_ids=5)
+FAMILIES = (SD1, SD2, SDXL, SDXL_REFINER)
 
-# Families recognised by a key prefix of theirs but not loadable yet: (prefix, title).
-NOT_LOADABLE = (("conditioner.embedders.", "SDXL"),)
+
+def loadable_titles() -> str:
+    """The families, as messages name them: "SD 1.x, SD 2.x, SDXL base or SDXL refiner"."""
+    titles = [f.title for f in FAMILIES]
+    return ", ".join(titles[:-1]) + " or " + titles[-1] if len(titles) > 1 else titles[0]
 
 
 def family_named(name: str) -> Family:
@@ -55,16 +74,17 @@ def family_named(name: str) -> Family:
 
 
 def family_of(cross_attention_dim: int, text_layout: str | None) -> str:
-    """The family with this cross-attention width; for other widths (test-size models) the family whose text
-    encoder has this layout; else the first family."""
-    for family in FAMILIES:
+    """The single-encoder family with this cross-attention width; for other widths (test-size models) the one whose
+    text encoder has this layout; else the first family."""
+    plain = [f for f in FAMILIES if not f.added_conditioning]
+    for family in plain:
         if family.cross_attention_dim == cross_attention_dim:
             return family.name
-    return next((f.name for f in FAMILIES if f.text.name == text_layout), FAMILIES[0].name)
+    return next((f.name for f in plain if f.text.name == text_layout), FAMILIES[0].name)
 
 
 def text_layout_named(name: str) -> TextLayout:
-    return next(f.text for f in FAMILIES if f.text.name == name)
+    return next(layout for f in FAMILIES for _, layout in f.encoders if layout.name == name)
 
 
 def text_layout_of(hidden_act: str) -> str | None:
@@ -73,24 +93,39 @@ def text_layout_of(hidden_act: str) -> str | None:
 
 
 def split_components(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """The original-layout file split into UNet, VAE and each family's text encoder (keyed by layout name), prefixes
-    removed. Keys outside these parts (``model_ema.*`` copies, ``alphas_cumprod`` and the other training
-    schedules) are not part of the model."""
+    """The original-layout file split into UNet, VAE and the single-encoder families' text encoders (keyed by layout
+    name), prefixes removed (SDXL's encoders: :func:`text_parts`). Keys outside these parts (``model_ema.*``
+    copies, ``alphas_cumprod`` and the other training schedules) are not part of the model."""
     parts = {"unet": take_prefix(state_dict, UNET_PREFIX), "vae": take_prefix(state_dict, VAE_PREFIX)}
     for family in FAMILIES:
-        parts[family.text.name] = take_prefix(state_dict, family.text_prefix)
+        if not family.added_conditioning:
+            parts[family.text.name] = take_prefix(state_dict, family.text_prefix)
     return parts
 
 
+def text_parts(state_dict: dict[str, torch.Tensor], family: Family) -> list[dict[str, torch.Tensor]]:
+    """Each of a family's text encoders in a single file, prefix removed (empty where the file has none)."""
+    return [take_prefix(state_dict, prefix) for prefix, _ in family.encoders]
+
+
+def text_subfolders(family: Family) -> list[str]:
+    """The diffusers names of a family's text encoders, as in its config folder (and the metadata graphflow writes):
+    SDXL base has text_encoder and text_encoder_2, the refiner's only one is text_encoder_2."""
+    if family.text_2:
+        return ["text_encoder", "text_encoder_2"]
+    return ["text_encoder_2" if family.added_conditioning else "text_encoder"]
+
+
+def has_prefix(state_dict: dict[str, Any], prefix: str) -> bool:
+    return any(k.startswith(prefix) for k in state_dict)
+
+
 def detect(state_dict: dict[str, torch.Tensor]) -> Detected:
-    """Family, inpainting and text-encoder layout of an original-layout state dict (shapes only: meta tensors do)."""
-    for prefix, title in NOT_LOADABLE:
-        if any(k.startswith(prefix) for k in state_dict):
-            titles = [f.title for f in FAMILIES]
-            loadable = " and ".join([", ".join(titles[:-1]), titles[-1]] if len(titles) > 1 else titles)
-            raise CheckpointError(f"this is an {title} checkpoint; graphflow loads {loadable} checkpoints")
-    parts = split_components(state_dict)
-    unet = parts["unet"]
+    """Family, inpainting and text-encoder layout of an original-layout state dict (shapes only: meta tensors do).
+
+    SDXL is told by its UNet's added embedding (``label_emb``): base and refiner by their text encoders' prefixes
+    (CLIP-L + OpenCLIP bigG / bigG alone), else by the cross-attention width (2048 / 1280)."""
+    unet = take_prefix(state_dict, UNET_PREFIX)
     if "input_blocks.0.0.weight" not in unet:
         if any(".down_blocks." in k or k.startswith("down_blocks.") for k in state_dict):
             raise CheckpointError("the keys are in diffusers layout; keep such weights in a diffusers folder with its configs")
@@ -98,13 +133,20 @@ def detect(state_dict: dict[str, torch.Tensor]) -> Detected:
     widths = cross_attention_widths(unet)
     if not widths:
         raise CheckpointError("the UNet has no cross-attention layers: not a text-to-image Stable Diffusion model")
-    text_layout = next((f.text.name for f in FAMILIES if parts[f.text.name]), None)
-    return Detected(
-        family=family_of(widths[0], text_layout),
-        inpainting=tuple(unet["input_blocks.0.0.weight"].shape)[1] == INPAINTING_IN_CHANNELS,
-        cross_attention_dim=widths[0],
-        text_layout=text_layout,
-    )
+    inpainting = tuple(unet["input_blocks.0.0.weight"].shape)[1] == INPAINTING_IN_CHANNELS
+    if "label_emb.0.0.weight" in unet:
+        candidates = [f for f in FAMILIES if f.added_conditioning]
+        with_text = [f for f in candidates if all(has_prefix(state_dict, p) for p, _ in f.encoders)]
+        by_width = [f for f in candidates if f.cross_attention_dim == widths[0]]
+        family = max(with_text, key=lambda f: len(f.encoders)) if with_text else (by_width or candidates)[0]
+        if inpainting and family.inpainting_config is None:
+            raise CheckpointError(f"a 9-channel {family.title} UNet: there is no {family.title} inpainting model")
+        return Detected(family=family.name, inpainting=inpainting, cross_attention_dim=widths[0],
+                        text_layout=family.text.name if with_text else None)
+    parts = split_components(state_dict)
+    text_layout = next((f.text.name for f in FAMILIES if not f.added_conditioning and parts[f.text.name]), None)
+    return Detected(family=family_of(widths[0], text_layout), inpainting=inpainting, cross_attention_dim=widths[0],
+                    text_layout=text_layout)
 
 
 def guess_prediction_type(path: Path, family: str, metadata: dict[str, str]) -> str:
@@ -131,7 +173,8 @@ def guess_prediction_type(path: Path, family: str, metadata: dict[str, str]) -> 
 
 
 def config_folder(family: str, inpainting: bool, prediction_type: str) -> Path:
-    """The shipped config folder of a family's variant: sd1, sd1-inpainting, sd2 (2.1 768-v), sd2-base, sd2-inpainting."""
+    """The shipped config folder of a family's variant: sd1, sd1-inpainting, sd2 (2.1 768-v), sd2-base, sd2-inpainting,
+    sdxl, sdxl-inpainting, sdxl-refiner."""
     record = family_named(family)
     if inpainting:
         return CONFIGS / record.inpainting_config

@@ -54,18 +54,25 @@ def torch_message(error: BaseException) -> str:
     return "\n".join(line.strip() for line in text.splitlines() if line.strip()) or type(error).__name__
 
 
-def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors of a ``.safetensors`` or ``.ckpt``/``.pt`` file (on the CPU) and the safetensors metadata.
+def as_dtype(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """Floating-point weights in ``dtype`` (None: as stored); integer buffers stay as they are."""
+    return tensor if dtype is None or not tensor.is_floating_point() or tensor.dtype == dtype else tensor.to(dtype)
 
-    Pickled files are read with ``weights_only=True`` only: a file that needs arbitrary pickled objects is refused,
-    because unpickling runs code from the file."""
+
+def read_state_dict(path: Path, dtype: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors of a ``.safetensors`` or ``.ckpt``/``.pt`` file (on the CPU) and the safetensors metadata,
+    floating-point ones cast to ``dtype`` when given.
+
+    A safetensors file is streamed from its memory map one tensor at a time, each cast as it is read, so a
+    float16 file loaded as float32 never holds both copies. Pickled files are read with ``weights_only=True``
+    only: a file that needs arbitrary pickled objects is refused, because unpickling runs code from the file."""
     path = Path(path)
     if is_safetensors(path):
         from safetensors import safe_open
 
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
-                return {k: aligned(f.get_tensor(k)) for k in f.keys()}, dict(f.metadata() or {})
+                return {k: aligned(as_dtype(f.get_tensor(k), dtype)) for k in f.keys()}, dict(f.metadata() or {})
         except Exception as error:  # safetensors raises its own error type for a damaged header
             raise CheckpointError(f"{path.name} is not a readable safetensors file ({error})") from None
     loaded = load_pickled_weights(path)
@@ -73,4 +80,4 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
         loaded = loaded["state_dict"]  # Lightning-style {"state_dict": ..., "global_step": ...}
     if not isinstance(loaded, dict):
         raise CheckpointError(f"{path.name} holds a {type(loaded).__name__}, not a dictionary of tensors")
-    return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}, {}
+    return {k: as_dtype(v, dtype) for k, v in loaded.items() if isinstance(v, torch.Tensor)}, {}

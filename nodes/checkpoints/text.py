@@ -37,11 +37,12 @@ OPENCLIP_TOP = [("embeddings.token_embedding.weight", "token_embedding.weight"),
                 ("final_layer_norm.weight", "ln_final.weight"), ("final_layer_norm.bias", "ln_final.bias")]
 
 
-def openclip_from_original(weights: Weights) -> Weights:
+def openclip_from_original(weights: Weights, keep_last: bool = False) -> Weights:
     """SD2's OpenCLIP ViT-H text tower → CLIPTextModel. SD2 conditions on the penultimate layer, so the last
-    block (and the unused ``text_projection`` / ``logit_scale``) is not part of the text encoder."""
+    block (and the unused ``text_projection`` / ``logit_scale``) is not part of the text encoder, unless
+    ``keep_last``."""
     blocks = indices(weights, "transformer.resblocks.")
-    last = blocks[-1] if blocks else -1
+    last = -1 if keep_last or not blocks else blocks[-1]
     top = {original: ours for ours, original in OPENCLIP_TOP}
     out: Weights = {}
     for key, value in weights.items():
@@ -61,10 +62,10 @@ def openclip_from_original(weights: Weights) -> Weights:
     return out
 
 
-def openclip_to_original(weights: Weights) -> Weights:
+def openclip_to_original(weights: Weights, identity_block: bool = True) -> Weights:
     """Inverse of :func:`openclip_from_original`. The dropped final block is written as an exact identity
     (all-zero weights: both residual branches add zero), so tools that take the penultimate layer of a
-    full tower get the same conditioning graphflow computes."""
+    full tower get the same conditioning graphflow computes (not when ``identity_block`` is off)."""
     top = dict(OPENCLIP_TOP)
     out: Weights = {}
     layers = indices(weights, "encoder.layers.")
@@ -84,10 +85,34 @@ def openclip_to_original(weights: Weights) -> Weights:
                 out[f"{layer}attn.in_proj_{kind}"] = torch.cat(parts, dim=0)
             continue
         out[layer + swap_prefix(rest, OPENCLIP_NAMES)] = value
-    if layers:
+    if layers and identity_block:
         template, identity = f"transformer.resblocks.{layers[0]}.", f"transformer.resblocks.{layers[-1] + 1}."
         for key in [k for k in out if k.startswith(template)]:
             out[identity + key[len(template):]] = torch.zeros_like(out[key])
+    return out
+
+
+def openclip_g_from_original(weights: Weights) -> Weights:
+    """SDXL's OpenCLIP ViT-bigG text tower → CLIPTextModelWithProjection: every block (the pooled embedding is
+    read after the last one), ``text_projection`` transposed (OpenCLIP multiplies ``x @ P``, a Linear stores Pᵀ)
+    and the training-only ``logit_scale`` left out."""
+    projection = weights.get("text_projection")
+    tower = {k: v for k, v in weights.items() if k != "text_projection"}
+    out = {"text_model." + k: v for k, v in openclip_from_original(tower, keep_last=True).items()}
+    if projection is not None:
+        out["text_projection.weight"] = projection.t()
+    return out
+
+
+def openclip_g_to_original(weights: Weights) -> Weights:
+    """Inverse of :func:`openclip_g_from_original` (``logit_scale`` is not part of the model; SDXL files store
+    it, so it is written as OpenCLIP's initial value, ln(1/0.07))."""
+    tower = {k.removeprefix("text_model."): v for k, v in weights.items() if k.startswith("text_model.")}
+    out = openclip_to_original(tower, identity_block=False)
+    if "text_projection.weight" in weights:
+        out["text_projection"] = weights["text_projection.weight"].t()
+    reference = next(iter(weights.values()))
+    out["logit_scale"] = torch.tensor(4.6052, dtype=reference.dtype, device=reference.device)
     return out
 
 
@@ -99,19 +124,27 @@ class TextLayout:
     hidden_act: str  # the activation in transformers' config: how a diffusers folder's encoder is recognised
     from_original: Callable[[Weights], Weights]  # file keys (family prefix removed) → CLIPTextModel keys
     to_original: Callable[[Weights], Weights]  # the inverse
+    model_class: str = "CLIPTextModel"  # the transformers class its weights fill
 
 
 CLIP = TextLayout("clip", "quick_gelu", clip_from_original, clip_to_original)
 OPENCLIP = TextLayout("openclip", "gelu", openclip_from_original, openclip_to_original)
+OPENCLIP_G = TextLayout("openclip-g", "gelu", openclip_g_from_original, openclip_g_to_original,
+                        "CLIPTextModelWithProjection")
 
 
 def derive_text_config(text: Weights) -> dict[str, Any]:
-    """Text encoder sizes from weights already in transformers' CLIPTextModel layout."""
+    """Text encoder sizes from weights already in transformers' CLIPTextModel (or ...WithProjection) layout."""
+    projection = text.get("text_projection.weight")
+    text = {k.removeprefix("text_model."): v for k, v in text.items()}
     vocab, hidden = shape(text, "embeddings.token_embedding.weight", "text encoder")
-    return {
+    config = {
         "vocab_size": vocab,
         "hidden_size": hidden,
         "max_position_embeddings": shape(text, "embeddings.position_embedding.weight", "text encoder")[0],
         "num_hidden_layers": len(indices(text, "encoder.layers.")),
         "intermediate_size": shape(text, "encoder.layers.0.mlp.fc1.weight", "text encoder")[0],
     }
+    if projection is not None:
+        config["projection_dim"] = int(projection.shape[0])
+    return config

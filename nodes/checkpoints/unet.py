@@ -1,4 +1,4 @@
-"""The UNet in the original CompVis layout (``model.diffusion_model.*``), shared by SD 1.x and SD 2.x:
+"""The UNet in the original CompVis layout (``model.diffusion_model.*``), shared by SD 1.x, 2.x and SDXL:
 ``input_blocks`` / ``middle_block`` / ``output_blocks`` ↔ diffusers' ``down_blocks`` / ``mid_block`` / ``up_blocks``.
 
 The renaming is a table built from the block structure; the structure itself is read from the weights."""
@@ -26,6 +26,8 @@ def unet_rules(config: dict[str, Any]) -> list[Rule]:
         ("conv_in.", "input_blocks.0.0.", {}), ("conv_norm_out.", "out.0.", {}), ("conv_out.", "out.2.", {}),
         ("mid_block.resnets.0.", "middle_block.0.", UNET_RESNET), ("mid_block.attentions.0.", "middle_block.1.", {}),
         ("mid_block.resnets.1.", "middle_block.2.", UNET_RESNET),
+        # SDXL's added conditioning: pooled text and size ids, embedded
+        ("add_embedding.linear_1.", "label_emb.0.0.", {}), ("add_embedding.linear_2.", "label_emb.0.2.", {}),
     ]
     for level in range(levels):
         down_attention = config["down_block_types"][level].startswith("CrossAttn")
@@ -92,6 +94,17 @@ def derive_encoder_config(unet: dict[str, torch.Tensor], component: str = "UNet"
     widths = cross_attention_widths(unet)
     if widths:
         config["cross_attention_dim"] = widths[0]
+    depths = [len(indices(unet, f"input_blocks.{i}.1.transformer_blocks.")) for i, a in zip(first, down_attention) if a]
+    middle = len(indices(unet, "middle_block.1.transformer_blocks."))
+    if set(depths + [middle]) - {0, 1}:  # SDXL: several transformer blocks per attention (SD 1.x / 2.x: one)
+        if len(set(depths + [middle])) == 1:
+            config["transformer_layers_per_block"] = middle
+        else:  # levels without attention ignore their entry; diffusers' middle block reads the last one
+            per_level = [len(indices(unet, f"input_blocks.{i}.1.transformer_blocks.")) or 1 for i in first]
+            config["transformer_layers_per_block"] = per_level[:-1] + [middle]
+    if "label_emb.0.0.weight" in unet:
+        config["addition_embed_type"] = "text_time"
+        config["projection_class_embeddings_input_dim"] = shape(unet, "label_emb.0.0.weight", "UNet")[1]
     proj_in = next((v for k, v in unet.items() if k.endswith("proj_in.weight")), None)
     if proj_in is not None:
         config["use_linear_projection"] = proj_in.dim() == 2  # SD2 uses Linear, SD1 a 1x1 conv

@@ -10,7 +10,7 @@ import torch
 from graphflow.paths import atomic_save
 
 from .common import METADATA_PREFIX
-from .families import family_named
+from .families import family_named, text_subfolders
 from .unet import UNET_PREFIX, unet_to_original
 from .vae import VAE_PREFIX, vae_to_original
 
@@ -26,8 +26,13 @@ def original_state_dict(model, clip, vae) -> dict[str, torch.Tensor]:
     weights = {UNET_PREFIX + k: v for k, v in unet_to_original(model.unet.state_dict(), unet_config).items()}
     weights.update({VAE_PREFIX + k: v for k, v in vae_to_original(vae.vae.state_dict(), dict(vae.vae.config)).items()})
     family = family_named(clip.family)
-    weights.update({family.text_prefix + k: v for k, v in family.text.to_original(clip.text_encoder.state_dict()).items()})
+    for (prefix, layout), encoder in zip(family.encoders, text_encoders(clip)):
+        weights.update({prefix + k: v for k, v in layout.to_original(encoder.state_dict()).items()})
     return weights
+
+
+def text_encoders(clip) -> list:
+    return [clip.text_encoder] + ([clip.text_encoder_2] if clip.text_encoder_2 is not None else [])
 
 
 def save_single_file(model, clip, vae, path: Path) -> Path:
@@ -44,7 +49,8 @@ def save_single_file(model, clip, vae, path: Path) -> Path:
         METADATA_PREFIX + "family": model.family,
         METADATA_PREFIX + "unet_config": json.dumps(public_config(model.unet.config)),
         METADATA_PREFIX + "vae_config": json.dumps(public_config(vae.vae.config)),
-        METADATA_PREFIX + "text_encoder_config": json.dumps(public_config(clip.text_encoder.config.to_dict())),
+        **{f"{METADATA_PREFIX}{subfolder}_config": json.dumps(public_config(encoder.config.to_dict()))
+           for subfolder, encoder in zip(text_subfolders(family_named(clip.family)), text_encoders(clip))},
         METADATA_PREFIX + "scheduler_config": json.dumps({**public_config(model.scheduler_config), "prediction_type": model.prediction_type}),
     }
     return atomic_save(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))

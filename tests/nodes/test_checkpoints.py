@@ -292,8 +292,8 @@ def test_misnamed_text_encoder_weights_fail_loudly(tiny_copy):
 
 
 def test_unexpected_unet_weight_fails_loudly(tiny_copy):
-    rewrite(tiny_copy, lambda t: t.update({"model.diffusion_model.label_emb.0.0.weight": torch.zeros(2, 2)}))
-    with pytest.raises(ck.CheckpointError, match="UNet.*unexpected label_emb.0.0.weight"):
+    rewrite(tiny_copy, lambda t: t.update({"model.diffusion_model.time_embed.1.weight": torch.zeros(2, 2)}))
+    with pytest.raises(ck.CheckpointError, match="UNet.*unexpected time_embed.1.weight"):
         ck.load_single_file(tiny_copy)
 
 
@@ -333,7 +333,6 @@ def test_ckpt_that_needs_pickle_is_refused(tiny_file, tmp_path):
     (b"hello, not a model", "neither a safetensors file nor a PyTorch checkpoint"),
     (b"\x80\x02}q\x00.", "neither a safetensors file nor a PyTorch checkpoint"),
     ({"weight": torch.zeros(3)}, "no UNet weights"),
-    ({"conditioner.embedders.0.transformer.text_model.x": torch.zeros(1), "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, "SDXL"),
     ({"down_blocks.0.resnets.0.conv1.weight": torch.zeros(1)}, "diffusers layout"),
 ])
 def test_files_that_are_not_sd_checkpoints(tmp_path, content, message):
@@ -436,5 +435,4 @@ def test_a_family_is_a_record_that_detection_and_configs_read(monkeypatch):
     assert families.detect(unet) == ck.Detected("sd1-wide", True, 48, None)
     assert families.config_folder("sd1-wide", False, "v_prediction").name == "sd2-base"
     assert families.config_folder("sd1-wide", True, "epsilon").name == "sd2-inpainting"
-    with pytest.raises(ck.CheckpointError, match="loads SD 1.x, SD 2.x and SD 1.x wide checkpoints"):
-        families.detect({"conditioner.embedders.0.model.x": torch.zeros(1), **unet})
+    assert "SD 1.x wide" in families.loadable_titles()

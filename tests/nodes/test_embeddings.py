@@ -51,9 +51,15 @@ def test_safetensors_formats(tmp_path):
     save_file({"whatever": vectors[0].contiguous()}, str(tmp_path / "b.safetensors"))  # one key, one vector
     assert torch.equal(load_embedding(tmp_path / "a.safetensors"), vectors)
     assert load_embedding(tmp_path / "b.safetensors").shape == (1, 32)
-    save_file({"clip_l": vectors, "clip_g": torch.randn(3, 64)}, str(tmp_path / "sdxl.safetensors"))
+    clip_g = torch.randn(3, 64)
+    save_file({"clip_l": vectors, "clip_g": clip_g}, str(tmp_path / "sdxl.safetensors"))  # SDXL: side by side
+    assert torch.equal(load_embedding(tmp_path / "sdxl.safetensors"), torch.cat([vectors, clip_g], dim=-1))
+    save_file({"clip_l": vectors, "clip_g": clip_g[:2]}, str(tmp_path / "uneven.safetensors"))
+    with pytest.raises(ValueError, match="different numbers of vectors"):
+        load_embedding(tmp_path / "uneven.safetensors")
+    save_file({"one": vectors, "two": clip_g}, str(tmp_path / "two.safetensors"))
     with pytest.raises(ValueError, match="exactly one tensor"):
-        load_embedding(tmp_path / "sdxl.safetensors")
+        load_embedding(tmp_path / "two.safetensors")
 
 
 def test_diffusers_bin_format(tmp_path):

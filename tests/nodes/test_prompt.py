@@ -392,7 +392,7 @@ def test_encoder_width_mismatch_is_reported(tiny):
 # ------------------------------------------------------------------------------------------------ socket values
 
 def test_prompt_values_for_the_text_nodes(tiny, pipe):
-    from nodes.prompt import prompt_conditioning, prompt_tokens
+    from nodes.conditioning import prompt_conditioning, prompt_tokens
     from nodes.values import Clip
 
     clip = Clip(tiny["tokenizer"], tiny["text_encoder"], "sd1", "tiny-sd", embeddings={"neg": torch.randn(2, 32)})

@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 from graphflow.errors import NodeInputError
 from nodes.comfy.conditioning import (CLIPSetLastLayer, CLIPTextEncode, ConditioningCombine, ConditioningSetArea,
                                       ConditioningZeroOut, _fingerprint, clip_skip_of)
-from nodes.prompt import prompt_conditioning, prompt_tokens
+from nodes.conditioning import prompt_conditioning, prompt_tokens
 from nodes.values import Conditioning
 
 
@@ -76,11 +76,11 @@ def test_embeddings_come_from_the_clip_or_the_embeddings_folder(sd_clip, stage_c
 
 
 def test_graphflows_sample_refuses_composed_conditioning(sd_model):
-    from nodes.sampling import _guidance_embeds
+    from nodes.unet_inputs import unet_inputs
 
     combined = ConditioningCombine(plain(1), plain(2))
     with pytest.raises(NodeInputError) as error:
-        _guidance_embeds(sd_model, combined, plain(0), 7.0, 1)
+        unet_inputs(sd_model, combined, plain(0), 7.0, 1, (8, 8))
     assert error.value.input == "positive" and "comfy.KSampler" in str(error.value.expected)
 
 

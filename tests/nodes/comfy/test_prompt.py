@@ -84,7 +84,7 @@ def test_weights_pull_tokens_away_from_the_empty_prompt(sd_clip):
 
 
 def test_an_unweighted_prompt_encodes_as_graphflows_plain_prompt(sd_clip):
-    from nodes.prompt import prompt_conditioning, prompt_tokens
+    from nodes.conditioning import prompt_conditioning, prompt_tokens
 
     comfy = encode_weighted(sd_clip.tokenizer, sd_clip.text_encoder,
                             tokenize_weighted(sd_clip.tokenizer, "a photo of a cat", no_embeddings))

@@ -1,0 +1,93 @@
+"""Built-in tiny SDXL models that need no download: ``tiny-sdxl`` (base) and ``tiny-sdxl-refiner``.
+
+Random weights with SDXL's real architecture at test-suite size: a UNet with the added "text_time" conditioning
+(pooled text + size / crop / aesthetic ids), transformer depth 2 in its attention level, and the two text
+encoders of SDXL at different widths (a 5-layer OpenAI-CLIP-style one, 32 wide, and a 10-layer OpenCLIP-style
+one, 64 wide, with a text projection: ten layers are what SDXL single-file detection looks for). The refiner,
+like the real one, has only the second encoder and conditions on an aesthetic score instead of a target size.
+Built deterministically from fixed seeds on first use and written as a diffusers folder into the cache, so from
+then on they load through the same code as any user model. Their images are noise."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from graphflow.paths import atomic_folder
+
+from .builtin_models import PACKAGE_MODELS, TINY_SEED, cache_dir, clip_text_encoder, clip_tokenizer
+
+TINY_SDXL_VERSION = 1
+TINY_SDXL_NAMES = ("tiny-sdxl", "tiny-sdxl-refiner")
+TIME_EMBED_DIM = 8  # width of each embedded size / crop / score id (SDXL: 256)
+POOLED_DIM = 32  # the second encoder's text projection (SDXL: 1280)
+SDXL_SCHEDULER = PACKAGE_MODELS / "configs" / "sdxl" / "scheduler" / "scheduler_config.json"
+
+
+def openclip_text_encoder(width: int, layers: int, intermediate: int, heads: int, projection_dim: int):
+    """A fresh CLIPTextModelWithProjection shaped like SDXL's OpenCLIP ViT-bigG tower (exact GELU, projection)."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    return CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=49408, hidden_size=width, intermediate_size=intermediate, num_attention_heads=heads,
+        num_hidden_layers=layers, max_position_embeddings=77, projection_dim=projection_dim, hidden_act="gelu",
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    ))
+
+
+def build_tiny_sdxl_components(refiner: bool = False, seed: int = TINY_SEED + 100) -> dict:
+    """Fresh tiny SDXL pipeline components, identical for the same seed: the keyword arguments of
+    ``StableDiffusionXLPipeline`` (base) or ``StableDiffusionXLImg2ImgPipeline`` (refiner)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+
+    width_l, width_g = 32, 64
+    time_ids = 5 if refiner else 6  # original size, crop, then target size (2) or aesthetic score (1)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2), attention_head_dim=(2, 4), use_linear_projection=True,
+        cross_attention_dim=width_g if refiner else width_l + width_g, addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED_DIM, projection_class_embeddings_input_dim=TIME_EMBED_DIM * time_ids + POOLED_DIM,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+        scaling_factor=0.13025, force_upcast=True,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = None if refiner else clip_text_encoder(width_l, layers=5, intermediate=37).eval()
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = openclip_text_encoder(width_g, layers=10, intermediate=53, heads=2, projection_dim=POOLED_DIM).eval()
+    scheduler = EulerDiscreteScheduler.from_config(EulerDiscreteScheduler.load_config(SDXL_SCHEDULER))
+    parts = {"unet": unet.eval(), "vae": vae.eval(), "text_encoder": text_encoder, "text_encoder_2": text_encoder_2,
+             "tokenizer": None if refiner else clip_tokenizer(), "tokenizer_2": clip_tokenizer("!"), "scheduler": scheduler}
+    return parts
+
+
+def sdxl_pipeline(components: dict, img2img: bool | None = None):
+    """The diffusers SDXL pipeline over these components: Img2Img for a refiner (or when asked), else txt2img,
+    with the real models' pipeline settings (refiner: aesthetic score, no zeroed empty negative)."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+    refiner = components["text_encoder"] is None
+    if img2img or (img2img is None and refiner):
+        return StableDiffusionXLImg2ImgPipeline(**components, requires_aesthetics_score=refiner,
+                                                force_zeros_for_empty_prompt=not refiner)
+    return StableDiffusionXLPipeline(**components, force_zeros_for_empty_prompt=True)
+
+
+def tiny_sdxl_folder(refiner: bool = False) -> Path:
+    """Path of a built-in tiny SDXL model's diffusers folder, building it on first use."""
+    name = TINY_SDXL_NAMES[1 if refiner else 0]
+    folder = cache_dir() / "builtin" / f"{name}-v{TINY_SDXL_VERSION}"
+    if not (folder / "model_index.json").exists():
+        pipe = sdxl_pipeline(build_tiny_sdxl_components(refiner))
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            atomic_folder(folder, lambda staging: pipe.save_pretrained(staging, safe_serialization=True))
+        except FileExistsError:  # another process finished first; its copy is identical
+            pass
+    return folder
+
