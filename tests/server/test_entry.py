@@ -151,9 +151,10 @@ def test_ctrl_c_while_server_py_imports_exits_130_without_a_traceback(tmp_path, 
         process.kill()
     messages = [line for line in rest.splitlines() if line.strip() and not line.startswith("import time:")]
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
-    if messages[:1] and messages[0].startswith("graphflow server on"):
-        # a quiet machine finished importing within the delay: Ctrl-C then stops a serving server, cleanly
-        assert process.returncode == 0, rest[-3000:]
+    if delay and process.returncode == 0:
+        # a quiet machine finished importing within the delay: the server was starting or serving, and
+        # aiohttp's own Ctrl-C handling stops it cleanly (as Ctrl-C on a running server does)
+        assert all(line.startswith("graphflow server on") for line in messages), rest[-3000:]
     else:
         assert process.returncode == 130, rest[-3000:]
         assert messages == ["cancelled"]
