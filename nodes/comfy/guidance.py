@@ -21,7 +21,7 @@ start/end range and seeing its control image fitted to the entry's crop.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -29,6 +29,7 @@ from graphflow.errors import NodeInputError
 
 from ..controlnet import chain_residuals, check_fits
 from ..ksigmas import DiscreteSigmas
+from ..sdxl import time_id_count, time_ids, wants_added_conditioning
 from ..unet_inputs import UNetInputs
 from ..values import Conditioning, Control, Model
 
@@ -43,11 +44,13 @@ class Entry:
     area: tuple[int, int, int, int] | None
     strength: float
     controls: tuple[Control, ...] = ()
+    pooled: "torch.Tensor | None" = None  # SDXL: the pooled prompt embedding (P, W) and the size conditioning
+    sizes: dict = field(default_factory=dict)
 
 
 def entries_of(conditioning: Conditioning) -> list[Entry]:
-    return [Entry(c.embeds, tuple(c.area) if c.area is not None else None, float(c.strength), tuple(c.controls))
-            for c in conditioning.entries]
+    return [Entry(c.embeds, tuple(c.area) if c.area is not None else None, float(c.strength), tuple(c.controls),
+                  c.pooled, dict(c.sizes)) for c in conditioning.entries]
 
 
 def with_matching_areas(entries: list[Entry], others: list[Entry]) -> list[Entry]:
@@ -69,7 +72,8 @@ def with_matching_areas(entries: list[Entry], others: list[Entry]) -> list[Entry
                     smallest = entry
         if smallest is None or smallest.area == other.area:
             continue
-        result.append(replace(other, embeds=smallest.embeds))
+        result.append(replace(other, embeds=smallest.embeds, controls=smallest.controls, pooled=smallest.pooled,
+                              sizes=smallest.sizes))
     return result
 
 
@@ -164,18 +168,27 @@ class ComfyDenoiser:
             for entry in conditioning.entries:
                 for control in entry.controls:
                     check_fits(model, control.control_net, int(model.in_channels), name)
+        self.sdxl = wants_added_conditioning(model)
+        if self.sdxl:
+            for name, conditioning in (("positive", positive), ("negative", negative)):
+                if any(entry.pooled is None for entry in conditioning.entries):
+                    raise NodeInputError(name, "this SDXL UNet needs a pooled prompt embedding; encode with an SDXL CLIP",
+                                         "a conditioning from an SDXL CLIP", "a conditioning without one")
         pos, neg = composed_conditionings(positive, negative)
         self.conds = [pos, None if math.isclose(cfg, 1.0) else neg]
 
     def apply_model(self, x: "torch.Tensor", sigma: "torch.Tensor", context: "torch.Tensor",
-                    controls: tuple[Control, ...] = (), rows: int = 1) -> "torch.Tensor":
+                    controls: tuple[Control, ...] = (), rows: int = 1,
+                    added: "dict[str, torch.Tensor] | None" = None) -> "torch.Tensor":
         """The model's clean-latent prediction for x (float32) at sigma (B,): ``rows`` entries' crops stacked, all
         steered by the ControlNets ``controls`` (ComfyUI batches only entries with the same ControlNets)."""
         s = sigma.reshape(-1, 1, 1, 1)
         model_input = x / (s ** 2 + 1.0) ** 0.5
         timestep = self.sigmas.timestep(sigma.cpu()).float().to(x.device)
         dtype = self.model.dtype
-        unet_input = UNetInputs(context.to(x.device, dtype))
+        if added is not None:
+            added = {key: value.to(x.device, dtype) for key, value in added.items()}
+        unet_input = UNetInputs(context.to(x.device, dtype), added)
         with torch.no_grad():
             extra = self.control_kwargs(controls, model_input.to(dtype), timestep, unet_input.encoder_hidden_states,
                                         float(sigma[0]), rows)
@@ -226,6 +239,22 @@ class ComfyDenoiser:
             self.hints[key] = _to_batch(image, batch).to(weight.device, weight.dtype)
         return self.hints[key]
 
+    def added_conditioning(self, batch: list, x: "torch.Tensor") -> "dict[str, torch.Tensor] | None":
+        """SDXL's added conditioning for a batch of entries: each entry's pooled embedding and size ids, repeated
+        over the latent batch. As in ComfyUI the sizes default to the whole latent's pixel size (8 per latent
+        pixel), the crop to 0, the refiner's aesthetic score to 6 (positive) / 2.5 (negative); a negative does not
+        take the positive's sizes."""
+        if not self.sdxl:
+            return None
+        rows = int(x.shape[0])
+        image_size = (int(x.shape[2]) * 8, int(x.shape[3]) * 8)
+        pooled, ids = [], []
+        for side, *_, entry in batch:
+            count = time_id_count(self.model, int(entry.pooled.shape[-1]))
+            pooled.append(_to_batch(entry.pooled.float(), rows))
+            ids.append(torch.tensor([time_ids(entry.sizes, {}, image_size, count, side == 1)]).repeat(rows, 1))
+        return {"text_embeds": torch.cat(pooled), "time_ids": torch.cat(ids)}
+
     def predictions(self, x: "torch.Tensor", sigma: "torch.Tensor") -> list["torch.Tensor | None"]:
         """Each side's area-composed prediction (None for a side not run)."""
         height, width = int(x.shape[2]), int(x.shape[3])
@@ -238,15 +267,16 @@ class ComfyDenoiser:
                 h, w, top, left = area
                 crop = x[:, :, top:top + h, left:left + w]
                 weights = area_weights(area, height, width, entry.strength, crop.shape).to(x.device)
-                pending.append((side, area, crop, weights, _to_batch(entry.embeds, x.shape[0]), entry.controls))
+                pending.append((side, area, crop, weights, _to_batch(entry.embeds, x.shape[0]), entry.controls, entry))
         while pending:
             first = pending[0]
             group = [i for i, p in enumerate(pending) if p[2].shape == first[2].shape and _fits_with(p[4], first[4])
                      and _same_controls(p[5], first[5])]
             batch = [pending.pop(i) for i in reversed(group)]
             outputs = self.apply_model(torch.cat([b[2] for b in batch]), torch.cat([sigma] * len(batch)),
-                                       _concat_prompts([b[4] for b in batch]), batch[0][5], len(batch)).chunk(len(batch))
-            for (side, (h, w, top, left), _, weights, _, _), output in zip(batch, outputs):
+                                       _concat_prompts([b[4] for b in batch]), batch[0][5], len(batch),
+                                       self.added_conditioning(batch, x)).chunk(len(batch))
+            for (side, (h, w, top, left), _, weights, _, _, _), output in zip(batch, outputs):
                 sums[side][:, :, top:top + h, left:left + w] += output * weights
                 counts[side][:, :, top:top + h, left:left + w] += weights
         return [s / c if s is not None else None for s, c in zip(sums, counts)]
