@@ -35,6 +35,10 @@ def build_parser(prog: str = "server.py") -> argparse.ArgumentParser:
     parser.add_argument("--token", default=None,
                         help="require 'Authorization: Bearer TOKEN' on every route but /health (default $GRAPHFLOW_TOKEN)")
     parser.add_argument("--models-dir", type=Path, default=None, help="models directory (default $GRAPHFLOW_MODELS_DIR or ./models)")
+    parser.add_argument("--assets", action="append", type=Path, default=None, metavar="DIR",
+                        help="read-only folder of example files that input names also find, after the uploads and models"
+                             " (repeatable; default: the shipped workflows/assets/ when it exists, so every shipped"
+                             " workflow runs as it is; --assets '' for none)")
     parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                         help="also accept this Host header name (e.g. behind a reverse proxy); repeatable")
     defaults = Limits()
@@ -117,7 +121,18 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     loopback = args.host in LOOPBACK_HOSTS
     allowed_hosts = LOOPBACK_HOSTS | {h.lower() for h in args.allow_host} if loopback else None
     return ServerConfig(data_dir=args.data_dir, token=token or None, models_dir=args.models_dir,
-                        limits=limits, allowed_hosts=allowed_hosts, ray=ray_options(args))
+                        limits=limits, allowed_hosts=allowed_hosts, ray=ray_options(args),
+                        asset_dirs=asset_folders(args.assets))
+
+
+SHIPPED_ASSETS = Path(__file__).resolve().parents[2] / "workflows" / "assets"  # in a source checkout
+
+
+def asset_folders(chosen: list[Path] | None) -> tuple[Path, ...]:
+    """The asset folders: those given (an empty name gives none), else the shipped examples' when present."""
+    if chosen is None:
+        return (SHIPPED_ASSETS,) if SHIPPED_ASSETS.is_dir() else ()
+    return tuple(folder for folder in chosen if str(folder) not in ("", "."))
 
 
 def serve_from_args(argv: Sequence[str] | None = None, prog: str = "graphflow serve") -> int:

@@ -49,6 +49,7 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS  # Host header names accepted; None accepts any
     ray: "RayOptions | None" = None  # run jobs on Ray worker actors instead of this process's engine
+    asset_dirs: tuple[Path, ...] = ()  # read-only example folders input names also find (Settings.asset_dirs)
 
 
 SERVER = web.AppKey("server", "Server")
@@ -71,6 +72,8 @@ class Server:
         if interrupted:
             log.warning("%d job(s) were running when the server last stopped; marked failed", interrupted)
         settings = Settings.from_env(models_dir=config.models_dir, input_dir=self.uploads_dir, output_dir=self.outputs_dir)
+        for folder in config.asset_dirs:
+            settings = settings.with_asset_dir(Path(folder).resolve())
         self.engine = Engine(registry or default_registry(), settings)
         self.limits = config.limits.over_defaults(self.engine.registry.literal_limits)
         self.engine.settings = replace(settings, limits=self.limits.run_limits(self.engine.registry.run_limits))

