@@ -143,20 +143,30 @@ class ControlResiduals:
         return {"down_block_additional_residuals": total[0], "mid_block_additional_residual": total[1]}
 
     def _sum(self, chain, sample, t, embeds, step: int, steps: int, doubled: bool = False) -> "Residuals | None":
-        total = None
-        for control, hint in chain:
-            if step / steps < control.start or (step + 1) / steps > control.end:  # diffusers' controlnet_keep
-                continue
-            net = control.control_net.module
-            weight = next(net.parameters())
-            down, mid = net(sample.to(weight.device, weight.dtype), t,
-                            encoder_hidden_states=embeds.to(weight.device, weight.dtype),
-                            controlnet_cond=torch.cat([hint, hint]) if doubled else hint,
-                            conditioning_scale=control.strength, guess_mode=control.guess_mode, return_dict=False)
-            down = [d.to(self.device, self.dtype) for d in down]
-            mid = mid.to(self.device, self.dtype)
-            total = (down, mid) if total is None else ([a + b for a, b in zip(total[0], down)], total[1] + mid)
-        return total
+        def acts(control: Control) -> bool:  # diffusers' controlnet_keep
+            return not (step / steps < control.start or (step + 1) / steps > control.end)
+
+        return chain_residuals(chain, sample, t, embeds, acts, self.device, self.dtype, repeats=2 if doubled else 1)
+
+
+def chain_residuals(chain, sample, t, embeds, acts, device, dtype, repeats: int = 1) -> "Residuals | None":
+    """The summed residuals of the ControlNets of ``chain`` ((Control, hint) pairs) for which ``acts(control)``,
+    on ``device`` / ``dtype``; each hint repeated ``repeats`` times along the batch (a batch of several prompts'
+    rows); None when none acts. graphflow's Sample and comfy.KSampler both call this."""
+    total = None
+    for control, hint in chain:
+        if not acts(control):
+            continue
+        net = control.control_net.module
+        weight = next(net.parameters())
+        down, mid = net(sample.to(weight.device, weight.dtype), t,
+                        encoder_hidden_states=embeds.to(weight.device, weight.dtype),
+                        controlnet_cond=torch.cat([hint] * repeats) if repeats > 1 else hint,
+                        conditioning_scale=control.strength, guess_mode=control.guess_mode, return_dict=False)
+        down = [d.to(device, dtype) for d in down]
+        mid = mid.to(device, dtype)
+        total = (down, mid) if total is None else ([a + b for a, b in zip(total[0], down)], total[1] + mid)
+    return total
 
 
 def _stacked(negative: "Residuals | None", positive: "Residuals | None") -> "Residuals | None":
@@ -194,18 +204,7 @@ def control_residuals(model: Model, positive: Conditioning, negative: Conditioni
 def _hint(model: Model, control: Control, latent: Latent, name: str) -> "torch.Tensor":
     """The control image as its ControlNet takes it: (B, 3, H, W) for the latent batch, on its device and dtype."""
     net = control.control_net
-    config, unet = net.module.config, model.unet.config
-    if net.family != model.family:
-        raise NodeInputError(name, f"ControlNet {net.name} is for {net.family} models, the UNet is {model.family}",
-                             f"a {model.family} ControlNet", net.family)
-    if (list(config.block_out_channels), config.layers_per_block, config.cross_attention_dim) != (
-            list(unet.block_out_channels), unet.layers_per_block, unet.cross_attention_dim):
-        raise NodeInputError(name, f"ControlNet {net.name} was made for a UNet of another size",
-                             f"blocks {list(unet.block_out_channels)} × {unet.layers_per_block}, text width {unet.cross_attention_dim}",
-                             f"blocks {list(config.block_out_channels)} × {config.layers_per_block}, text width {config.cross_attention_dim}")
-    if config.in_channels != latent.samples.shape[1]:
-        raise NodeInputError(name, f"ControlNet {net.name} takes {config.in_channels}-channel latents",
-                             config.in_channels, int(latent.samples.shape[1]))
+    check_fits(model, net, int(latent.samples.shape[1]), name)
     batch, height, width = latent.batch_size, *(int(s) * net.downscale for s in latent.samples.shape[-2:])
     images, image_height, image_width = (int(s) for s in control.image.shape[:3])
     if (image_height, image_width) != (height, width):
@@ -218,3 +217,19 @@ def _hint(model: Model, control: Control, latent: Latent, name: str) -> "torch.T
     weight = next(net.module.parameters())
     hint = control.image.permute(0, 3, 1, 2).repeat_interleave(batch // images, dim=0)
     return hint.to(weight.device, weight.dtype)
+
+
+def check_fits(model: Model, net: ControlNet, channels: int, name: str) -> None:
+    """That ControlNet ``net`` was made for this UNet (family, block sizes, text width) and ``channels``-channel latents."""
+    config, unet = net.module.config, model.unet.config
+    if net.family != model.family:
+        raise NodeInputError(name, f"ControlNet {net.name} is for {net.family} models, the UNet is {model.family}",
+                             f"a {model.family} ControlNet", net.family)
+    if (list(config.block_out_channels), config.layers_per_block, config.cross_attention_dim) != (
+            list(unet.block_out_channels), unet.layers_per_block, unet.cross_attention_dim):
+        raise NodeInputError(name, f"ControlNet {net.name} was made for a UNet of another size",
+                             f"blocks {list(unet.block_out_channels)} × {unet.layers_per_block}, text width {unet.cross_attention_dim}",
+                             f"blocks {list(config.block_out_channels)} × {config.layers_per_block}, text width {config.cross_attention_dim}")
+    if config.in_channels != channels:
+        raise NodeInputError(name, f"ControlNet {net.name} takes {config.in_channels}-channel latents",
+                             config.in_channels, channels)

@@ -18,6 +18,7 @@ from graphflow.context import RunContext
 from graphflow.errors import NodeInputError, node_inputs
 from graphflow.node import Input, node
 
+from ..conditioning import is_sdxl
 from ..embeddings import available_embeddings, embedding_folders, find_embedding, load_embedding
 from ..prompt import EMBEDDING_PREFIX, check_prompt_chunks
 from ..search import file_fingerprint
@@ -74,6 +75,10 @@ def clip_skip_of(clip: Clip) -> int:
 def encode_comfy_prompt(clip: Clip, text: str, ctx: RunContext) -> Conditioning:
     """A prompt encoded ComfyUI's way, with the encoded empty prompt for graphflow's Sample to pad with. The
     windows are bounded by the server's ``prompt_chunks`` limit, as graphflow's own prompts are."""
+    if is_sdxl(clip):
+        raise NodeInputError("clip", "the pack encodes prompts ComfyUI's way for one text encoder; SDXL's two are not "
+                             "there yet: encode with graphflow's TextEncode (its conditioning runs in comfy.KSampler)",
+                             "an SD 1.x / 2.x CLIP", clip.family)
     find, folders = _embedding_finder(clip, ctx.settings)
     try:
         tokens = tokenize_weighted(clip.tokenizer, text, find, ctx.check_cancelled)

@@ -12,18 +12,26 @@ multiple is at most 4× the shorter: the shorter is repeated) run together, in r
 Before sampling, every positive entry with an area gets a copy of the smallest negative entry that covers it,
 confined to the same area, and the other way round (ComfyUI's ``create_cond_with_same_area_if_none``), so
 the negative is predicted on the same crops as the positive.
+
+ControlNets (comfy.ControlNetApply / ControlNetApplyAdvanced) ride on the entries: only entries with the same
+chain share a batch, and the chain's residuals (nodes/controlnet.py's ``chain_residuals``, as graphflow's Sample
+sums them) join the UNet call through ``UNetInputs.predict``, each ControlNet acting while sigma lies in its
+start/end range and seeing its control image fitted to the entry's crop.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from graphflow.errors import NodeInputError
 
+from ..controlnet import chain_residuals, check_fits
 from ..ksigmas import DiscreteSigmas
-from ..values import Conditioning, Model
+from ..sdxl import time_id_count, time_ids, wants_added_conditioning
+from ..unet_inputs import UNetInputs
+from ..values import Conditioning, Control, Model
 
 FEATHER = 8  # latent pixels over which an inner area edge ramps up (ComfyUI's "fuzz")
 
@@ -35,10 +43,14 @@ class Entry:
     embeds: "torch.Tensor"
     area: tuple[int, int, int, int] | None
     strength: float
+    controls: tuple[Control, ...] = ()
+    pooled: "torch.Tensor | None" = None  # SDXL: the pooled prompt embedding (P, W) and the size conditioning
+    sizes: dict = field(default_factory=dict)
 
 
 def entries_of(conditioning: Conditioning) -> list[Entry]:
-    return [Entry(c.embeds, tuple(c.area) if c.area is not None else None, float(c.strength)) for c in conditioning.entries]
+    return [Entry(c.embeds, tuple(c.area) if c.area is not None else None, float(c.strength), tuple(c.controls),
+                  c.pooled, dict(c.sizes)) for c in conditioning.entries]
 
 
 def with_matching_areas(entries: list[Entry], others: list[Entry]) -> list[Entry]:
@@ -60,7 +72,8 @@ def with_matching_areas(entries: list[Entry], others: list[Entry]) -> list[Entry
                     smallest = entry
         if smallest is None or smallest.area == other.area:
             continue
-        result.append(replace(other, embeds=smallest.embeds))
+        result.append(replace(other, embeds=smallest.embeds, controls=smallest.controls, pooled=smallest.pooled,
+                              sizes=smallest.sizes))
     return result
 
 
@@ -117,6 +130,24 @@ def _fits_with(a: "torch.Tensor", b: "torch.Tensor") -> bool:
     return math.lcm(a.shape[1], b.shape[1]) // min(a.shape[1], b.shape[1]) <= 4
 
 
+def _same_controls(a: tuple[Control, ...], b: tuple[Control, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
+def _centre_cropped(image: "torch.Tensor", aspect: float) -> "torch.Tensor":
+    """(B, C, H, W) cut at the centre to width/height ``aspect`` (ComfyUI's "center" crop before a resize)."""
+    height, width = int(image.shape[2]), int(image.shape[3])
+    if width / height > aspect:
+        keep = round(height * aspect)
+        left = (width - keep) // 2
+        return image[:, :, :, left:left + keep]
+    if width / height < aspect:
+        keep = round(width / aspect)
+        top = (height - keep) // 2
+        return image[:, :, top:top + keep, :]
+    return image
+
+
 def _concat_prompts(prompts: list["torch.Tensor"]) -> "torch.Tensor":
     length = 1
     for p in prompts:
@@ -132,26 +163,97 @@ class ComfyDenoiser:
         self.sigmas = DiscreteSigmas.from_config(model.scheduler_config)
         self.v_prediction = model.prediction_type == "v_prediction"
         self.cfg = cfg
+        self.hints: dict = {}
         for name, conditioning in (("positive", positive), ("negative", negative)):
-            if conditioning is not None and any(entry.controls for entry in conditioning.entries):
-                raise NodeInputError(name, "this conditioning carries ControlNets (ApplyControlNet); graphflow's Sample "
-                                     "runs them, this sampler does not yet", "a conditioning without ControlNets",
-                                     "ControlNets " + ", ".join(c.control_net.name for e in conditioning.entries for c in e.controls))
+            for entry in conditioning.entries:
+                for control in entry.controls:
+                    check_fits(model, control.control_net, int(model.in_channels), name)
+        self.sdxl = wants_added_conditioning(model)
+        if self.sdxl:
+            for name, conditioning in (("positive", positive), ("negative", negative)):
+                if any(entry.pooled is None for entry in conditioning.entries):
+                    raise NodeInputError(name, "this SDXL UNet needs a pooled prompt embedding; encode with an SDXL CLIP",
+                                         "a conditioning from an SDXL CLIP", "a conditioning without one")
         pos, neg = composed_conditionings(positive, negative)
         self.conds = [pos, None if math.isclose(cfg, 1.0) else neg]
 
-    def apply_model(self, x: "torch.Tensor", sigma: "torch.Tensor", context: "torch.Tensor") -> "torch.Tensor":
-        """The model's clean-latent prediction for x (float32) at sigma (B,)."""
+    def apply_model(self, x: "torch.Tensor", sigma: "torch.Tensor", context: "torch.Tensor",
+                    controls: tuple[Control, ...] = (), rows: int = 1,
+                    added: "dict[str, torch.Tensor] | None" = None) -> "torch.Tensor":
+        """The model's clean-latent prediction for x (float32) at sigma (B,): ``rows`` entries' crops stacked, all
+        steered by the ControlNets ``controls`` (ComfyUI batches only entries with the same ControlNets)."""
         s = sigma.reshape(-1, 1, 1, 1)
         model_input = x / (s ** 2 + 1.0) ** 0.5
         timestep = self.sigmas.timestep(sigma.cpu()).float().to(x.device)
         dtype = self.model.dtype
+        if added is not None:
+            added = {key: value.to(x.device, dtype) for key, value in added.items()}
+        unet_input = UNetInputs(context.to(x.device, dtype), added)
         with torch.no_grad():
-            output = self.model.unet(model_input.to(dtype), timestep, encoder_hidden_states=context.to(x.device, dtype),
-                                     return_dict=False)[0].float()
+            extra = self.control_kwargs(controls, model_input.to(dtype), timestep, unet_input.encoder_hidden_states,
+                                        float(sigma[0]), rows)
+            output = unet_input.predict(self.model.unet, model_input.to(dtype), timestep, 0, 1, **extra).float()
         if self.v_prediction:
             return x * 1.0 / (s ** 2 + 1.0) - output * s * 1.0 / (s ** 2 + 1.0) ** 0.5
         return x - output * s
+
+    def control_kwargs(self, controls: tuple[Control, ...], model_input: "torch.Tensor", timestep: "torch.Tensor",
+                       context: "torch.Tensor", sigma: float, rows: int) -> dict:
+        """The UNet's ControlNet residual inputs: each ControlNet acts while sigma lies in the sigma range of its
+        start_percent .. end_percent (ComfyUI's percent_to_sigma), its control image fitted to the crop."""
+        if not controls:
+            return {}
+        batch, height, width = model_input.shape[0] // rows, *model_input.shape[-2:]
+        chain = [(c, self.hint(c, batch, int(height), int(width))) for c in controls]
+
+        def acts(control: Control) -> bool:
+            return self.percent_to_sigma(control.end) <= sigma <= self.percent_to_sigma(control.start)
+
+        total = chain_residuals(chain, model_input, timestep, context, acts, model_input.device, model_input.dtype,
+                                repeats=rows)
+        if total is None:
+            return {}
+        return {"down_block_additional_residuals": total[0], "mid_block_additional_residual": total[1]}
+
+    def percent_to_sigma(self, percent: float) -> float:
+        """ComfyUI's percent_to_sigma: 0 → above any sigma, 1 → 0, else the sigma of timestep (1 - p)·(T - 1)."""
+        if percent <= 0.0:
+            return math.inf
+        if percent >= 1.0:
+            return 0.0
+        last = len(self.sigmas.sigmas) - 1
+        return float(self.sigmas.sigma(torch.tensor((1.0 - percent) * last)))
+
+    def hint(self, control: Control, batch: int, height: int, width: int) -> "torch.Tensor":
+        """The control image for a (batch, ·, height, width) latent crop, as ComfyUI fits it: centre-cropped to the
+        crop's aspect ratio, resized (nearest-exact) to its pixel size, repeated (or cut) to the batch."""
+        key = (id(control), batch, height, width)
+        if key not in self.hints:
+            net = control.control_net
+            size = (height * net.downscale, width * net.downscale)
+            image = control.image.permute(0, 3, 1, 2).float()
+            if tuple(image.shape[-2:]) != size:
+                image = _centre_cropped(image, size[1] / size[0])
+                image = torch.nn.functional.interpolate(image, size=size, mode="nearest-exact")
+            weight = next(net.module.parameters())
+            self.hints[key] = _to_batch(image, batch).to(weight.device, weight.dtype)
+        return self.hints[key]
+
+    def added_conditioning(self, batch: list, x: "torch.Tensor") -> "dict[str, torch.Tensor] | None":
+        """SDXL's added conditioning for a batch of entries: each entry's pooled embedding and size ids, repeated
+        over the latent batch. As in ComfyUI the sizes default to the whole latent's pixel size (8 per latent
+        pixel), the crop to 0, the refiner's aesthetic score to 6 (positive) / 2.5 (negative); a negative does not
+        take the positive's sizes."""
+        if not self.sdxl:
+            return None
+        rows = int(x.shape[0])
+        image_size = (int(x.shape[2]) * 8, int(x.shape[3]) * 8)
+        pooled, ids = [], []
+        for side, *_, entry in batch:
+            count = time_id_count(self.model, int(entry.pooled.shape[-1]))
+            pooled.append(_to_batch(entry.pooled.float(), rows))
+            ids.append(torch.tensor([time_ids(entry.sizes, {}, image_size, count, side == 1)]).repeat(rows, 1))
+        return {"text_embeds": torch.cat(pooled), "time_ids": torch.cat(ids)}
 
     def predictions(self, x: "torch.Tensor", sigma: "torch.Tensor") -> list["torch.Tensor | None"]:
         """Each side's area-composed prediction (None for a side not run)."""
@@ -165,14 +267,16 @@ class ComfyDenoiser:
                 h, w, top, left = area
                 crop = x[:, :, top:top + h, left:left + w]
                 weights = area_weights(area, height, width, entry.strength, crop.shape).to(x.device)
-                pending.append((side, area, crop, weights, _to_batch(entry.embeds, x.shape[0])))
+                pending.append((side, area, crop, weights, _to_batch(entry.embeds, x.shape[0]), entry.controls, entry))
         while pending:
             first = pending[0]
-            group = [i for i, p in enumerate(pending) if p[2].shape == first[2].shape and _fits_with(p[4], first[4])]
+            group = [i for i, p in enumerate(pending) if p[2].shape == first[2].shape and _fits_with(p[4], first[4])
+                     and _same_controls(p[5], first[5])]
             batch = [pending.pop(i) for i in reversed(group)]
             outputs = self.apply_model(torch.cat([b[2] for b in batch]), torch.cat([sigma] * len(batch)),
-                                       _concat_prompts([b[4] for b in batch])).chunk(len(batch))
-            for (side, (h, w, top, left), _, weights, _), output in zip(batch, outputs):
+                                       _concat_prompts([b[4] for b in batch]), batch[0][5], len(batch),
+                                       self.added_conditioning(batch, x)).chunk(len(batch))
+            for (side, (h, w, top, left), _, weights, _, _, _), output in zip(batch, outputs):
                 sums[side][:, :, top:top + h, left:left + w] += output * weights
                 counts[side][:, :, top:top + h, left:left + w] += weights
         return [s / c if s is not None else None for s, c in zip(sums, counts)]

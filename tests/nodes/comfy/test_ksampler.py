@@ -206,13 +206,3 @@ def test_sampler_function_is_what_the_node_runs():
     expected = sample_euler(ComfyDenoiser(model, cond(1.0), cond(0.5), 5.0), x, sigmas)
     assert torch.equal(out.samples, expected)
 
-
-def test_a_conditioning_with_controlnets_is_refused_not_ignored():
-    from nodes.builtin_models import build_tiny_controlnet
-    from nodes.comfy.guidance import ComfyDenoiser
-    from nodes.values import Control, ControlNet
-
-    control = Control(ControlNet(build_tiny_controlnet(), "sd1", "canny"), torch.zeros(1, 16, 16, 3), 1.0, 0.0, 1.0)
-    with pytest.raises(NodeInputError) as error:
-        ComfyDenoiser(affine_model(), cond(), cond().replace(controls=(control,)), 5.0)
-    assert error.value.input == "negative" and "canny" in str(error.value.received)
