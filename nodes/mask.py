@@ -186,6 +186,13 @@ def gaussian_blur(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return x[:, 0].clamp(0, 1)
 
 
+def check_padded_pixels(ctx, batch: int, height: int, width: int, left: int, top: int, right: int, bottom: int) -> None:
+    """A shared server's pixel bound for a canvas padded by these sides, before it is made; a refusal names the
+    widest side's input."""
+    widest = max(("left", left), ("top", top), ("right", right), ("bottom", bottom), key=lambda side: side[1])[0]
+    check_pixels(ctx, widest, batch, height + top + bottom, width + left + right, "padded canvas")
+
+
 @node(outputs={"mask": MASK}, category="mask")
 def BlurMask(
     mask: Mask = Input(MASK),
@@ -233,8 +240,7 @@ def PadImageForOutpaint(
     multiples of 8 so the canvas stays a valid latent size."""
     pixels = image.pixels
     batch, height, width, _ = pixels.shape
-    widest = max(("left", left), ("top", top), ("right", right), ("bottom", bottom), key=lambda side: side[1])[0]
-    check_pixels(ctx, widest, batch, height + top + bottom, width + left + right, "padded canvas")
+    check_padded_pixels(ctx, batch, height, width, left, top, right, bottom)
     padded = F.pad(pixels.permute(0, 3, 1, 2), (left, right, top, bottom), value=OUTPAINT_FILL).permute(0, 2, 3, 1)
     mask = outpaint_mask(height, width, left, top, right, bottom, feathering).to(pixels.device)
     return Image(pixels=padded.contiguous()), Mask(mask=mask.expand(batch, -1, -1).clone())

@@ -55,6 +55,19 @@ def tile_count(height: int, width: int, tile: int, overlap: int, shrink: int = 1
     return len(tile_starts(height // shrink, tile, overlap)) * len(tile_starts(width // shrink, tile, overlap))
 
 
+def tile_counter(report: Callable[[int, int], None], total: int) -> Callable[[], None]:
+    """An ``on_tile`` for :func:`run_tiled` that calls ``report(done, total)`` after each tile (a node passes
+    ``ctx.progress``, which also stops a cancelled run between tiles)."""
+    done = 0
+
+    def on_tile() -> None:
+        nonlocal done
+        done += 1
+        report(done, total)
+
+    return on_tile
+
+
 def run_tiled(run: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, tile: int, overlap: int,
               scale: int = 1, shrink: int = 1, on_tile: Callable[[], None] | None = None) -> torch.Tensor:
     """``run`` over one input (1, C, H, W) in overlapping tiles: the output is (1, C', H·scale/shrink, W·scale/shrink).

@@ -22,7 +22,7 @@ from graphflow.node import Input, node
 from .loaders import pick_device
 from .mask import luminance
 from .pixels import check_pixels
-from .tiling import run_tiled, tile_count
+from .tiling import run_tiled, tile_count, tile_counter
 from .search import MissingFile, file_fingerprint, find_file, preflight_check, search_folders
 from .values import IMAGE, UPSCALE_MODEL, Image, SocketValue, digest_of, nbytes_of
 
@@ -216,15 +216,8 @@ def UpscaleWithModel(
 
 def upscale_with_progress(model: UpscaleModel, image: Image, tile: int, overlap: int, ctx: RunContext) -> torch.Tensor:
     """:func:`upscale_image` reporting ``ctx.progress(tile, n_tiles)`` after every tile (which also checks cancel)."""
-    per_image = tile_count(image.height, image.width, tile, overlap)
-    total, done = image.batch_size * per_image, 0
-
-    def on_tile() -> None:
-        nonlocal done
-        done += 1
-        ctx.progress(done, total)
-
-    return upscale_image(model, image.pixels, tile, overlap, on_tile)
+    total = image.batch_size * tile_count(image.height, image.width, tile, overlap)
+    return upscale_image(model, image.pixels, tile, overlap, tile_counter(ctx.progress, total))
 
 
 def _release_cached_memory() -> None:

@@ -20,7 +20,7 @@ from graphflow.context import RunContext
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
-from .tiling import run_tiled, tile_count
+from .tiling import run_tiled, tile_count, tile_counter
 from .mask import gaussian_blur, latent_noise_mask, match_mask_to_image, masks_for_batch
 from .pixels import check_pixels
 from .values import IMAGE, LATENT, MASK, VAE, Image, Latent, Mask, Vae
@@ -83,15 +83,15 @@ def vae_tile_count(vae: Vae, height: int, width: int, tile_size: int, overlap: i
     return tile_count(height // vae.downscale, width // vae.downscale, tile, shared)
 
 
-def tile_progress(ctx: RunContext, total: int) -> Callable[[], None]:
-    done = 0
+def decoded_size(vae: Vae, latent: Latent) -> tuple[int, int]:
+    """(height, width) in pixels of the picture ``vae`` decodes ``latent`` to."""
+    height, width = latent.samples.shape[-2:]
+    return height * vae.downscale, width * vae.downscale
 
-    def on_tile() -> None:
-        nonlocal done
-        done += 1
-        ctx.progress(done, total)  # also where a cancelled run stops
 
-    return on_tile
+def check_decoded_pixels(ctx: RunContext, vae: Vae, latent: Latent, input_name: str) -> None:
+    """A shared server's pixel bound (:func:`~nodes.pixels.check_pixels`) for decoding ``latent``, before decoding."""
+    check_pixels(ctx, input_name, latent.batch_size, *decoded_size(vae, latent), "decoded image")
 
 
 def check_encodable(vae: Vae, image: Image) -> None:
@@ -133,12 +133,11 @@ def VAEDecode(vae: Vae = Input(VAE), latent: Latent = Input(LATENT), tile_size: 
     original picture with its blurred mask: outside the mask the pixels are exactly the original's.
     ``tile_size`` decodes large images tile by tile (progress per tile, cancellable between tiles)."""
     check_tiles(tile_size, tile_overlap)
-    height, width = latent.samples.shape[-2:]
-    check_pixels(ctx, "latent", latent.batch_size, height * vae.downscale, width * vae.downscale, "decoded image")
+    check_decoded_pixels(ctx, vae, latent, "latent")
     on_tile = None
     if tile_size:
-        height, width = (side * vae.downscale for side in latent.samples.shape[-2:])
-        on_tile = tile_progress(ctx, latent.batch_size * vae_tile_count(vae, height, width, tile_size, tile_overlap))
+        tiles = vae_tile_count(vae, *decoded_size(vae, latent), tile_size, tile_overlap)
+        on_tile = tile_counter(ctx.progress, latent.batch_size * tiles)
     return Image(pixels=paste_back(decode_latents(vae, latent.samples, tile_size, tile_overlap, on_tile), latent))
 
 
@@ -155,7 +154,8 @@ def VAEEncode(vae: Vae = Input(VAE), image: Image = Input(IMAGE), tile_size: int
     check_tiles(tile_size, tile_overlap)
     on_tile = None
     if tile_size:
-        on_tile = tile_progress(ctx, image.batch_size * vae_tile_count(vae, image.height, image.width, tile_size, tile_overlap))
+        tiles = vae_tile_count(vae, image.height, image.width, tile_size, tile_overlap)
+        on_tile = tile_counter(ctx.progress, image.batch_size * tiles)
     return Latent(samples=encode_pixels(vae, image.pixels, tile_size, tile_overlap, on_tile))
 
 

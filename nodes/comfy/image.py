@@ -12,6 +12,7 @@ from graphflow.node import Input, node
 
 from ..image import LoadImage as GraphflowLoadImage
 from ..image import input_file, open_picture
+from ..mask import check_padded_pixels
 from ..pixels import check_pixels
 from ..upscale import UpscaleWithModel
 from ..values import IMAGE, MASK, UPSCALE_MODEL, Image, Mask
@@ -121,8 +122,7 @@ def ImagePadForOutpaint(
 ) -> tuple[Image, Mask]:
     """A bigger canvas, the new area grey (0.5), and a mask: 1 on the new area, feathered into the picture."""
     batch, height, width, channels = image.pixels.shape
-    widest = max(("left", left), ("top", top), ("right", right), ("bottom", bottom), key=lambda side: side[1])[0]
-    check_pixels(ctx, widest, batch, height + top + bottom, width + left + right, "padded canvas")
+    check_padded_pixels(ctx, batch, height, width, left, top, right, bottom)
     canvas = torch.full((batch, height + top + bottom, width + left + right, channels), 0.5)
     canvas[:, top:top + height, left:left + width] = image.pixels.cpu().float()
     mask = torch.ones(height + top + bottom, width + left + right)

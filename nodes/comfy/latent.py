@@ -14,7 +14,7 @@ from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
 from .. import lazy_module
-from ..pixels import check_pixels
+from ..latent import check_latent_pixels
 from ..values import LATENT, MASK, Latent, Mask
 from .resize import MAX_RESOLUTION, Crop, LatentMethod, common_upscale, fit_sides
 
@@ -27,12 +27,6 @@ def noise_mask_at(mask: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor"
     brings its picture-size noise masks to latent size."""
     flat = mask.reshape(-1, 1, *mask.shape[-2:]).float()
     return F.interpolate(flat, size=size, mode="bilinear")
-
-
-def check_latent_pixels(ctx: RunContext, input_name: str, batch: int, height: int, width: int) -> None:
-    """A shared server's pixel bound for a latent of height × width latent units, counted as ComfyUI sizes it:
-    the picture 8× larger (the engine cannot know which VAE will decode it)."""
-    check_pixels(ctx, input_name, batch, height * LATENT_FACTOR, width * LATENT_FACTOR, "image this latent decodes to")
 
 
 def resized(latent: Latent, width: int, height: int, method: str, crop: str) -> Latent:
@@ -71,7 +65,7 @@ def LatentUpscale(
         return samples
     h, w = samples.samples.shape[-2:]
     width, height = fit_sides(width, height, w, h, 64)
-    check_latent_pixels(ctx, "width", samples.batch_size, height // LATENT_FACTOR, width // LATENT_FACTOR)
+    check_latent_pixels(ctx, "width", samples.batch_size, height // LATENT_FACTOR, width // LATENT_FACTOR, vae=None)
     return resized(samples, width // LATENT_FACTOR, height // LATENT_FACTOR, upscale_method, crop)
 
 
@@ -85,7 +79,7 @@ def LatentUpscaleBy(
 ) -> Latent:
     """Resize latents by a factor (each side rounded)."""
     h, w = samples.samples.shape[-2:]
-    check_latent_pixels(ctx, "scale_by", samples.batch_size, round(h * scale_by), round(w * scale_by))
+    check_latent_pixels(ctx, "scale_by", samples.batch_size, round(h * scale_by), round(w * scale_by), vae=None)
     return resized(samples, round(w * scale_by), round(h * scale_by), upscale_method, "disabled")
 
 
@@ -120,7 +114,7 @@ def LatentFromBatch(
 def RepeatLatentBatch(samples: Latent = Input(LATENT), amount: int = Field(1, ge=1, le=64), *,
                       ctx: RunContext) -> Latent:
     """The batch repeated ``amount`` times; per-image masks repeat with it, places in the batch continue."""
-    check_latent_pixels(ctx, "amount", samples.batch_size * amount, *samples.samples.shape[-2:])
+    check_latent_pixels(ctx, "amount", samples.batch_size * amount, *samples.samples.shape[-2:], vae=None)
     def repeated(tensor):
         if tensor is None or tensor.shape[0] == 1:  # one mask serves the whole batch, repeated or not
             return tensor

@@ -9,8 +9,7 @@ from graphflow.context import RunContext
 from graphflow.node import Input, node
 
 from .. import lazy_module
-from ..pixels import check_pixels
-from ..vae import decode_latents, encode_pixels
+from ..vae import check_decoded_pixels, decode_latents, encode_pixels
 from ..values import IMAGE, LATENT, MASK, VAE, Image, Latent, Mask, Vae
 from .latent import noise_mask_at
 
@@ -27,8 +26,7 @@ def crop_offsets(height: int, width: int, factor: int) -> tuple[slice, slice]:
 @node(name="comfy.VAEDecode", outputs={"IMAGE": IMAGE}, category="comfy/latent")
 def VAEDecode(samples: Latent = Input(LATENT), vae: Vae = Input(VAE), *, ctx: RunContext) -> Image:
     """Decode latents to pixels in [0, 1]."""
-    height, width = (side * vae.downscale for side in samples.samples.shape[-2:])
-    check_pixels(ctx, "samples", samples.batch_size, height, width, "decoded image")
+    check_decoded_pixels(ctx, vae, samples, "samples")
     return Image(pixels=decode_latents(vae, samples.samples))
 
 
