@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
+from .argtypes import positive_int
 from .context import CancelToken, Settings
 from .env import EnvironmentInvalid
 from .errors import Cancelled, GraphflowError, NodeFailed, WorkflowFormatError, WorkflowInvalid
@@ -121,16 +122,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}")
-    return value
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     from .execute import Engine
 
@@ -212,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from-png", metavar="IMAGE.png", help="rerun the workflow a PNG carries (saved by graphflow, or by a tool a node pack reads)")
     run.add_argument("--disk-cache", metavar="DIR", help="keep small node outputs in DIR across runs "
                      "(default $GRAPHFLOW_DISK_CACHE; off when neither is set)")
-    run.add_argument("--repeat", type=_count, default=1, metavar="N",
+    run.add_argument("--repeat", type=positive_int, default=1, metavar="N",
                      help="run N times (A1111's batch count): a fixed seed counts up by one per run, -1/random draws anew")
     run.set_defaults(handler=cmd_run)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import env
+from ..argtypes import positive_int
 from ..paths import UnusableFolder
 from .app import LOOPBACK_HOSTS, ServerConfig, create_app
 from .limits import Limits
@@ -89,16 +90,6 @@ def literal_limit(text: str) -> tuple[str, float]:
         return name.strip(), float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected NAME=NUMBER (e.g. count=150), got {text!r}") from None
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
 
 
 def ray_options(args: argparse.Namespace):
