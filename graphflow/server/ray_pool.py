@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, replace
 from itertools import count
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from ..context import CancelToken, Settings
 from ..execute import Engine
@@ -157,7 +157,7 @@ class RayExecutor:
 
     def run(self, job: Job, send: Publish) -> Finished:
         ray = self.pool.ray
-        inputs = referenced_uploads(job.workflow, self.pool.uploads_dir)
+        inputs = referenced_uploads(job.workflow, (self.pool.uploads_dir, *self.pool.asset_dirs))
         accepted = False
         try:
             for ref in self.actor.run.remote(job.id, job.workflow, job.outputs, inputs):
@@ -205,6 +205,7 @@ class RayPool:
                  outputs_dir: Path, preview_interval: float = 0.5):
         self.ray = ray = require_ray()
         self.options, self.uploads_dir, self.outputs_dir = options, uploads_dir, outputs_dir
+        self.asset_dirs = settings.asset_dirs  # the server's read-only example folders: their files travel like uploads
         self._owns_connection = not ray.is_initialized()
         if self._owns_connection:
             # "local": a Ray of our own even when `ray start` made one on this machine (which None would join)
@@ -289,19 +290,22 @@ class RayPool:
             self.ray.shutdown()
 
 
-def referenced_uploads(workflow: dict[str, Any], uploads_dir: Path) -> dict[str, bytes]:
-    """The uploaded files a workflow's literal inputs name, by name: a worker elsewhere needs their bytes."""
+def referenced_uploads(workflow: dict[str, Any], folders: Sequence[Path]) -> dict[str, bytes]:
+    """The input files a workflow's literal inputs name, by name, looked up as the engine does (the uploads
+    folder, then the server's asset folders): a worker elsewhere needs their bytes."""
     found: dict[str, bytes] = {}
     for node in (workflow.get("nodes") or {}).values():
         for value in (node.get("inputs") or {}).values():
             if not isinstance(value, str) or not value or value in found:
                 continue
-            try:
-                path = resolve_inside(uploads_dir, value)
-            except (UnsafePath, ValueError, OSError):
-                continue
-            if path.is_file():
-                found[value] = path.read_bytes()
+            for folder in folders:
+                try:
+                    path = resolve_inside(folder, value)
+                except (UnsafePath, ValueError, OSError):
+                    continue
+                if path.is_file():
+                    found[value] = path.read_bytes()
+                    break
     return found
 
 

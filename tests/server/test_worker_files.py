@@ -27,4 +27,16 @@ def test_the_uploads_a_workflow_names_travel_with_it_and_nothing_else(tmp_path):
         "escape": {"type": "LoadImage", "inputs": {"name": "../secret.txt"}},
         "missing": {"type": "LoadImage", "inputs": {"name": "nope.png", "steps": 3}}}}
     (tmp_path.parent / "secret.txt").write_text("no")
-    assert referenced_uploads(workflow, tmp_path) == {"photo.png": b"png"}
+    assert referenced_uploads(workflow, [tmp_path]) == {"photo.png": b"png"}
+
+
+def test_files_from_the_servers_asset_folders_travel_too_uploads_first(tmp_path):
+    uploads, assets = tmp_path / "uploads", tmp_path / "assets"
+    uploads.mkdir(), assets.mkdir()
+    (uploads / "photo.png").write_bytes(b"uploaded")
+    (assets / "photo.png").write_bytes(b"shipped")
+    (assets / "outline.png").write_bytes(b"outline")
+    workflow = {"graphflow": 1, "nodes": {
+        "a": {"type": "LoadImage", "inputs": {"name": "photo.png"}},
+        "b": {"type": "LoadImage", "inputs": {"name": "outline.png"}}}}
+    assert referenced_uploads(workflow, [uploads, assets]) == {"photo.png": b"uploaded", "outline.png": b"outline"}
