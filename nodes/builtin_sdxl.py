@@ -72,14 +72,16 @@ def build_tiny_sdxl_components(refiner: bool = False, seed: int = TINY_SEED + 10
 
 def sdxl_pipeline(components: dict, img2img: bool | None = None):
     """The diffusers SDXL pipeline over these components: Img2Img for a refiner (or when asked), else txt2img,
-    with the real models' pipeline settings (refiner: aesthetic score, no zeroed empty negative)."""
+    with the real models' pipeline settings (refiner: aesthetic score, no zeroed empty negative). Without
+    diffusers' invisible watermark, which it adds to pictures of 256 pixels and more when the package is
+    installed: graphflow marks a picture only when asked (SaveImage's ``watermark``), so the pixels compare."""
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
     refiner = components["text_encoder"] is None
     if img2img or (img2img is None and refiner):
         return StableDiffusionXLImg2ImgPipeline(**components, requires_aesthetics_score=refiner,
-                                                force_zeros_for_empty_prompt=not refiner)
-    return StableDiffusionXLPipeline(**components, force_zeros_for_empty_prompt=True)
+                                                force_zeros_for_empty_prompt=not refiner, add_watermarker=False)
+    return StableDiffusionXLPipeline(**components, force_zeros_for_empty_prompt=True, add_watermarker=False)
 
 
 def tiny_sdxl_folder(refiner: bool = False) -> Path:
