@@ -1,6 +1,6 @@
 """Built-in tiny SDXL models that need no download: ``tiny-sdxl`` (base) and ``tiny-sdxl-refiner``.
 
-Random weights with SDXL's real architecture at test-suite size: a three-level UNet with the added "text_time"
+Random weights with SDXL's components at test-suite size: a three-level UNet with the added "text_time"
 conditioning (pooled text + size / crop / aesthetic ids) and transformer depth 2 in its attention level, SDXL's
 8x VAE (four levels, 32-64 channels wide), and the two text encoders of SDXL at different widths (a 5-layer
 OpenAI-CLIP-style one, 32 wide, and a 10-layer OpenCLIP-style one, 64 wide, with a text projection: ten layers are
@@ -46,6 +46,7 @@ def build_tiny_sdxl_components(refiner: bool = False, seed: int = TINY_SEED + 10
     width_l, width_g = 32, 64
     time_ids = 5 if refiner else 6  # original size, crop, then target size (2) or aesthetic score (1)
     torch.manual_seed(seed)
+    # SDXL's UNet also attends at its middle level; v1's did, and took 5x this one's time on a 128x128 latent
     unet = UNet2DConditionModel(
         block_out_channels=(32, 32, 64), layers_per_block=2, sample_size=128, in_channels=4, out_channels=4,
         down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
