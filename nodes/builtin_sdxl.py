@@ -1,12 +1,15 @@
 """Built-in tiny SDXL models that need no download: ``tiny-sdxl`` (base) and ``tiny-sdxl-refiner``.
 
-Random weights with SDXL's real architecture at test-suite size: a UNet with the added "text_time" conditioning
-(pooled text + size / crop / aesthetic ids), transformer depth 2 in its attention level, and the two text
-encoders of SDXL at different widths (a 5-layer OpenAI-CLIP-style one, 32 wide, and a 10-layer OpenCLIP-style
-one, 64 wide, with a text projection: ten layers are what SDXL single-file detection looks for). The refiner,
-like the real one, has only the second encoder and conditions on an aesthetic score instead of a target size.
-Built deterministically from fixed seeds on first use and written as a diffusers folder into the cache, so from
-then on they load through the same code as any user model. Their images are noise."""
+Random weights with SDXL's components at test-suite size: a three-level UNet with the added "text_time"
+conditioning (pooled text + size / crop / aesthetic ids) and transformer depth 2 in its attention level, SDXL's
+8x VAE (four levels, 32-64 channels wide), and the two text encoders of SDXL at different widths (a 5-layer
+OpenAI-CLIP-style one, 32 wide, and a 10-layer OpenCLIP-style one, 64 wide, with a text projection: ten layers are
+what SDXL single-file detection looks for). The refiner, like the real one, has only the second encoder and
+conditions on an aesthetic score instead of a target size. Sized so the shipped SDXL workflows run at SDXL's
+1024x1024 (a 128x128 latent) in seconds on a CPU: the UNet attends only at its lowest resolution, the VAE's
+full-resolution level is 32 channels wide (its GroupNorm's 32 groups are the least that the shipped SDXL config
+allows). Built deterministically from fixed seeds on first use and written as a diffusers folder into the cache,
+so from then on they load through the same code as any user model. Their images are noise."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +20,7 @@ from graphflow.paths import atomic_folder
 
 from .builtin_models import PACKAGE_MODELS, TINY_SEED, cache_dir, clip_text_encoder, clip_tokenizer
 
-TINY_SDXL_VERSION = 1
+TINY_SDXL_VERSION = 2  # 2: the 8x VAE and a three-level UNet (1: a 2x VAE)
 TINY_SDXL_NAMES = ("tiny-sdxl", "tiny-sdxl-refiner")
 TIME_EMBED_DIM = 8  # width of each embedded size / crop / score id (SDXL: 256)
 POOLED_DIM = 32  # the second encoder's text projection (SDXL: 1280)
@@ -43,18 +46,20 @@ def build_tiny_sdxl_components(refiner: bool = False, seed: int = TINY_SEED + 10
     width_l, width_g = 32, 64
     time_ids = 5 if refiner else 6  # original size, crop, then target size (2) or aesthetic score (1)
     torch.manual_seed(seed)
+    # SDXL's UNet also attends at its middle level; v1's did, and took 5x this one's time on a 128x128 latent
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2), attention_head_dim=(2, 4), use_linear_projection=True,
+        block_out_channels=(32, 32, 64), layers_per_block=2, sample_size=128, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2), attention_head_dim=(1, 2, 4), use_linear_projection=True,
         cross_attention_dim=width_g if refiner else width_l + width_g, addition_embed_type="text_time",
         addition_time_embed_dim=TIME_EMBED_DIM, projection_class_embeddings_input_dim=TIME_EMBED_DIM * time_ids + POOLED_DIM,
     )
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
-        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-        scaling_factor=0.13025, force_upcast=True,
+        block_out_channels=[32, 32, 32, 64], layers_per_block=1, in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        sample_size=1024, scaling_factor=0.13025, force_upcast=True,
     )
     torch.manual_seed(seed + 2)
     text_encoder = None if refiner else clip_text_encoder(width_l, layers=5, intermediate=37).eval()
@@ -68,14 +73,16 @@ def build_tiny_sdxl_components(refiner: bool = False, seed: int = TINY_SEED + 10
 
 def sdxl_pipeline(components: dict, img2img: bool | None = None):
     """The diffusers SDXL pipeline over these components: Img2Img for a refiner (or when asked), else txt2img,
-    with the real models' pipeline settings (refiner: aesthetic score, no zeroed empty negative)."""
+    with the real models' pipeline settings (refiner: aesthetic score, no zeroed empty negative). Without
+    diffusers' invisible watermark, which it adds to pictures of 256 pixels and more when the package is
+    installed: graphflow marks a picture only when asked (SaveImage's ``watermark``), so the pixels compare."""
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
     refiner = components["text_encoder"] is None
     if img2img or (img2img is None and refiner):
         return StableDiffusionXLImg2ImgPipeline(**components, requires_aesthetics_score=refiner,
-                                                force_zeros_for_empty_prompt=not refiner)
-    return StableDiffusionXLPipeline(**components, force_zeros_for_empty_prompt=True)
+                                                force_zeros_for_empty_prompt=not refiner, add_watermarker=False)
+    return StableDiffusionXLPipeline(**components, force_zeros_for_empty_prompt=True, add_watermarker=False)
 
 
 def tiny_sdxl_folder(refiner: bool = False) -> Path:

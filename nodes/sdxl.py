@@ -5,10 +5,11 @@ The SDXL UNet (``addition_embed_type="text_time"``) takes besides the text featu
 (original height, width, crop top, left, target height, width) or five for the refiner (original size, crop,
 aesthetic score). Which of the two a UNet wants is read from its added-embedding width.
 
-``SDXLSizes`` sets them on a conditioning; what it leaves unset takes the pipelines' defaults, resolved in
-Sample where the image size is known: original and target size = the image's size, crop = (0, 0), aesthetic
-score 6.0 on the positive and 2.5 on the negative; a negative without its own values takes the positive's
-sizes and crop, as ``negative_original_size`` and friends default to the positive's in diffusers."""
+``SDXLSizes`` sets them on a conditioning, its sizes defaulting to SDXL's 1024x1024 (as ComfyUI's SDXL nodes do).
+What it leaves unset (a size of 0), and everything on a conditioning without SDXLSizes, takes the pipelines'
+defaults, resolved in Sample where the image size is known: original and target size = the image's size, crop
+= (0, 0), aesthetic score 6.0 on the positive and 2.5 on the negative; a negative without its own values takes
+the positive's sizes and crop, as ``negative_original_size`` and friends default to the positive's in diffusers."""
 from __future__ import annotations
 
 from pydantic import Field
@@ -23,8 +24,11 @@ SIZE_KEYS = ("original_width", "original_height", "crop_left", "crop_top", "targ
 POSITIVE_AESTHETIC, NEGATIVE_AESTHETIC = 6.0, 2.5  # StableDiffusionXLImg2ImgPipeline's defaults
 
 
-def _size(description: str):
-    return Field(0, ge=0, le=16384, description=description)
+SDXL_SIZE = 1024  # the size SDXL base and refiner were trained at
+
+
+def _size(description: str, default: int = SDXL_SIZE):
+    return Field(default, ge=0, le=16384, description=description)
 
 
 @node(outputs={"conditioning": CONDITIONING}, category="conditioning")
@@ -32,8 +36,8 @@ def SDXLSizes(
     conditioning: Conditioning = Input(CONDITIONING),
     original_width: int = _size("the size the image is said to come from; 0 = the image's width"),
     original_height: int = _size("0 = the image's height"),
-    crop_left: int = _size("the crop's top-left corner the image is said to be cut at (base and refiner)"),
-    crop_top: int = _size("0 = uncropped, the pipelines' default"),
+    crop_left: int = _size("the crop's top-left corner the image is said to be cut at (base and refiner)", 0),
+    crop_top: int = _size("0 = uncropped, the pipelines' default", 0),
     target_width: int = _size("the size asked for (SDXL base); 0 = the image's width"),
     target_height: int = _size("0 = the image's height"),
     aesthetic_score: float = Field(0.0, ge=0.0, le=10.0, description="SDXL refiner only; 0 = the pipeline's "
@@ -41,8 +45,9 @@ def SDXLSizes(
 ) -> Conditioning:
     """Set SDXL's size and crop conditioning (and the refiner's aesthetic score) on a conditioning.
 
-    Sizes of 0 and a score of 0 leave the pipelines' defaults (the image's size, 6.0 / 2.5 by side). A negative
-    without SDXLSizes takes the positive's sizes and crop, as diffusers' negative sizes default to the positive's."""
+    Sizes default to SDXL's 1024; sizes of 0 and a score of 0 leave the pipelines' defaults (the image's size,
+    6.0 / 2.5 by side). A negative without SDXLSizes takes the positive's sizes and crop, as diffusers' negative
+    sizes default to the positive's."""
     if conditioning.pooled is None:
         raise NodeInputError("conditioning", "size conditioning is read by SDXL models only; this conditioning has no "
                              "pooled embedding", "a conditioning encoded with an SDXL CLIP", "a single-encoder conditioning")

@@ -43,7 +43,8 @@ def values_of(parts: dict):
     encoders = [(parts["tokenizer_2"], parts["text_encoder_2"])] if refiner else \
         [(parts["tokenizer"], parts["text_encoder"]), (parts["tokenizer_2"], parts["text_encoder_2"])]
     (tokenizer, text_encoder), (tokenizer_2, text_encoder_2) = encoders[0], (encoders[1] if len(encoders) > 1 else (None, None))
-    model = Model(parts["unet"], dict(parts["scheduler"].config), family, "epsilon", family, vae_scale_factor=2,
+    downscale = 2 ** (len(parts["vae"].config.block_out_channels) - 1)
+    model = Model(parts["unet"], dict(parts["scheduler"].config), family, "epsilon", family, vae_scale_factor=downscale,
                   zero_empty_negative=not refiner)
     clip = Clip(tokenizer, text_encoder, family, family, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
     return model, clip, Vae(parts["vae"], family)
@@ -117,6 +118,18 @@ def test_size_and_crop_conditioning_match_the_pipeline(base_parts):
     assert (ours - sample(base_parts, "euler", seed=5)).abs().max() > 1e-4  # the ids reach the UNet
 
 
+def test_sdxl_sizes_default_to_1024_and_a_size_of_0_is_the_images_as_without_the_node(base_parts):
+    defaults = sample(base_parts, "euler", seed=5, positive_sizes={"crop_top": 0})
+    theirs = pipe_for(base_parts, "euler")(
+        PROMPT, negative_prompt=NEGATIVE, height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=CFG,
+        original_size=(1024, 1024), target_size=(1024, 1024), generator=generator(5), output_type="pt").images
+    assert_same_pixels(defaults, channels_last(theirs))
+    image_sized = sample(base_parts, "euler", seed=5, positive_sizes=dict.fromkeys(
+        ("original_width", "original_height", "target_width", "target_height"), 0))
+    assert torch.equal(image_sized, sample(base_parts, "euler", seed=5))  # the pipeline's default: the image's size
+    assert (image_sized - defaults).abs().max() > 1e-4
+
+
 @pytest.mark.parametrize("sampler", ["euler", "ddim"])
 def test_img2img_matches_sdxl_img2img_pipeline(base_parts, sampler):
     clean = start_latent(base_parts)
@@ -132,7 +145,8 @@ def test_refiner_img2img_matches_with_its_aesthetic_scores(refiner_parts, scores
     clean = start_latent(refiner_parts)
     extra, positive_sizes, negative_sizes = {}, None, None
     if scores:
-        extra = dict(aesthetic_score=scores[0], negative_aesthetic_score=scores[1])
+        # SDXLSizes sets the scores, and its default original size of 1024 on both sides
+        extra = dict(aesthetic_score=scores[0], negative_aesthetic_score=scores[1], original_size=(1024, 1024))
         positive_sizes, negative_sizes = dict(aesthetic_score=scores[0]), dict(aesthetic_score=scores[1])
     ours = sample(refiner_parts, "euler", seed=9, latent=clean, denoise=0.5, positive_sizes=positive_sizes,
                   negative_sizes=negative_sizes)
@@ -202,7 +216,7 @@ def test_builtin_tiny_sdxl_loads_with_the_weights_it_is_built_from(loader_ctx, n
     model, clip, vae = run_node(LoadCheckpoint, loader_ctx, name=name)
     built = build_tiny_sdxl_components(refiner=refiner)
     assert (model.family, clip.family) == (("sdxl-refiner",) * 2 if refiner else ("sdxl",) * 2)
-    assert (model.vae_scale_factor, model.zero_empty_negative) == (2, not refiner)
+    assert (model.vae_scale_factor, model.zero_empty_negative) == (8, not refiner)  # SDXL's 8x VAE
     assert model.scheduler_config["_class_name"] == "EulerDiscreteScheduler"
     first = built["text_encoder_2" if refiner else "text_encoder"]
     pairs = [(model.unet, built["unet"]), (vae.vae, built["vae"]), (clip.text_encoder, first)]
@@ -300,4 +314,5 @@ def test_sdxl_tokens_and_conditioning_survive_the_disk_cache(base_parts):
     for value in (tokens, conditioning):
         back = value_from_disk(*value_to_disk(value))
         assert back.__graphflow_digest__() == value.__graphflow_digest__()
-    assert back.sizes == {"original_width": 100.0, "crop_left": 0.0, "crop_top": 0.0} and back.pooled.shape == (1, 32)
+    assert back.sizes == {"original_width": 100.0, "original_height": 1024.0, "target_width": 1024.0,
+                          "target_height": 1024.0, "crop_left": 0.0, "crop_top": 0.0} and back.pooled.shape == (1, 32)

@@ -26,13 +26,13 @@ def sdxl_kohya_lora(parts, original_unet_names=False):
     state = {k.replace("lora_te_", "lora_te1_"): v for k, v in state.items()}
     second = make_kohya_lora(None, parts["text_encoder_2"].text_model, seed=2, attention_only=True)
     state.update({k.replace("lora_te_", "lora_te2_"): v for k, v in second.items()})
-    if original_unet_names:  # lora_unet_input_blocks_4_1_... as Kohya's SDXL trainer names the layers
+    if original_unet_names:  # lora_unet_input_blocks_7_1_... as Kohya's SDXL trainer names the layers
         paths = {name.rsplit(".", 1)[0]: name for name in parts["unet"].state_dict()}
         original = unet_to_original({name: None for name in paths.values()}, dict(parts["unet"].config))
         renamed = dict(zip([k.rsplit(".", 1)[0] for k in original], paths))
         to_original = {diffusers.replace(".", "_"): ldm.replace(".", "_") for ldm, diffusers in renamed.items()}
         state = {_rename(k, to_original): v for k, v in state.items()}
-        assert any(k.startswith("lora_unet_input_blocks_4_1_") for k in state)
+        assert any(k.startswith("lora_unet_input_blocks_7_1_") for k in state)  # the lowest level attends
     return state
 
 

@@ -1,6 +1,6 @@
-"""The SDXL examples (sdxl_txt2img.json, sdxl_refiner.json) run as shipped on the built-in tiny SDXL models and give
-diffusers' SDXL pipelines' pixels. Random weights draw noise, so what they promise is the pipelines' result and the
-split of the steps, not a picture."""
+"""The SDXL examples (sdxl_txt2img.json, sdxl_refiner.json) run as shipped, at SDXL's 1024x1024, on the built-in tiny
+SDXL models and give diffusers' SDXL pipelines' pixels (whose default size for these models is 1024 too). Random
+weights draw noise, so what they promise is the pipelines' result and the split of the steps, not a picture."""
 import pytest
 import torch
 
@@ -8,7 +8,7 @@ from nodes.builtin_sdxl import build_tiny_sdxl_components, sdxl_pipeline
 from tests.nodes.stage_helpers import channels_last
 
 COVERS = {"sdxl_txt2img.json", "sdxl_refiner.json"}
-PROMPT, SIZE, STEPS, CFG = "a red circle on a white background", 128, 10, 5.0
+PROMPT, SIZE, STEPS, CFG = "a red circle on a white background", 1024, 10, 5.0  # SDXL's own size
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +29,7 @@ def test_sdxl_txt2img_is_the_sdxl_pipeline_with_its_zeroed_empty_negative(shippe
                   generator=torch.Generator("cpu").manual_seed(42), output_type="pt").images
     ours = pixels(shipped, "sdxl_txt2img.json")
     assert ours.shape == (1, SIZE, SIZE, 3) and ours.std() > 0.01
+    assert base.default_sample_size * base.vae_scale_factor == SIZE  # the pipeline's own default size
     assert (ours - channels_last(theirs)).abs().max() <= 1e-5
 
 

@@ -24,7 +24,7 @@ EXPECTED_SIZES = {
     "hires_fix.json": (128, 128), "hires_fix_pixel.json": (128, 128), "hires_fix_model.json": (128, 128),
     "batch_grid.json": (128, 128), "inpaint.json": (64, 64), "outpaint.json": (128, 64),
     "denoise_animation.json": (64, 64), "lora.json": (64, 64), "long_prompt.json": (64, 64), "merge.json": (64, 64),
-    "controlnet_canny.json": (64, 64), "sdxl_txt2img.json": (128, 128), "sdxl_refiner.json": (128, 128),
+    "controlnet_canny.json": (64, 64), "sdxl_txt2img.json": (1024, 1024), "sdxl_refiner.json": (1024, 1024),
 }
 
 # What the examples on toy-shapes draw, read back from their PNGs: (colours allowed, shape). The README's first

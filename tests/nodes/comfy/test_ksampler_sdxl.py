@@ -31,7 +31,9 @@ def workflow(seed=1, checkpoint="tiny-sdxl", crop_top=None, negative_node="TextE
         nodes["7"] = {"type": "comfy.CLIPTextEncode", "inputs": {"text": "blurry", "clip": link("4", "CLIP")}}
         nodes["3"]["inputs"]["negative"] = link("7", "CONDITIONING")
     if crop_top is not None:
-        nodes["10"] = {"type": "SDXLSizes", "inputs": {"conditioning": link("6", "conditioning"), "crop_top": crop_top}}
+        image_sized = dict.fromkeys(("original_width", "original_height", "target_width", "target_height"), 0)
+        nodes["10"] = {"type": "SDXLSizes", "inputs": {"conditioning": link("6", "conditioning"), "crop_top": crop_top,
+                                                       **image_sized}}
         nodes["3"]["inputs"]["positive"] = link("10", "conditioning")
     return {"graphflow": 1, "nodes": nodes}
 
