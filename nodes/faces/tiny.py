@@ -1,9 +1,10 @@
 """Random-weight face models in the real architectures' layouts, for the tests and the example workflow.
 
 They prove that files load, are recognised and run, not that they restore or find anything: a random
-restorer scrambles a face, and the random detector's scores stay near 0.5, far under the 0.97 a face needs,
-so it finds none. RestoreFormer's sizes are read from its weights, so it can be tiny; spandrel builds GFPGAN
-at its one real size (86 M parameters) and CodeFormer's autoencoder too, so those are full-size.
+restorer scrambles a face, and a random detector's scores stay near 0.5, far under the 0.97 a face needs,
+so it finds none (the example workflow's detector is trained instead: ``training/train_face_detector.py``).
+RestoreFormer's sizes are read from its weights, so it can be tiny; spandrel builds GFPGAN at its one real size
+(86 M parameters) and CodeFormer's autoencoder too, so those are full-size.
 """
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ import torch
 TINY_RESTOREFORMER = {"n_embed": 32, "embed_dim": 32, "ch": 32, "ch_mult": (1, 1, 1, 1, 1, 1), "num_res_blocks": 1,
                       "z_channels": 32, "resolution": 512, "attn_resolutions": (16,), "head_size": 8}
 ASSET_SEED = 20261201
-ASSET_FILES = {"restorer": "facerestore_models/tiny-restoreformer.safetensors",
-               "detector": "facedetection/random-retinaface-mobile0.25.safetensors"}
+RESTORER_ASSET = "facerestore_models/tiny-restoreformer.safetensors"
 
 
 def restoreformer_state(seed: int = ASSET_SEED, **sizes) -> dict[str, torch.Tensor]:
@@ -60,7 +60,6 @@ def save_state(state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype | 
     return path
 
 
-def write_assets(root: Path) -> dict[str, Path]:
-    """The example workflow's two files under ``root`` (float16: half the bytes; loading casts to float32)."""
-    return {"restorer": save_state(restoreformer_state(), root / ASSET_FILES["restorer"], torch.float16),
-            "detector": save_state(retinaface_state(), root / ASSET_FILES["detector"], torch.float16)}
+def write_restorer_asset(root: Path) -> Path:
+    """The example workflow's restorer under ``root`` (float16: half the bytes; loading casts to float32)."""
+    return save_state(restoreformer_state(), root / RESTORER_ASSET, torch.float16)

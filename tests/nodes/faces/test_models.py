@@ -3,10 +3,11 @@ recognised from their keys, loaded strictly, and every bad file is refused by na
 import pytest
 import torch
 
+from graphflow.context import Settings
 from graphflow.errors import NodeInputError
 from nodes.faces import requirements, tiny
 from nodes.faces.detection import load_detector
-from nodes.faces.nodes import LoadFaceDetector, LoadFaceRestoreModel
+from nodes.faces.nodes import LoadFaceDetector, LoadFaceRestoreModel, model_path
 from nodes.faces.restorers import load_restorer, restore_crop
 from tests.nodes.runctx import make_ctx, run_node
 
@@ -116,3 +117,12 @@ def test_the_loaders_look_in_their_model_folders_and_list_what_is_there(tmp_path
     with pytest.raises(NodeInputError, match="no face detector named 'detection_Resnet50_Final.pth'") as caught:
         run_node(LoadFaceDetector, ctx)  # the default name, not there: never downloaded
     assert "det.safetensors" in caught.value.expected
+
+
+def test_an_a1111_install_lends_its_gfpgan_and_codeformer_folders(tmp_path):
+    models = tmp_path / "webui" / "models"
+    gfpgan = tiny.save_state({"x": torch.zeros(1)}, models / "GFPGAN" / "GFPGANv1.4.safetensors")
+    codeformer = tiny.save_state({"x": torch.zeros(1)}, models / "Codeformer" / "codeformer-v0.1.0.safetensors")
+    settings = Settings(models_dir=models)
+    assert model_path("facerestore_models", "GFPGANv1.4.safetensors", settings) == gfpgan
+    assert model_path("facerestore_models", "codeformer-v0.1.0.safetensors", settings) == codeformer
