@@ -48,9 +48,12 @@ def test_a_toy_faces_landmarks_are_the_template_through_its_placement():
     assert torch.allclose(apply_affine(align_matrix(DEMO_FACE.landmarks), DEMO_FACE.landmarks), face_template(), atol=1e-6)
 
 
-def test_a_short_run_writes_a_detector_file_that_loads(tmp_path):
+def test_a_short_run_writes_a_detector_file_that_loads_and_the_same_seed_writes_the_same_file(tmp_path):
     from nodes.faces.detection import load_detector
 
-    results = train(dataclasses.replace(Config(), steps=2, batch=2, held_out=2), tmp_path / "det.safetensors")
+    short = dataclasses.replace(Config(), steps=2, batch=2, held_out=2)
+    results = train(short, tmp_path / "det.safetensors")
     assert {"found", "missed", "false_detections"} <= set(results)
     assert load_detector(tmp_path / "det.safetensors", "det.safetensors").network.cfg["name"] == "mobilenet0.25"
+    train(short, tmp_path / "again.safetensors")
+    assert (tmp_path / "again.safetensors").read_bytes() == (tmp_path / "det.safetensors").read_bytes()
