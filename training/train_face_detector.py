@@ -121,15 +121,16 @@ def evaluate(path: Path, count: int, seed: int = 1000) -> dict:
 
 
 def train(config: Config, out: Path) -> dict:
-    from facexlib.detection.retinaface import RetinaFace, generate_config
+    from facexlib.detection.retinaface import generate_config
     from facexlib.detection.retinaface_utils import PriorBox
 
+    from nodes.faces.detection import retinaface
     from nodes.faces.tiny import save_state
 
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    network = RetinaFace(network_name="mobile0.25", phase="train", device=torch.device("cpu")).train()
+    network = retinaface("mobile0.25", phase="train").train()
     priors = PriorBox(generate_config("mobile0.25"), image_size=(SIZE, SIZE)).forward()
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=1e-4)
     start = time.time()

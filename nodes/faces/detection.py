@@ -65,14 +65,22 @@ def detector_network(state: dict[str, torch.Tensor], name: str) -> str:
                          "facexlib's detection_Resnet50_Final.pth or detection_mobilenet0.25_Final.pth", name)
 
 
+def retinaface(network: str, device: torch.device | str = "cpu", phase: str = "test"):
+    """A fresh facexlib RetinaFace ("resnet50" or "mobile0.25"), built without facexlib's deprecation noise."""
+    with warnings.catch_warnings():
+        # facexlib's import scripts a function with the deprecated torch.jit, and its ResNet-50 asks torchvision
+        # for resnet50(pretrained=False), a deprecated spelling
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        from facexlib.detection.retinaface import RetinaFace
+
+        return RetinaFace(network_name=network, phase=phase, device=torch.device(device))
+
+
 def load_detector(path: Path, name: str, device: torch.device | str = "cpu") -> FaceDetector:
     """facexlib's RetinaFace with the weights of ``path``; NodeInputErrors on ``name`` for every way it fails."""
     require_package("facexlib", "the face detector (RetinaFace)")
     import spandrel
-
-    with warnings.catch_warnings():  # facexlib's package import scripts a function with the deprecated torch.jit
-        warnings.simplefilter("ignore", FutureWarning)
-        from facexlib.detection.retinaface import RetinaFace
 
     try:  # spandrel's reader: .pth through a restricted unpickler, .safetensors
         state = spandrel.ModelLoader().load_state_dict_from_file(path)
@@ -80,9 +88,7 @@ def load_detector(path: Path, name: str, device: torch.device | str = "cpu") -> 
         raise NodeInputError("name", f"could not read {name!r} as a weights file: {exc}",
                              "a .pth or .safetensors state dict", name) from None
     state = {key.removeprefix("module."): value for key, value in state.items()}  # saved from DataParallel
-    with warnings.catch_warnings():  # facexlib asks torchvision for resnet50(pretrained=False), a deprecated spelling
-        warnings.simplefilter("ignore", UserWarning)
-        network = RetinaFace(network_name=detector_network(state, name), device=torch.device(device))
+    network = retinaface(detector_network(state, name), device)
     expected = network.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]

@@ -45,10 +45,10 @@ def codeformer_state(seed: int = ASSET_SEED) -> dict[str, torch.Tensor]:
 
 
 def retinaface_state(network: str = "mobile0.25", seed: int = ASSET_SEED) -> dict[str, torch.Tensor]:
-    from facexlib.detection.retinaface import RetinaFace
+    from .detection import retinaface
 
     torch.manual_seed(seed)
-    return RetinaFace(network_name=network, device=torch.device("cpu")).state_dict()
+    return retinaface(network).state_dict()
 
 
 def save_state(state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype | None = None) -> Path:
