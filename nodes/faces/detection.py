@@ -118,10 +118,9 @@ def detect_faces(detector: FaceDetector, pixels: torch.Tensor, confidence: float
     bgr = (chw[0].clamp(0, 1) * 255).flip(0).permute(1, 2, 0).cpu().numpy().astype(np.float32)
     with torch.no_grad():
         found = detector.network.detect_faces(bgr, conf_threshold=confidence)
+    x_scale, y_scale = width / bgr.shape[1], height / bgr.shape[0]  # detector pixels → the image's
     faces = []
     for row in np.asarray(found, dtype=np.float64).reshape(-1, 15):
-        x_scale = width / bgr.shape[1]
-        y_scale = height / bgr.shape[0]
         landmarks = torch.tensor(row[5:15].reshape(5, 2) * [x_scale, y_scale])
         box = (row[0] * x_scale, row[1] * y_scale, row[2] * x_scale, row[3] * y_scale)
         face = Face(box=tuple(float(v) for v in box), score=float(row[4]), landmarks=landmarks)
