@@ -1,11 +1,12 @@
 """Where the models of each kind are, so an existing ComfyUI or AUTOMATIC1111 install serves as the models folder.
 
-For a kind (``checkpoints``, ``vae``, ``loras``, ``embeddings``, ``upscale_models``, ``controlnet``) the folders
+For a kind (``checkpoints``, ``vae``, ``loras``, ``embeddings``, ``upscale_models``, ``controlnet``,
+``facerestore_models``, ``facedetection``) the folders
 are, in order, those that exist among:
 
 1. ``<models>/<kind>``: graphflow's layout, which is ComfyUI's ``models/`` folder (always listed: messages name it);
 2. A1111's names for it in ``<models>``: ``Stable-diffusion``, ``VAE``, ``Lora`` and ``LyCORIS``, ``ESRGAN``,
-   ``RealESRGAN`` and ``SwinIR``, ``ControlNet``; A1111 keeps ``embeddings/`` beside ``models/``;
+   ``RealESRGAN`` and ``SwinIR``, ``ControlNet``, ``GFPGAN`` and ``Codeformer``; A1111 keeps ``embeddings/`` beside ``models/``;
 3. the folders ComfyUI's ``extra_model_paths.yaml`` gives for the kind, in its documented format (sections with an
    optional ``base_path``, relative to the file's folder, and one path per line for each kind), read from
    ``<models>/extra_model_paths.yaml`` or ``<models>/../extra_model_paths.yaml`` (ComfyUI's own folder when
@@ -28,6 +29,7 @@ A1111_NAMES = {
     "loras": ("Lora", "LyCORIS"),
     "upscale_models": ("ESRGAN", "RealESRGAN", "SwinIR"),
     "controlnet": ("ControlNet",),
+    "facerestore_models": ("GFPGAN", "Codeformer"),
 }
 # The kinds' keys in extra_model_paths.yaml (ComfyUI's folder names; t2i_adapter shares controlnet's models)
 YAML_KEYS = {"controlnet": ("controlnet", "t2i_adapter")}

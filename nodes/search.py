@@ -43,6 +43,31 @@ def find_file(folders: Iterable[Path], candidates: Iterable[str], input_name: st
     return None
 
 
+def files_in(folders: Iterable[Path], suffixes: tuple[str, ...]) -> list[str]:
+    """Files ending in one of ``suffixes`` in the folders (sub-folders included), as names relative to their
+    folder, sorted: what a loader of single-file models lists."""
+    names: set[str] = set()
+    for folder in map(Path, folders):
+        if folder.is_dir():
+            files = (p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+            names.update(p.relative_to(folder).as_posix() for p in files)
+    return sorted(names)
+
+
+def model_file(name: str, folders: list[Path], suffixes: tuple[str, ...], what: str) -> Path:
+    """The file ``name`` refers to in the first folder holding it, or a NodeInputError on the input ``name``:
+    MissingFile listing the files that exist, or a file that does not end in one of ``suffixes``. ``what``
+    names the kind in messages ("upscale model")."""
+    path = find_file(folders, [name], "name")
+    if path is None:
+        available = files_in(folders, suffixes)
+        listing = ", ".join(available) if available else f"none — put {'/'.join(suffixes)} files in {folders[0]}"
+        raise MissingFile("name", f"no {what} named {name!r}", f"one of: {listing}", name)
+    if path.suffix.lower() not in suffixes:
+        raise NodeInputError("name", f"has a suffix no {what} file has", f"a file ending in {', '.join(suffixes)}", name)
+    return path
+
+
 def file_fingerprint(path: Path | None) -> str:
     """Identity of a resolved file (where it is, its size and modification time) for a node's cache key:
     editing the file, or a new file shadowing it from an earlier folder, changes it."""

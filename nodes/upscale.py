@@ -23,7 +23,7 @@ from .loaders import pick_device
 from .mask import luminance
 from .pixels import check_pixels
 from .tiling import run_tiled, tile_count, tile_counter
-from .search import MissingFile, file_fingerprint, find_file, preflight_check, search_folders
+from .search import file_fingerprint, files_in, model_file, preflight_check, search_folders
 from .values import IMAGE, UPSCALE_MODEL, Image, SocketValue, digest_of, nbytes_of
 
 MODEL_FOLDER = "upscale_models"
@@ -66,25 +66,12 @@ def model_folders(settings: Any) -> list[Path]:
 
 def available_models(settings: Any) -> list[str]:
     """Model files in the upscale model folders (sub-folders included), as names LoadUpscaleModel takes."""
-    names: set[str] = set()
-    for folder in map(Path, model_folders(settings)):
-        if folder.is_dir():
-            files = (p for p in folder.rglob("*") if p.suffix.lower() in MODEL_SUFFIXES and p.is_file())
-            names.update(p.relative_to(folder).as_posix() for p in files)
-    return sorted(names)
+    return files_in(model_folders(settings), MODEL_SUFFIXES)
 
 
 def model_path(name: str, settings: Any) -> Path:
     """The file ``name`` refers to, or a NodeInputError on ``name`` listing the files that exist."""
-    path = find_file(model_folders(settings), [name], "name")
-    if path is None:
-        available = available_models(settings)
-        listing = ", ".join(available) if available else f"none — put .pth/.safetensors files in {model_folders(settings)[0]}"
-        raise MissingFile("name", f"no upscale model named {name!r}", f"one of: {listing}", name)
-    if path.suffix.lower() not in MODEL_SUFFIXES:
-        raise NodeInputError("name", "is not a model file spandrel can read",
-                             f"a file ending in {', '.join(MODEL_SUFFIXES)}", name)
-    return path
+    return model_file(name, model_folders(settings), MODEL_SUFFIXES, "upscale model")
 
 
 def supported_architectures() -> list[str]:

@@ -32,7 +32,8 @@ CONTROL_NET = "CONTROL_NET"
 def tensor_digest(tensor: torch.Tensor, hasher: "hashlib._Hash") -> None:
     t = tensor.detach().to("cpu").contiguous()
     hasher.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    hasher.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    # reshape: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes as it is
+    hasher.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
 def module_digest(module: torch.nn.Module, hasher: "hashlib._Hash") -> None:

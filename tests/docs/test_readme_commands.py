@@ -43,7 +43,7 @@ EXEMPT = {
     "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/graphflow run workflows/txt2img.json":
         "creates a virtualenv and installs graphflow and torch from PyPI (minutes, network); the run it ends with "
         "is the `graphflow run workflows/txt2img.json --set ...` command of the Command line section",
-    "python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e '.[test,ray]' && .venv/bin/python -m pytest -q":
+    "python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e '.[test,ray,faces,codeformer]' && .venv/bin/python -m pytest -q":
         "installs from PyPI and runs this whole test suite, this test included",
     "python -m training.evaluate --model /tmp/toy           # the checks of meaning as a table, through graphflow workflows":
         "draws 300 pictures (minutes); ToyRuns, which it prints, is tested by tests/training/test_evaluate.py and "

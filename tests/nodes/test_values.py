@@ -28,3 +28,11 @@ def test_digest_of_a_module_follows_its_weights():
     with torch.no_grad():
         linear.bias.add_(1)
     assert digest_of(linear) != before
+
+
+def test_a_module_with_a_0_dim_buffer_has_a_digest_that_follows_it():
+    """BatchNorm's num_batches_tracked is a 0-dim tensor (the face detector has 100 of them)."""
+    norm = torch.nn.BatchNorm2d(2)
+    before = digest_of(norm)
+    norm.num_batches_tracked += 1
+    assert digest_of(norm) != before
