@@ -18,7 +18,7 @@ from .argtypes import positive_int
 from .context import CancelToken, Settings
 from .env import EnvironmentInvalid
 from .errors import Cancelled, GraphflowError, NodeFailed, WorkflowFormatError, WorkflowInvalid
-from .events import Event, NodeCached, NodeFinished, Progress, RunFailed
+from .events import Event, NodeCached, NodeFinished, Progress, RunFailed, Warning_
 from .paths import UnusableFolder
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130
@@ -56,6 +56,8 @@ class ProgressPrinter:
             self.stream.write(f"\r  {event.node} ({event.node_type}) {event.seconds:.2f}s{' ' * self.bar}\n")
         elif isinstance(event, NodeCached):
             self.stream.write(f"  {event.node} ({event.node_type}) cached\n")
+        elif isinstance(event, Warning_):  # a node's warning (e.g. no face found): worth a line of its own
+            self.stream.write(f"\r  {event.node}: warning: {event.message}{' ' * self.bar}\n")
         elif isinstance(event, RunFailed):
             self.stream.write("\n")
 

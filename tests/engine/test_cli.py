@@ -160,3 +160,16 @@ def test_repeat_counts_a_fixed_seed_up_and_draws_random_ones_anew(write, tmp_pat
 def test_repeat_needs_a_positive_count(write, tmp_path, count):
     result = cli("run", write(chain()), "--repeat", count, cwd=tmp_path)
     assert result.returncode == 2 and "expected a whole number >= 1" in result.stderr
+
+
+def test_a_nodes_warning_gets_a_line_of_its_own_on_stderr():
+    import io
+
+    from graphflow.cli import ProgressPrinter
+    from graphflow.events import Progress, Warning_
+
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream)
+    printer(Progress(run_id="r", node="faces", value=1, max=2))
+    printer(Warning_(run_id="r", node="faces", message="no face found: the image passes unchanged"))
+    assert stream.getvalue().splitlines()[-1].strip() == "faces: warning: no face found: the image passes unchanged"
