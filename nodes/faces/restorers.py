@@ -7,6 +7,7 @@ it only when the user has installed that package (``pip install 'graphflow[codef
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -53,7 +54,9 @@ def face_registry():
     registry = spandrel.ArchRegistry()
     registry.add(*(spandrel.MAIN_REGISTRY.get(name) for name in BUILTIN_ARCHITECTURES))
     if installed("spandrel_extra_arches"):
-        from spandrel_extra_arches import EXTRA_REGISTRY
+        with warnings.catch_warnings():  # its CodeFormer module uses torch.jit.script, deprecated in torch 2.14
+            warnings.simplefilter("ignore", FutureWarning)
+            from spandrel_extra_arches import EXTRA_REGISTRY
 
         registry.add(EXTRA_REGISTRY.get("CodeFormer"))
     return registry
