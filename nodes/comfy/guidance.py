@@ -183,6 +183,7 @@ class ComfyDenoiser:
                     raise NodeInputError(name, "this SDXL UNet needs a pooled prompt embedding; encode with an SDXL CLIP",
                                          "a conditioning from an SDXL CLIP", "a conditioning without one")
         pos, neg = composed_conditionings(positive, negative)
+        self.both = [pos, neg]
         self.conds = [pos, None if math.isclose(cfg, 1.0) else neg]
 
     def apply_model(self, x: "torch.Tensor", sigma: "torch.Tensor", context: "torch.Tensor",
@@ -279,13 +280,15 @@ class ComfyDenoiser:
             crops.append(self.concats[id(entry)][:, :, top:top + h, left:left + w])
         return torch.cat(crops)
 
-    def predictions(self, x: "torch.Tensor", sigma: "torch.Tensor") -> list["torch.Tensor | None"]:
-        """Each side's area-composed prediction (None for a side not run)."""
+    def predictions(self, x: "torch.Tensor", sigma: "torch.Tensor", conds: list | None = None) -> list["torch.Tensor | None"]:
+        """Each side's area-composed prediction (None for a side not run); ``conds``: the sides' entries (default:
+        the negative left out at cfg 1)."""
+        conds = self.conds if conds is None else conds
         height, width = int(x.shape[2]), int(x.shape[3])
-        sums = [torch.zeros_like(x) if c is not None else None for c in self.conds]
-        counts = [torch.ones_like(x) * 1e-37 if c is not None else None for c in self.conds]
+        sums = [torch.zeros_like(x) if c is not None else None for c in conds]
+        counts = [torch.ones_like(x) * 1e-37 if c is not None else None for c in conds]
         pending = []
-        for side, entries in enumerate(self.conds):
+        for side, entries in enumerate(conds):
             for entry in entries or ():
                 area = _clamped_area(entry, height, width, "positive" if side == 0 else "negative")
                 h, w, top, left = area
@@ -311,6 +314,11 @@ class ComfyDenoiser:
             return cond
         return uncond + (cond - uncond) * self.cfg
 
+    def with_uncond(self, x: "torch.Tensor", sigma: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+        """(the guided prediction, the negative's): what CFG++ samplers read; the negative runs even at cfg 1."""
+        cond, uncond = self.predictions(x, sigma, self.both)
+        return uncond + (cond - uncond) * self.cfg, uncond
+
 
 class InpaintDenoiser:
     """Keeps the unmasked part of ``latent`` (noise_mask 0) at every step, as ComfyUI's KSamplerX0Inpaint: the
@@ -320,7 +328,12 @@ class InpaintDenoiser:
         self.inner, self.latent, self.noise, self.mask = inner, latent, noise, mask
 
     def __call__(self, x: "torch.Tensor", sigma: "torch.Tensor") -> "torch.Tensor":
+        return self.with_uncond(x, sigma, both=False)[0]
+
+    def with_uncond(self, x: "torch.Tensor", sigma: "torch.Tensor", both: bool = True):
+        """The kept latent outside the mask in the input and the guided prediction; the negative's prediction
+        (``both``) as the inner denoiser made it, as ComfyUI's post-CFG hook sees it inside KSamplerX0Inpaint."""
         keep = 1.0 - self.mask
         x = x * self.mask + (self.latent + self.noise * sigma.reshape(-1, 1, 1, 1)) * keep
-        out = self.inner(x, sigma)
-        return out * self.mask + self.latent * keep
+        out, uncond = self.inner.with_uncond(x, sigma) if both else (self.inner(x, sigma), None)
+        return out * self.mask + self.latent * keep, uncond
