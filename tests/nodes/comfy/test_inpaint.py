@@ -173,3 +173,20 @@ def test_comfyuis_inpaint_workflow_runs_on_the_builtin_inpainting_model(tmp_path
     assert torch.allclose(sampled.samples[keep], start.samples[keep], atol=1e-5)
     assert not torch.allclose(sampled.samples[~keep], start.samples[~keep], atol=1e-2)
     assert values["8"]["IMAGE"].pixels.shape[1:3] == (64, 64)
+
+
+def test_an_api_prompt_with_inpaint_model_conditioning_runs(tmp_path):
+    document = json.loads((ROOT / "workflows" / "comfyui" / "inpaint.api.json").read_text())
+    document["4"]["inputs"]["ckpt_name"] = "tiny-sd-inpainting"
+    document["3"]["inputs"].update(steps=3, positive=["12", 0], negative=["12", 1], latent_image=["12", 2])
+    document["12"] = {"class_type": "InpaintModelConditioning", "inputs": {
+        "positive": ["6", 0], "negative": ["7", 0], "vae": ["4", 2], "pixels": ["10", 0], "mask": ["11", 0],
+        "noise_mask": True}}
+    engine = Engine(settings=Settings(models_dir=tmp_path / "models", input_dir=ROOT / "workflows" / "assets",
+                                      output_dir=tmp_path / "out"))
+    values = engine.run(read_document(document, "inpaint", default_registry())).values
+    positive, start, sampled = values["12"]["positive"], values["12"]["latent"], values["3"]["LATENT"]
+    assert positive.inpaint_latent is not None and positive.inpaint_mask.shape[-2:] == start.samples.shape[-2:]
+    keep = (start.noise_mask == 0).expand_as(start.samples)
+    assert torch.allclose(sampled.samples[keep], start.samples[keep], atol=1e-5)
+    assert not torch.allclose(sampled.samples[~keep], start.samples[~keep], atol=1e-2)
