@@ -190,3 +190,21 @@ def test_an_api_prompt_with_inpaint_model_conditioning_runs(tmp_path):
     keep = (start.noise_mask == 0).expand_as(start.samples)
     assert torch.allclose(sampled.samples[keep], start.samples[keep], atol=1e-5)
     assert not torch.allclose(sampled.samples[~keep], start.samples[~keep], atol=1e-2)
+
+
+def test_a_controlnet_steers_an_inpainting_unet_on_the_latent_channels(tmp_path):
+    document = json.loads((ROOT / "workflows" / "comfyui" / "inpaint.api.json").read_text())
+    document["4"]["inputs"]["ckpt_name"] = "tiny-sd-inpainting"
+    document["3"]["inputs"].update(steps=2, positive=["14", 0])
+    document["13"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "tiny-sd-controlnet"}}
+    document["14"] = {"class_type": "ControlNetApply", "inputs": {
+        "conditioning": ["6", 0], "control_net": ["13", 0], "image": ["10", 0], "strength": 1.0}}
+    engine = Engine(settings=Settings(models_dir=tmp_path / "models", input_dir=ROOT / "workflows" / "assets",
+                                      output_dir=tmp_path / "out"))
+
+    def sampled(strength):
+        document["14"]["inputs"]["strength"] = strength
+        return engine.run(read_document(document, "inpaint", default_registry())).values["3"]["LATENT"].samples
+
+    steered, plain = sampled(1.0), sampled(0.0)
+    assert torch.isfinite(steered).all() and not torch.allclose(steered, plain, atol=1e-4)
