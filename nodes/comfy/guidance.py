@@ -16,7 +16,9 @@ the negative is predicted on the same crops as the positive.
 ControlNets (comfy.ControlNetApply / ControlNetApplyAdvanced) ride on the entries: only entries with the same
 chain share a batch, and the chain's residuals (nodes/controlnet.py's ``chain_residuals``, as graphflow's Sample
 sums them) join the UNet call through ``UNetInputs.predict``, each ControlNet acting while sigma lies in its
-start/end range and seeing its control image fitted to the entry's crop.
+start/end range and seeing its control image fitted to the entry's crop. An inpainting UNet also reads each
+entry's mask and masked-image channels (nodes/comfy/inpaint.py), cut to the entry's crop. ``with_uncond`` gives
+CFG++ samplers the negative's prediction beside the guided one.
 """
 from __future__ import annotations
 
