@@ -271,6 +271,94 @@ def sample_dpmpp_sde(model: Denoiser, x, sigmas, noise_sampler, callback: Callba
     return x
 
 
+def sample_dpmpp_3m_sde(model: Denoiser, x, sigmas, noise_sampler, callback: Callback = None, eta: float = 1.0,
+                        s_noise: float = 1.0, **_):
+    """DPM-Solver++(3M) SDE: third order from the two previous predictions (second order on the second step,
+    first on the first); the last step (to 0) returns the prediction."""
+    if len(sigmas) <= 1:
+        return x
+    denoised_1, denoised_2, h, h_1, h_2 = None, None, None, None, None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, _batch(x, sigmas[i]))
+        _notify(callback, i, x, denoised)
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            lambda_s, lambda_t = _t(sigmas[i]), _t(sigmas[i + 1])
+            h = lambda_t - lambda_s
+            h_eta = h * (eta + 1)
+            alpha_t = sigmas[i + 1] * lambda_t.exp()
+            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+            if h_2 is not None:
+                r0, r1 = h_1 / h, h_2 / h
+                d1_0, d1_1 = (denoised - denoised_1) / r0, (denoised_1 - denoised_2) / r1
+                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                phi_2 = h_eta.neg().expm1() / h_eta + 1
+                phi_3 = phi_2 / h_eta - 0.5
+                x = x + (alpha_t * phi_2) * d1 - (alpha_t * phi_3) * d2
+            elif h_1 is not None:
+                d1 = (denoised - denoised_1) / (h_1 / h)
+                phi_2 = h_eta.neg().expm1() / h_eta + 1
+                x = x + (alpha_t * phi_2) * d1
+            if eta > 0 and s_noise > 0:
+                x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+        denoised_1, denoised_2 = denoised, denoised_1
+        h_1, h_2 = h, h_1
+    return x
+
+
+def _ddpm_step(x, sigma, sigma_next, eps, noise_sampler):
+    """One ancestral DDPM step (Ho et al. 2020) on the variance-preserving latent ``x``, written in sigmas."""
+    alpha_cumprod = 1 / ((sigma * sigma) + 1)
+    alpha_cumprod_next = 1 / ((sigma_next * sigma_next) + 1)
+    alpha = alpha_cumprod / alpha_cumprod_next
+    mean = (1.0 / alpha).sqrt() * (x - (1 - alpha) * eps / (1 - alpha_cumprod).sqrt())
+    if sigma_next > 0:
+        mean = mean + ((1 - alpha) * (1.0 - alpha_cumprod_next) / (1.0 - alpha_cumprod)).sqrt() * noise_sampler(sigma, sigma_next)
+    return mean
+
+
+def sample_ddpm(model: Denoiser, x, sigmas, noise_sampler, callback: Callback = None, **_):
+    """DDPM's ancestral sampler: each step taken on x / sqrt(1 + sigma²) with the predicted noise, then scaled back."""
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, _batch(x, sigmas[i]))
+        _notify(callback, i, x, denoised)
+        x = _ddpm_step(x / torch.sqrt(1.0 + sigmas[i] ** 2.0), sigmas[i], sigmas[i + 1], (x - denoised) / sigmas[i],
+                       noise_sampler)
+        if sigmas[i + 1] != 0:
+            x = x * torch.sqrt(1.0 + sigmas[i + 1] ** 2.0)
+    return x
+
+
+def sample_lcm(model: Denoiser, x, sigmas, noise_sampler, callback: Callback = None, **_):
+    """Latent consistency sampling: jump to the prediction, then noise it afresh to the next sigma."""
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, _batch(x, sigmas[i]))
+        _notify(callback, i, x, denoised)
+        x = denoised
+        if sigmas[i + 1] > 0:
+            x = noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] + x
+    return x
+
+
+def sample_euler_cfg_pp(model, x, sigmas, callback: Callback = None, **_):
+    """Euler with CFG++ (Chung et al. 2024): the guided prediction is where a step lands, the negative prompt's
+    prediction the direction it keeps. The denoiser must offer ``with_uncond(x, sigma) -> (guided, negative)``
+    (nodes/comfy/guidance.py's runs the negative even at cfg 1, as ComfyUI does for this sampler)."""
+    for i in range(len(sigmas) - 1):
+        denoised, uncond = model.with_uncond(x, _batch(x, sigmas[i]))
+        _notify(callback, i, x, denoised)
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            alpha_s = sigmas[i] * _t(sigmas[i]).exp()  # 1 up to rounding for SD's (epsilon / v) models
+            alpha_t = sigmas[i + 1] * _t(sigmas[i + 1]).exp()
+            d = to_d(x, sigmas[i], alpha_s * uncond)
+            x = alpha_t * denoised + alpha_t * (sigmas[i + 1] / alpha_t) * d
+    return x
+
+
 @dataclass(frozen=True)
 class KSampler:
     """One of ComfyUI's sampler names: the function and the per-step noise it needs (None, "default", "brownian")."""
@@ -296,6 +384,7 @@ KSAMPLERS: dict[str, KSampler] = {
     s.name: s
     for s in (
         KSampler("euler", sample_euler),
+        KSampler("euler_cfg_pp", sample_euler_cfg_pp),
         KSampler("euler_ancestral", sample_euler_ancestral, "default"),
         KSampler("heun", sample_heun),
         KSampler("dpm_2", sample_dpm_2),
@@ -305,6 +394,9 @@ KSAMPLERS: dict[str, KSampler] = {
         KSampler("dpmpp_sde", sample_dpmpp_sde, "brownian"),
         KSampler("dpmpp_2m", sample_dpmpp_2m),
         KSampler("dpmpp_2m_sde", sample_dpmpp_2m_sde, "brownian"),
+        KSampler("dpmpp_3m_sde", sample_dpmpp_3m_sde, "brownian"),
+        KSampler("ddpm", sample_ddpm, "default"),
+        KSampler("lcm", sample_lcm, "default"),
         # ComfyUI's "ddim" is its Euler sampler (the DDIM schedule is the ddim_uniform scheduler); only the
         # inpainting noise differs (nodes/comfy/ksampler.py)
         KSampler("ddim", sample_euler),

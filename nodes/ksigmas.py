@@ -28,7 +28,8 @@ from graphflow.errors import InvalidArgument
 
 NoiseSampler = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
-SCHEDULER_NAMES = ("normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform")
+SCHEDULER_NAMES = ("normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta", "linear_quadratic",
+                   "kl_optimal")
 # ComfyUI runs these samplers one step longer and drops the next-to-last sigma (they overshoot the last steps).
 DISCARD_PENULTIMATE = frozenset({"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"})
 KARRAS_RHO = 7.0
@@ -147,8 +148,53 @@ def ddim_uniform_sigmas(model: DiscreteSigmas, steps: int) -> "torch.Tensor":
     return torch.tensor(values[::-1], dtype=torch.float32)
 
 
+def beta_sigmas(model: DiscreteSigmas, steps: int, alpha: float = 0.6, beta: float = 0.6) -> "torch.Tensor":
+    """Training sigmas at the Beta(alpha, beta) quantiles of 1, 1 - 1/steps, ... (Lee et al. 2024, "Beta
+    sampling is all you need"): denser at both ends; a timestep that repeats is taken once, so a schedule may
+    come out shorter than ``steps``."""
+    import numpy
+    from scipy.stats import beta as beta_distribution
+
+    last_timestep = len(model.sigmas) - 1
+    quantiles = 1 - numpy.linspace(0, 1, steps, endpoint=False)
+    timesteps = numpy.rint(beta_distribution.ppf(quantiles, alpha, beta) * last_timestep)
+    values, previous = [], None
+    for t in timesteps:
+        if t != previous:
+            values.append(float(model.sigmas[int(t)]))
+        previous = t
+    return torch.tensor(values + [0.0], dtype=torch.float32)
+
+
+def linear_quadratic_sigmas(model: DiscreteSigmas, steps: int, threshold_noise: float = 0.025,
+                            linear_steps: int | None = None) -> "torch.Tensor":
+    """Mochi's schedule in fractions of the highest sigma: the first half of the steps fall linearly from 1 by
+    ``threshold_noise`` in all, the rest quadratically to 0 (value and slope continuous at the joint)."""
+    if steps == 1:
+        fractions = [1.0, 0.0]
+    else:
+        linear = steps // 2 if linear_steps is None else linear_steps
+        quadratic = steps - linear
+        shortfall = linear - threshold_noise * steps
+        a = shortfall / (linear * quadratic ** 2)
+        b = threshold_noise / linear - 2 * shortfall / (quadratic ** 2)
+        c = a * (linear ** 2)
+        rising = [i * threshold_noise / linear for i in range(linear)] + [a * i ** 2 + b * i + c for i in range(linear, steps)]
+        fractions = [1.0 - v for v in rising + [1.0]]
+    return torch.tensor(fractions, dtype=torch.float32) * model.sigma_max
+
+
+def kl_optimal_sigmas(steps: int, sigma_min: float, sigma_max: float) -> "torch.Tensor":
+    """Evenly spaced in arctan(sigma) (the KL-optimal schedule of Sabour et al. 2024, as the WebUI has it). One
+    step is sigma_max alone (the formula divides by steps - 1)."""
+    ramp = torch.arange(steps, dtype=torch.float32).div_(max(steps - 1, 1))
+    sigmas = ramp.new_zeros(steps + 1)
+    sigmas[:-1] = (ramp * math.atan(sigma_min) + (1 - ramp) * math.atan(sigma_max)).tan_()
+    return sigmas
+
+
 def scheduler_sigmas(model: DiscreteSigmas, scheduler: str, steps: int) -> "torch.Tensor":
-    """ComfyUI's ``calculate_sigmas``: ``steps + 1`` float32 sigmas for a scheduler name."""
+    """ComfyUI's ``calculate_sigmas``: ``steps + 1`` float32 sigmas for a scheduler name (beta: at most)."""
     if scheduler == "normal":
         return normal_sigmas(model, steps)
     if scheduler == "sgm_uniform":
@@ -161,6 +207,12 @@ def scheduler_sigmas(model: DiscreteSigmas, scheduler: str, steps: int) -> "torc
         return simple_sigmas(model, steps)
     if scheduler == "ddim_uniform":
         return ddim_uniform_sigmas(model, steps)
+    if scheduler == "beta":
+        return beta_sigmas(model, steps)
+    if scheduler == "linear_quadratic":
+        return linear_quadratic_sigmas(model, steps)
+    if scheduler == "kl_optimal":
+        return kl_optimal_sigmas(steps, float(model.sigma_min), float(model.sigma_max))
     raise InvalidArgument("scheduler", "unknown scheduler", ", ".join(SCHEDULER_NAMES), scheduler)
 
 

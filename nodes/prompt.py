@@ -266,8 +266,9 @@ def encode_text(
     core = getattr(text_encoder, "text_model", text_encoder)  # CLIPTextModelWithProjection wraps one
     window = int(core.embeddings.position_embedding.num_embeddings)
     layers = len(core.encoder.layers)
-    if not 1 <= clip_skip <= layers:
-        raise InvalidArgument("clip_skip", f"this text encoder has {layers} layers", f"1..{layers}", clip_skip)
+    lowest = 0 if penultimate else 1  # penultimate with clip_skip 0: the last layer's raw output (ComfyUI's SDXL -1)
+    if not lowest <= clip_skip <= layers:
+        raise InvalidArgument("clip_skip", f"this text encoder has {layers} layers", f"{lowest}..{layers}", clip_skip)
     if input_ids.ndim != 2 or input_ids.shape[1] % window:
         raise InvalidArgument("input_ids", f"token ids must be (batch, {window}·k)", f"(B, {window}·k)", tuple(input_ids.shape))
     if weights is not None and weights.shape != input_ids.shape:

@@ -241,6 +241,10 @@ class Conditioning(SocketValue):
     controls: tuple[Control, ...] = ()
     pooled: torch.Tensor | None = None
     sizes: dict[str, float] = field(default_factory=dict)
+    # ComfyUI's InpaintModelConditioning: the masked picture's latents (B, C, h, w) and the mask (B, 1, h, w) an
+    # inpainting UNet reads with this entry instead of the latent's own (only comfy.KSampler reads them).
+    inpaint_latent: torch.Tensor | None = None
+    inpaint_mask: torch.Tensor | None = None
 
     @property
     def entries(self) -> tuple["Conditioning", ...]:

@@ -4,7 +4,8 @@ ConditioningSetArea, ConditioningZeroOut.
 comfy.CLIPTextEncode weighs prompts as ComfyUI does (nodes/comfy/prompt.py), not as graphflow's TextEncode.
 ``embedding:NAME`` finds NAME among the embeddings attached to the CLIP (LoadEmbeddings), then in the models'
 ``embeddings`` folders, as ComfyUI reads its embeddings folder; a name found in neither is an error (ComfyUI
-warns and drops it)."""
+warns and drops it). An SDXL CLIP (base or refiner) is encoded as ComfyUI's SDXL CLIP encodes: see
+:func:`encode_comfy_prompt`."""
 from __future__ import annotations
 
 import hashlib
@@ -18,12 +19,12 @@ from graphflow.context import RunContext
 from graphflow.errors import NodeInputError, node_inputs
 from graphflow.node import Input, node
 
-from ..conditioning import is_sdxl
+from ..conditioning import encoders, is_sdxl
 from ..embeddings import available_embeddings, embedding_folders, find_embedding, load_embedding
-from ..prompt import EMBEDDING_PREFIX, check_prompt_chunks
+from ..prompt import EMBEDDING_PREFIX, check_prompt_chunks, pad_to_same_chunks
 from ..search import file_fingerprint
 from ..values import CLIP, CONDITIONING, Clip, Conditioning
-from .prompt import MissingEmbedding, encode_weighted, tokenize_weighted
+from .prompt import MissingEmbedding, encode_weighted, encode_weighted_pooled, tokenize_weighted
 
 MAX_RESOLUTION = 16384  # ComfyUI's bound on sizes in pixels
 _EMBEDDING_NAME = re.compile(re.escape(EMBEDDING_PREFIX) + r"(\S+)")
@@ -40,8 +41,10 @@ def _embedding_files(text: str, settings) -> list[tuple[str, object]]:
     return found
 
 
-def _fingerprint(literals: dict, settings) -> str:
-    files = _embedding_files(str(literals.get("text", "")), settings)
+def prompt_fingerprint(literals: dict, settings) -> str:
+    """The embedding files a prompt node's texts name (text; SDXL's text_g / text_l), for the cache key."""
+    texts = " ".join(str(literals.get(key, "")) for key in ("text", "text_g", "text_l"))
+    files = _embedding_files(texts, settings)
     return hashlib.sha256("\n".join(f"{n}|{file_fingerprint(p)}" for n, p in files).encode()).hexdigest()
 
 
@@ -72,38 +75,91 @@ def clip_skip_of(clip: Clip) -> int:
     return 1 if -clip.stop_at_layer > layers else -clip.stop_at_layer
 
 
-def encode_comfy_prompt(clip: Clip, text: str, ctx: RunContext) -> Conditioning:
-    """A prompt encoded ComfyUI's way, with the encoded empty prompt for graphflow's Sample to pad with. The
-    windows are bounded by the server's ``prompt_chunks`` limit, as graphflow's own prompts are."""
-    if is_sdxl(clip):
-        raise NodeInputError("clip", "the pack encodes prompts ComfyUI's way for one text encoder; SDXL's two are not "
-                             "there yet: encode with graphflow's TextEncode (its conditioning runs in comfy.KSampler)",
-                             "an SD 1.x / 2.x CLIP", clip.family)
-    find, folders = _embedding_finder(clip, ctx.settings)
+def layer_read(clip: Clip, text_encoder) -> tuple[int, bool]:
+    """(clip_skip, penultimate) for nodes.prompt.encode_text: the layer ComfyUI reads from this encoder.
+
+    SD 1.x / 2.x go through the final layer norm (:func:`clip_skip_of`). SDXL's encoders are read without it:
+    stop_at_layer -n is the n-th layer's output from the end (default -2, the penultimate); past the encoder's
+    depth ComfyUI takes the last layer through the norm. Each encoder counts its own depth (12 and 32 layers)."""
+    if not is_sdxl(clip):
+        return clip_skip_of(clip), False
+    layers = len(getattr(text_encoder, "text_model", text_encoder).encoder.layers)
+    from_end = 2 if clip.stop_at_layer is None else -clip.stop_at_layer
+    return (1, False) if from_end > layers else (from_end - 1, True)
+
+
+def _part_finder(find, widths: list[int], index: int):
+    """The finder for one of SDXL's encoders: an SDXL embedding holds clip_l's and clip_g's vectors side by side
+    (nodes/embeddings.py), each encoder reads its own part."""
+    start, stop, total = sum(widths[:index]), sum(widths[:index + 1]), sum(widths)
+
+    def find_part(name: str) -> "torch.Tensor | None":
+        vectors = find(name)
+        if vectors is None:
+            return None
+        if vectors.shape[-1] != total:
+            raise NodeInputError("text", f"{EMBEDDING_PREFIX}{name} holds vectors {vectors.shape[-1]} wide; this SDXL "
+                                 f"CLIP's encoders take {' + '.join(map(str, widths))}", "an SDXL embedding (clip_l "
+                                 "and clip_g)", f"width {vectors.shape[-1]}")
+        return vectors.reshape(-1, total)[:, start:stop]
+
+    return find_part
+
+
+def _weighted_tokens(tokenizer, text: str, find, folders, clip: Clip, ctx: RunContext):
     try:
-        tokens = tokenize_weighted(clip.tokenizer, text, find, ctx.check_cancelled)
+        tokens = tokenize_weighted(tokenizer, text, find, ctx.check_cancelled)
     except MissingEmbedding as missing:
         names = sorted(set(clip.embeddings) | set(available_embeddings(folders)))
         raise NodeInputError("text", f"the prompt uses {EMBEDDING_PREFIX}{missing} but there is no such embedding "
                              "(ComfyUI would drop it; graphflow stops)", names or "an embedding in the models' "
                              "embeddings folder", str(missing)) from None
     check_prompt_chunks(ctx, int(tokens.input_ids.shape[0]), "text")
-    clip_skip = clip_skip_of(clip)
-    with node_inputs(text_encoder="clip", embedding_vectors="text", input_ids="text"):
-        embeds = encode_weighted(clip.tokenizer, clip.text_encoder, tokens, clip_skip)
-        empty = encode_weighted(clip.tokenizer, clip.text_encoder, tokenize_weighted(clip.tokenizer, "", find), clip_skip)
-    return Conditioning(embeds=embeds, text=(text,), empty_chunk=empty)
+    return tokens
+
+
+def encode_comfy_prompt(clip: Clip, text: str, ctx: RunContext, text_2: str | None = None) -> Conditioning:
+    """A prompt encoded ComfyUI's way, with the encoded empty prompt for graphflow's Sample to pad with. The
+    windows are bounded by the server's ``prompt_chunks`` limit, as graphflow's own prompts are.
+
+    SDXL (ComfyUI's SDXLClipModel): each encoder weighs its own tokens against its own empty prompt, the features
+    are joined (clip_l's first), the pooled embedding is the last encoder's, of the first window. ``text_2`` is
+    the second encoder's text (CLIPTextEncodeSDXL's text_g), ``text`` otherwise; when their windows differ in
+    number the shorter is padded with encoded empty windows, as ComfyUI pads its tokens."""
+    find, folders = _embedding_finder(clip, ctx.settings)
+    pairs, sdxl = encoders(clip), is_sdxl(clip)
+    widths = [int(encoder.get_input_embeddings().embedding_dim) for _, encoder in pairs]
+    embeds, empties, pooled = [], [], None
+    for index, (tokenizer, encoder) in enumerate(pairs):
+        find_here = find if len(pairs) == 1 else _part_finder(find, widths, index)
+        here = text_2 if index == 1 and text_2 is not None else text
+        tokens = _weighted_tokens(tokenizer, here, find_here, folders, clip, ctx)
+        clip_skip, penultimate = layer_read(clip, encoder)
+        with node_inputs(text_encoder="clip", embedding_vectors="text", input_ids="text"):
+            hidden, pooled_here = encode_weighted_pooled(tokenizer, encoder, tokens, clip_skip, penultimate,
+                                                         pooled=sdxl and index == len(pairs) - 1)
+            empty = encode_weighted(tokenizer, encoder, tokenize_weighted(tokenizer, "", find_here), clip_skip,
+                                    penultimate)
+        embeds.append(hidden)
+        empties.append(empty)
+        pooled = pooled_here if pooled_here is not None else pooled
+    if len(embeds) > 1 and embeds[0].shape[1] != embeds[1].shape[1]:
+        embeds[0], embeds[1] = pad_to_same_chunks(embeds[0], embeds[1], empties[0], empties[1])
+    return Conditioning(embeds=torch.cat(embeds, dim=-1), text=(text,), empty_chunk=torch.cat(empties, dim=-1),
+                        pooled=pooled)
 
 
 @node(name="comfy.CLIPTextEncode", outputs={"CONDITIONING": CONDITIONING}, category="comfy/conditioning",
-      fingerprint=_fingerprint)
+      fingerprint=prompt_fingerprint)
 def CLIPTextEncode(
     text: str = Field("", description="the prompt, ComfyUI's syntax: (word) ×1.1, (word:1.3) = 1.3, embedding:NAME"),
     clip: Clip = Input(CLIP),
     *,
     ctx: RunContext,
 ) -> Conditioning:
-    """Encode a prompt with ComfyUI's weighting (tokens pulled from the empty prompt by their weight)."""
+    """Encode a prompt with ComfyUI's weighting (tokens pulled from the empty prompt by their weight); with an
+    SDXL CLIP both encoders read the text and the pooled embedding comes with it, the size conditioning left to
+    comfy.KSampler's defaults (the latent's size)."""
     return encode_comfy_prompt(clip, text, ctx)
 
 
@@ -141,10 +197,12 @@ def ConditioningSetArea(
 
 @node(name="comfy.ConditioningZeroOut", outputs={"CONDITIONING": CONDITIONING}, category="comfy/conditioning")
 def ConditioningZeroOut(conditioning: Conditioning = Input(CONDITIONING)) -> Conditioning:
-    """Every entry's embeddings set to zeros (areas and strengths kept): a negative that is truly nothing."""
+    """Every entry's embeddings (and SDXL's pooled embedding) set to zeros, areas and strengths kept: a negative
+    that is truly nothing."""
     def zeroed(entry: Conditioning) -> Conditioning:
         empty = None if entry.empty_chunk is None else torch.zeros_like(entry.empty_chunk)
-        return replace(entry, embeds=torch.zeros_like(entry.embeds), empty_chunk=empty)
+        pooled = None if entry.pooled is None else torch.zeros_like(entry.pooled)
+        return replace(entry, embeds=torch.zeros_like(entry.embeds), empty_chunk=empty, pooled=pooled)
 
     first, *rest = [zeroed(entry) for entry in conditioning.entries]
     return replace(first, also=tuple(rest))

@@ -16,7 +16,9 @@ the negative is predicted on the same crops as the positive.
 ControlNets (comfy.ControlNetApply / ControlNetApplyAdvanced) ride on the entries: only entries with the same
 chain share a batch, and the chain's residuals (nodes/controlnet.py's ``chain_residuals``, as graphflow's Sample
 sums them) join the UNet call through ``UNetInputs.predict``, each ControlNet acting while sigma lies in its
-start/end range and seeing its control image fitted to the entry's crop.
+start/end range and seeing its control image fitted to the entry's crop. An inpainting UNet also reads each
+entry's mask and masked-image channels (nodes/comfy/inpaint.py), cut to the entry's crop. ``with_uncond`` gives
+CFG++ samplers the negative's prediction beside the guided one.
 """
 from __future__ import annotations
 
@@ -46,11 +48,13 @@ class Entry:
     controls: tuple[Control, ...] = ()
     pooled: "torch.Tensor | None" = None  # SDXL: the pooled prompt embedding (P, W) and the size conditioning
     sizes: dict = field(default_factory=dict)
+    inpaint_latent: "torch.Tensor | None" = None  # InpaintModelConditioning's, for inpainting UNets
+    inpaint_mask: "torch.Tensor | None" = None
 
 
 def entries_of(conditioning: Conditioning) -> list[Entry]:
     return [Entry(c.embeds, tuple(c.area) if c.area is not None else None, float(c.strength), tuple(c.controls),
-                  c.pooled, dict(c.sizes)) for c in conditioning.entries]
+                  c.pooled, dict(c.sizes), c.inpaint_latent, c.inpaint_mask) for c in conditioning.entries]
 
 
 def with_matching_areas(entries: list[Entry], others: list[Entry]) -> list[Entry]:
@@ -73,7 +77,8 @@ def with_matching_areas(entries: list[Entry], others: list[Entry]) -> list[Entry
         if smallest is None or smallest.area == other.area:
             continue
         result.append(replace(other, embeds=smallest.embeds, controls=smallest.controls, pooled=smallest.pooled,
-                              sizes=smallest.sizes))
+                              sizes=smallest.sizes, inpaint_latent=smallest.inpaint_latent,
+                              inpaint_mask=smallest.inpaint_mask))
     return result
 
 
@@ -158,16 +163,21 @@ def _concat_prompts(prompts: list["torch.Tensor"]) -> "torch.Tensor":
 class ComfyDenoiser:
     """``denoiser(x, sigma) -> x0`` for a MODEL with ComfyUI's guidance (see the module docstring)."""
 
-    def __init__(self, model: Model, positive: Conditioning, negative: Conditioning, cfg: float):
+    def __init__(self, model: Model, positive: Conditioning, negative: Conditioning, cfg: float, inpaint=None):
+        """``inpaint`` (nodes/comfy/inpaint.py's InpaintConcat): for an inpainting UNet, the latent's mask and
+        masked-image latents, which every entry reads unless it carries its own."""
         self.model = model
+        self.inpaint = inpaint
+        latent_channels = int(model.in_channels) - (int(inpaint.samples.shape[1]) + 1 if inpaint is not None else 0)
         self.sigmas = DiscreteSigmas.from_config(model.scheduler_config)
         self.v_prediction = model.prediction_type == "v_prediction"
         self.cfg = cfg
         self.hints: dict = {}
+        self.concats: dict = {}
         for name, conditioning in (("positive", positive), ("negative", negative)):
             for entry in conditioning.entries:
                 for control in entry.controls:
-                    check_fits(model, control.control_net, int(model.in_channels), name)
+                    check_fits(model, control.control_net, latent_channels, name)
         self.sdxl = wants_added_conditioning(model)
         if self.sdxl:
             for name, conditioning in (("positive", positive), ("negative", negative)):
@@ -175,13 +185,17 @@ class ComfyDenoiser:
                     raise NodeInputError(name, "this SDXL UNet needs a pooled prompt embedding; encode with an SDXL CLIP",
                                          "a conditioning from an SDXL CLIP", "a conditioning without one")
         pos, neg = composed_conditionings(positive, negative)
+        self.both = [pos, neg]
         self.conds = [pos, None if math.isclose(cfg, 1.0) else neg]
 
     def apply_model(self, x: "torch.Tensor", sigma: "torch.Tensor", context: "torch.Tensor",
                     controls: tuple[Control, ...] = (), rows: int = 1,
-                    added: "dict[str, torch.Tensor] | None" = None) -> "torch.Tensor":
+                    added: "dict[str, torch.Tensor] | None" = None,
+                    concat: "torch.Tensor | None" = None) -> "torch.Tensor":
         """The model's clean-latent prediction for x (float32) at sigma (B,): ``rows`` entries' crops stacked, all
-        steered by the ControlNets ``controls`` (ComfyUI batches only entries with the same ControlNets)."""
+        steered by the ControlNets ``controls`` (ComfyUI batches only entries with the same ControlNets).
+        ``concat``: an inpainting UNet's mask and masked-image channels for those crops, joined to the scaled
+        input after the ControlNets have seen it (as ComfyUI's apply_model joins c_concat)."""
         s = sigma.reshape(-1, 1, 1, 1)
         model_input = x / (s ** 2 + 1.0) ** 0.5
         timestep = self.sigmas.timestep(sigma.cpu()).float().to(x.device)
@@ -192,7 +206,8 @@ class ComfyDenoiser:
         with torch.no_grad():
             extra = self.control_kwargs(controls, model_input.to(dtype), timestep, unet_input.encoder_hidden_states,
                                         float(sigma[0]), rows)
-            output = unet_input.predict(self.model.unet, model_input.to(dtype), timestep, 0, 1, **extra).float()
+            unet_sample = model_input if concat is None else torch.cat([model_input, concat.to(model_input)], dim=1)
+            output = unet_input.predict(self.model.unet, unet_sample.to(dtype), timestep, 0, 1, **extra).float()
         if self.v_prediction:
             return x * 1.0 / (s ** 2 + 1.0) - output * s * 1.0 / (s ** 2 + 1.0) ** 0.5
         return x - output * s
@@ -255,13 +270,27 @@ class ComfyDenoiser:
             ids.append(torch.tensor([time_ids(entry.sizes, {}, image_size, count, side == 1)]).repeat(rows, 1))
         return {"text_embeds": torch.cat(pooled), "time_ids": torch.cat(ids)}
 
-    def predictions(self, x: "torch.Tensor", sigma: "torch.Tensor") -> list["torch.Tensor | None"]:
-        """Each side's area-composed prediction (None for a side not run)."""
+    def concat(self, batch: list) -> "torch.Tensor | None":
+        """An inpainting UNet's extra channels for a batch of entries, each cut to its entry's area (ComfyUI
+        crops c_concat with the latent); None for other UNets."""
+        if self.inpaint is None:
+            return None
+        crops = []
+        for _side, (h, w, top, left), *_, entry in batch:
+            if id(entry) not in self.concats:  # the same at every step (entries live as long as the denoiser)
+                self.concats[id(entry)] = self.inpaint.for_entry(entry)
+            crops.append(self.concats[id(entry)][:, :, top:top + h, left:left + w])
+        return torch.cat(crops)
+
+    def predictions(self, x: "torch.Tensor", sigma: "torch.Tensor", conds: list | None = None) -> list["torch.Tensor | None"]:
+        """Each side's area-composed prediction (None for a side not run); ``conds``: the sides' entries (default:
+        the negative left out at cfg 1)."""
+        conds = self.conds if conds is None else conds
         height, width = int(x.shape[2]), int(x.shape[3])
-        sums = [torch.zeros_like(x) if c is not None else None for c in self.conds]
-        counts = [torch.ones_like(x) * 1e-37 if c is not None else None for c in self.conds]
+        sums = [torch.zeros_like(x) if c is not None else None for c in conds]
+        counts = [torch.ones_like(x) * 1e-37 if c is not None else None for c in conds]
         pending = []
-        for side, entries in enumerate(self.conds):
+        for side, entries in enumerate(conds):
             for entry in entries or ():
                 area = _clamped_area(entry, height, width, "positive" if side == 0 else "negative")
                 h, w, top, left = area
@@ -275,7 +304,7 @@ class ComfyDenoiser:
             batch = [pending.pop(i) for i in reversed(group)]
             outputs = self.apply_model(torch.cat([b[2] for b in batch]), torch.cat([sigma] * len(batch)),
                                        _concat_prompts([b[4] for b in batch]), batch[0][5], len(batch),
-                                       self.added_conditioning(batch, x)).chunk(len(batch))
+                                       self.added_conditioning(batch, x), self.concat(batch)).chunk(len(batch))
             for (side, (h, w, top, left), _, weights, _, _, _), output in zip(batch, outputs):
                 sums[side][:, :, top:top + h, left:left + w] += output * weights
                 counts[side][:, :, top:top + h, left:left + w] += weights
@@ -287,6 +316,11 @@ class ComfyDenoiser:
             return cond
         return uncond + (cond - uncond) * self.cfg
 
+    def with_uncond(self, x: "torch.Tensor", sigma: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+        """(the guided prediction, the negative's): what CFG++ samplers read; the negative runs even at cfg 1."""
+        cond, uncond = self.predictions(x, sigma, self.both)
+        return uncond + (cond - uncond) * self.cfg, uncond
+
 
 class InpaintDenoiser:
     """Keeps the unmasked part of ``latent`` (noise_mask 0) at every step, as ComfyUI's KSamplerX0Inpaint: the
@@ -296,7 +330,12 @@ class InpaintDenoiser:
         self.inner, self.latent, self.noise, self.mask = inner, latent, noise, mask
 
     def __call__(self, x: "torch.Tensor", sigma: "torch.Tensor") -> "torch.Tensor":
+        return self.with_uncond(x, sigma, both=False)[0]
+
+    def with_uncond(self, x: "torch.Tensor", sigma: "torch.Tensor", both: bool = True):
+        """The kept latent outside the mask in the input and the guided prediction; the negative's prediction
+        (``both``) as the inner denoiser made it, as ComfyUI's post-CFG hook sees it inside KSamplerX0Inpaint."""
         keep = 1.0 - self.mask
         x = x * self.mask + (self.latent + self.noise * sigma.reshape(-1, 1, 1, 1)) * keep
-        out = self.inner(x, sigma)
-        return out * self.mask + self.latent * keep
+        out, uncond = self.inner.with_uncond(x, sigma) if both else (self.inner(x, sigma), None)
+        return out * self.mask + self.latent * keep, uncond

@@ -13,7 +13,8 @@ What runs (ComfyUI's ``common_ksampler`` → ``KSampler.sample``):
 graphflow's LATENT holds latents already multiplied by the VAE's scaling factor, which is exactly what
 ComfyUI samples on (it scales its unscaled latents on the way in and back on the way out), so the numbers
 are the same. A latent with a noise mask (SetLatentNoiseMask) is inpainted the ComfyUI way: outside the
-mask the input is the original latent noised to the current sigma and the prediction is the original.
+mask the input is the original latent noised to the current sigma and the prediction is the original. A
+9-channel inpainting UNet also reads the mask and the masked picture's latents (nodes/comfy/inpaint.py).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from ..ksigmas import (SCHEDULER_NAMES, DiscreteSigmas, brownian_noise_sampler, 
 from ..preview import preview_png
 from ..values import CONDITIONING, LATENT, MODEL, Conditioning, Latent, Model
 from .guidance import ComfyDenoiser, InpaintDenoiser
+from .inpaint import InpaintConcat, concat_channels
 
 SamplerName = Literal[tuple(KSAMPLERS)]
 SchedulerName = Literal[SCHEDULER_NAMES]
@@ -48,7 +50,7 @@ def sample_latent(model: Model, seed: int, steps: int, cfg: float, sampler_name:
                   denoise: float = 1.0, add_noise: bool = True, start_step: int | None = None,
                   last_step: int | None = None, force_full_denoise: bool = False) -> Latent:
     """ComfyUI's common_ksampler over graphflow values; the result keeps the latent's mask and paste-back."""
-    _check_inputs(model, positive, negative, latent)
+    inpainting = _check_inputs(model, positive, negative, latent)
     clean = latent.samples.to(torch.float32)
     if add_noise:
         noise = initial_noise(tuple(clean.shape), seed, latent.batch_index)
@@ -62,7 +64,8 @@ def sample_latent(model: Model, seed: int, steps: int, cfg: float, sampler_name:
 
     device = model.device
     clean, noise, sigmas = clean.to(device), noise.to(device), sigmas.to(device)
-    denoiser = ComfyDenoiser(model, positive, negative, cfg)
+    inpaint = InpaintConcat.of(latent.replace(samples=clean)) if inpainting else None
+    denoiser = ComfyDenoiser(model, positive, negative, cfg, inpaint)
     if latent.noise_mask is not None:
         mask = latent.noise_mask.to(device, torch.float32).expand(clean.shape[0], clean.shape[1], -1, -1)
         # ComfyUI's "ddim" keeps the unmasked part with fresh noise from seed + 1 instead of the initial noise
@@ -104,15 +107,13 @@ def _result(latent: Latent, samples: "torch.Tensor") -> Latent:
                   paste_pixels=latent.paste_pixels, paste_mask=latent.paste_mask, batch_index=latent.batch_index)
 
 
-def _check_inputs(model: Model, positive: Conditioning, negative: Conditioning, latent: Latent) -> None:
+def _check_inputs(model: Model, positive: Conditioning, negative: Conditioning, latent: Latent) -> bool:
+    """Refuse what cannot be sampled, naming the input; True for an inpainting UNet (mask and masked image read
+    beside the latent: nodes/comfy/inpaint.py)."""
     if latent.schedule is not None:
         raise NodeInputError("latent_image", "this latent was noised by graphflow's AddNoise; ComfyUI's samplers add "
                              "their own noise", "a clean latent (EmptyLatentImage, VAEEncode, ...)", "a noised latent")
-    channels = int(latent.samples.shape[1])
-    if model.in_channels != channels:
-        raise NodeInputError("model", f"the UNet takes {model.in_channels} input channels, the latent has {channels} "
-                             "(inpainting UNets run with graphflow's Sample)", f"a {channels}-channel UNet",
-                             f"{model.in_channels} channels")
+    inpainting = concat_channels(int(model.in_channels), int(latent.samples.shape[1])) > 0
     width = int(model.unet.config.cross_attention_dim)
     for name, conditioning in (("positive", positive), ("negative", negative)):
         for entry in conditioning.entries:
@@ -122,6 +123,7 @@ def _check_inputs(model: Model, positive: Conditioning, negative: Conditioning, 
     if latent.noise_mask is not None and tuple(latent.noise_mask.shape[-2:]) != tuple(latent.samples.shape[-2:]):
         raise NodeInputError("latent_image", "the noise mask does not fit the latent", tuple(latent.samples.shape[-2:]),
                              tuple(latent.noise_mask.shape[-2:]))
+    return inpainting
 
 
 STEPS = Field(20, ge=1, le=MAX_STEPS)

@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from ..prompt import EMBEDDING_PREFIX, EmbeddingTable, encode_tokens, text_ids
+from ..prompt import EMBEDDING_PREFIX, EmbeddingTable, encode_text, text_ids
 
 ROUND_BRACKET = 1.1
 MAX_WORD_LENGTH = 8  # token groups shorter than this are never split across windows
@@ -173,17 +173,28 @@ def empty_window(tokenizer) -> list[int]:
     return [tokenizer.bos_token_id, tokenizer.eos_token_id] + [tokenizer.pad_token_id] * (window - 2)
 
 
-def encode_weighted(tokenizer, text_encoder, tokens: WeightedTokens, clip_skip: int = 1) -> "torch.Tensor":
+def encode_weighted(tokenizer, text_encoder, tokens: WeightedTokens, clip_skip: int = 1,
+                    penultimate: bool = False) -> "torch.Tensor":
     """Embeddings (1, 77k, C): all windows in one batch (with the empty prompt after them when any weight is not
     1), each weighted token pulled from the empty prompt's embedding at its position by its weight."""
+    return encode_weighted_pooled(tokenizer, text_encoder, tokens, clip_skip, penultimate, pooled=False)[0]
+
+
+def encode_weighted_pooled(tokenizer, text_encoder, tokens: WeightedTokens, clip_skip: int = 1,
+                           penultimate: bool = False, pooled: bool = True) -> "tuple[torch.Tensor, torch.Tensor | None]":
+    """:func:`encode_weighted` and, with ``pooled``, the projected pooled embedding (1, P) of the first window,
+    unweighted, as ComfyUI takes it. ``penultimate``: the layer read without the final norm (SDXL's encoders)."""
     ids = tokens.input_ids
     weighted = bool((tokens.weights != 1.0).any())
     if weighted:
         ids = torch.cat([ids, torch.tensor([empty_window(tokenizer)], dtype=torch.long)])
-    out = encode_tokens(text_encoder, ids, None, clip_skip, "none", tokens.embedding_vectors).float()
+    out, pooled_rows = encode_text(text_encoder, ids, None, clip_skip, "none", tokens.embedding_vectors,
+                                   penultimate=penultimate, pooled=pooled)
+    out = out.float()
     windows = out[:tokens.input_ids.shape[0]]
     if weighted:
         empty = out[-1:]
         w = tokens.weights.to(out.device).unsqueeze(-1)
         windows = torch.where(w != 1.0, (windows - empty) * w + empty, windows)
-    return windows.reshape(1, -1, windows.shape[-1])
+    first_pooled = None if pooled_rows is None else pooled_rows[:1].float()
+    return windows.reshape(1, -1, windows.shape[-1]), first_pooled

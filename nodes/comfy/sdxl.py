@@ -1,10 +1,9 @@
 """ComfyUI's SDXL text encoders: CLIPTextEncodeSDXL (base: two prompts and the size conditioning) and
 CLIPTextEncodeSDXLRefiner (one prompt, aesthetic score and size).
 
-Both encode with graphflow's SDXL encoding (nodes/conditioning.py: penultimate states of both encoders joined,
-the pooled embedding of the last) and set the size conditioning comfy.KSampler reads (nodes/sdxl.py's keys), as
-given: a 0 stays 0, as in ComfyUI. The prompt's weighting is graphflow's (A1111's ``(word:1.2)``, normalised to
-the prompt's mean), not ComfyUI's, which has no SDXL form in the pack yet."""
+Both encode as comfy.CLIPTextEncode does for an SDXL CLIP (nodes/comfy/conditioning.py: ComfyUI's weighting per
+encoder, the layer CLIPSetLastLayer chose, features joined, the pooled embedding of the last encoder) and set the
+size conditioning comfy.KSampler reads (nodes/sdxl.py's keys), as given: a 0 stays 0, as in ComfyUI."""
 from __future__ import annotations
 
 from pydantic import Field
@@ -13,23 +12,24 @@ from graphflow.context import RunContext
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
-from ..conditioning import is_sdxl, prompt_conditioning, prompt_tokens
+from ..conditioning import is_sdxl
 from ..values import CLIP, CONDITIONING, Clip, Conditioning
-from .conditioning import MAX_RESOLUTION
+from .conditioning import MAX_RESOLUTION, prompt_fingerprint, encode_comfy_prompt
 
 
 def _size(default: int):
     return Field(default, ge=0, le=MAX_RESOLUTION)
 
 
-def _encoded(clip: Clip, text: str, text_2: str, ctx: RunContext) -> Conditioning:
+def _encoded(clip: Clip, text: str, text_2: str | None, ctx: RunContext) -> Conditioning:
     if not is_sdxl(clip):
         raise NodeInputError("clip", "this node encodes for SDXL models; the CLIP is not an SDXL one",
                              "an SDXL CLIP (CheckpointLoaderSimple of an SDXL checkpoint)", clip.family)
-    return prompt_conditioning(clip, prompt_tokens(clip, text, ctx=ctx, text_2=text_2), ctx=ctx)
+    return encode_comfy_prompt(clip, text, ctx, text_2=text_2)
 
 
-@node(name="comfy.CLIPTextEncodeSDXL", outputs={"CONDITIONING": CONDITIONING}, category="comfy/conditioning")
+@node(name="comfy.CLIPTextEncodeSDXL", outputs={"CONDITIONING": CONDITIONING}, category="comfy/conditioning",
+      fingerprint=prompt_fingerprint)
 def CLIPTextEncodeSDXL(
     clip: Clip = Input(CLIP),
     width: int = _size(1024),
@@ -54,7 +54,8 @@ def CLIPTextEncodeSDXL(
     return conditioning.replace(sizes={key: float(value) for key, value in sizes.items()})
 
 
-@node(name="comfy.CLIPTextEncodeSDXLRefiner", outputs={"CONDITIONING": CONDITIONING}, category="comfy/conditioning")
+@node(name="comfy.CLIPTextEncodeSDXLRefiner", outputs={"CONDITIONING": CONDITIONING},
+      category="comfy/conditioning", fingerprint=prompt_fingerprint)
 def CLIPTextEncodeSDXLRefiner(
     ascore: float = Field(6.0, ge=0.0, le=1000.0, description="the aesthetic score the refiner is conditioned on "
                           "(ComfyUI's workflows: 6 on the positive, 2.5 on the negative)"),
@@ -66,6 +67,6 @@ def CLIPTextEncodeSDXLRefiner(
     ctx: RunContext,
 ) -> Conditioning:
     """ComfyUI's SDXL refiner prompt: the text with an aesthetic score and an original size."""
-    conditioning = _encoded(clip, text, "", ctx)
+    conditioning = _encoded(clip, text, None, ctx)
     sizes = {"aesthetic_score": ascore, "original_width": width, "original_height": height}
     return conditioning.replace(sizes={key: float(value) for key, value in sizes.items()})

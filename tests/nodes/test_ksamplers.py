@@ -135,6 +135,65 @@ def test_dpmpp_2s_ancestral_step_by_hand(x0):
     assert torch.allclose(run("dpmpp_2s_ancestral", x0, SIGMAS[:2], noise_sampler=lambda a, b: z), expected)
 
 
+def test_lcm_jumps_to_the_prediction_and_noises_it_to_the_next_sigma(x0):
+    z = torch.full_like(x0, 0.3)
+    one = run("lcm", x0, SIGMAS[:2], noise_sampler=lambda a, b: z)
+    assert torch.allclose(one, D(x0, 3.0) + z * 1.5)
+    assert torch.allclose(run("lcm", x0, SIGMAS, noise_sampler=lambda a, b: z), D(D(one, 1.5) + z * 0.5, 0.5))
+
+
+def test_ddpm_step_is_the_posterior_of_the_predicted_clean_latent(x0):
+    """DDPM's q(x_{t-1} | x_t, x0) (Ho et al. eq. 6-7) in the variance-preserving latent x / sqrt(1 + σ²)."""
+    s0, s1 = 3.0, 1.5
+    z = torch.full_like(x0, -0.2)
+    ac, ac_next = 1 / (1 + s0 ** 2), 1 / (1 + s1 ** 2)
+    alpha = ac / ac_next
+    x_vp = x0 * math.sqrt(ac)
+    mean = math.sqrt(ac_next) * (1 - alpha) / (1 - ac) * D(x0, s0) + math.sqrt(alpha) * (1 - ac_next) / (1 - ac) * x_vp
+    spread = math.sqrt((1 - alpha) * (1 - ac_next) / (1 - ac))
+    expected = (mean + spread * z) / math.sqrt(ac_next)
+    assert torch.allclose(run("ddpm", x0, SIGMAS[:2], noise_sampler=lambda a, b: z), expected)
+    last = torch.tensor([0.5, 0.0], dtype=torch.float64)  # the step to 0 lands on the prediction, no noise
+    assert torch.allclose(run("ddpm", x0, last, noise_sampler=lambda a, b: z * 1e6), D(x0, 0.5))
+
+
+def test_dpmpp_3m_sde_without_noise_starts_as_dpmpp_2m_and_then_corrects_with_its_history(x0):
+    first = run("dpmpp_3m_sde", x0, SIGMAS[:2], noise_sampler=None, eta=0.0)
+    assert torch.allclose(first, run("dpmpp_2m", x0, SIGMAS[:2]))  # both first order on the first step
+    s0, s1, s2 = 3.0, 1.5, 0.5
+    x1 = (s1 / s0) * x0 + (1 - s1 / s0) * D(x0, s0)
+    h, h_1 = math.log(s1 / s2), math.log(s0 / s1)
+    phi_2 = math.expm1(-h) / h + 1  # φ2(h)·h = (e^-h − 1 + h)/h: the exponential integrator's second term
+    expected = (s2 / s1) * x1 + (1 - s2 / s1) * D(x1, s1) + phi_2 * (D(x1, s1) - D(x0, s0)) / (h_1 / h)
+    assert torch.allclose(run("dpmpp_3m_sde", x0, SIGMAS[:3], noise_sampler=None, eta=0.0), expected)
+
+
+def test_dpmpp_3m_sde_noise_enters_as_in_dpmpp_2m_sde(x0):
+    z = torch.full_like(x0, 0.7)
+    assert torch.allclose(run("dpmpp_3m_sde", x0, SIGMAS[:2], noise_sampler=lambda a, b: z),
+                          run("dpmpp_2m_sde", x0, SIGMAS[:2], noise_sampler=lambda a, b: z))
+
+
+class WithNegative:
+    """A guided denoiser that also says what the negative prompt predicted (CFG++ samplers read both)."""
+
+    def __init__(self, guided, negative):
+        self.guided, self.negative = guided, negative
+
+    def with_uncond(self, x, sigma):
+        s = sigma.reshape(-1, 1, 1, 1)
+        return self.guided(x, s), self.negative(x, s)
+
+
+def test_euler_cfg_pp_lands_on_the_guided_prediction_along_the_negatives_direction(x0):
+    s0, s1 = 3.0, 1.5
+    model = WithNegative(D, lambda x, s: 0.5 * D(x, s))
+    got = KSAMPLERS["euler_cfg_pp"].function(model, x0, SIGMAS[:2])
+    assert torch.allclose(got, D(x0, s0) + s1 * (x0 - 0.5 * D(x0, s0)) / s0)
+    same = KSAMPLERS["euler_cfg_pp"].function(WithNegative(D, D), x0, SIGMAS)
+    assert torch.allclose(same, run("euler", x0, SIGMAS))  # negative = guided (cfg 1): plain Euler
+
+
 DETERMINISTIC = ["euler", "heun", "dpm_2", "lms", "dpmpp_2m", "uni_pc", "uni_pc_bh2", "ddim"]
 
 
@@ -155,7 +214,8 @@ def test_uni_pc_is_higher_order_than_euler(x0):
     assert unipc_error < euler_error / 5
 
 
-@pytest.mark.parametrize("name", ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde"])
+@pytest.mark.parametrize("name", ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde",
+                                  "dpmpp_3m_sde", "ddpm"])
 def test_stochastic_samplers_end_with_the_datas_spread(name):
     pytest.importorskip("torchsde")
     sigmas = karras_sigmas(100, 0.03, 10.0)  # Euler ancestral, first order, still ends 4% narrow at 100 steps
@@ -176,8 +236,11 @@ def test_callback_sees_every_step_and_the_prediction(x0):
 
 def test_every_comfyui_sampler_name_of_the_issue_is_there():
     wanted = {"euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2m", "dpmpp_2m_sde",
-              "dpmpp_sde", "ddim", "uni_pc"}
+              "dpmpp_sde", "ddim", "uni_pc", "lcm", "ddpm", "euler_cfg_pp", "dpmpp_3m_sde"}
     assert wanted <= set(KSAMPLERS)
+    names = list(KSAMPLERS)  # ComfyUI's order
+    assert names.index("euler_cfg_pp") == names.index("euler") + 1
+    assert names[names.index("dpmpp_2m_sde"):names.index("ddim")] == ["dpmpp_2m_sde", "dpmpp_3m_sde", "ddpm", "lcm"]
 
 
 def test_samplers_run_on_the_sd15_schedule_in_float32():

@@ -70,6 +70,45 @@ def test_simple_and_ddim_uniform_pick_training_sigmas(sd15):
     assert len(scheduler_sigmas(sd15, "ddim_uniform", 12)) == 14
 
 
+def beta_quantile(p: float, a: float, b: float) -> float:
+    """Beta(a, b)'s quantile by bisection on its CDF (the regularised incomplete beta function)."""
+    from scipy.special import betainc
+
+    low, high = 0.0, 1.0
+    for _ in range(80):
+        mid = (low + high) / 2
+        low, high = (mid, high) if betainc(a, b, mid) < p else (low, mid)
+    return (low + high) / 2
+
+
+def test_beta_picks_training_sigmas_at_the_beta_quantiles(sd15):
+    ref = reference_sigmas()
+    steps = [int(np.rint(beta_quantile(1 - k / 10, 0.6, 0.6) * 999)) for k in range(10)]
+    assert steps[0] == 999 and all(abs(a + b - 999) <= 1 for a, b in zip(steps[1:], steps[:0:-1]))  # a = b: symmetric
+    assert np.allclose(scheduler_sigmas(sd15, "beta", 10).numpy(), [ref[t] for t in steps] + [0.0], rtol=2e-5)
+    many = scheduler_sigmas(sd15, "beta", 600)  # dense ends: repeated training steps are taken once
+    assert len(many) < 601 and bool((many[:-1] > many[1:]).all())
+
+
+def test_linear_quadratic_falls_linearly_then_along_the_joined_parabola(sd15):
+    steps, linear, threshold = 10, 5, 0.025
+    # rising r(i): linear with slope threshold/linear up to i = linear, then the parabola with the same value and
+    # slope there that reaches 1 at i = steps; the schedule is sigma_max·(1 − r)
+    a, b, c = np.linalg.solve([[linear ** 2, linear, 1], [2 * linear, 1, 0], [steps ** 2, steps, 1]],
+                              [threshold, threshold / linear, 1.0])
+    rising = [i * threshold / linear for i in range(linear)] + [a * i * i + b * i + c for i in range(linear, steps + 1)]
+    expected = float(sd15.sigma_max) * (1 - np.array(rising))
+    assert np.allclose(scheduler_sigmas(sd15, "linear_quadratic", steps).numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert scheduler_sigmas(sd15, "linear_quadratic", 1).tolist() == pytest.approx([float(sd15.sigma_max), 0.0])
+
+
+def test_kl_optimal_is_evenly_spaced_in_arctan_sigma(sd15):
+    low, high = float(sd15.sigma_min), float(sd15.sigma_max)
+    expected = np.tan(np.linspace(math.atan(high), math.atan(low), 7))
+    assert np.allclose(scheduler_sigmas(sd15, "kl_optimal", 7).numpy(), [*expected, 0.0], rtol=1e-5)
+    assert scheduler_sigmas(sd15, "kl_optimal", 1).tolist() == pytest.approx([high, 0.0], rel=1e-5)
+
+
 @pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
 def test_every_schedule_falls_from_the_top_to_zero(sd15, scheduler):
     sigmas = scheduler_sigmas(sd15, scheduler, 10)

@@ -5,7 +5,7 @@ from safetensors.torch import save_file
 
 from graphflow.errors import NodeInputError
 from nodes.comfy.conditioning import (CLIPSetLastLayer, CLIPTextEncode, ConditioningCombine, ConditioningSetArea,
-                                      ConditioningZeroOut, _fingerprint, clip_skip_of)
+                                      ConditioningZeroOut, prompt_fingerprint, clip_skip_of)
 from nodes.conditioning import prompt_conditioning, prompt_tokens
 from nodes.values import Conditioning
 
@@ -65,11 +65,11 @@ def test_embeddings_come_from_the_clip_or_the_embeddings_folder(sd_clip, stage_c
     folder = ctx.settings.models_dir / "embeddings"
     folder.mkdir(parents=True, exist_ok=True)
     save_file({"emb_params": torch.randn(3, 32)}, str(folder / "mystyle.safetensors"))
-    before = _fingerprint({"text": "a embedding:mystyle cat"}, ctx.settings)
+    before = prompt_fingerprint({"text": "a embedding:mystyle cat"}, ctx.settings)
     with_file = CLIPTextEncode("a embedding:mystyle cat", sd_clip, ctx=ctx)
     assert with_file.embeds.shape == (1, 77, 32)
     save_file({"emb_params": torch.randn(3, 32)}, str(folder / "mystyle.safetensors"))
-    assert _fingerprint({"text": "a embedding:mystyle cat"}, ctx.settings) != before
+    assert prompt_fingerprint({"text": "a embedding:mystyle cat"}, ctx.settings) != before
     with pytest.raises(NodeInputError) as error:
         CLIPTextEncode("a embedding:unknownstyle cat", sd_clip, ctx=ctx)
     assert error.value.input == "text" and "unknownstyle" in str(error.value)

@@ -206,3 +206,23 @@ def test_sampler_function_is_what_the_node_runs():
     expected = sample_euler(ComfyDenoiser(model, cond(1.0), cond(0.5), 5.0), x, sigmas)
     assert torch.equal(out.samples, expected)
 
+
+
+def test_euler_cfg_pp_runs_the_negative_even_at_cfg_1():
+    model = affine_model()
+    out = sample_latent(model, 0, 2, 1.0, "euler_cfg_pp", "normal", cond(1.0), cond(0.0), Latent(torch.zeros(1, 4, 8, 8)), Ctx())
+    assert [c[0] for c in model.unet.calls] == [2, 2]  # both sides in each step's batch, as ComfyUI's CFG++ asks
+    euler = sample_latent(affine_model(), 0, 2, 1.0, "euler", "normal", cond(1.0), cond(0.0), Latent(torch.zeros(1, 4, 8, 8)), Ctx())
+    assert torch.allclose(out.samples, euler.samples, atol=1e-5)  # a prompt-blind model: the negative's direction is Euler's
+
+
+@pytest.mark.parametrize("sampler", ["euler_cfg_pp", "dpmpp_3m_sde", "ddpm", "lcm"])
+@pytest.mark.parametrize("scheduler", ["beta", "linear_quadratic", "kl_optimal"])
+def test_the_newer_samplers_and_schedulers_run_masked_and_repeat_for_a_seed(sampler, scheduler):
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., :4] = 1
+    latent = Latent(torch.full((1, 4, 8, 8), 0.25), noise_mask=mask)
+    first = sample_latent(affine_model(0.3), 5, 4, 6.0, sampler, scheduler, cond(1.0), cond(0.0), latent, Ctx())
+    again = sample_latent(affine_model(0.3), 5, 4, 6.0, sampler, scheduler, cond(1.0), cond(0.0), latent, Ctx())
+    assert torch.isfinite(first.samples).all() and torch.equal(first.samples, again.samples)
+    assert torch.allclose(first.samples[..., 4:], torch.full((1, 4, 8, 4), 0.25), atol=1e-5)

@@ -1,12 +1,12 @@
 """comfy.KSampler on SDXL: the pooled prompt embedding and size ids reach the UNet through UNetInputs.predict,
 with ComfyUI's defaults (sizes from the whole latent at 8 pixels per latent pixel, a negative that does not take
 the positive's sizes, the refiner's aesthetic score 6 / 2.5). Prompts come from graphflow's TextEncode (mixed
-into the workflow): the pack's ComfyUI-weighted encoder has no SDXL form yet, and says so."""
+into the workflow) and from comfy.CLIPTextEncode, which encodes SDXL's two encoders as ComfyUI does."""
 import pytest
 import torch
 
 from graphflow import Engine, Settings
-from graphflow.errors import NodeFailed, NodeInputError
+from graphflow.errors import NodeInputError
 from nodes.comfy.guidance import ComfyDenoiser, entries_of
 
 
@@ -65,10 +65,14 @@ def test_the_size_conditioning_reaches_the_unet(engine):
     assert not torch.allclose(latent(engine, workflow(1)), latent(engine, workflow(1, crop_top=512)), atol=1e-4)
 
 
-def test_comfyuis_text_encoder_refuses_an_sdxl_clip_by_name(engine):
-    with pytest.raises(NodeFailed) as error:
-        engine.run(workflow(negative_node="comfy.CLIPTextEncode"))
-    assert "node 7" in str(error.value) and "clip" in str(error.value) and "TextEncode" in str(error.value)
+@pytest.mark.parametrize("checkpoint", ["tiny-sdxl", "tiny-sdxl-refiner"])
+def test_comfyuis_text_encoder_runs_on_sdxl_with_the_default_sizes(engine, checkpoint):
+    values = engine.run(workflow(1, checkpoint, negative_node="comfy.CLIPTextEncode")).values
+    negative = values["7"]["CONDITIONING"]
+    assert negative.pooled is not None and negative.sizes == {}  # ComfyUI's defaults: the latent's size
+    assert torch.isfinite(values["3"]["LATENT"].samples).all()
+    again = engine.run(workflow(2, checkpoint, negative_node="comfy.CLIPTextEncode")).values["3"]["LATENT"].samples
+    assert not torch.allclose(values["3"]["LATENT"].samples, again, atol=1e-2)
 
 
 def encoded(engine, checkpoint, sizes=None):

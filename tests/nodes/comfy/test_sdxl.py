@@ -97,3 +97,22 @@ def test_the_base_encoder_refuses_the_refiners_single_encoder(engine):
     with pytest.raises(NodeFailed) as error:
         run(engine, document)
     assert "CLIPTextEncodeSDXLRefiner" in str(error.value)
+
+
+def plain_prompt(text="a red circle", seed=5):
+    def encode(text):
+        return {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["4", 1]}}
+
+    return sampled("tiny-sdxl", seed, encode(text), encode("blurry"))
+
+
+def test_a_plain_comfyui_sdxl_prompt_runs_and_equals_the_sdxl_node_at_the_latents_size(engine):
+    """ComfyUI's most common SDXL graph: CLIPTextEncode on both sides. Its sizes default to the latent's (64 px
+    here), so CLIPTextEncodeSDXL with the same text for both encoders and those sizes gives the same latent."""
+    plain = run(engine, plain_prompt())
+    sdxl = base_prompt()
+    for node, text in (("6", "a red circle"), ("7", "blurry")):
+        sdxl[node]["inputs"].update(width=64, height=64, target_width=64, target_height=64, text_g=text, text_l=text)
+    assert plain["6"]["CONDITIONING"].sizes == {} and plain["6"]["CONDITIONING"].pooled is not None
+    assert torch.equal(plain["3"]["LATENT"].samples, run(engine, sdxl)["3"]["LATENT"].samples)
+    assert not torch.allclose(plain["3"]["LATENT"].samples, run(engine, base_prompt())["3"]["LATENT"].samples, atol=1e-4)
