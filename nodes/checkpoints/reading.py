@@ -87,8 +87,10 @@ def read_safetensors(path: Path, dtype: torch.dtype | None = None) -> tuple[dict
     Not through the memory map: every page of a mapped file that is touched counts in the process's resident
     memory until the map is closed, so reading a whole float16 file from its map while casting to float32 peaks
     at 1.5× the loaded weights (measured, bench/load_cost.py). Read into memory we own, the file stays in the
-    page cache only. A tensor kept in its stored dtype is read straight into its own (aligned) storage; one cast
-    is read into a scratch buffer, reused and as large as the largest tensor, and cast into the final tensor."""
+    page cache only. Nor are weights left as views of a map: a file truncated or rewritten in place while its model
+    is cached would kill the process (SIGBUS) on the next step. A tensor kept in its stored dtype is read straight
+    into its own (aligned) storage; one cast is read into a scratch buffer, reused and as large as the largest
+    tensor, and cast into the final tensor."""
     from safetensors import safe_open
 
     try:  # the library checks the header (offsets within the file, no overlaps, sizes matching shapes)
