@@ -2,7 +2,8 @@
 
 - the node catalog (from the registry),
 - the sampler table (from nodes.sampling.SAMPLERS),
-- the performance table (from bench/RESULTS.md, written by bench/run.py).
+- the performance table (from bench/RESULTS.md, written by bench/run.py),
+- the loading-cost table (from bench/load_cost.json, written by bench/load_cost.py).
 
     python scripts/update_readme.py          # rewrite README.md in place
     python scripts/update_readme.py --check  # exit 1 if README.md is out of date (the test suite runs this)
@@ -12,6 +13,7 @@ Each section sits between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` mark
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -66,7 +68,17 @@ def performance_table() -> str:
     return f"From `python bench/run.py` ([bench/RESULTS.md](bench/RESULTS.md) explains every row):\n\n{body}\n"
 
 
-SECTIONS = {"nodes": node_catalog, "samplers": sampler_table, "performance": performance_table}
+def load_cost_table() -> str:
+    results = ROOT / "bench" / "load_cost.json"
+    if not results.exists():
+        return "Not measured yet: run `python bench/load_cost.py --shape sd1 sdxl`.\n"
+    from bench.load_cost import markdown
+
+    return markdown(json.loads(results.read_text(encoding="utf-8"))["results"])
+
+
+SECTIONS = {"nodes": node_catalog, "samplers": sampler_table, "performance": performance_table,
+            "load-cost": load_cost_table}
 
 
 def render(text: str) -> str:

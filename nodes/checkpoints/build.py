@@ -68,4 +68,7 @@ def checked(result: tuple[Any, dict[str, list]], component: str) -> Any:
 
 
 def cast(module: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:
-    return module if dtype is None else module.to(dtype=dtype)
+    """The module in ``dtype``; untouched when its weights already are (a single file is cast as it is read),
+    since diffusers' ``to()`` warns about "modules that should be kept in float32" on every call, even a no-op."""
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    return module if dtype is None or all(t.dtype == dtype for t in tensors) else module.to(dtype=dtype)

@@ -154,7 +154,7 @@ def folder_tokenizer(tokenizer_dir: Path):
 def load_vae_file(path: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
     """A VAE single file: a whole checkpoint's ``first_stage_model.*`` or bare VAE keys (``encoder.*``,
     ``decoder.*``, ``quant_conv.*`` as in vae-ft-mse-840000-ema-pruned)."""
-    state_dict, _ = read_state_dict(path)
+    state_dict, _ = read_state_dict(path, dtype)
     for prefix in (VAE_PREFIX, "vae."):
         if any(k.startswith(prefix) for k in state_dict):
             state_dict = take_prefix(state_dict, prefix)
