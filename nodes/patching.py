@@ -20,6 +20,8 @@ from typing import Mapping
 
 import torch
 
+from .speed import compile_copy
+
 
 def clone_with_weights(module: torch.nn.Module, new_weights: Mapping[str, torch.Tensor]) -> torch.nn.Module:
     """A copy of ``module`` whose parameters/buffers named in ``new_weights`` hold those tensors; the rest is shared."""
@@ -41,4 +43,6 @@ def clone_with_weights(module: torch.nn.Module, new_weights: Mapping[str, torch.
             memo[id(tensor)] = torch.nn.Parameter(tensor.data if new is None else new, requires_grad=tensor.requires_grad)
         else:
             memo[id(tensor)] = tensor if new is None else new
-    return copy.deepcopy(module, memo)
+    clone = copy.deepcopy(module, memo)
+    compile_copy(module, clone)
+    return clone
