@@ -48,6 +48,7 @@ Compile = Annotated[bool, Field(description="torch.compile the UNet: the first s
 # Loader inputs that change how, not what (graphflow.node's neutral inputs).
 NEUTRAL_INPUTS = ("attention", "offload", "compile_unet")
 OFFLOAD_DEVICE = "_graphflow_offload_device"  # set on an offloaded module: where it runs
+OFFLOAD_GROUP = "_graphflow_offload_group"  # set on a model-offloaded module: the group it takes turns in
 
 
 def execution_device(module: torch.nn.Module) -> torch.device:
@@ -157,10 +158,28 @@ class OffloadGroup:
     def activate(self, module: torch.nn.Module) -> None:
         if self.active is not None and self.active() is module:
             return
-        restore(self.moved)
-        self.moved, self.active = [], None
+        self.rest()
         self.moved = move_tensors(module.modules(), self.device)
         self.active = weakref.ref(module)
+
+    def rest(self) -> None:
+        """Put the active model's tensors at rest back (the next forward moves it again)."""
+        restore(self.moved)
+        self.moved, self.active = [], None
+
+
+def at_rest_for_copying(original: torch.nn.Module) -> None:
+    """Before a LoRA or merge copies an offloaded model: its tensors at rest (CPU memory) are the ones to read and
+    share, not the accelerator's copies of the model's turn."""
+    group = getattr(original, OFFLOAD_GROUP, None)
+    if group is not None and group.active is not None and group.active() is original:
+        group.rest()
+
+
+def copy_rests_too(original: torch.nn.Module, copy: torch.nn.Module) -> None:
+    """An offloaded model's copy keeps its new weights in CPU memory too, and runs where the original runs."""
+    if getattr(original, OFFLOAD_DEVICE, None) is not None:
+        copy.to("cpu")
 
 
 class _Activate:
@@ -202,6 +221,8 @@ def offload(modules: list[torch.nn.Module], mode: OffloadName, device: torch.dev
     group = OffloadGroup(device)
     for module in modules:
         setattr(module, OFFLOAD_DEVICE, str(device))
+        if mode == "model":
+            setattr(module, OFFLOAD_GROUP, group)
         for sub in module.modules():
             if mode == "model":
                 sub.register_forward_pre_hook(_Activate(group, module))

@@ -143,15 +143,18 @@ def test_sequential_offload_moves_a_layer_for_its_forward_only():
     assert all(p is q for p, q in zip(layers.parameters(), at_rest))
 
 
-def test_a_lora_clone_of_an_offloaded_model_joins_its_group():
+def test_a_lora_clone_of_an_offloaded_model_joins_its_group_and_shares_its_tensors_at_rest():
     base, other = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+    bias_at_rest = base.bias
     speed.offload([base, other], "model", META)
+    base(torch.zeros(1, 4, device=META))  # base's turn: its weights are the accelerator's copies now
     clone = clone_with_weights(base, {"weight": torch.zeros(4, 4)})
-    assert speed.execution_device(clone) == META
+    assert clone.bias is not bias_at_rest and clone.bias.data_ptr() == bias_at_rest.data_ptr()  # shared, not copied
+    assert clone.weight.device == CPU and speed.execution_device(clone) == META
     clone(torch.zeros(1, 4, device=META))
     assert clone.weight.device == META and base.weight.device == CPU
     other(torch.zeros(1, 4, device=META))
-    assert clone.weight.device == CPU and torch.equal(clone.weight, torch.zeros(4, 4))
+    assert clone.weight.device == CPU and clone.bias.data_ptr() == bias_at_rest.data_ptr()
 
 
 # --- torch.compile -------------------------------------------------------------------------------------------------
