@@ -29,7 +29,8 @@ file, first a sidecar ``<name>.yaml`` (the original inference config: ``paramete
 the file name: "768" or "v-pred"/"vpred" in it means v_prediction (the official ``768-v-ema`` and
 ``v2-1_768-ema-pruned`` files). Everything else is epsilon; set ``prediction_type`` to override.
 
-``device="auto"`` uses CUDA in float16 when available, else the CPU in float32.
+``device="auto"`` uses CUDA in float16 when available, else the CPU in float32. LoadCheckpoint's ``attention``,
+``offload`` and ``compile_unet`` are nodes/speed.py's.
 """
 import os
 from pathlib import Path

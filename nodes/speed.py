@@ -218,6 +218,7 @@ def offload(modules: list[torch.nn.Module], mode: OffloadName, device: torch.dev
     ``device``. ``device`` may be the CPU itself: nothing then moves (the tests check hooks and results that way)."""
     if mode == "none":
         return
+    device = torch.empty(0, device=device).device  # "cuda" → "cuda:0", as the copies' device reads
     group = OffloadGroup(device)
     for module in modules:
         setattr(module, OFFLOAD_DEVICE, str(device))
