@@ -23,15 +23,15 @@ META = torch.device("meta")
 CPU = torch.device("cpu")
 
 
-def load(ctx, **options):
-    return run_node(LoadCheckpoint, ctx, name="tiny-sd", device="cpu", **options)
+def load(ctx, name="tiny-sd", **options):
+    return run_node(LoadCheckpoint, ctx, name=name, device="cpu", **options)
 
 
-def txt2img(model, clip, vae) -> torch.Tensor:
-    """A 3-step euler txt2img with CFG on tiny-sd: every model of the checkpoint runs."""
+def txt2img(model, clip, vae, size=64) -> torch.Tensor:
+    """A 3-step euler txt2img with CFG: every model of the checkpoint runs."""
     positive = run_node(TextEncode, clip=clip, text="a red circle")
-    negative = run_node(TextEncode, clip=clip, text="")
-    latent = run_node(EmptyLatent, width=64, height=64, batch_size=1, vae=vae)
+    negative = run_node(TextEncode, clip=clip, text="blurry")
+    latent = run_node(EmptyLatent, width=size, height=size, batch_size=1, vae=vae)
     schedule = run_node(Schedule, model=model, sampler="euler", steps=3)
     noised = run_node(AddNoise, latent=latent, schedule=schedule, seed=1)
     sampled, _ = run_node(Sample, model=model, positive=positive, negative=negative, latent=noised, cfg=7.5)
@@ -119,6 +119,15 @@ def test_sequential_offload_hooks_every_layer_with_weights_and_keeps_the_picture
         with_weights = [m for m in module.modules() if any(True for _ in m.parameters(recurse=False))]
         assert with_weights and all(len(m._forward_pre_hooks) == 1 and len(m._forward_hooks) == 1 for m in with_weights)
     assert torch.equal(txt2img(model, clip, vae), reference)
+
+
+def test_sdxl_with_sliced_attention_and_model_offload_keeps_the_picture(loader_ctx):
+    """Two text encoders, the pooled embedding and size ids: SDXL's inputs reach the offloaded UNet alike."""
+    expected = txt2img(*load(loader_ctx, "tiny-sdxl"), size=128)
+    model, clip, vae = load(loader_ctx, "tiny-sdxl", attention="sliced")
+    speed.offload([model.unet, clip.text_encoder, clip.text_encoder_2, vae.vae], "model", CPU)
+    assert speed.attention_kinds(model.unet) == {"SlicedAttnProcessor"}
+    assert (txt2img(model, clip, vae, size=128) - expected).abs().max() <= 1e-5
 
 
 def test_model_offload_takes_turns_and_puts_back_the_tensors_at_rest():
