@@ -32,6 +32,11 @@ Fingerprints. ``fingerprint(literals, settings)`` is called on every plan, befor
 engine's settings. It returns a cheap identity of the outside state the node will read: paths with sizes and
 modification times, never file contents. When an input names nothing usable it raises the NodeInputError
 the node itself would raise, so the run stops before anything executes; it never returns a placeholder.
+
+Neutral inputs. ``neutral`` names literal inputs that change how a node computes but not what its outputs lead
+to (a loader's attention kernel or CPU offload: the same weights, results equal up to float rounding). The
+node's own cache key includes them, so a loader keeps one object per choice; the key that nodes linked to its
+outputs see leaves them out, so everything downstream is computed once whatever the choice.
 """
 from __future__ import annotations
 
@@ -99,6 +104,7 @@ class NodeSpec:
     input_order: tuple[str, ...] = field(default=())
     pixels: tuple[str, ...] = ()  # literal inputs whose product is the number of pixels the node makes
     preflight: Preflight | None = None
+    neutral: tuple[str, ...] = ()  # literal inputs left out of the key downstream nodes see (module docstring)
 
     @property
     def literal_names(self) -> tuple[str, ...]:
@@ -138,19 +144,26 @@ def node(
     pool: Pool = "value",
     pixels: tuple[str, ...] = (),
     preflight: Preflight | None = None,
+    neutral: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a node type. ``fingerprint(literals, settings)`` returns a string that changes when the
     outside world the node reads changes (see the module docstring); ``cache="never"`` reruns the node every time;
     ``pool="model"`` keeps results in the model pool (shared weights) instead of the byte-budgeted LRU;
     ``pixels`` names the literal inputs whose product is how many pixels the node makes (a shared server
     bounds it, whatever the inputs are called); ``preflight(literals, settings)`` returns the
-    :class:`FileProblem` of each named file that cannot be found."""
+    :class:`FileProblem` of each named file that cannot be found; ``neutral`` names literal inputs that do not
+    change what the outputs lead to (see the module docstring)."""
 
     def declare(function: Callable[..., Any]) -> Callable[..., Any]:
         spec = build_spec(function, name or function.__name__, outputs or {}, category, version, output, cache,
                           fingerprint, pool, tuple(pixels))
         if preflight is not None:
             spec = replace(spec, preflight=preflight)
+        if neutral:
+            unknown = [n for n in neutral if n not in spec.literal_names]
+            if unknown:
+                raise TypeError(f"node {spec.name}: neutral= names {unknown}, which are not literal inputs")
+            spec = replace(spec, neutral=tuple(neutral))
         setattr(function, NODE_ATTRIBUTE, spec)
         return function
 

@@ -16,6 +16,7 @@ from .validate import CheckedWorkflow, link_graph
 class Plan:
     order: tuple[str, ...]  # needed nodes, topologically sorted (ties broken by node id, so runs are repeatable)
     keys: dict[str, str]  # node id → content key of its outputs
+    link_keys: dict[str, str]  # node id → the key linked nodes see (without its neutral inputs)
 
 
 def make_plan(checked: CheckedWorkflow, settings: Any) -> Plan:
@@ -26,6 +27,7 @@ def make_plan(checked: CheckedWorkflow, settings: Any) -> Plan:
     order = tuple(nx.lexicographical_topological_sort(graph.subgraph(needed)))
     run_nonce = uuid.uuid4().hex  # makes cache="never" nodes (and what depends on them) unique to this run
     keys: dict[str, str] = {}
+    link_keys: dict[str, str] = {}
     for node_id in order:
         node = checked.nodes[node_id]
         spec = node.spec
@@ -33,14 +35,17 @@ def make_plan(checked: CheckedWorkflow, settings: Any) -> Plan:
             "type": spec.name,
             "version": spec.version,
             "literals": node.literals,
-            "links": {name: [keys[link.node], link.output] for name, link in sorted(node.links.items())},
+            "links": {name: [link_keys[link.node], link.output] for name, link in sorted(node.links.items())},
         }
         if spec.fingerprint is not None:
             parts["fingerprint"] = _fingerprint(node_id, spec, node.literals, settings)
         if spec.cache == "never":
             parts["nonce"] = run_nonce
         keys[node_id] = content_key(parts)
-    return Plan(order, keys)
+        neutral = set(spec.neutral)
+        link_keys[node_id] = content_key({**parts, "literals": {k: v for k, v in node.literals.items() if k not in neutral}}) \
+            if neutral else keys[node_id]
+    return Plan(order, keys, link_keys)
 
 
 def _fingerprint(node_id: str, spec: Any, literals: dict[str, Any], settings: Any) -> str:

@@ -29,7 +29,8 @@ file, first a sidecar ``<name>.yaml`` (the original inference config: ``paramete
 the file name: "768" or "v-pred"/"vpred" in it means v_prediction (the official ``768-v-ema`` and
 ``v2-1_768-ema-pruned`` files). Everything else is epsilon; set ``prediction_type`` to override.
 
-``device="auto"`` uses CUDA in float16 when available, else the CPU in float32.
+``device="auto"`` uses CUDA in float16 when available, else the CPU in float32. LoadCheckpoint's ``attention``,
+``offload`` and ``compile_unet`` are nodes/speed.py's.
 """
 import os
 from pathlib import Path
@@ -48,6 +49,8 @@ from .builtin_models import PACKAGE_MODELS, TINY_CONTROLNET_NAME, TINY_VERSION, 
 from .builtin_sdxl import TINY_SDXL_NAMES, TINY_SDXL_VERSION, tiny_sdxl_folder
 from .model_folders import kind_folders
 from .search import MissingFile, preflight_check
+from .speed import NEUTRAL_INPUTS, Attention, Compile, Offload, check_offload, compile_module, set_attention
+from .speed import offload as offload_models
 from .values import CLIP, MODEL, VAE, Clip, Model, Vae
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
@@ -227,6 +230,7 @@ def pick_dtype(dtype: str, device: "torch.device") -> "torch.dtype":
     pool="model",
     fingerprint=model_fingerprint(checkpoint_dirs, CHECKPOINT_SUFFIXES, is_checkpoint_folder),
     preflight=model_preflight(checkpoint_dirs, CHECKPOINT_SUFFIXES, is_checkpoint_folder),
+    neutral=NEUTRAL_INPUTS,
 )
 def LoadCheckpoint(
     name: Annotated[str, Field(description="built-in name, or a diffusers folder / file in models/ or models/checkpoints/")] = "toy-shapes",
@@ -234,14 +238,20 @@ def LoadCheckpoint(
         description="what the UNet predicts; auto reads the scheduler config, a sidecar .yaml or the file name")] = "auto",
     dtype: Dtype = "auto",
     device: Device = "auto",
+    attention: Attention = "sdpa",
+    offload: Offload = "none",
+    compile_unet: Compile = False,
     *,
     ctx: RunContext,
 ):
     """Load an SD 1.x / 2.x / SDXL base, refiner or inpainting checkpoint: a built-in name, a diffusers folder or a single file.
 
-    ``prediction_type`` overrides what the model is taken to predict (SD 2.x 768 models predict velocity)."""
+    ``prediction_type`` overrides what the model is taken to predict (SD 2.x 768 models predict velocity).
+    ``attention``, ``offload`` and ``compile_unet`` trade speed for memory or the reverse (nodes/speed.py); they
+    do not change the results beyond float rounding, so what is computed from the model is cached across them."""
     path = resolve(name, checkpoint_dirs(ctx.settings.models_dir), CHECKPOINT_SUFFIXES, is_checkpoint_folder)
     target = pick_device(device)
+    check_offload(offload, target)
     torch_dtype = pick_dtype(dtype, target)
     try:
         if path.is_dir():
@@ -252,14 +262,20 @@ def LoadCheckpoint(
         raise NodeInputError("name", f"{name} cannot be loaded: {error}",
                              expected=f"a {checkpoints.loadable_titles()} checkpoint (or an inpainting variant)",
                              received=path.name) from None
-    model = Model(unet=parts.unet.to(target), scheduler_config=parts.scheduler_config, family=parts.family,
+    home = "cpu" if offload != "none" else target  # offloaded weights rest in CPU memory
+    unet, text_encoder, vae = parts.unet.to(home), parts.text_encoder.to(home), parts.vae.to(home)
+    second = parts.text_encoder_2.to(home) if parts.text_encoder_2 is not None else None
+    set_attention(unet, attention, target, torch_dtype)
+    offload_models([m for m in (unet, text_encoder, second, vae) if m is not None], offload, target)
+    if compile_unet:
+        compile_module(unet)
+    model = Model(unet=unet, scheduler_config=parts.scheduler_config, family=parts.family,
                   prediction_type=parts.prediction_type, name=name,
                   vae_scale_factor=2 ** (len(parts.vae.config.block_out_channels) - 1),
                   zero_empty_negative=parts.zero_empty_negative)
-    second = parts.text_encoder_2.to(target) if parts.text_encoder_2 is not None else None
-    clip = Clip(tokenizer=parts.tokenizer, text_encoder=parts.text_encoder.to(target), family=parts.family, name=name,
+    clip = Clip(tokenizer=parts.tokenizer, text_encoder=text_encoder, family=parts.family, name=name,
                 text_encoder_2=second, tokenizer_2=parts.tokenizer_2)
-    return model, clip, Vae(vae=parts.vae.to(target), name=name)
+    return model, clip, Vae(vae=vae, name=name)
 
 
 @node(

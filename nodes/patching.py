@@ -20,9 +20,13 @@ from typing import Mapping
 
 import torch
 
+from .speed import at_rest_for_copying, compile_copy, copy_rests_too
+
 
 def clone_with_weights(module: torch.nn.Module, new_weights: Mapping[str, torch.Tensor]) -> torch.nn.Module:
-    """A copy of ``module`` whose parameters/buffers named in ``new_weights`` hold those tensors; the rest is shared."""
+    """A copy of ``module`` whose parameters/buffers named in ``new_weights`` hold those tensors; the rest is shared
+    (an offloaded module's tensors at rest, nodes/speed.py)."""
+    at_rest_for_copying(module)
     params = dict(module.named_parameters(remove_duplicate=False))
     buffers = dict(module.named_buffers(remove_duplicate=False))
     unknown = [name for name in new_weights if name not in params and name not in buffers]
@@ -41,4 +45,7 @@ def clone_with_weights(module: torch.nn.Module, new_weights: Mapping[str, torch.
             memo[id(tensor)] = torch.nn.Parameter(tensor.data if new is None else new, requires_grad=tensor.requires_grad)
         else:
             memo[id(tensor)] = tensor if new is None else new
-    return copy.deepcopy(module, memo)
+    clone = copy.deepcopy(module, memo)
+    compile_copy(module, clone)
+    copy_rests_too(module, clone)
+    return clone

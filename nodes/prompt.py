@@ -30,6 +30,7 @@ import torch
 from graphflow.errors import InvalidArgument, NodeInputError
 
 from .prompt_syntax import is_break, parse_prompt_attention
+from .speed import execution_device
 
 DEFAULT_BACKTRACK_WINDOW = 20  # A1111's default "comma padding backtrack"
 EMBEDDING_PREFIX = "embedding:"
@@ -274,7 +275,7 @@ def encode_text(
     if weights is not None and weights.shape != input_ids.shape:
         raise InvalidArgument("weights", "weights must match token ids", tuple(input_ids.shape), tuple(weights.shape))
     use_mask = bool(getattr(text_encoder.config, "use_attention_mask", False))
-    device = core.embeddings.token_embedding.weight.device
+    device = execution_device(text_encoder)  # an offloaded encoder's weights rest in CPU memory (nodes/speed.py)
     outputs, pooled_output = [], None
     total = input_ids.shape[1] // window
     with torch.no_grad():

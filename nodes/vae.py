@@ -28,13 +28,22 @@ from .values import IMAGE, LATENT, MASK, VAE, Image, Latent, Mask, Vae
 BLANK = 0.5  # grey in [0, 1] is 0 in the VAE's [-1, 1]: what the pipeline's `image * (mask < 0.5)` leaves
 
 
+def in_slices(run: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, one_at_a_time: bool) -> torch.Tensor:
+    """``run`` over the batch at once, or image by image (diffusers' VAE slicing: the activations of one image at a
+    time instead of the whole batch's; the same pixels up to float rounding: every layer treats images separately)."""
+    if not one_at_a_time or batch.shape[0] == 1:
+        return run(batch)
+    return torch.cat([run(item[None]) for item in batch])
+
+
 def decode_latents(vae: Vae, samples: torch.Tensor, tile_size: int = 0, overlap: int = 64,
-                   on_tile: Callable[[], None] | None = None) -> torch.Tensor:
+                   on_tile: Callable[[], None] | None = None, slice_batch: bool = False) -> torch.Tensor:
     """Latents (B, 4, h, w) scaled by the scaling factor → pixels (B, H, W, 3) float32 in [0, 1] on the CPU.
 
-    ``tile_size`` > 0 decodes in overlapping tiles of that many pixels (see :func:`vae_tiles`)."""
+    ``tile_size`` > 0 decodes in overlapping tiles of that many pixels (see :func:`vae_tiles`), image by image;
+    ``slice_batch`` decodes untiled image by image (:func:`in_slices`)."""
     model = vae.vae
-    latents = samples.to(device=model.device, dtype=model.dtype)
+    latents = samples.to(device=vae.device, dtype=model.dtype)
     with torch.no_grad():
         if tile_size:
             tile, shared = vae_tiles(vae, tile_size, overlap)
@@ -42,26 +51,28 @@ def decode_latents(vae: Vae, samples: torch.Tensor, tile_size: int = 0, overlap:
             decoded = torch.cat([run_tiled(run, z[None], tile, shared, scale=vae.downscale, on_tile=on_tile)
                                  for z in latents / vae.scaling_factor])
         else:
-            decoded = model.decode(latents / vae.scaling_factor, return_dict=False)[0]
+            decoded = in_slices(lambda z: model.decode(z, return_dict=False)[0], latents / vae.scaling_factor, slice_batch)
     pixels = (decoded * 0.5 + 0.5).clamp(0, 1)  # VaeImageProcessor.denormalize
     return pixels.permute(0, 2, 3, 1).float().cpu()
 
 
 def encode_pixels(vae: Vae, pixels: torch.Tensor, tile_size: int = 0, overlap: int = 64,
-                  on_tile: Callable[[], None] | None = None) -> torch.Tensor:
+                  on_tile: Callable[[], None] | None = None, slice_batch: bool = False) -> torch.Tensor:
     """Pixels (B, H, W, 3) in [0, 1] → the mode of the VAE's latent distribution, times the scaling factor.
 
-    ``tile_size`` > 0 encodes in overlapping tiles of that many pixels (see :func:`vae_tiles`)."""
+    ``tile_size`` > 0 encodes in overlapping tiles of that many pixels (see :func:`vae_tiles`), image by image;
+    ``slice_batch`` encodes untiled image by image (:func:`in_slices`)."""
     model = vae.vae
-    chw = pixels.permute(0, 3, 1, 2).to(device=model.device, dtype=model.dtype)
+    chw = pixels.permute(0, 3, 1, 2).to(device=vae.device, dtype=model.dtype)
     with torch.no_grad():
         if tile_size:
             tile, shared = vae_tiles(vae, tile_size, overlap)
             run = lambda x: model.encode(x).latent_dist.mode()  # noqa: E731
             latents = torch.cat([run_tiled(run, x[None], tile, shared, shrink=vae.downscale, on_tile=on_tile)
-                                 for x in 2.0 * chw - 1.0]).to(device=model.device, dtype=model.dtype)
+                                 for x in 2.0 * chw - 1.0]).to(device=vae.device, dtype=model.dtype)
         else:
-            latents = model.encode(2.0 * chw - 1.0).latent_dist.mode()  # VaeImageProcessor.normalize, then encode
+            # VaeImageProcessor.normalize, then encode
+            latents = in_slices(lambda x: model.encode(x).latent_dist.mode(), 2.0 * chw - 1.0, slice_batch)
     # channels-last pixels give channels-last latents; the usual layout keeps the UNet's arithmetic the same
     # as for latents made any other way (convolutions sum in a layout-dependent order)
     return (vae.scaling_factor * latents).contiguous()
@@ -116,6 +127,7 @@ def paste_back(decoded: torch.Tensor, latent: Latent) -> torch.Tensor:
 
 TILE_SIZE = Field(0, ge=0, le=8192, multiple_of=8, description="0 = the whole image in one pass; else tiles of this many pixels (less memory for large images, slightly different result)")
 TILE_OVERLAP = Field(64, ge=0, le=1024, multiple_of=8, description="pixels neighbouring tiles share; the seams are blended across them")
+SLICE_BATCH = Field(False, description="one image of the batch at a time (less memory for a batch, the same pixels up to rounding; tiling always goes image by image)")
 
 
 def check_tiles(tile_size: int, overlap: int) -> None:
@@ -123,40 +135,42 @@ def check_tiles(tile_size: int, overlap: int) -> None:
         raise NodeInputError("tile_overlap", "must be smaller than tile_size", f"< {tile_size}", overlap)
 
 
-@node(outputs={"image": IMAGE}, category="latent", version=2)
+@node(outputs={"image": IMAGE}, category="latent", version=2, neutral=("slice_batch",))
 def VAEDecode(vae: Vae = Input(VAE), latent: Latent = Input(LATENT), tile_size: int = TILE_SIZE,
-              tile_overlap: int = TILE_OVERLAP, *, ctx: RunContext) -> Image:
+              tile_overlap: int = TILE_OVERLAP, slice_batch: bool = SLICE_BATCH, *, ctx: RunContext) -> Image:
     """Decode latents to an image: divide by the VAE's scaling factor, decode, map [-1, 1] to [0, 1].
 
     The same float pixels diffusers' pipelines return with ``output_type="pt"`` (before any uint8 rounding),
     channels last. An inpainting latent (InpaintEncode with ``paste_back``) is then composited over its
     original picture with its blurred mask: outside the mask the pixels are exactly the original's.
-    ``tile_size`` decodes large images tile by tile (progress per tile, cancellable between tiles)."""
+    ``tile_size`` decodes large images tile by tile (progress per tile, cancellable between tiles);
+    ``slice_batch`` decodes a batch one image at a time (diffusers' VAE slicing)."""
     check_tiles(tile_size, tile_overlap)
     check_decoded_pixels(ctx, vae, latent, "latent")
     on_tile = None
     if tile_size:
         tiles = vae_tile_count(vae, *decoded_size(vae, latent), tile_size, tile_overlap)
         on_tile = tile_counter(ctx.progress, latent.batch_size * tiles)
-    return Image(pixels=paste_back(decode_latents(vae, latent.samples, tile_size, tile_overlap, on_tile), latent))
+    decoded = decode_latents(vae, latent.samples, tile_size, tile_overlap, on_tile, slice_batch)
+    return Image(pixels=paste_back(decoded, latent))
 
 
-@node(outputs={"latent": LATENT}, category="latent")
+@node(outputs={"latent": LATENT}, category="latent", neutral=("slice_batch",))
 def VAEEncode(vae: Vae = Input(VAE), image: Image = Input(IMAGE), tile_size: int = TILE_SIZE,
-              tile_overlap: int = TILE_OVERLAP, *, ctx: RunContext) -> Latent:
+              tile_overlap: int = TILE_OVERLAP, slice_batch: bool = SLICE_BATCH, *, ctx: RunContext) -> Latent:
     """Encode an image to latents, deterministically: the mode (mean) of the VAE's latent distribution.
 
     Pipelines sample the distribution with their generator instead; the mode keeps an encoded image the
     same on every run so it caches, and differs from a sample by the VAE's tiny posterior noise. The width
     and height must be multiples of the VAE's downscale factor (8 for SD). ``tile_size`` encodes large
-    images tile by tile, as VAEDecode decodes them."""
+    images tile by tile, and ``slice_batch`` a batch image by image, as VAEDecode decodes them."""
     check_encodable(vae, image)
     check_tiles(tile_size, tile_overlap)
     on_tile = None
     if tile_size:
         tiles = vae_tile_count(vae, image.height, image.width, tile_size, tile_overlap)
         on_tile = tile_counter(ctx.progress, image.batch_size * tiles)
-    return Latent(samples=encode_pixels(vae, image.pixels, tile_size, tile_overlap, on_tile))
+    return Latent(samples=encode_pixels(vae, image.pixels, tile_size, tile_overlap, on_tile, slice_batch))
 
 
 @node(outputs={"latent": LATENT}, category="latent", version=2)

@@ -20,6 +20,8 @@ import torch
 from graphflow.cache import is_container, walk
 from graphflow.disk_cache import register_value
 
+from .speed import execution_device
+
 # Socket type names used by the node library.
 MODEL, CLIP, VAE = "MODEL", "CLIP", "VAE"
 TOKENS, CONDITIONING = "TOKENS", "CONDITIONING"
@@ -121,7 +123,8 @@ class Model(SocketValue):
 
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        """Where the UNet computes (an offloaded one's weights rest in CPU memory: nodes/speed.py)."""
+        return execution_device(self.unet)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -163,6 +166,11 @@ class Vae(SocketValue):
     @property
     def downscale(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the VAE computes (an offloaded one's weights rest in CPU memory: nodes/speed.py)."""
+        return execution_device(self.vae)
 
 
 @dataclass(frozen=True, eq=False)

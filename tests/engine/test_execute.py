@@ -59,6 +59,26 @@ def test_default_literals_and_explicit_defaults_share_a_key(engine):
     assert report.executed == []
 
 
+def test_a_neutral_input_reruns_its_node_but_not_what_links_to_it(engine):
+    """A neutral input (how a loader computes, not what) keys the node's own result, not the keys downstream."""
+    def halved(method: str) -> dict:
+        return wf(n=("Number", {"value": 3.0}), half=("Halve", {"value": link("n"), "method": method}),
+                  total=("Add", {"a": link("half"), "bias": 2}), out=("Show", {"value": link("total")}))
+
+    engine.run(halved("multiply"))
+    report = engine.run(halved("divide"))
+    assert report.executed == ["half"]
+    assert report.cached == ["n", "total", "out"]
+    assert report.outputs == {"out": {"value": 3.5, "label": ""}}
+
+
+def test_neutral_must_name_a_literal_input():
+    from graphflow.node import node
+
+    with pytest.raises(TypeError, match="neutral= names \\['missing'\\]"):
+        node(outputs={"value": "NUMBER"}, neutral=("missing",))(lambda value=0.0: value)
+
+
 def test_new_engine_process_recomputes_the_same_keys(registry, engine):
     from graphflow.plan import make_plan
 

@@ -38,6 +38,13 @@ def Describe(value=Input("NUMBER"), mode: Literal["plain", "fancy"] = "plain"):
     return value, (f"~{value}~" if mode == "fancy" else str(value))
 
 
+@node(outputs={"value": "NUMBER"}, category="test", neutral=("method",))
+def Halve(value=Input("NUMBER"), method: Literal["multiply", "divide"] = "multiply"):
+    """value / 2, computed one of two ways that give the same number (a neutral input)."""
+    CALLS["Halve"] += 1
+    return value * 0.5 if method == "multiply" else value / 2
+
+
 @node(outputs={"items": "LIST"}, category="test")
 def MakeList(value=Input("NUMBER"), length: int = Field(3, ge=1, le=10_000_000)):
     """A list holding ``value`` ``length`` times (big lists test the cache budget)."""

@@ -132,3 +132,18 @@ def test_an_overlap_as_large_as_the_tile_is_refused(sd_vae):
     with pytest.raises(NodeInputError) as error:
         run_node(VAEDecode, vae=sd_vae, latent=random_latent(), tile_size=64, tile_overlap=64)
     assert error.value.input == "tile_overlap"
+
+
+def test_a_sliced_batch_gives_the_batchs_pixels_and_latents(sd_vae, monkeypatch):
+    """VAE slicing decodes and encodes one image at a time; every VAE layer treats images separately, so the
+    result is the whole batch's up to float rounding (kernels sum in another order for another batch size)."""
+    latent, image = random_latent(batch=3), gradient_image(batch=3)
+    whole = run_node(VAEDecode, vae=sd_vae, latent=latent).pixels, run_node(VAEEncode, vae=sd_vae, image=image).samples
+    batches = []
+    decode, encode = sd_vae.vae.decode, sd_vae.vae.encode
+    monkeypatch.setattr(sd_vae.vae, "decode", lambda z, **kw: batches.append(z.shape[0]) or decode(z, **kw))
+    monkeypatch.setattr(sd_vae.vae, "encode", lambda x, **kw: batches.append(x.shape[0]) or encode(x, **kw))
+    sliced = (run_node(VAEDecode, vae=sd_vae, latent=latent, slice_batch=True).pixels,
+              run_node(VAEEncode, vae=sd_vae, image=image, slice_batch=True).samples)
+    assert batches == [1] * 6
+    assert (sliced[0] - whole[0]).abs().max() <= 1e-5 and (sliced[1] - whole[1]).abs().max() <= 1e-5
