@@ -4,10 +4,11 @@ Models (README section)
 -----------------------
 ControlNets go in ``models/controlnet/``: a diffusers ControlNetModel folder (``config.json`` + weights), or a single
 file ``<name>``, ``<name>.safetensors``, ``.pth``, ``.ckpt`` or ``.pt`` in the original layout (lllyasviel's
-``control_*`` / ``control_v11*`` releases: keys under ``control_model.``, or bare). SD 1.x and SD 2.x ControlNets
-load offline from the configs shipped in ``nodes/models/configs/controlnet-*``, every size read from the weights;
-a tensor the architecture does not have, or one it needs that the file lacks, is an error. ``tiny-sd-controlnet``
-is built in: a random ControlNet for ``tiny-sd`` (for tests; its effect is noise on noise), and so is
+``control_*`` / ``control_v11*`` releases: keys under ``control_model.``, or bare), or with diffusers' keys (most
+SDXL ControlNets). SD 1.x, SD 2.x and SDXL ControlNets load offline from the configs shipped in
+``nodes/models/configs/controlnet-*``, every size read from the weights; a tensor the architecture does not have, or
+one it needs that the file lacks, is an error. ``tiny-sd-controlnet`` and ``tiny-sdxl-controlnet`` are built in:
+random ControlNets for ``tiny-sd`` and ``tiny-sdxl`` (for tests; their effect is noise on noise), and so is
 ``toy-shapes-canny``, a Canny ControlNet trained for ``toy-shapes`` (shipped in the package, when present).
 
 How it samples (diffusers' StableDiffusionControlNetPipeline, step by step): at each step every ControlNet whose
@@ -16,7 +17,8 @@ sees the scaled latents, the timestep, the text embeddings and its control image
 UNet input block and one for the middle block, times ``strength``; the residuals of all ControlNets are added up
 and the UNet adds them to its skip connections. A ControlNet on both positive and negative runs once on the whole
 CFG batch; one on the positive only (guess mode, or wired so) runs on the positive half, the negative half getting
-zero residuals.
+zero residuals. An SDXL ControlNet also embeds the SDXL UNet's added conditioning (pooled text, size ids): it gets
+the rows of it that the UNet gets (``unet_inputs`` builds them once), as StableDiffusionXLControlNetPipeline does.
 """
 from dataclasses import dataclass
 from pathlib import Path
