@@ -108,7 +108,9 @@ TINY_SDXL_CONTROLNET_NAME = "tiny-sdxl-controlnet"
 def build_tiny_sdxl_controlnet(components: dict | None = None, seed: int = TINY_SEED + 110):
     """A fresh random ControlNet for tiny-sdxl (``components``: its parts, built when not given), identical for the
     same seed: ``ControlNetModel.from_unet`` of its UNet, with a hint encoder that shrinks the control image by the
-    VAE's factor (one stage per VAE downsampling, read from the VAE's config) and random output convolutions."""
+    VAE's factor (one stage per VAE downsampling, read from the VAE's config) and random output convolutions. Its
+    hint encoder's convolutions keep the signal's variance (He's init): with diffusers' default init each stage
+    shrinks it, and behind an 8× hint encoder the control image would barely reach the residuals."""
     from diffusers import ControlNetModel
 
     components = components or build_tiny_sdxl_components()
@@ -116,6 +118,9 @@ def build_tiny_sdxl_controlnet(components: dict | None = None, seed: int = TINY_
     torch.manual_seed(seed)
     controlnet = ControlNetModel.from_unet(components["unet"],
                                            conditioning_embedding_out_channels=tuple(8 * 2 ** i for i in range(stages)))
+    hint = controlnet.controlnet_cond_embedding
+    for convolution in (hint.conv_in, *hint.blocks):  # variance-preserving through the SiLUs, as He et al.
+        torch.nn.init.kaiming_normal_(convolution.weight, nonlinearity="relu")
     return randomized_output_convolutions(controlnet).eval()
 
 

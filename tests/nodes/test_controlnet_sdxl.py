@@ -119,6 +119,6 @@ def test_an_sdxl_controlnet_changes_the_picture_and_strength_0_is_none(xl_parts,
     plain = ours(xl_parts, [])
     controlled = [ours(xl_parts, [(xl_control_nets[0], control_image(seed), 1.0, 0.0, 1.0, False)]) for seed in (1, 2)]
     assert (controlled[0] - plain).abs().max() > 0.05
-    assert (controlled[0] - controlled[1]).abs().max() > 0.01  # measured 0.029: random weights, a weak image effect
+    assert (controlled[0] - controlled[1]).abs().max() > 0.05
     off = ours(xl_parts, [(xl_control_nets[0], control_image(1), 0.0, 0.0, 1.0, False)])
     assert torch.equal(off, plain)
