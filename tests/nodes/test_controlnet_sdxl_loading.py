@@ -155,3 +155,14 @@ def test_apply_then_sample_names_a_wrong_controlnet(xl_net, sd_model, sd_clip, s
     with pytest.raises(NodeInputError, match="is for sdxl models") as caught:
         run_node(Sample, model=sd_model, positive=positive, negative=negative, latent=noised, cfg=5.0)
     assert caught.value.input == "positive"
+
+
+def test_the_family_is_told_by_the_added_embedding_and_named_in_errors():
+    from nodes.checkpoints.controlnet import controlnet_config_folder, controlnet_family
+
+    assert controlnet_family(2048, True) == controlnet_family(96, True) == "sdxl"  # any size: tiny-sdxl's too
+    assert (controlnet_family(768, False), controlnet_family(1024, False)) == ("sd1", "sd2")
+    assert controlnet_family(1280, True) == "sdxl-refiner"
+    with pytest.raises(ck.CheckpointError, match="no ControlNet config for the SDXL refiner family; graphflow loads "
+                                                 "ControlNets for SD 1.x, SD 2.x, SDXL base"):
+        controlnet_config_folder("sdxl-refiner")
