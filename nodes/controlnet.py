@@ -233,8 +233,8 @@ def _hint(model: Model, control: Control, latent: Latent, name: str) -> "torch.T
 
 
 def check_fits(model: Model, net: ControlNet, channels: int, name: str) -> None:
-    """That ControlNet ``net`` was made for this UNet (family, block sizes, text width, transformer depth, SDXL's
-    added embedding) and ``channels``-channel latents."""
+    """That ControlNet ``net`` was made for this UNet (family, block sizes, text width, SDXL's added embedding) and
+    ``channels``-channel latents."""
     config, unet = net.module.config, model.unet.config
     if net.family != model.family:
         raise NodeInputError(name, f"ControlNet {net.name} is for {net.family} models, the UNet is {model.family}",
@@ -248,13 +248,9 @@ def check_fits(model: Model, net: ControlNet, channels: int, name: str) -> None:
 
 
 def _architecture(config) -> str:
-    """What a ControlNet copies from its UNet's encoder half, in words: equal for a ControlNet and its UNet."""
-    levels = len(config.block_out_channels)
-    depth = config.transformer_layers_per_block
-    depth = list(depth) if isinstance(depth, (list, tuple)) else [depth] * levels
+    """What a ControlNet shares with its UNet, in words: the residuals' shapes (blocks), the text width and SDXL's
+    added embedding (its inputs). The transformer depth may differ (SDXL's distilled "small" / "mid" ControlNets)."""
     words = f"blocks {list(config.block_out_channels)} × {config.layers_per_block}, text width {config.cross_attention_dim}"
-    if depth != [1] * levels:
-        words += f", transformer depth {depth}"
     if config.addition_embed_type == "text_time":
         words += (f", added embedding of {config.projection_class_embeddings_input_dim} values "
                   f"({config.addition_time_embed_dim}-wide size ids)")

@@ -68,6 +68,7 @@ def derive_controlnet_config(weights: dict[str, torch.Tensor]) -> dict[str, Any]
     """ControlNet sizes from original-layout weights (prefix removed): the encoder half's, and the hint encoder's
     channels (each downsampling stage's second convolution changes the width)."""
     config = derive_encoder_config(weights, "ControlNet")
+    config.setdefault("transformer_layers_per_block", 1)  # one everywhere, whatever the family's shipped config says
     hint = [shape(weights, f"input_hint_block.{i}.weight", "ControlNet") for i in indices(weights, "input_hint_block.")]
     if len(hint) < 2 or len(hint) % 2:
         raise CheckpointError(f"the ControlNet's hint encoder (input_hint_block.*) has {len(hint)} convolutions; expected an even number, at least 2")

@@ -167,3 +167,22 @@ def test_the_family_is_told_by_the_added_embedding_and_named_in_errors():
     with pytest.raises(ck.CheckpointError, match="no ControlNet config for the SDXL refiner family; graphflow loads "
                                                  "ControlNets for SD 1.x, SD 2.x, SDXL base"):
         controlnet_config_folder("sdxl-refiner")
+
+
+@pytest.mark.parametrize("attending, depth", [(("DownBlock2D", "CrossAttnDownBlock2D"), 1),
+                                              (("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"), [0, 1])])
+def test_transformer_depths_are_read_from_the_weights(xl_parts, xl_net, tmp_path, attending, depth):
+    """SDXL's distilled ControlNets ("small", "mid") have fewer transformer blocks than SDXL (none in some levels):
+    the depths come from the weights, not from the shipped config ([1, 2, 10]) nor from a config in the file."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(0)
+    distilled = ControlNetModel.from_config({**dict(xl_net.config), "down_block_types": attending,
+                                             "transformer_layers_per_block": depth}).eval()
+    assert derive_controlnet_config(controlnet_weights(distilled.state_dict()))["transformer_layers_per_block"] == depth
+    config = {k: v for k, v in dict(distilled.config).items() if k != "transformer_layers_per_block"}
+    state = {k: v.contiguous() for k, v in distilled.state_dict().items()}
+    save_file(state, str(tmp_path / "small.safetensors"), metadata={"graphflow.controlnet_config": json.dumps(config)})
+    loaded, family = load_controlnet_file(tmp_path / "small.safetensors")
+    assert family == "sdxl" and torch.equal(residuals(loaded, xl_parts), residuals(distilled, xl_parts))
+    check_fits(values_of(xl_parts)[0], ControlNet(module=loaded, family="sdxl", name="small"), 4, "positive")
