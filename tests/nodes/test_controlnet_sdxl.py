@@ -39,7 +39,7 @@ def control_image(seed: int) -> Image:
     return Image(pixels=blocks.repeat_interleave(8, 1).repeat_interleave(8, 2))
 
 
-def ours(parts, applications, sampler="euler", seed=42, latent=None, denoise=1.0, negative=NEGATIVE):
+def ours(parts, applications, sampler="euler", seed=42, latent=None, denoise=1.0, negative=NEGATIVE, batch=1):
     """The stage nodes, ApplyControlNet for each (control_net, image, strength, start, end, guess)."""
     model, clip, vae = values_of(parts)
     positive, negative = encode(clip, PROMPT), encode(clip, negative)
@@ -48,7 +48,7 @@ def ours(parts, applications, sampler="euler", seed=42, latent=None, denoise=1.0
                                       image=image, strength=strength, start_percent=start, end_percent=end,
                                       guess_mode=guess)
     if latent is None:
-        latent = run_node(EmptyLatent, width=SIZE, height=SIZE, batch_size=1, vae=vae)
+        latent = run_node(EmptyLatent, width=SIZE, height=SIZE, batch_size=batch, vae=vae)
     schedule = run_node(Schedule, model=model, sampler=sampler, steps=STEPS, denoise=denoise)
     noised = run_node(AddNoise, latent=latent, schedule=schedule, seed=seed)
     out, _ = run_node(Sample, model=model, positive=positive, negative=negative, latent=noised, cfg=CFG)
@@ -67,7 +67,7 @@ def controlnet_pipeline(parts, control_nets, sampler, img2img=False):
     return pipe
 
 
-def theirs(parts, applications, sampler="euler", seed=42):
+def theirs(parts, applications, sampler="euler", seed=42, batch=1):
     """The pipeline with the same ControlNets; guess mode as the applications say (diffusers has one switch)."""
     nets, images, scales, starts, ends, guesses = zip(*applications)
     single = len(nets) == 1
@@ -79,7 +79,7 @@ def theirs(parts, applications, sampler="euler", seed=42):
         PROMPT, negative_prompt=NEGATIVE, image=one_or_list([i.pixels.permute(0, 3, 1, 2) for i in images]),
         height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=CFG, generator=generator(seed),
         output_type="pt", controlnet_conditioning_scale=one_or_list(scales), control_guidance_start=one_or_list(starts),
-        control_guidance_end=one_or_list(ends), guess_mode=guesses[0]).images)
+        control_guidance_end=one_or_list(ends), guess_mode=guesses[0], num_images_per_prompt=batch).images)
 
 
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
@@ -98,6 +98,13 @@ def test_sdxl_guess_mode_matches_the_pipeline_guess_mode(xl_parts, xl_control_ne
     """Guess mode runs the ControlNet on the positive half only, with that half's pooled text and size ids."""
     applications = [(xl_control_nets[0], control_image(4), 1.2, 0.0, 1.0, True)]
     assert_same_pixels(ours(xl_parts, applications, seed=5), theirs(xl_parts, applications, seed=5))
+
+
+def test_one_control_image_and_the_added_conditioning_serve_a_batch(xl_parts, xl_control_nets):
+    applications = [(xl_control_nets[0], control_image(5), 1.0, 0.0, 1.0, False)]
+    mine = ours(xl_parts, applications, seed=3, batch=2)
+    assert mine.shape[0] == 2
+    assert_same_pixels(mine, theirs(xl_parts, applications, seed=3, batch=2))
 
 
 def test_sdxl_img2img_with_a_controlnet_matches_the_img2img_pipeline(xl_parts, xl_control_nets):
