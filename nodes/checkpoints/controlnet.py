@@ -94,6 +94,9 @@ def controlnet_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     the ControlNet), else the whole file (the later releases' bare keys, or diffusers' keys, renamed)."""
     if any(k.startswith(CONTROL_PREFIX) for k in state_dict):
         return take_prefix(state_dict, CONTROL_PREFIX)
+    if "lora_controlnet" in state_dict:  # the marker ComfyUI reads them by
+        raise CheckpointError("this is a Control-LoRA (Stability AI's control-lora-*: low-rank differences to an SDXL "
+                              "UNet), which graphflow does not load; use a full ControlNet")
     if HINT_PREFIX + "conv_in.weight" in state_dict:
         return controlnet_to_original(state_dict, diffusers_layout(state_dict))
     if "input_hint_block.0.weight" not in state_dict:

@@ -166,6 +166,10 @@ def test_files_that_are_not_controlnets(tiny, tmp_path):
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, str(tmp_path / "sd.safetensors"))
     with pytest.raises(ck.CheckpointError, match="LoadCheckpoint"):
         load_controlnet_file(tmp_path / "sd.safetensors")
+    save_file({"lora_controlnet": torch.zeros(1), "input_hint_block.0.weight": torch.zeros(1)},
+              str(tmp_path / "control-lora.safetensors"))
+    with pytest.raises(ck.CheckpointError, match="Control-LoRA"):
+        load_controlnet_file(tmp_path / "control-lora.safetensors")
     save_file({"encoder.conv_in.weight": torch.zeros(1)}, str(tmp_path / "vae.safetensors"))
     with pytest.raises(ck.CheckpointError, match="not a ControlNet"):
         load_controlnet_file(tmp_path / "vae.safetensors")
