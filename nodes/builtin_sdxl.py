@@ -101,7 +101,6 @@ def tiny_sdxl_folder(refiner: bool = False) -> Path:
     return folder
 
 
-
 TINY_SDXL_CONTROLNET_NAME = "tiny-sdxl-controlnet"
 
 

@@ -169,13 +169,17 @@ def test_the_family_is_told_by_the_added_embedding_and_named_in_errors():
         controlnet_config_folder("sdxl-refiner")
 
 
-@pytest.mark.parametrize("attending, depth", [(("DownBlock2D", "CrossAttnDownBlock2D"), 1),
-                                              (("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"), [0, 1])])
-def test_transformer_depths_are_read_from_the_weights(xl_parts, xl_net, tmp_path, attending, depth):
+@pytest.mark.parametrize("none_above_the_last", [False, True])
+def test_transformer_depths_are_read_from_the_weights(xl_parts, xl_net, tmp_path, none_above_the_last):
     """SDXL's distilled ControlNets ("small", "mid") have fewer transformer blocks than SDXL (none in some levels):
-    the depths come from the weights, not from the shipped config ([1, 2, 10]) nor from a config in the file."""
+    the depths come from the weights, not from the shipped config ([1, 2, 10]) nor from a config in the file.
+    Here: one block everywhere, or every level attending with no block but the last (one)."""
     from diffusers import ControlNetModel
 
+    levels = len(xl_net.config.block_out_channels)
+    attending, depth = tuple(xl_net.config.down_block_types), 1
+    if none_above_the_last:
+        attending, depth = ("CrossAttnDownBlock2D",) * levels, [0] * (levels - 1) + [1]
     torch.manual_seed(0)
     distilled = ControlNetModel.from_config({**dict(xl_net.config), "down_block_types": attending,
                                              "transformer_layers_per_block": depth}).eval()
