@@ -164,12 +164,18 @@ def build_tiny_controlnet(seed: int = TINY_SEED + 3):
         cross_attention_dim=32,
         conditioning_embedding_out_channels=(16, 32),
     )
+    return randomized_output_convolutions(controlnet).eval()
+
+
+def randomized_output_convolutions(controlnet):
+    """``controlnet`` with random instead of all-zero output convolutions (the hint encoder's last one: std 1, each
+    residual's: std 0.1), so that the control image and the residuals change what a tiny random UNet predicts."""
     hint_out = controlnet.controlnet_cond_embedding.conv_out
     for convolution, std in [(hint_out, 1.0), *((c, 0.1) for c in controlnet.controlnet_down_blocks),
                              (controlnet.controlnet_mid_block, 0.1)]:
         torch.nn.init.normal_(convolution.weight, std=std)
         torch.nn.init.normal_(convolution.bias, std=std)
-    return controlnet.eval()
+    return controlnet
 
 
 def tiny_controlnet_folder() -> Path:

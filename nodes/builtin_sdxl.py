@@ -1,4 +1,5 @@
-"""Built-in tiny SDXL models that need no download: ``tiny-sdxl`` (base) and ``tiny-sdxl-refiner``.
+"""Built-in tiny SDXL models that need no download: ``tiny-sdxl`` (base), ``tiny-sdxl-refiner`` and
+``tiny-sdxl-controlnet`` (a random ControlNet copied from tiny-sdxl's UNet).
 
 Random weights with SDXL's components at test-suite size: a three-level UNet with the added "text_time"
 conditioning (pooled text + size / crop / aesthetic ids) and transformer depth 2 in its attention level, SDXL's
@@ -18,7 +19,8 @@ import torch
 
 from graphflow.paths import atomic_folder
 
-from .builtin_models import PACKAGE_MODELS, TINY_SEED, cache_dir, clip_text_encoder, clip_tokenizer
+from .builtin_models import (PACKAGE_MODELS, TINY_SEED, cache_dir, clip_text_encoder, clip_tokenizer,
+                             randomized_output_convolutions)
 
 TINY_SDXL_VERSION = 2  # 2: the 8x VAE and a three-level UNet (1: a 2x VAE)
 TINY_SDXL_NAMES = ("tiny-sdxl", "tiny-sdxl-refiner")
@@ -98,3 +100,37 @@ def tiny_sdxl_folder(refiner: bool = False) -> Path:
             pass
     return folder
 
+
+TINY_SDXL_CONTROLNET_NAME = "tiny-sdxl-controlnet"
+
+
+def build_tiny_sdxl_controlnet(components: dict | None = None, seed: int = TINY_SEED + 110):
+    """A fresh random ControlNet for tiny-sdxl (``components``: its parts, built when not given), identical for the
+    same seed: ``ControlNetModel.from_unet`` of its UNet, with a hint encoder that shrinks the control image by the
+    VAE's factor (one stage per VAE downsampling, read from the VAE's config) and random output convolutions. Its
+    hint encoder's convolutions keep the signal's variance (He's init): with diffusers' default init each stage
+    shrinks it, and behind an 8× hint encoder the control image would barely reach the residuals."""
+    from diffusers import ControlNetModel
+
+    components = components or build_tiny_sdxl_components()
+    stages = len(components["vae"].config.block_out_channels)  # a VAE halves the picture between its blocks
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel.from_unet(components["unet"],
+                                           conditioning_embedding_out_channels=tuple(8 * 2 ** i for i in range(stages)))
+    hint = controlnet.controlnet_cond_embedding
+    for convolution in (hint.conv_in, *hint.blocks):  # variance-preserving through the SiLUs, as He et al.
+        torch.nn.init.kaiming_normal_(convolution.weight, nonlinearity="relu")
+    return randomized_output_convolutions(controlnet).eval()
+
+
+def tiny_sdxl_controlnet_folder() -> Path:
+    """Path of the built-in tiny SDXL ControlNet's diffusers folder, building it on first use."""
+    folder = cache_dir() / "builtin" / f"{TINY_SDXL_CONTROLNET_NAME}-v{TINY_SDXL_VERSION}"
+    if not (folder / "config.json").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        controlnet = build_tiny_sdxl_controlnet()
+        try:
+            atomic_folder(folder, lambda staging: controlnet.save_pretrained(staging, safe_serialization=True))
+        except FileExistsError:  # another process finished first; its copy is identical
+            pass
+    return folder

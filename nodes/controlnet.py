@@ -4,10 +4,11 @@ Models (README section)
 -----------------------
 ControlNets go in ``models/controlnet/``: a diffusers ControlNetModel folder (``config.json`` + weights), or a single
 file ``<name>``, ``<name>.safetensors``, ``.pth``, ``.ckpt`` or ``.pt`` in the original layout (lllyasviel's
-``control_*`` / ``control_v11*`` releases: keys under ``control_model.``, or bare). SD 1.x and SD 2.x ControlNets
-load offline from the configs shipped in ``nodes/models/configs/controlnet-*``, every size read from the weights;
-a tensor the architecture does not have, or one it needs that the file lacks, is an error. ``tiny-sd-controlnet``
-is built in: a random ControlNet for ``tiny-sd`` (for tests; its effect is noise on noise), and so is
+``control_*`` / ``control_v11*`` releases: keys under ``control_model.``, or bare), or with diffusers' keys (most
+SDXL ControlNets). SD 1.x, SD 2.x and SDXL ControlNets load offline from the configs shipped in
+``nodes/models/configs/controlnet-*``, every size read from the weights; a tensor the architecture does not have, or
+one it needs that the file lacks, is an error. ``tiny-sd-controlnet`` and ``tiny-sdxl-controlnet`` are built in:
+random ControlNets for ``tiny-sd`` and ``tiny-sdxl`` (for tests; their effect is noise on noise), and so is
 ``toy-shapes-canny``, a Canny ControlNet trained for ``toy-shapes`` (shipped in the package, when present).
 
 How it samples (diffusers' StableDiffusionControlNetPipeline, step by step): at each step every ControlNet whose
@@ -16,7 +17,8 @@ sees the scaled latents, the timestep, the text embeddings and its control image
 UNet input block and one for the middle block, times ``strength``; the residuals of all ControlNets are added up
 and the UNet adds them to its skip connections. A ControlNet on both positive and negative runs once on the whole
 CFG batch; one on the positive only (guess mode, or wired so) runs on the positive half, the negative half getting
-zero residuals.
+zero residuals. An SDXL ControlNet also embeds the SDXL UNet's added conditioning (pooled text, size ids): it gets
+the rows of it that the UNet gets (``unet_inputs`` builds them once), as StableDiffusionXLControlNetPipeline does.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from graphflow.node import Input, node
 
 from . import checkpoints
 from .builtin_models import PACKAGE_MODELS, TINY_CONTROLNET_NAME, tiny_controlnet_folder
+from .builtin_sdxl import TINY_SDXL_CONTROLNET_NAME, tiny_sdxl_controlnet_folder
 from .checkpoints.controlnet import load_controlnet_file, load_controlnet_folder
 from .loaders import Device, Dtype, model_fingerprint, model_preflight, pick_device, pick_dtype, resolve
 from .model_folders import kind_folders
@@ -49,8 +52,9 @@ def is_controlnet_folder(path: Path) -> bool:
 
 
 def builtin_controlnets() -> dict:
-    """Built-in names → a function giving their folder: the tiny random one, and toy-shapes' trained one when shipped."""
-    builtins = {TINY_CONTROLNET_NAME: tiny_controlnet_folder}
+    """Built-in names → a function giving their folder: the tiny random ones (tiny-sd's, tiny-sdxl's), and
+    toy-shapes' trained one when shipped."""
+    builtins = {TINY_CONTROLNET_NAME: tiny_controlnet_folder, TINY_SDXL_CONTROLNET_NAME: tiny_sdxl_controlnet_folder}
     if (TOY_CANNY / "config.json").is_file():
         builtins["toy-shapes-canny"] = lambda: TOY_CANNY
     return builtins
@@ -68,7 +72,7 @@ def LoadControlNet(
     *,
     ctx: RunContext,
 ) -> ControlNet:
-    """Load an SD 1.x / 2.x ControlNet: a diffusers folder, or a single file in the original layout."""
+    """Load an SD 1.x / 2.x / SDXL ControlNet: a diffusers folder, or a single file (original layout, or diffusers' keys)."""
     folders_of, suffixes, is_folder, builtins = _SEARCH
     target = pick_device(device)
     path = resolve(name, folders_of(ctx.settings.models_dir), suffixes, is_folder, builtins)
@@ -77,7 +81,7 @@ def LoadControlNet(
         module, family = (load_controlnet_folder if path.is_dir() else load_controlnet_file)(path, torch_dtype)
     except checkpoints.CheckpointError as error:
         raise NodeInputError("name", f"{name} cannot be loaded: {error}",
-                             expected="an SD 1.x or 2.x ControlNet", received=path.name) from None
+                             expected="an SD 1.x, SD 2.x or SDXL ControlNet", received=path.name) from None
     return ControlNet(module=module.to(target), family=family, name=name)
 
 
@@ -129,40 +133,49 @@ class ControlResiduals:
     device: "torch.device"
     dtype: "torch.dtype"
 
-    def unet_kwargs(self, model_input: "torch.Tensor", t, embeds: "torch.Tensor", step: int, steps: int) -> dict:
-        """The UNet's residual inputs for step ``step`` of ``steps``; none when no ControlNet acts at this step."""
+    def unet_kwargs(self, model_input: "torch.Tensor", t, embeds: "torch.Tensor", step: int, steps: int,
+                    added: "dict[str, torch.Tensor] | None" = None) -> dict:
+        """The UNet's residual inputs for step ``step`` of ``steps``; none when no ControlNet acts at this step.
+        ``added``: an SDXL UNet's added conditioning (pooled text, size ids) for the batch, as the UNet gets it."""
         if self.uncond is None or self.shared:
-            total = self._sum(self.cond, model_input, t, embeds, step, steps, doubled=self.uncond is not None)
+            total = self._sum(self.cond, model_input, t, embeds, added, step, steps, doubled=self.uncond is not None)
         else:
             half = model_input.shape[0] // 2
-            negative = self._sum(self.uncond, model_input[:half], t, embeds[:half], step, steps)
-            positive = self._sum(self.cond, model_input[half:], t, embeds[half:], step, steps)
+            halves = [None, None] if added is None else [{k: v[:half] for k, v in added.items()},
+                                                          {k: v[half:] for k, v in added.items()}]
+            negative = self._sum(self.uncond, model_input[:half], t, embeds[:half], halves[0], step, steps)
+            positive = self._sum(self.cond, model_input[half:], t, embeds[half:], halves[1], step, steps)
             total = _stacked(negative, positive)
         if total is None:
             return {}
         return {"down_block_additional_residuals": total[0], "mid_block_additional_residual": total[1]}
 
-    def _sum(self, chain, sample, t, embeds, step: int, steps: int, doubled: bool = False) -> "Residuals | None":
+    def _sum(self, chain, sample, t, embeds, added, step: int, steps: int, doubled: bool = False) -> "Residuals | None":
         def acts(control: Control) -> bool:  # diffusers' controlnet_keep
             return not (step / steps < control.start or (step + 1) / steps > control.end)
 
-        return chain_residuals(chain, sample, t, embeds, acts, self.device, self.dtype, repeats=2 if doubled else 1)
+        return chain_residuals(chain, sample, t, embeds, acts, self.device, self.dtype, repeats=2 if doubled else 1,
+                               added=added)
 
 
-def chain_residuals(chain, sample, t, embeds, acts, device, dtype, repeats: int = 1) -> "Residuals | None":
+def chain_residuals(chain, sample, t, embeds, acts, device, dtype, repeats: int = 1,
+                    added: "dict[str, torch.Tensor] | None" = None) -> "Residuals | None":
     """The summed residuals of the ControlNets of ``chain`` ((Control, hint) pairs) for which ``acts(control)``,
     on ``device`` / ``dtype``; each hint repeated ``repeats`` times along the batch (a batch of several prompts'
-    rows); None when none acts. graphflow's Sample and comfy.KSampler both call this."""
+    rows); None when none acts. ``added``: SDXL's added conditioning of the same rows, which SDXL ControlNets
+    embed as their UNet does. graphflow's Sample and comfy.KSampler both call this."""
     total = None
     for control, hint in chain:
         if not acts(control):
             continue
         net = control.control_net.module
         weight = next(net.parameters())
+        extra = {} if added is None else {
+            "added_cond_kwargs": {k: v.to(weight.device, weight.dtype) for k, v in added.items()}}
         down, mid = net(sample.to(weight.device, weight.dtype), t,
                         encoder_hidden_states=embeds.to(weight.device, weight.dtype),
                         controlnet_cond=torch.cat([hint] * repeats) if repeats > 1 else hint,
-                        conditioning_scale=control.strength, guess_mode=control.guess_mode, return_dict=False)
+                        conditioning_scale=control.strength, guess_mode=control.guess_mode, return_dict=False, **extra)
         down = [d.to(device, dtype) for d in down]
         mid = mid.to(device, dtype)
         total = (down, mid) if total is None else ([a + b for a, b in zip(total[0], down)], total[1] + mid)
@@ -220,16 +233,25 @@ def _hint(model: Model, control: Control, latent: Latent, name: str) -> "torch.T
 
 
 def check_fits(model: Model, net: ControlNet, channels: int, name: str) -> None:
-    """That ControlNet ``net`` was made for this UNet (family, block sizes, text width) and ``channels``-channel latents."""
+    """That ControlNet ``net`` was made for this UNet (family, block sizes, text width, SDXL's added embedding) and
+    ``channels``-channel latents."""
     config, unet = net.module.config, model.unet.config
     if net.family != model.family:
         raise NodeInputError(name, f"ControlNet {net.name} is for {net.family} models, the UNet is {model.family}",
                              f"a {model.family} ControlNet", net.family)
-    if (list(config.block_out_channels), config.layers_per_block, config.cross_attention_dim) != (
-            list(unet.block_out_channels), unet.layers_per_block, unet.cross_attention_dim):
+    if _architecture(config) != _architecture(unet):
         raise NodeInputError(name, f"ControlNet {net.name} was made for a UNet of another size",
-                             f"blocks {list(unet.block_out_channels)} × {unet.layers_per_block}, text width {unet.cross_attention_dim}",
-                             f"blocks {list(config.block_out_channels)} × {config.layers_per_block}, text width {config.cross_attention_dim}")
+                             _architecture(unet), _architecture(config))
     if config.in_channels != channels:
         raise NodeInputError(name, f"ControlNet {net.name} takes {config.in_channels}-channel latents",
                              config.in_channels, channels)
+
+
+def _architecture(config) -> str:
+    """What a ControlNet shares with its UNet, in words: the residuals' shapes (blocks), the text width and SDXL's
+    added embedding (its inputs). The transformer depth may differ (SDXL's distilled "small" / "mid" ControlNets)."""
+    words = f"blocks {list(config.block_out_channels)} × {config.layers_per_block}, text width {config.cross_attention_dim}"
+    if config.addition_embed_type == "text_time":
+        words += (f", added embedding of {config.projection_class_embeddings_input_dim} values "
+                  f"({config.addition_time_embed_dim}-wide size ids)")
+    return words

@@ -46,7 +46,7 @@ from graphflow.node import node
 
 from . import checkpoints
 from .builtin_models import PACKAGE_MODELS, TINY_CONTROLNET_NAME, TINY_VERSION, tiny_sd_folder
-from .builtin_sdxl import TINY_SDXL_NAMES, TINY_SDXL_VERSION, tiny_sdxl_folder
+from .builtin_sdxl import TINY_SDXL_CONTROLNET_NAME, TINY_SDXL_NAMES, TINY_SDXL_VERSION, tiny_sdxl_folder
 from .model_folders import kind_folders
 from .search import MissingFile, preflight_check
 from .speed import NEUTRAL_INPUTS, Attention, Compile, Offload, check_offload, compile_module, set_attention
@@ -193,7 +193,7 @@ def model_fingerprint(folders_of, suffixes: tuple[str, ...], is_folder, builtins
         name = literals.get("name", "")
         if name in DETERMINISTIC_BUILTINS:
             return f"builtin:{name}:v{TINY_VERSION}"  # deterministic: no need to build it just to fingerprint
-        if name in TINY_SDXL_NAMES:
+        if name in TINY_SDXL_NAMES or name == TINY_SDXL_CONTROLNET_NAME:
             return f"builtin:{name}:v{TINY_SDXL_VERSION}"
         return file_identity(resolve(name, folders_of(settings.models_dir), suffixes, is_folder, builtins))
 

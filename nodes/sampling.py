@@ -320,7 +320,7 @@ def _predict_noise(model: Model, model_input: "torch.Tensor", t, inputs: UNetInp
     """The UNet's prediction for one step. ControlNets see the latents alone (before an inpainting UNet's mask and
     masked-image channels, as in diffusers' ControlNet inpainting pipeline); their residuals join the UNet call."""
     embeds = inputs.encoder_hidden_states
-    extra = control.unet_kwargs(model_input, t, embeds, step, steps) if control is not None else {}
+    extra = control.unet_kwargs(model_input, t, embeds, step, steps, inputs.added_cond_kwargs) if control is not None else {}
     if inpaint is not None and inpaint.concatenated:
         model_input = torch.cat([model_input, *inpaint.unet_extras(model_input.shape[0])], dim=1)
     return inputs.predict(model.unet, model_input, t, step, steps, **extra)

@@ -193,7 +193,7 @@ class Tokens(SocketValue):
 
 @dataclass(frozen=True, eq=False)
 class ControlNet(SocketValue):
-    """CONTROL_NET: a diffusers ControlNetModel and the model family it was trained for ("sd1", "sd2")."""
+    """CONTROL_NET: a diffusers ControlNetModel and the model family it was trained for ("sd1", "sd2", "sdxl")."""
 
     module: torch.nn.Module
     family: str

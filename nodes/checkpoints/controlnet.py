@@ -1,12 +1,18 @@
 """ControlNet weights: the original layout (lllyasviel's files: ``control_model.*``, or the same keys bare) ↔
-diffusers' ControlNetModel, and loading either offline.
+diffusers' ControlNetModel, and loading either offline: a folder, an original-layout file, or a single file with
+diffusers' keys and no config (how most SDXL ControlNets ship: ``diffusion_pytorch_model.safetensors``).
 
 A ControlNet is a trainable copy of its UNet's encoder half (time embedding, input blocks, middle block), renamed by
 the UNet's own table (``unet.py``), plus three parts of its own, renamed by the table here: the hint encoder that
 turns the control image into a latent-sized feature (``input_hint_block``), one zero convolution per input block
 (``zero_convs``) and one after the middle block (``middle_block_out``). Which shipped config a file starts from is
 data too (:data:`CONTROLNET_CONFIGS`, by the family its cross-attention width names); every size is read from the
-weights."""
+weights. A diffusers-key file is renamed to the original layout first (the table needs only the block structure,
+which the diffusers names show), so both kinds of file are read and checked by the same code.
+
+SDXL ControlNets carry SDXL's added embedding (``label_emb`` / ``add_embedding``: pooled text and size ids); the
+width of each embedded size id is not in the weights: 256 at full size (the shipped config), else from the config
+graphflow stores in the files it writes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,16 +21,17 @@ from typing import Any
 import torch
 
 from .build import cast, checked, load_exact
-from .common import CONFIGS, CheckpointError, indices, read_json, shape, take_prefix
-from .configs import size_defaults
-from .families import family_of
+from .common import CONFIGS, METADATA_PREFIX, CheckpointError, indices, read_json, shape, take_prefix
+from .configs import size_defaults, stored_config
+from .families import SDXL, SDXL_REFINER, family_named, family_of
 from .keymap import Rule, rename_all
 from .reading import read_state_dict
 from .unet import cross_attention_widths, derive_encoder_config, unet_rules
 
 CONTROL_PREFIX = "control_model."
 # family → shipped config folder (nodes/models/configs/<folder>/config.json): diffusers' ControlNetModel configs
-CONTROLNET_CONFIGS = {"sd1": "controlnet-sd1", "sd2": "controlnet-sd2"}
+CONTROLNET_CONFIGS = {"sd1": "controlnet-sd1", "sd2": "controlnet-sd2", "sdxl": "controlnet-sdxl"}
+HINT_PREFIX = "controlnet_cond_embedding."  # the diffusers name of the hint encoder
 # What the UNet has and its ControlNet copy does not: the decoder half.
 DECODER_PREFIXES = ("up_blocks.", "conv_norm_out.", "conv_out.")
 
@@ -61,6 +68,7 @@ def derive_controlnet_config(weights: dict[str, torch.Tensor]) -> dict[str, Any]
     """ControlNet sizes from original-layout weights (prefix removed): the encoder half's, and the hint encoder's
     channels (each downsampling stage's second convolution changes the width)."""
     config = derive_encoder_config(weights, "ControlNet")
+    config.setdefault("transformer_layers_per_block", 1)  # one everywhere, whatever the family's shipped config says
     hint = [shape(weights, f"input_hint_block.{i}.weight", "ControlNet") for i in indices(weights, "input_hint_block.")]
     if len(hint) < 2 or len(hint) % 2:
         raise CheckpointError(f"the ControlNet's hint encoder (input_hint_block.*) has {len(hint)} convolutions; expected an even number, at least 2")
@@ -69,28 +77,47 @@ def derive_controlnet_config(weights: dict[str, torch.Tensor]) -> dict[str, Any]
     return config
 
 
+def diffusers_layout(weights: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The block structure of diffusers-key ControlNet weights, all :func:`controlnet_rules` needs to rename them:
+    levels, resnets per level, which levels attend, the hint encoder's convolutions (widths: placeholders)."""
+    levels = indices(weights, "down_blocks.")
+    hint_blocks = len(indices(weights, HINT_PREFIX + "blocks."))
+    return {"block_out_channels": [0] * len(levels), "layers_per_block": len(indices(weights, "down_blocks.0.resnets.")),
+            "down_block_types": ["CrossAttnDownBlock2D" if any(k.startswith(f"down_blocks.{i}.attentions.") for k in weights)
+                                 else "DownBlock2D" for i in levels],
+            "conditioning_embedding_out_channels": [0] * (hint_blocks // 2 + 1)}
+
+
 def controlnet_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The ControlNet's own tensors of a file: under ``control_model.`` when the file has that prefix (the first
-    ControlNet releases also hold the SD model they were trained with, which is not part of the ControlNet), else
-    the whole file (the later releases' bare keys)."""
+    """The ControlNet's own tensors of a file, in the original layout: under ``control_model.`` when the file has
+    that prefix (the first ControlNet releases also hold the SD model they were trained with, which is not part of
+    the ControlNet), else the whole file (the later releases' bare keys, or diffusers' keys, renamed)."""
     if any(k.startswith(CONTROL_PREFIX) for k in state_dict):
         return take_prefix(state_dict, CONTROL_PREFIX)
-    if "controlnet_cond_embedding.conv_in.weight" in state_dict:
-        raise CheckpointError("the keys are in diffusers layout; keep such weights in a folder with their config.json")
+    if "lora_controlnet" in state_dict:  # the marker ComfyUI reads them by
+        raise CheckpointError("this is a Control-LoRA (Stability AI's control-lora-*: low-rank differences to an SDXL "
+                              "UNet), which graphflow does not load; use a full ControlNet")
+    if HINT_PREFIX + "conv_in.weight" in state_dict:
+        return controlnet_to_original(state_dict, diffusers_layout(state_dict))
     if "input_hint_block.0.weight" not in state_dict:
         if any(k.startswith("model.diffusion_model.") for k in state_dict):
             raise CheckpointError("this is a Stable Diffusion checkpoint, not a ControlNet; load it with LoadCheckpoint")
-        raise CheckpointError("no hint encoder (input_hint_block.*): not a ControlNet")
+        raise CheckpointError("no hint encoder (input_hint_block.* / controlnet_cond_embedding.*): not a ControlNet")
     return state_dict
 
 
-def controlnet_family(cross_attention_dim: int) -> str:
+def controlnet_family(cross_attention_dim: int, added_conditioning: bool) -> str:
+    """The family a ControlNet is for: one with SDXL's added embedding is SDXL (the refiner when 1280 wide: no
+    ControlNets are published for it), others by their text width as a UNet's."""
+    if added_conditioning:
+        return "sdxl-refiner" if cross_attention_dim == SDXL_REFINER.cross_attention_dim else SDXL.name
     return family_of(cross_attention_dim, None)
 
 
 def controlnet_config_folder(family: str) -> Path:
     if family not in CONTROLNET_CONFIGS:
-        raise CheckpointError(f"no ControlNet config for the {family} family; graphflow loads ControlNets for {', '.join(CONTROLNET_CONFIGS)}")
+        raise CheckpointError(f"no ControlNet config for the {family_named(family).title} family; graphflow loads "
+                              f"ControlNets for {', '.join(family_named(f).title for f in CONTROLNET_CONFIGS)}")
     return CONFIGS / CONTROLNET_CONFIGS[family]
 
 
@@ -110,21 +137,36 @@ def sidecar_options(path: Path) -> dict[str, Any]:
 
 
 def load_controlnet_file(path: Path, dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, str]:
-    """A ControlNet single file in the original layout, offline: (ControlNetModel, family)."""
-    weights = controlnet_weights(read_state_dict(path)[0])
+    """A ControlNet single file (original layout, or diffusers' keys), offline: (ControlNetModel, family)."""
+    state_dict, metadata = read_state_dict(path)
+    weights = controlnet_weights(state_dict)
     derived = derive_controlnet_config(weights)
     widths = cross_attention_widths(weights)
     if not widths:
         raise CheckpointError("the ControlNet has no cross-attention layers")
-    family = controlnet_family(widths[0])
+    family = controlnet_family(widths[0], "addition_embed_type" in derived)
     base = read_json(controlnet_config_folder(family) / "config.json")
-    config = {**base, **size_defaults("unet", base, derived), **derived, **sidecar_options(path)}
+    config = {**base, **size_defaults("unet", base, derived), **stored_config(metadata, "controlnet"), **derived,
+              **sidecar_options(path)}
+    if config.get("addition_embed_type") == "text_time":
+        check_size_id_width(config, family)
     from accelerate import init_empty_weights
     from diffusers import ControlNetModel
 
     with init_empty_weights():
         module = ControlNetModel.from_config(config)
     return cast(load_exact(module, controlnet_from_original(weights, config), "ControlNet"), dtype), family
+
+
+def check_size_id_width(config: dict[str, Any], family: str) -> None:
+    """That the added embedding's input (pooled text + the family's size ids, each ``addition_time_embed_dim`` wide)
+    can be made with the size-id width assumed; a wrong width would fail only when sampling."""
+    total, width, ids = (int(config["projection_class_embeddings_input_dim"]), int(config["addition_time_embed_dim"]),
+                         family_named(family).size_ids)
+    if total <= ids * width:
+        raise CheckpointError(f"the ControlNet's added embedding takes {total} values, fewer than {ids} size ids "
+                              f"{width} wide: the width of its size ids cannot be told (store the config in the file's "
+                              f"metadata as {METADATA_PREFIX}controlnet_config)")
 
 
 def load_controlnet_folder(folder: Path, dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, str]:
@@ -136,4 +178,5 @@ def load_controlnet_folder(folder: Path, dtype: torch.dtype | None = None) -> tu
     except (OSError, ValueError) as error:
         raise CheckpointError(f"cannot load the ControlNet folder {Path(folder).name}: {error}") from None
     module = checked(result, "ControlNet")
-    return module, controlnet_family(int(module.config.cross_attention_dim))
+    config = module.config
+    return module, controlnet_family(int(config.cross_attention_dim), config.addition_embed_type == "text_time")

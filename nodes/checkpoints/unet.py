@@ -94,14 +94,16 @@ def derive_encoder_config(unet: dict[str, torch.Tensor], component: str = "UNet"
     widths = cross_attention_widths(unet)
     if widths:
         config["cross_attention_dim"] = widths[0]
-    depths = [len(indices(unet, f"input_blocks.{i}.1.transformer_blocks.")) for i, a in zip(first, down_attention) if a]
+    # Transformer blocks per attention: SD 1.x / 2.x one everywhere (no entry: diffusers' default), SDXL several,
+    # distilled SDXL ControlNets ("small", "mid") none in some levels. Levels without attention ignore their entry;
+    # diffusers' middle block reads the last one.
+    depths = [len(indices(unet, f"input_blocks.{i}.1.transformer_blocks.")) if a else None
+              for i, a in zip(first, down_attention)]
     middle = len(indices(unet, "middle_block.1.transformer_blocks."))
-    if set(depths + [middle]) - {0, 1}:  # SDXL: several transformer blocks per attention (SD 1.x / 2.x: one)
-        if len(set(depths + [middle])) == 1:
-            config["transformer_layers_per_block"] = middle
-        else:  # levels without attention ignore their entry; diffusers' middle block reads the last one
-            per_level = [len(indices(unet, f"input_blocks.{i}.1.transformer_blocks.")) or 1 for i in first]
-            config["transformer_layers_per_block"] = per_level[:-1] + [middle]
+    attending = {d for d in depths if d is not None} | {middle}
+    if attending != {1}:
+        config["transformer_layers_per_block"] = middle if attending == {middle} else \
+            [1 if d is None else d for d in depths[:-1]] + [middle]
     if "label_emb.0.0.weight" in unet:
         config["addition_embed_type"] = "text_time"
         config["projection_class_embeddings_input_dim"] = shape(unet, "label_emb.0.0.weight", "UNet")[1]

@@ -4,7 +4,8 @@ They are graphflow's LoadControlNet, ApplyControlNet and Canny under ComfyUI's n
 ControlNets (nodes/comfy/guidance.py) as ComfyUI does: on every conditioning entry that carries them, with the
 control image centre-cropped and resized (nearest-exact) to the latent, and start_percent / end_percent read as
 ComfyUI reads them, as noise levels (a ControlNet acts while sigma lies between the sigmas of the model's
-timesteps at (1 - start)·999 and (1 - end)·999), not as shares of the steps as graphflow's Sample does."""
+timesteps at (1 - start)·999 and (1 - end)·999), not as shares of the steps as graphflow's Sample does. SDXL
+ControlNets on an SDXL model get the pooled text and size ids the UNet gets (ComfyUI's ``y``)."""
 from __future__ import annotations
 
 from pydantic import Field
@@ -24,7 +25,8 @@ STRENGTH = Field(1.0, ge=0.0, le=10.0, description="scale of the ControlNet's re
 @node(name="comfy.ControlNetLoader", outputs={"CONTROL_NET": CONTROL_NET}, category="comfy/loaders", pool="model",
       fingerprint=_loader.fingerprint, preflight=_loader.preflight)
 def ControlNetLoader(
-    control_net_name: str = Field(description="a ControlNet in models/controlnet/ (built-in: tiny-sd-controlnet, toy-shapes-canny)"),
+    control_net_name: str = Field(description="a ControlNet in models/controlnet/ (built-in: tiny-sd-controlnet, "
+                                  "tiny-sdxl-controlnet, toy-shapes-canny)"),
     *,
     ctx: RunContext,
 ) -> ControlNet:

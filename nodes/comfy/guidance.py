@@ -205,7 +205,7 @@ class ComfyDenoiser:
         unet_input = UNetInputs(context.to(x.device, dtype), added)
         with torch.no_grad():
             extra = self.control_kwargs(controls, model_input.to(dtype), timestep, unet_input.encoder_hidden_states,
-                                        float(sigma[0]), rows)
+                                        float(sigma[0]), rows, added)
             unet_sample = model_input if concat is None else torch.cat([model_input, concat.to(model_input)], dim=1)
             output = unet_input.predict(self.model.unet, unet_sample.to(dtype), timestep, 0, 1, **extra).float()
         if self.v_prediction:
@@ -213,9 +213,11 @@ class ComfyDenoiser:
         return x - output * s
 
     def control_kwargs(self, controls: tuple[Control, ...], model_input: "torch.Tensor", timestep: "torch.Tensor",
-                       context: "torch.Tensor", sigma: float, rows: int) -> dict:
+                       context: "torch.Tensor", sigma: float, rows: int,
+                       added: "dict[str, torch.Tensor] | None" = None) -> dict:
         """The UNet's ControlNet residual inputs: each ControlNet acts while sigma lies in the sigma range of its
-        start_percent .. end_percent (ComfyUI's percent_to_sigma), its control image fitted to the crop."""
+        start_percent .. end_percent (ComfyUI's percent_to_sigma), its control image fitted to the crop; an SDXL
+        ControlNet gets the UNet's ``added`` conditioning, as ComfyUI gives it the model's ``y``."""
         if not controls:
             return {}
         batch, height, width = model_input.shape[0] // rows, *model_input.shape[-2:]
@@ -225,7 +227,7 @@ class ComfyDenoiser:
             return self.percent_to_sigma(control.end) <= sigma <= self.percent_to_sigma(control.start)
 
         total = chain_residuals(chain, model_input, timestep, context, acts, model_input.device, model_input.dtype,
-                                repeats=rows)
+                                repeats=rows, added=added)
         if total is None:
             return {}
         return {"down_block_additional_residuals": total[0], "mid_block_additional_residual": total[1]}

@@ -54,13 +54,18 @@ def full_size(request):
 
 def test_written_layout_has_the_published_key_names_and_shapes(full_size):
     family, _, module, original = full_size
-    assert len(original) == len(module.state_dict()) == 340  # one file tensor per module tensor
+    assert len(original) == len(module.state_dict()) == {"sd1": 340, "sd2": 340, "sdxl": 844}[family]  # one to one
     if family == "sd1":
         for key, expected in REAL_SD15_KEYS.items():
             assert tuple(original[key].shape) == expected, key
-    else:  # SD 2.x: Linear projections and 1024-wide text
+    elif family == "sd2":  # Linear projections and 1024-wide text
         assert tuple(original["input_blocks.1.1.proj_in.weight"].shape) == (320, 320)
         assert tuple(original["input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"].shape) == (320, 1024)
+    else:  # SDXL: 3 levels, 2048-wide text, depth 10 in the last level, the added embedding of pooled text + 6 ids
+        assert tuple(original["input_blocks.7.1.transformer_blocks.9.attn2.to_k.weight"].shape) == (1280, 2048)
+        assert tuple(original["label_emb.0.0.weight"].shape) == (1280, 2816)
+        assert tuple(original["zero_convs.8.0.weight"].shape) == (1280, 1280, 1, 1)
+        assert "input_blocks.1.1.proj_in.weight" not in original  # the first level has no attention
 
 
 def test_sizes_read_from_real_layouts_match_the_shipped_configs(full_size):
@@ -75,9 +80,13 @@ def test_diffusers_own_converter_reads_our_layout_back(full_size):
     from diffusers.loaders import single_file_utils as sfu
 
     _, _, module, original = full_size
+    # diffusers' ControlNet converter has no rule for SDXL's added embedding; its UNet table's rule is ours
+    added = {diffusers: original_name for diffusers, original_name in
+             sfu.DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"].items() if diffusers in module.state_dict()}
+    assert all(original_name in original for original_name in added.values())
     for state_dict in (original, {"control_model." + k: v for k, v in original.items()}):
         converted = sfu.convert_controlnet_checkpoint(state_dict, dict(module.config))
-        expected = module.state_dict()
+        expected = {k: v for k, v in module.state_dict().items() if k not in added}
         assert sorted(converted) == sorted(expected)
         assert all(tuple(converted[k].shape) == tuple(expected[k].shape) for k in expected)
 
@@ -157,9 +166,27 @@ def test_files_that_are_not_controlnets(tiny, tmp_path):
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, str(tmp_path / "sd.safetensors"))
     with pytest.raises(ck.CheckpointError, match="LoadCheckpoint"):
         load_controlnet_file(tmp_path / "sd.safetensors")
+    save_file({"lora_controlnet": torch.zeros(1), "input_hint_block.0.weight": torch.zeros(1)},
+              str(tmp_path / "control-lora.safetensors"))
+    with pytest.raises(ck.CheckpointError, match="Control-LoRA"):
+        load_controlnet_file(tmp_path / "control-lora.safetensors")
+    save_file({"encoder.conv_in.weight": torch.zeros(1)}, str(tmp_path / "vae.safetensors"))
+    with pytest.raises(ck.CheckpointError, match="not a ControlNet"):
+        load_controlnet_file(tmp_path / "vae.safetensors")
+
+
+def test_a_single_file_with_diffusers_keys_loads_exactly(tiny, tmp_path):
+    """How most SDXL ControlNets ship (diffusion_pytorch_model.safetensors without its config.json): the block
+    structure read from the diffusers names, the sizes from the weights, every tensor mapped."""
     save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(tmp_path / "diffusers.safetensors"))
-    with pytest.raises(ck.CheckpointError, match="diffusers layout"):
-        load_controlnet_file(tmp_path / "diffusers.safetensors")
+    loaded, family = load_controlnet_file(tmp_path / "diffusers.safetensors")
+    assert family == "sd1"
+    assert_same_weights(loaded, tiny)
+    assert torch.equal(residuals(loaded), residuals(tiny))
+    weights = {k: v.contiguous() for k, v in tiny.state_dict().items() if k != "controlnet_mid_block.bias"}
+    save_file(weights, str(tmp_path / "incomplete.safetensors"))
+    with pytest.raises(ck.CheckpointError, match="missing controlnet_mid_block.bias"):
+        load_controlnet_file(tmp_path / "incomplete.safetensors")
 
 
 # ------------------------------------------------------------------------------------ the node

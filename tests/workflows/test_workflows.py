@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 from graphflow import Engine, Settings
 from graphflow.workflow import load
 from tests.workflows import (test_controlnet_workflow, test_face_workflow, test_image_workflows,
-                             test_prompt_lora_merge_workflows, test_sdxl_workflows)
+                             test_prompt_lora_merge_workflows, test_sdxl_controlnet_workflow, test_sdxl_workflows)
 from tests.workflows.conftest import WORKFLOWS
 from training.measure import classify
 
@@ -26,6 +26,7 @@ EXPECTED_SIZES = {
     "denoise_animation.json": (64, 64), "lora.json": (64, 64), "long_prompt.json": (64, 64), "merge.json": (64, 64),
     "controlnet_canny.json": (64, 64), "sdxl_txt2img.json": (1024, 1024), "sdxl_refiner.json": (1024, 1024),
     "face_restore.json": (128, 128),
+    "sdxl_controlnet.json": (1024, 1024),
 }
 
 # What the examples on toy-shapes draw, read back from their PNGs: (colours allowed, shape). The README's first
@@ -40,7 +41,8 @@ COVERS = set(EXPECTED_DRAWINGS) | {"batch_grid.json"}
 
 def test_every_example_has_a_check_of_what_it_shows():
     checked = (COVERS | test_image_workflows.COVERS | test_prompt_lora_merge_workflows.COVERS
-               | test_controlnet_workflow.COVERS | test_sdxl_workflows.COVERS | test_face_workflow.COVERS)
+               | test_controlnet_workflow.COVERS | test_sdxl_workflows.COVERS | test_face_workflow.COVERS
+               | test_sdxl_controlnet_workflow.COVERS)
     assert {p.name for p in ALL} == checked == set(EXPECTED_SIZES)
 
 
