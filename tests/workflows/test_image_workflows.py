@@ -95,6 +95,8 @@ def test_hires_fix_with_a_model_upscales_4x_then_refines_at_the_target_size(ship
     assert report.values["encode"]["latent"].samples.shape[-2:] == (128 // factor, 128 // factor)
     assert shipped.picture("hires_fix_model.json").shape == (128, 128, 3)
     assert classify(shipped.picture("hires_fix_model.json")) == ("red", "circle")
+    # run it once more first: tests before this one may have pushed its models out of the shared engine's pool
+    shipped.engine.run(load(WORKFLOWS / "hires_fix_model.json"))
     again = shipped.engine.run(load(WORKFLOWS / "hires_fix_model.json").with_values({("noise2", "seed"): 7}))
     assert set(again.executed) == {"noise2", "sample2", "decode2", "save"}, "the upscale comes from the cache"
 
