@@ -29,6 +29,7 @@ LATENT, IMAGE, MASK = "LATENT", "IMAGE", "MASK"
 SCHEDULE = "SCHEDULE"
 UPSCALE_MODEL = "UPSCALE_MODEL"
 CONTROL_NET = "CONTROL_NET"
+T2I_ADAPTER = "T2I_ADAPTER"
 
 
 def tensor_digest(tensor: torch.Tensor, hasher: "hashlib._Hash") -> None:
@@ -64,14 +65,15 @@ def digest_of(value: Any) -> str:
 
 def nbytes_of(value: Any) -> int:
     """Bytes of the tensors a value holds (a module's by its state dict); nothing else counts. A loaded model held
-    by reference inside another value (the ControlNet a conditioning carries) is the model pool's, not counted again."""
+    by reference inside another value (the ControlNet or T2I-Adapter a conditioning carries) is the model pool's, not
+    counted again."""
     total = 0
 
     def is_leaf(part: Any) -> bool:
-        return _is_weights(part) or (part is not value and isinstance(part, ControlNet))
+        return _is_weights(part) or (part is not value and isinstance(part, (ControlNet, T2IAdapter)))
 
     for _, part in walk(value, is_leaf=is_leaf):
-        if part is not value and isinstance(part, ControlNet):
+        if part is not value and isinstance(part, (ControlNet, T2IAdapter)):
             continue
         if isinstance(part, torch.Tensor):
             total += part.numel() * part.element_size()
@@ -227,9 +229,29 @@ class Control(SocketValue):
 
 
 @dataclass(frozen=True, eq=False)
+class T2IAdapter(SocketValue):
+    """T2I_ADAPTER: a diffusers T2IAdapter (nodes/t2i_adapter.py): its features go into the UNet's down blocks."""
+
+    module: torch.nn.Module
+    name: str
+
+
+@dataclass(frozen=True, eq=False)
+class AdapterControl(SocketValue):
+    """One ApplyT2IAdapter on a conditioning: the adapter, its control image, the scale of its features and the
+    share of Sample's steps (from the first) it acts on (diffusers' ``adapter_conditioning_factor``)."""
+
+    adapter: T2IAdapter
+    image: torch.Tensor  # (1 or B, H, W, 3) in [0, 1]: an IMAGE's pixels
+    strength: float
+    end: float
+
+
+@dataclass(frozen=True, eq=False)
 class Conditioning(SocketValue):
     """CONDITIONING: text embeddings (B, 77·k, C) for the UNet's cross-attention, and the ControlNets applied to
-    them (``controls``, in the order they were applied; Sample adds up their residuals).
+    them (``controls``, in the order they were applied; Sample adds up their residuals), and the T2I-Adapters
+    (``adapters``; Sample adds up their features).
 
     SDXL adds ``pooled`` (B, P), the pooled prompt embedding, and ``sizes``: the size / crop / aesthetic-score
     conditioning set with SDXLSizes (keys of nodes.sdxl.SIZE_KEYS; a key left out takes the pipeline's default)."""
@@ -253,6 +275,7 @@ class Conditioning(SocketValue):
     # inpainting UNet reads with this entry instead of the latent's own (only comfy.KSampler reads them).
     inpaint_latent: torch.Tensor | None = None
     inpaint_mask: torch.Tensor | None = None
+    adapters: tuple[AdapterControl, ...] = ()
 
     @property
     def entries(self) -> tuple["Conditioning", ...]:
