@@ -214,12 +214,11 @@ def with_adapters(inputs: UNetInputs, model: Model, positive: Conditioning, nega
     if not any(conditioning.adapters for _, conditioning in sides):
         return inputs
     computed: dict[int, list[torch.Tensor]] = {}
-    halves = []
-    for name, conditioning in sides:
+    for name, conditioning in reversed(sides):  # positive first: an error about a shared adapter names it
         for control in conditioning.adapters:
             if id(control) not in computed:
                 computed[id(control)] = adapter_features(model, control, latent, name)
-        halves.append(tuple((control, computed[id(control)]) for control in conditioning.adapters))
+    halves = [tuple((control, computed[id(control)]) for control in conditioning.adapters) for _, conditioning in sides]
     return replace(inputs, step_inputs=inputs.step_inputs + (AdapterFeatures(tuple(halves)),))
 
 
