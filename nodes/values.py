@@ -235,6 +235,13 @@ class T2IAdapter(SocketValue):
     module: torch.nn.Module
     name: str
 
+    @property
+    def downscale(self) -> int:
+        """How much smaller than the control image the latent is: the first pixel-unshuffle's factor, halved for
+        SDXL's layout, whose first feature is at half the latent's size."""
+        factor = int(self.module.config.downscale_factor)
+        return factor // 2 if self.module.config.adapter_type == "full_adapter_xl" else factor
+
 
 @dataclass(frozen=True, eq=False)
 class AdapterControl(SocketValue):

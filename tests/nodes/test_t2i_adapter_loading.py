@@ -236,3 +236,19 @@ def test_comfy_ksampler_refuses_adapters_instead_of_dropping_them(sd_model, sd_c
         run_node(KSampler, model=sd_model, seed=1, steps=2, cfg=7.0, positive=positive, negative=negative,
                  latent_image=latent)
     assert caught.value.input == "positive"
+
+
+def test_control_image_resize_takes_the_adapters_factor(tiny_parts, sd_adapter):
+    from nodes.builtin_sdxl import build_tiny_sdxl_components
+    from nodes.preprocessors import ControlImageResize
+    from nodes.values import Latent
+
+    xl_parts = build_tiny_sdxl_components()
+    xl = T2IAdapter(build_tiny_adapter(xl_parts["unet"].config, xl_parts["vae"].config, seed=1), "xl")
+    for adapter, vae in ((sd_adapter, tiny_parts["vae"]), (xl, xl_parts["vae"])):
+        assert adapter.downscale == 2 ** (len(vae.config.block_out_channels) - 1)  # the VAE's: the latent's pixel size
+    picture = Image(pixels=torch.rand(1, 30, 60, 3))
+    resized = run_node(ControlImageResize, image=picture, latent=Latent(samples=torch.zeros(1, 4, 16, 24)), t2i_adapter=sd_adapter)
+    assert resized.pixels.shape == (1, 16 * sd_adapter.downscale, 24 * sd_adapter.downscale, 3)
+    with pytest.raises(NodeInputError, match="connect a ControlNet or a T2I-Adapter"):
+        run_node(ControlImageResize, image=picture, latent=Latent(samples=torch.zeros(1, 4, 16, 24)))
