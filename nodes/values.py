@@ -65,8 +65,7 @@ def digest_of(value: Any) -> str:
 
 def nbytes_of(value: Any) -> int:
     """Bytes of the tensors a value holds (a module's by its state dict); nothing else counts. A loaded model held
-    by reference inside another value (the ControlNet or T2I-Adapter a conditioning carries) is the model pool's, not
-    counted again."""
+    by reference inside another value (a conditioning's ControlNet or T2I-Adapter) is the model pool's, not counted."""
     total = 0
 
     def is_leaf(part: Any) -> bool:
@@ -237,16 +236,14 @@ class T2IAdapter(SocketValue):
 
     @property
     def downscale(self) -> int:
-        """How much smaller than the control image the latent is: the first pixel-unshuffle's factor, halved for
-        SDXL's layout, whose first feature is at half the latent's size."""
+        """Control image ÷ latent size: the pixel-unshuffle's factor (halved in SDXL's layout, first feature at ½ latent)."""
         factor = int(self.module.config.downscale_factor)
         return factor // 2 if self.module.config.adapter_type == "full_adapter_xl" else factor
 
 
 @dataclass(frozen=True, eq=False)
 class AdapterControl(SocketValue):
-    """One ApplyT2IAdapter on a conditioning: the adapter, its control image, the scale of its features and the
-    share of Sample's steps (from the first) it acts on (diffusers' ``adapter_conditioning_factor``)."""
+    """One ApplyT2IAdapter: adapter, control image, feature scale, share of the steps it acts on from the first."""
 
     adapter: T2IAdapter
     image: torch.Tensor  # (1 or B, H, W, 3) in [0, 1]: an IMAGE's pixels
@@ -257,8 +254,7 @@ class AdapterControl(SocketValue):
 @dataclass(frozen=True, eq=False)
 class Conditioning(SocketValue):
     """CONDITIONING: text embeddings (B, 77·k, C) for the UNet's cross-attention, and the ControlNets applied to
-    them (``controls``, in the order they were applied; Sample adds up their residuals), and the T2I-Adapters
-    (``adapters``; Sample adds up their features).
+    them (``controls``, in the order they were applied; Sample adds up their residuals), and T2I-Adapters (``adapters``).
 
     SDXL adds ``pooled`` (B, P), the pooled prompt embedding, and ``sizes``: the size / crop / aesthetic-score
     conditioning set with SDXLSizes (keys of nodes.sdxl.SIZE_KEYS; a key left out takes the pipeline's default)."""

@@ -154,3 +154,20 @@ def test_sdxl_adapter_changes_the_picture(xl_parts, xl_adapter):
     adapted = sdxl_sample(xl_parts, xl_adapter, image, seed=11, strength=0.9, end=1.0)
     plain = sdxl_sample(xl_parts, xl_adapter, image, seed=11, strength=0.0, end=1.0)
     assert (adapted - plain).abs().max() > 0.05
+
+
+def test_a_controlnet_and_an_adapter_combine(sd_model, sd_clip, sd_vae, sd_adapters):
+    """The UNet takes both: the picture with both differs from the picture with either alone."""
+    from nodes.builtin_models import build_tiny_controlnet
+    from nodes.controlnet import ApplyControlNet
+    from nodes.values import ControlNet
+
+    control_net, image = ControlNet(build_tiny_controlnet(), "sd1", "tiny"), control_image(6)
+
+    def controlled(positive, negative):
+        return run_node(ApplyControlNet, positive=positive, negative=negative, control_net=control_net, image=image)
+
+    adapted = with_adapters([(sd_adapters[0], control_image(7), 1.0, 1.0)])
+    pictures = [run_nodes(sd_model, sd_clip, sd_vae, "euler", seed=8, condition=c)
+                for c in (controlled, adapted, lambda p, n: adapted(*controlled(p, n)))]
+    assert (pictures[2] - pictures[0]).abs().max() > 0.05 and (pictures[2] - pictures[1]).abs().max() > 0.05
