@@ -252,3 +252,36 @@ def test_control_image_resize_takes_the_adapters_factor(tiny_parts, sd_adapter):
     assert resized.pixels.shape == (1, 16 * sd_adapter.downscale, 24 * sd_adapter.downscale, 3)
     with pytest.raises(NodeInputError, match="connect a ControlNet or a T2I-Adapter"):
         run_node(ControlImageResize, image=picture, latent=Latent(samples=torch.zeros(1, 4, 16, 24)))
+
+
+def test_fingerprint_and_pool(models_dir, tiny):
+    from graphflow.context import Settings
+    from graphflow.node import spec_of
+    from nodes.builtin_models import TINY_VERSION
+    from nodes.builtin_sdxl import TINY_SDXL_VERSION
+
+    spec = spec_of(LoadT2IAdapter)
+    assert spec.pool == "model" and spec.outputs == {"t2i_adapter": "T2I_ADAPTER"}
+    settings = Settings(models_dir=models_dir)
+    assert spec.fingerprint({"name": "tiny-sd-t2i-adapter"}, settings) == f"builtin:tiny-sd-t2i-adapter:v{TINY_VERSION}"
+    assert spec.fingerprint({"name": "tiny-sdxl-t2i-adapter"}, settings) == f"builtin:tiny-sdxl-t2i-adapter:v{TINY_SDXL_VERSION}"
+    (models_dir / "t2i_adapter").mkdir()
+    path = models_dir / "t2i_adapter" / "sketch.safetensors"
+    save_file(original_tensors(tiny), str(path))
+    first = spec.fingerprint({"name": "sketch"}, settings)
+    save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(path))
+    assert spec.fingerprint({"name": "sketch"}, settings) != first
+    assert spec.preflight({"name": "nope"}, settings)
+    assert not spec.preflight({"name": "tiny-sdxl-t2i-adapter"}, settings)
+
+
+def test_a_conditioning_does_not_count_the_adapter_weights_again(sd_clip, sd_adapter):
+    from nodes.values import nbytes_of
+
+    from .test_parity import encode
+
+    positive = encode(sd_clip, "a")
+    adapted, _ = run_node(ApplyT2IAdapter, positive=positive, negative=positive, t2i_adapter=sd_adapter,
+                          image=Image(torch.rand(1, 64, 64, 3)))
+    assert nbytes_of(adapted) == nbytes_of(positive) + 64 * 64 * 3 * 4
+    assert sd_adapter.nbytes > 0

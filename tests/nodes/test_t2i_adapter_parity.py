@@ -171,3 +171,26 @@ def test_a_controlnet_and_an_adapter_combine(sd_model, sd_clip, sd_vae, sd_adapt
     pictures = [run_nodes(sd_model, sd_clip, sd_vae, "euler", seed=8, condition=c)
                 for c in (controlled, adapted, lambda p, n: adapted(*controlled(p, n)))]
     assert (pictures[2] - pictures[0]).abs().max() > 0.05 and (pictures[2] - pictures[1]).abs().max() > 0.05
+
+
+def test_sd1_layout_adapter_on_an_sd1_layout_unet_matches_the_pipeline(tiny_parts, sd_clip, sd_vae):
+    """Real SD 1.x UNets have attention in their first block, and their adapters (full_adapter) a feature at the
+    latent's size: a tiny UNet of that layout and the adapter adapter_config_for gives it."""
+    from diffusers import UNet2DConditionModel
+
+    from nodes.values import Model
+
+    torch.manual_seed(5)
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
+                                out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32).eval()
+    parts = {**tiny_parts, "unet": unet}
+    adapter = T2IAdapter(build_tiny_adapter(unet.config, tiny_parts["vae"].config, seed=6), "sd1-layout")
+    assert adapter.module.config.adapter_type == "full_adapter"
+    model = Model(unet, scheduler_config=dict(tiny_parts["scheduler"].config), family="sd1", prediction_type="epsilon",
+                  name="sd1-layout")
+    image = control_image(8)
+    ours = run_nodes(model, sd_clip, sd_vae, "euler", seed=4, condition=with_adapters([(adapter, image, 1.0, 1.0)]))
+    plain = run_nodes(model, sd_clip, sd_vae, "euler", seed=4)
+    assert (ours - plain).abs().max() > 0.05
+    assert_same_pixels(ours, theirs_sd(parts, [adapter], [image], "euler", 4, [1.0]))
