@@ -180,9 +180,6 @@ def ApplyT2IAdapter(
 # Sampling: the adapters' features for the UNet's down blocks
 # ---------------------------------------------------------------------------------------------------------------
 
-Features = "list[torch.Tensor]"
-
-
 @dataclass(frozen=True)
 class AdapterFeatures:
     """A UNetInputs step input: per CFG half ([negative, positive], or the positive alone) the adapters with their
@@ -233,11 +230,34 @@ def unet_feature_shapes(unet, height: int, width: int) -> "tuple[list[tuple[int,
     return shapes, (int(unet.config.block_out_channels[-1]), height, width)
 
 
+def _layout(shapes) -> list[str]:
+    """Feature shapes as their channels and size relative to the first: ``320@1/2``."""
+    return [f"{c}@1/{shapes[0][1] // h}" for c, h, _ in shapes]
+
+
+def check_fits(model: Model, adapter: T2IAdapter, name: str) -> None:
+    """That the adapter's features fit the UNet's blocks, in channels and in where each halves (an adapter for another
+    family can have the same channels): read from the adapter's features for a blank probe image."""
+    module = adapter.module
+    weight = next(module.parameters())
+    side = 4 * int(module.total_downscale_factor)
+    with torch.no_grad():
+        probe = module(torch.zeros(1, int(module.config.in_channels), side, side, device=weight.device, dtype=weight.dtype))
+    got = _layout([tuple(int(s) for s in f.shape[1:]) for f in probe])
+    size = 2 ** (len(model.unet.down_blocks) + 1)
+    shapes, middle = unet_feature_shapes(model.unet, size, size)
+    if got not in (_layout(shapes), _layout(shapes + [middle])):
+        raise NodeInputError(name, f"T2I-Adapter {adapter.name} was made for a UNet of another layout (another model "
+                             "family?)", f"features {_layout(shapes)}, maybe one more for the middle block: "
+                             f"{_layout(shapes + [middle])[-1]}", f"features {got}")
+
+
 def adapter_features(model: Model, control: AdapterControl, latent: Latent, name: str) -> "list[torch.Tensor]":
     """One adapter's features for the latent batch, scaled by its strength, on the model's device and dtype; the
-    control image and the features checked against the latent's size and the UNet's blocks."""
+    adapter, the control image and the features checked against the UNet's blocks and the latent's size."""
     adapter = control.adapter
     module = adapter.module
+    check_fits(model, adapter, name)
     batch, height, width = latent.batch_size, *(int(s) for s in latent.samples.shape[-2:])
     shapes, middle = unet_feature_shapes(model.unet, height, width)
     factor = int(module.downscale_factor)
@@ -258,6 +278,6 @@ def adapter_features(model: Model, control: AdapterControl, latent: Latent, name
         features = module(pixels.to(weight.device, weight.dtype))
     got = [tuple(int(s) for s in f.shape[1:]) for f in features]
     if got not in (shapes, shapes + [middle]):
-        raise NodeInputError(name, f"T2I-Adapter {adapter.name} was made for a UNet of another size (another model family?)",
-                             f"features {shapes} (+ {middle} for the middle block)", f"features {got}")
+        raise NodeInputError(name, f"T2I-Adapter {adapter.name} gives features of other sizes than this "
+                             f"{width}×{height} latent's UNet blocks", f"{shapes} (+ {middle} for the middle block)", got)
     return [(f * control.strength).repeat_interleave(batch // images, dim=0).to(model.device, model.dtype) for f in features]

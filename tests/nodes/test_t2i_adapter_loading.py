@@ -200,12 +200,15 @@ def test_a_control_image_of_another_size_names_the_size(sd_model, sd_clip, sd_va
     assert caught.value.input == "positive"
 
 
-def test_an_adapter_for_another_unet_is_refused(sd_model, sd_clip, sd_vae):
+@pytest.mark.parametrize("size", [64, 128])
+def test_an_adapter_for_another_unet_is_refused_whatever_the_image(sd_model, sd_clip, sd_vae, size):
+    """SD 1.x's layout (second feature halved) on the tiny UNet (SDXL's: first two at one size): same channels."""
     from diffusers import T2IAdapter as DiffusersAdapter
 
     sd1_layout = T2IAdapter(DiffusersAdapter(in_channels=3, channels=[32, 64], downscale_factor=4).eval(), "sd1-layout")
-    with pytest.raises(NodeInputError, match="UNet of another size"):
-        run_nodes(sd_model, sd_clip, sd_vae, "euler", seed=1, condition=applied(sd1_layout, Image(torch.rand(1, 64, 64, 3))))
+    with pytest.raises(NodeInputError, match="UNet of another layout") as caught:
+        run_nodes(sd_model, sd_clip, sd_vae, "euler", seed=1, condition=applied(sd1_layout, Image(torch.rand(1, size, size, 3))))
+    assert caught.value.expected.startswith("features ['32@1/1', '64@1/1']") and caught.value.received == "features ['32@1/1', '64@1/2']"
 
 
 def test_control_images_must_spread_over_the_batch(sd_model, sd_clip, sd_vae, sd_adapter):
