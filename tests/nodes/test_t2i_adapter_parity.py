@@ -107,7 +107,7 @@ def test_the_adapter_changes_the_picture_and_its_image_matters(sd_model, sd_clip
     assert (adapted[0] - adapted[1]).abs().max() > 0.05
 
 
-def sdxl_sample(parts, adapter, image, seed, strength, end, sampler="euler"):
+def sdxl_sample(parts, adapter, image, seed, strength, end, sampler="euler", denoising_end=1.0, decode=True):
     model, clip, vae = test_sdxl.values_of(parts)
     model = model.replace(vae_scale_factor=2 ** (len(parts["vae"].config.block_out_channels) - 1))
     from nodes.latent import EmptyLatent
@@ -118,23 +118,27 @@ def sdxl_sample(parts, adapter, image, seed, strength, end, sampler="euler"):
     positive, negative = run_node(ApplyT2IAdapter, positive=positive, negative=negative, t2i_adapter=adapter,
                                   image=image, strength=strength, end_percent=end)
     latent = run_node(EmptyLatent, width=test_sdxl.SIZE, height=test_sdxl.SIZE, batch_size=1, vae=vae)
-    schedule = run_node(Schedule, model=model, sampler=sampler, steps=test_sdxl.STEPS)
+    schedule = run_node(Schedule, model=model, sampler=sampler, steps=test_sdxl.STEPS, denoising_end=denoising_end)
     noised = run_node(AddNoise, latent=latent, schedule=schedule, seed=seed)
     out, _ = run_node(Sample, model=model, positive=positive, negative=negative, latent=noised, cfg=test_sdxl.CFG)
-    return run_node(VAEDecode, vae=vae, latent=out).pixels
+    return run_node(VAEDecode, vae=vae, latent=out).pixels if decode else out.samples
+
+
+def xl_adapter_pipeline(xl_parts, adapter):
+    from diffusers import StableDiffusionXLAdapterPipeline
+
+    scheduler = build_scheduler(dict(xl_parts["scheduler"].config), SAMPLERS["euler"])
+    pipe = StableDiffusionXLAdapterPipeline(**{**xl_parts, "scheduler": scheduler}, adapter=adapter.module,
+                                            force_zeros_for_empty_prompt=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 @pytest.mark.parametrize("end", [1.0, 0.5])
 def test_sdxl_adapter_matches_the_sdxl_adapter_pipeline(xl_parts, xl_adapter, end):
-    from diffusers import StableDiffusionXLAdapterPipeline
-
     image = control_image(4, test_sdxl.SIZE)
     ours = sdxl_sample(xl_parts, xl_adapter, image, seed=11, strength=0.9, end=end)
-    scheduler = build_scheduler(dict(xl_parts["scheduler"].config), SAMPLERS["euler"])
-    pipe = StableDiffusionXLAdapterPipeline(**{**xl_parts, "scheduler": scheduler}, adapter=xl_adapter.module,
-                                            force_zeros_for_empty_prompt=True)
-    pipe.set_progress_bar_config(disable=True)
-    theirs = pipe(test_sdxl.PROMPT, negative_prompt=test_sdxl.NEGATIVE, image=image.pixels.permute(0, 3, 1, 2),
+    theirs = xl_adapter_pipeline(xl_parts, xl_adapter)(test_sdxl.PROMPT, negative_prompt=test_sdxl.NEGATIVE, image=image.pixels.permute(0, 3, 1, 2),
                   height=test_sdxl.SIZE, width=test_sdxl.SIZE, num_inference_steps=test_sdxl.STEPS,
                   guidance_scale=test_sdxl.CFG, generator=generator(11), output_type="pt",
                   adapter_conditioning_scale=0.9, adapter_conditioning_factor=end).images
@@ -194,3 +198,15 @@ def test_sd1_layout_adapter_on_an_sd1_layout_unet_matches_the_pipeline(tiny_part
     plain = run_nodes(model, sd_clip, sd_vae, "euler", seed=4)
     assert (ours - plain).abs().max() > 0.05
     assert_same_pixels(ours, theirs_sd(parts, [adapter], [image], "euler", 4, [1.0]))
+
+
+def test_a_stopped_sdxl_schedule_counts_the_steps_it_runs(xl_parts, xl_adapter):
+    """With denoising_end the factor is a share of the steps run (the pipeline's truncated num_inference_steps)."""
+    image = control_image(5, test_sdxl.SIZE)
+    ours = sdxl_sample(xl_parts, xl_adapter, image, seed=12, strength=1.0, end=0.5, denoising_end=0.7, decode=False)
+    theirs = xl_adapter_pipeline(xl_parts, xl_adapter)(
+        test_sdxl.PROMPT, negative_prompt=test_sdxl.NEGATIVE, image=image.pixels.permute(0, 3, 1, 2),
+        height=test_sdxl.SIZE, width=test_sdxl.SIZE, num_inference_steps=test_sdxl.STEPS, guidance_scale=test_sdxl.CFG,
+        generator=generator(12), output_type="latent", adapter_conditioning_factor=0.5, denoising_end=0.7).images
+    assert ours.shape == theirs.shape and ours.std() > 0.01
+    assert (ours - theirs).abs().max().item() <= 1e-5
