@@ -145,12 +145,13 @@ def test_files_that_are_not_adapters(tmp_path, tensors, message):
 # ------------------------------------------------------------------------------------ the node
 
 def test_builtin_tiny_adapters_are_built_for_their_models(loader_ctx, tiny_parts):
+    from nodes.builtin_models import TINY_SEED
     from nodes.builtin_sdxl import TINY_SDXL_VERSION
 
     adapter = run_node(LoadT2IAdapter, loader_ctx, name="tiny-sd-t2i-adapter", device="cpu")
     assert adapter.name == "tiny-sd-t2i-adapter"
     assert_same_weights(adapter.module, build_tiny_adapter(tiny_parts["unet"].config, tiny_parts["vae"].config,
-                                                           seed=20241121 + 7))
+                                                           seed=TINY_SEED + 7))
     assert tiny_adapter_folder(sdxl=True).name == f"tiny-sdxl-t2i-adapter-v{TINY_SDXL_VERSION}"
     xl = run_node(LoadT2IAdapter, loader_ctx, name="tiny-sdxl-t2i-adapter", device="cpu")
     assert xl.module.config.adapter_type == "full_adapter_xl"
