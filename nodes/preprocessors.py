@@ -17,6 +17,7 @@ from graphflow.node import Input, node
 
 from .image import ImageScale, ScaleMethod
 from .mask import luminance
+from .t2i_adapter import control_image_factor
 from .values import CONTROL_NET, IMAGE, LATENT, T2I_ADAPTER, ControlNet, Image, Latent, T2IAdapter
 
 ResizeMode = Literal["crop", "stretch", "pad"]
@@ -91,7 +92,7 @@ def ControlImageResize(
     if (control_net is None) == (t2i_adapter is None):
         raise NodeInputError("control_net", "connect a ControlNet or a T2I-Adapter (t2i_adapter): its factor sets the size",
                              "one of control_net, t2i_adapter", "both" if control_net is not None else "neither")
-    factor = control_net.downscale if control_net is not None else t2i_adapter.downscale
+    factor = control_net.downscale if control_net is not None else control_image_factor(t2i_adapter)
     height, width = (int(s) * factor for s in latent.samples.shape[-2:])
     if (image.height, image.width) == (height, width):
         return image

@@ -13,8 +13,8 @@ it needs that the file lacks, is an error. ``tiny-sd-t2i-adapter`` and ``tiny-sd
 random adapters shaped for ``tiny-sd`` and ``tiny-sdxl`` (for tests; their effect is noise on noise).
 
 How it samples (diffusers' StableDiffusionAdapterPipeline / StableDiffusionXLAdapterPipeline): before the first
-step each adapter turns its control image into one feature map per UNet down block (and, for SDXL, one for the
-middle block), times ``strength``; the features of every adapter on a conditioning are added up, and at each step
+step each adapter turns its control image into one feature map per UNet down block, from the first (and, for SDXL,
+one for the middle block), times ``strength``; the features of every adapter on a conditioning are added up, and at each step
 the UNet adds them to its down blocks' outputs (diffusers' ``down_intrablock_additional_residuals``). An adapter
 acts on step i of the N that Sample runs while ``i < int(N · end_percent)`` (``adapter_conditioning_factor``), on
 both halves of the CFG batch. ControlNets and adapters combine: the UNet takes both.
@@ -37,7 +37,7 @@ from . import checkpoints
 from .builtin_models import TINY_SEED, TINY_VERSION, cache_dir, tiny_sd_folder
 from .builtin_sdxl import TINY_SDXL_VERSION, tiny_sdxl_folder
 from .checkpoints.common import read_json
-from .checkpoints.t2i_adapter import is_adapter_folder, load_adapter_file, load_adapter_folder
+from .checkpoints.t2i_adapter import XL_UNSHUFFLE, is_adapter_folder, load_adapter_file, load_adapter_folder
 from .loaders import Device, Dtype, model_fingerprint, model_preflight, pick_device, pick_dtype, resolve
 from .model_folders import kind_folders
 from .unet_inputs import UNetInputs
@@ -53,21 +53,26 @@ TINY_SD_ADAPTER, TINY_SDXL_ADAPTER = "tiny-sd-t2i-adapter", "tiny-sdxl-t2i-adapt
 # ---------------------------------------------------------------------------------------------------------------
 
 def adapter_config_for(unet_config, vae_config) -> dict[str, Any]:
-    """A T2IAdapter config whose features fit a UNet's down blocks, for control images at the VAE's pixel size.
+    """A T2IAdapter config whose features fit as many of a UNet's down blocks (and its middle block) as one of
+    diffusers' layouts can, for control images at the VAE's pixel size.
 
-    SD 1.x's layout (attention in the first block): one level per block, the first at the latent's size
-    (unshuffle by the VAE's factor). SDXL's (no attention in the first block, whose feature joins after its
-    downsampler): unshuffle by twice the VAE's factor, and for three blocks a fourth feature for the middle block."""
-    widths = list(unet_config["block_out_channels"])
+    A block with attention takes its feature before its downsampler, one without after it (UNet2DConditionModel), so
+    each block's feature sits some halvings below the first's: 0, 1, 2, ... is SD 1.x's layout (``full_adapter``),
+    0, 0, 1, 1 SDXL's (``full_adapter_xl``, the middle block taking the fourth). The unshuffle factor puts the first
+    feature where the first block wants it."""
+    blocks, widths = list(unet_config["down_block_types"]), list(unet_config["block_out_channels"])
+    levels = [i if "CrossAttn" in kind or i == len(blocks) - 1 else i + 1 for i, kind in enumerate(blocks)]
+    levels.append(len(blocks) - 1)  # the middle block, after the last down block
+    halvings, widths = [level - levels[0] for level in levels], widths + widths[-1:]
+
+    def fits(pattern) -> int:  # how many features of the pattern match the UNet's, from the first
+        return next((k for k in range(len(pattern)) if halvings[k] != pattern[k]), len(pattern))
+
+    full, xl = fits(range(len(halvings))), fits([0, 0, 1, 1][:len(halvings)])
+    kind, count = ("full_adapter_xl", xl) if xl > full else ("full_adapter", full)
     vae_factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
-    if "CrossAttn" in unet_config["down_block_types"][0]:
-        kind, channels, factor = "full_adapter", widths, vae_factor
-    elif len(widths) in (2, 3):
-        kind, channels, factor = "full_adapter_xl", widths + widths[-1:] * (len(widths) == 3), 2 * vae_factor
-    else:
-        raise ValueError(f"no T2I-Adapter layout fits {len(widths)} UNet blocks without attention in the first")
-    return {"adapter_type": kind, "channels": channels, "downscale_factor": factor, "in_channels": 3,
-            "num_res_blocks": 2}
+    return {"adapter_type": kind, "channels": widths[:count], "downscale_factor": vae_factor * 2 ** levels[0],
+            "in_channels": 3, "num_res_blocks": 2}
 
 
 def build_tiny_adapter(unet_config, vae_config, seed: int) -> torch.nn.Module:
@@ -101,6 +106,15 @@ def tiny_adapter_folder(sdxl: bool) -> Path:
         except FileExistsError:  # another process finished first; its copy is identical
             pass
     return folder
+
+
+def control_image_factor(adapter: T2IAdapter) -> int:
+    """Control image ÷ latent size: the pixel-unshuffle's factor, halved where the first feature is at half the
+    latent's size — SDXL's layout, and any adapter unshuffling by SDXL's 16 (SDXL's first block, without attention,
+    takes its feature after downsampling): every released adapter and the built-in ones."""
+    config = adapter.module.config
+    halved = config.adapter_type == "full_adapter_xl" or config.downscale_factor == XL_UNSHUFFLE
+    return int(config.downscale_factor) // (2 if halved else 1)
 
 
 BUILTIN_VERSIONS = {TINY_SD_ADAPTER: TINY_VERSION, TINY_SDXL_ADAPTER: TINY_SDXL_VERSION}
@@ -221,7 +235,8 @@ def with_adapters(inputs: UNetInputs, model: Model, positive: Conditioning, nega
 
 def unet_feature_shapes(unet, height: int, width: int) -> "tuple[list[tuple[int, int, int]], tuple[int, int, int]]":
     """(channels, h, w) of what the UNet adds an adapter feature to, per down block, at a ``height`` × ``width``
-    latent, and the middle block's: a block with attention adds it before its downsampler, one without after."""
+    latent, and the middle block's: a block with attention adds it before its downsampler, one without after (see
+    adapter_config_for)."""
     shapes = []
     for block, channels in zip(unet.down_blocks, unet.config.block_out_channels):
         after = ((height + 1) // 2, (width + 1) // 2) if block.downsamplers is not None else (height, width)
@@ -246,10 +261,11 @@ def check_fits(model: Model, adapter: T2IAdapter, name: str) -> None:
     got = _layout([tuple(int(s) for s in f.shape[1:]) for f in probe])
     size = 2 ** (len(model.unet.down_blocks) + 1)
     shapes, middle = unet_feature_shapes(model.unet, size, size)
-    if got not in (_layout(shapes), _layout(shapes + [middle])):
+    wanted = _layout(shapes + [middle])
+    if got != wanted[:len(got)]:  # the UNet adds features to its blocks in order, as many as there are
         raise NodeInputError(name, f"T2I-Adapter {adapter.name} was made for a UNet of another layout (another model "
-                             "family?)", f"features {_layout(shapes)}, maybe one more for the middle block: "
-                             f"{_layout(shapes + [middle])[-1]}", f"features {got}")
+                             "family?)", f"features {wanted[:-1]} or the first of them, maybe one more for the middle "
+                             f"block: {wanted[-1]}", f"features {got}")
 
 
 def adapter_features(model: Model, control: AdapterControl, latent: Latent, name: str) -> "list[torch.Tensor]":
@@ -277,7 +293,7 @@ def adapter_features(model: Model, control: AdapterControl, latent: Latent, name
     with torch.no_grad():
         features = module(pixels.to(weight.device, weight.dtype))
     got = [tuple(int(s) for s in f.shape[1:]) for f in features]
-    if got not in (shapes, shapes + [middle]):
+    if got != (shapes + [middle])[:len(got)]:
         raise NodeInputError(name, f"T2I-Adapter {adapter.name} gives features of other sizes than this "
                              f"{width}×{height} latent's UNet blocks", f"{shapes} (+ {middle} for the middle block)", got)
     return [(f * control.strength).repeat_interleave(batch // images, dim=0).to(model.device, model.dtype) for f in features]

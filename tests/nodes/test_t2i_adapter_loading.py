@@ -11,7 +11,8 @@ from graphflow.errors import NodeInputError
 from nodes import checkpoints as ck
 from nodes.checkpoints.t2i_adapter import (ADAPTER_CONFIGS, adapter_to_original, adapter_weights,
                                            derive_adapter_config, load_adapter_file)
-from nodes.t2i_adapter import ApplyT2IAdapter, LoadT2IAdapter, build_tiny_adapter, tiny_adapter_folder
+from nodes.t2i_adapter import (ApplyT2IAdapter, LoadT2IAdapter, build_tiny_adapter, control_image_factor,
+                               tiny_adapter_folder)
 from nodes.values import Image, T2IAdapter
 
 from .runctx import run_node
@@ -154,7 +155,16 @@ def test_builtin_tiny_adapters_are_built_for_their_models(loader_ctx, tiny_parts
                                                            seed=TINY_SEED + 7))
     assert tiny_adapter_folder(sdxl=True).name == f"tiny-sdxl-t2i-adapter-v{TINY_SDXL_VERSION}"
     xl = run_node(LoadT2IAdapter, loader_ctx, name="tiny-sdxl-t2i-adapter", device="cpu")
-    assert xl.module.config.adapter_type == "full_adapter_xl"
+    assert xl.module.config.downscale_factor == 16  # tiny-sdxl's VAE (8×) and first block without attention (×2)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_the_layout_for_a_full_size_unet_is_the_released_adapters(family):
+    from nodes.t2i_adapter import adapter_config_for
+
+    unet, vae = (ck.read_json(ck.CONFIGS / family / part / "config.json") for part in ("unet", "vae"))
+    released = ck.read_json(ck.CONFIGS / ADAPTER_CONFIGS["full_adapter" if family == "sd1" else "full_adapter_xl"] / "config.json")
+    assert adapter_config_for(unet, vae) == {k: released[k] for k in CONFIG_KEYS}
 
 
 @pytest.mark.parametrize("folder", ["t2i_adapter", "controlnet"])
@@ -250,10 +260,10 @@ def test_control_image_resize_takes_the_adapters_factor(tiny_parts, sd_adapter):
     xl_parts = build_tiny_sdxl_components()
     xl = T2IAdapter(build_tiny_adapter(xl_parts["unet"].config, xl_parts["vae"].config, seed=1), "xl")
     for adapter, vae in ((sd_adapter, tiny_parts["vae"]), (xl, xl_parts["vae"])):
-        assert adapter.downscale == 2 ** (len(vae.config.block_out_channels) - 1)  # the VAE's: the latent's pixel size
+        assert control_image_factor(adapter) == 2 ** (len(vae.config.block_out_channels) - 1)  # the VAE's factor
     picture = Image(pixels=torch.rand(1, 30, 60, 3))
     resized = run_node(ControlImageResize, image=picture, latent=Latent(samples=torch.zeros(1, 4, 16, 24)), t2i_adapter=sd_adapter)
-    assert resized.pixels.shape == (1, 16 * sd_adapter.downscale, 24 * sd_adapter.downscale, 3)
+    assert resized.pixels.shape == (1, 16 * 2, 24 * 2, 3)
     with pytest.raises(NodeInputError, match="connect a ControlNet or a T2I-Adapter"):
         run_node(ControlImageResize, image=picture, latent=Latent(samples=torch.zeros(1, 4, 16, 24)))
 
