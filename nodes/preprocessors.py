@@ -17,7 +17,8 @@ from graphflow.node import Input, node
 
 from .image import ImageScale, ScaleMethod
 from .mask import luminance
-from .values import CONTROL_NET, IMAGE, LATENT, ControlNet, Image, Latent
+from .t2i_adapter import control_image_factor
+from .values import CONTROL_NET, IMAGE, LATENT, T2I_ADAPTER, ControlNet, Image, Latent, T2IAdapter
 
 ResizeMode = Literal["crop", "stretch", "pad"]
 TAN_22_5 = np.tan(np.pi / 8)  # the sector borders of the gradient direction, as OpenCV's Canny draws them
@@ -76,18 +77,23 @@ def canny_edges(grey: np.ndarray, low: float, high: float) -> np.ndarray:
 def ControlImageResize(
     image: Image = Input(IMAGE),
     latent: Latent = Input(LATENT, description="the latent the control image will steer"),
-    control_net: ControlNet = Input(CONTROL_NET, description="gives the factor between latent and control image"),
+    control_net: ControlNet | None = Input(CONTROL_NET, optional=True, description="gives the factor between latent and control image"),
     resize_mode: ResizeMode = Field("crop", description="crop: fill the size and cut the overflow (centred); stretch: "
                                     "fill it, ignoring the aspect ratio; pad: fit inside it, black around"),
     method: ScaleMethod = "lanczos",
+    t2i_adapter: T2IAdapter | None = Input(T2I_ADAPTER, optional=True, description="gives the factor instead of a ControlNet"),
     *,
     ctx: RunContext,
 ) -> Image:
-    """Resize a control image to the latent's pixel size, as ApplyControlNet needs it.
+    """Resize a control image to the latent's pixel size, as ApplyControlNet and ApplyT2IAdapter need it.
 
-    The size is the latent's times the ControlNet's factor (8 at full size); an image already that size is passed
-    on unchanged."""
-    height, width = (int(s) * control_net.downscale for s in latent.samples.shape[-2:])
+    The size is the latent's times the factor of the ControlNet or T2I-Adapter connected (one of them; 8 at full
+    size); an image already that size is passed on unchanged."""
+    if (control_net is None) == (t2i_adapter is None):
+        raise NodeInputError("control_net", "connect a ControlNet or a T2I-Adapter (t2i_adapter): its factor sets the size",
+                             "one of control_net, t2i_adapter", "both" if control_net is not None else "neither")
+    factor = control_net.downscale if control_net is not None else control_image_factor(t2i_adapter)
+    height, width = (int(s) * factor for s in latent.samples.shape[-2:])
     if (image.height, image.width) == (height, width):
         return image
     if resize_mode == "stretch":

@@ -28,6 +28,7 @@ from graphflow.seeds import Seed, seed_type
 
 from .controlnet import ControlResiduals, control_residuals
 from .preview import PreviewMode, StepPreviews
+from .t2i_adapter import with_adapters
 from .unet_inputs import UNetInputs, unet_inputs
 from .values import (CONDITIONING, IMAGE, LATENT, MODEL, SCHEDULE, VAE, Conditioning, Image, Latent, Model,
                      ScheduleValue, Vae)
@@ -280,7 +281,9 @@ def Sample(
     step; a 9-channel inpainting UNet gets the mask and the masked-image latents beside its input instead.
 
     ControlNets that ApplyControlNet attached to the conditionings add their residuals to every UNet call
-    whose step they cover, as StableDiffusionControlNetPipeline does (nodes/controlnet.py).
+    whose step they cover, as StableDiffusionControlNetPipeline does (nodes/controlnet.py); T2I-Adapters that
+    ApplyT2IAdapter attached add their features to the UNet's down blocks, as StableDiffusionAdapterPipeline does
+    (nodes/t2i_adapter.py).
 
     ``previews`` holds the frames shown every ``preview_every`` steps, the last step included (feed it to
     SaveAnimation for a denoising animation); with previews off it holds one frame, the result's latent_rgb
@@ -289,6 +292,7 @@ def Sample(
     inpaint = _inpainting(model, latent)
     inputs = unet_inputs(model, positive, negative, cfg, latent.batch_size, tuple(latent.samples.shape[-2:]))
     guidance = cfg > 1
+    inputs = with_adapters(inputs, model, positive, negative, guidance, latent)
     control = control_residuals(model, positive, negative, guidance, latent)
     previews = StepPreviews(preview_every, preview_mode, vae, ctx)
 

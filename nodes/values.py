@@ -1,10 +1,9 @@
 """The values that travel on Stable Diffusion sockets.
 
-Each is a frozen dataclass: nodes build new values and never mutate what they receive (the engine's
-cache hands the same object to every consumer). Tensors stay on the device they were made on.
-
-``nbytes`` lets the engine's byte-budgeted cache size a value; ``__graphflow_digest__`` lets the
-engine's mutation guard (on in tests) prove that a node left its inputs untouched.
+Each is a frozen dataclass: nodes build new values and never mutate what they receive (the engine's cache hands
+the same object to every consumer). Tensors stay on the device they were made on. ``nbytes`` lets the engine's
+byte-budgeted cache size a value; ``__graphflow_digest__`` lets its mutation guard (on in tests) prove that a node
+left its inputs untouched.
 """
 from __future__ import annotations
 
@@ -28,7 +27,7 @@ TOKENS, CONDITIONING = "TOKENS", "CONDITIONING"
 LATENT, IMAGE, MASK = "LATENT", "IMAGE", "MASK"
 SCHEDULE = "SCHEDULE"
 UPSCALE_MODEL = "UPSCALE_MODEL"
-CONTROL_NET = "CONTROL_NET"
+CONTROL_NET, T2I_ADAPTER = "CONTROL_NET", "T2I_ADAPTER"
 
 
 def tensor_digest(tensor: torch.Tensor, hasher: "hashlib._Hash") -> None:
@@ -64,14 +63,14 @@ def digest_of(value: Any) -> str:
 
 def nbytes_of(value: Any) -> int:
     """Bytes of the tensors a value holds (a module's by its state dict); nothing else counts. A loaded model held
-    by reference inside another value (the ControlNet a conditioning carries) is the model pool's, not counted again."""
+    by reference inside another value (a conditioning's ControlNet or T2I-Adapter) is the model pool's, not counted."""
     total = 0
 
     def is_leaf(part: Any) -> bool:
-        return _is_weights(part) or (part is not value and isinstance(part, ControlNet))
+        return _is_weights(part) or (part is not value and isinstance(part, (ControlNet, T2IAdapter)))
 
     for _, part in walk(value, is_leaf=is_leaf):
-        if part is not value and isinstance(part, ControlNet):
+        if part is not value and isinstance(part, (ControlNet, T2IAdapter)):
             continue
         if isinstance(part, torch.Tensor):
             total += part.numel() * part.element_size()
@@ -227,22 +226,36 @@ class Control(SocketValue):
 
 
 @dataclass(frozen=True, eq=False)
+class T2IAdapter(SocketValue):
+    """T2I_ADAPTER: a diffusers T2IAdapter, whose features go into the UNet's down blocks (nodes/t2i_adapter.py)."""
+    module: torch.nn.Module
+    name: str
+
+
+@dataclass(frozen=True, eq=False)
+class AdapterControl(SocketValue):
+    """One ApplyT2IAdapter: adapter, control image (1 or B, H, W, 3), feature scale, share of the steps it acts on."""
+    adapter: T2IAdapter
+    image: torch.Tensor
+    strength: float
+    end: float
+
+
+@dataclass(frozen=True, eq=False)
 class Conditioning(SocketValue):
     """CONDITIONING: text embeddings (B, 77·k, C) for the UNet's cross-attention, and the ControlNets applied to
-    them (``controls``, in the order they were applied; Sample adds up their residuals).
+    them (``controls``, in the order they were applied; Sample adds up their residuals) and T2I-Adapters (``adapters``).
 
     SDXL adds ``pooled`` (B, P), the pooled prompt embedding, and ``sizes``: the size / crop / aesthetic-score
     conditioning set with SDXLSizes (keys of nodes.sdxl.SIZE_KEYS; a key left out takes the pipeline's default)."""
 
     embeds: torch.Tensor
     text: tuple[str, ...] = ()
-    # The empty prompt encoded the same way (1, 77, C): pads the shorter of positive/negative for CFG
-    # (nodes.prompt.pad_conditionings).
+    # The empty prompt encoded alike (1, 77, C): pads the shorter of positive/negative for CFG (pad_conditionings).
     empty_chunk: torch.Tensor | None = None
-    # ComfyUI's conditioning is a list of entries, each optionally confined to an area of the latent
-    # (comfy.ConditioningCombine / comfy.ConditioningSetArea; only comfy.KSampler composes them):
-    # ``area`` (height, width, y, x) in latent pixels, ComfyUI's order; ``strength`` weighs the entry;
-    # ``also`` holds the entries after this one.
+    # ComfyUI's conditioning: a list of entries, each maybe confined to an area of the latent (comfy.ConditioningCombine
+    # / comfy.ConditioningSetArea; only comfy.KSampler composes them): ``area`` (height, width, y, x) in latent pixels,
+    # ComfyUI's order; ``strength`` weighs the entry; ``also`` holds the entries after this one.
     area: tuple[int, ...] | None = None
     strength: float = 1.0
     also: tuple["Conditioning", ...] = ()
@@ -253,6 +266,7 @@ class Conditioning(SocketValue):
     # inpainting UNet reads with this entry instead of the latent's own (only comfy.KSampler reads them).
     inpaint_latent: torch.Tensor | None = None
     inpaint_mask: torch.Tensor | None = None
+    adapters: tuple[AdapterControl, ...] = ()
 
     @property
     def entries(self) -> tuple["Conditioning", ...]:
@@ -291,16 +305,15 @@ class ScheduleValue(SocketValue):
 class Latent(SocketValue):
     """LATENT: latents (B, 4, h, w), already scaled by the VAE's scaling factor.
 
-    After AddNoise a latent also carries the schedule it was noised for (``schedule``), the clean latents
-    it started from (``clean``, used when inpainting), the noise that was added (``noise``), and the
-    random generator state right after drawing that noise (``rng_state``), so a sampler that needs more
-    noise continues the same random stream as diffusers' pipelines do (one state, or a (B, state) stack when
-    each image has its own stream). ``noise_mask`` (B, 1, h, w) is 1
-    where the sampler may repaint; ``masked_image`` holds the masked-image latents for 9-channel UNets.
-    ``paste_pixels`` (B, H, W, 3) and ``paste_mask`` (B, H, W), from InpaintEncode, are the original picture
-    and the blurred mask VAEDecode composites with after decoding (the WebUI's paste-back); AddNoise and
-    Sample carry them, nodes that resize a latent drop them. ``batch_index`` numbers the images of a batch
-    taken out of (or repeated from) a bigger one, so a sampler can give each the noise it had there (ComfyUI's
+    After AddNoise a latent also carries the schedule it was noised for (``schedule``), the clean latents it started
+    from (``clean``, used when inpainting), the noise that was added (``noise``), and the random generator state
+    right after drawing that noise (``rng_state``), so a sampler that needs more noise continues the same random
+    stream as diffusers' pipelines do (one state, or a (B, state) stack when each image has its own stream).
+    ``noise_mask`` (B, 1, h, w) is 1 where the sampler may repaint; ``masked_image`` holds the masked-image latents
+    for 9-channel UNets. ``paste_pixels`` (B, H, W, 3) and ``paste_mask`` (B, H, W), from InpaintEncode, are the
+    original picture and the blurred mask VAEDecode composites with after decoding (the WebUI's paste-back);
+    AddNoise and Sample carry them, nodes that resize a latent drop them. ``batch_index`` numbers the images of a
+    batch taken out of (or repeated from) a bigger one, so a sampler can give each the noise it had there (ComfyUI's
     LatentFromBatch / RepeatLatentBatch); None means 0, 1, 2, ..."""
 
     samples: torch.Tensor

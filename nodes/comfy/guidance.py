@@ -178,6 +178,10 @@ class ComfyDenoiser:
             for entry in conditioning.entries:
                 for control in entry.controls:
                     check_fits(model, control.control_net, latent_channels, name)
+                if entry.adapters:  # graphflow's ApplyT2IAdapter: its features are fed by graphflow's Sample only
+                    raise NodeInputError(name, "comfy.KSampler does not apply T2I-Adapters attached with ApplyT2IAdapter",
+                                         "a conditioning without T2I-Adapters, or graphflow's Sample",
+                                         f"{len(entry.adapters)} T2I-Adapter(s)")
         self.sdxl = wants_added_conditioning(model)
         if self.sdxl:
             for name, conditioning in (("positive", positive), ("negative", negative)):
