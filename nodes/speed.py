@@ -117,7 +117,8 @@ def attention_kinds(unet: torch.nn.Module) -> set[str]:
 # CPU offload
 # ---------------------------------------------------------------------------------------------------------------
 
-Moved = list[tuple[dict, str, torch.Tensor]]  # (a module's _parameters or _buffers, name, the tensor at rest)
+# (a module's _parameters or _buffers, name, the tensor at rest); a string, for annotations only: torch stays unloaded
+Moved = "list[tuple[dict, str, torch.Tensor]]"
 
 
 def move_tensors(modules, device: torch.device) -> Moved:

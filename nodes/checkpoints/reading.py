@@ -71,13 +71,14 @@ def read_state_dict(path: Path, dtype: torch.dtype | None = None) -> tuple[dict[
     return {k: as_dtype(v, dtype) for k, v in loaded.items() if isinstance(v, torch.Tensor)}, {}
 
 
-# safetensors' dtype names (the format is little-endian, as every machine torch runs on here)
+# safetensors' dtype names → torch's (the format is little-endian, as every machine torch runs on here); names,
+# not torch's objects, so that importing this module does not load torch
 SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "F8_E8M0": torch.float8_e8m0fnu,
-    "F8_E4M3FNUZ": torch.float8_e4m3fnuz, "F8_E5M2FNUZ": torch.float8_e5m2fnuz, "C64": torch.complex64,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "F8_E8M0": "float8_e8m0fnu",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E5M2FNUZ": "float8_e5m2fnuz", "C64": "complex64",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
+    "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
 }
 
 
@@ -104,7 +105,7 @@ def read_safetensors(path: Path, dtype: torch.dtype | None = None) -> tuple[dict
         header.pop("__metadata__", None)
         tensors, scratch = {}, torch.empty(0, dtype=torch.uint8)
         for key, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
-            stored = SAFETENSORS_DTYPES.get(entry["dtype"])
+            stored = getattr(torch, SAFETENSORS_DTYPES.get(entry["dtype"], ""), None)
             if stored is None:
                 raise CheckpointError(f"{path.name}: tensor {key} has the dtype {entry['dtype']}, which graphflow "
                                       f"does not read (it reads {', '.join(SAFETENSORS_DTYPES)})")
