@@ -11,10 +11,10 @@ from __future__ import annotations
 from pydantic import Field
 
 from graphflow.context import RunContext
+from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
 from ..controlnet import ApplyControlNet, LoadControlNet
-from ..preprocessors import Canny as GraphflowCanny
 from ..values import CONDITIONING, CONTROL_NET, IMAGE, VAE, Conditioning, Control, ControlNet, Image, Vae
 from .delegate import Renamed
 
@@ -87,11 +87,19 @@ def ControlNetApplyAdvanced(
 @node(name="comfy.Canny", outputs={"IMAGE": IMAGE}, category="comfy/image")
 def Canny(
     image: Image = Input(IMAGE),
-    low_threshold: float = Field(0.4, ge=0.01, le=0.99, description="gradient below which nothing is an edge (grey levels / 255)"),
-    high_threshold: float = Field(0.8, ge=0.01, le=0.99, description="gradient above which a pixel surely is an edge"),
+    low_threshold: float = Field(0.4, ge=0.01, le=0.99, description="gradient magnitude (of the 0–1 grey picture, "
+                                 "after a sigma-1 blur) below which nothing is an edge"),
+    high_threshold: float = Field(0.8, ge=0.01, le=0.99, description="gradient magnitude above which a pixel surely is an edge"),
 ) -> Image:
-    """ComfyUI's Canny: graphflow's Canny with the thresholds in grey levels (×255; 0.4 / 0.8 → 102 / 204).
+    """ComfyUI's Canny: the edges of kornia's Canny detector, which ComfyUI runs, white on black in three channels.
 
-    ComfyUI runs kornia's Canny, which blurs first (Gaussian, sigma 1) and measures the gradient as √(dx² + dy²);
-    graphflow's follows OpenCV (no blur, |dx| + |dy|), so the edge maps agree on clear edges, not pixel for pixel."""
-    return GraphflowCanny(image=image, low_threshold=round(low_threshold * 255), high_threshold=round(high_threshold * 255))
+    kornia greys the picture, blurs it (Gaussian, 5×5, sigma 1), takes the Sobel gradient's length √(dx² + dy²),
+    thins it and keeps weak edges that touch strong ones: the same control image as ComfyUI's, where graphflow's own
+    Canny follows OpenCV (no blur, |dx| + |dy|, thresholds in grey levels)."""
+    from kornia.filters import canny
+
+    if low_threshold > high_threshold:
+        raise NodeInputError("low_threshold", "must not be above high_threshold", f"at most {high_threshold}", low_threshold)
+    pixels = image.pixels.float().clamp(0, 1)
+    _, edges = canny(pixels[..., :3].permute(0, 3, 1, 2), low_threshold, high_threshold)
+    return Image(pixels=edges.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).contiguous().to(image.pixels.dtype))

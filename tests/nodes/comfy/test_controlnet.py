@@ -152,15 +152,32 @@ def test_apply_is_the_positive_only_and_strength_0_returns_the_inputs(control_ne
                                    strength=0.0, start_percent=0.0, end_percent=1.0) == (positive, negative)
 
 
-def test_canny_takes_comfyuis_thresholds_as_grey_levels_over_255():
-    ramp = torch.linspace(0, 1, 32).reshape(1, 1, 32, 1).expand(1, 32, 32, 3).contiguous()
-    image = Image(pixels=(ramp > 0.5).float())
+def test_canny_is_kornias_edge_map_in_three_channels_as_comfyui_runs_it():
+    from kornia.filters import canny
+
+    square = torch.zeros(1, 32, 32, 3)
+    square[:, 8:24, 8:24] = 1.0
+    image = Image(pixels=square)
     ours = Canny(image=image, low_threshold=0.4, high_threshold=0.8).pixels
-    assert torch.equal(ours, GraphflowCanny(image=image, low_threshold=102, high_threshold=204).pixels)
-    assert ours.shape == (1, 32, 32, 3) and ours.max() == 1.0
+    _, theirs = canny(square.permute(0, 3, 1, 2), 0.4, 0.8)  # ComfyUI: kornia's output[1], repeated to 3 channels
+    assert ours.shape == (1, 32, 32, 3) and torch.equal(ours, theirs.repeat(1, 3, 1, 1).movedim(1, -1))
+    # the square's outline, within a pixel of its border, and nothing away from it
+    edges = ours[0, ..., 0]
+    assert set(edges.unique().tolist()) == {0.0, 1.0}
+    assert edges[7:25, 7:25].sum() == edges.sum() > 4 * 12
+    assert edges[10:22, 10:22].sum() == 0
     with pytest.raises(NodeInputError) as error:
         Canny(image=image, low_threshold=0.9, high_threshold=0.2)
     assert error.value.input == "low_threshold"
+
+
+def test_comfy_canny_and_graphflows_agree_on_a_clear_edge_not_pixel_for_pixel():
+    square = torch.zeros(1, 32, 32, 3)
+    square[:, 8:24, 8:24] = 1.0
+    ours = Canny(image=Image(pixels=square), low_threshold=0.4, high_threshold=0.8).pixels[0, ..., 0]
+    graphflows = GraphflowCanny(image=Image(pixels=square), low_threshold=100, high_threshold=200).pixels[0, ..., 0]
+    near = torch.nn.functional.max_pool2d(graphflows[None, None], 3, 1, 1)[0, 0]  # within a pixel of graphflow's
+    assert (ours * near).sum() / ours.sum() > 0.9
 
 
 def test_a_control_image_is_centre_cropped_to_the_latents_shape():
