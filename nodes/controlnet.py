@@ -31,11 +31,10 @@ from graphflow.context import RunContext
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 
-from . import checkpoints
 from .builtin_models import PACKAGE_MODELS, TINY_CONTROLNET_NAME, tiny_controlnet_folder
 from .builtin_sdxl import TINY_SDXL_CONTROLNET_NAME, tiny_sdxl_controlnet_folder
 from .checkpoints.controlnet import load_controlnet_file, load_controlnet_folder
-from .loaders import Device, Dtype, model_fingerprint, model_preflight, pick_device, pick_dtype, resolve
+from .loaders import Device, Dtype, load_or_name_error, model_fingerprint, model_preflight, pick_device, pick_dtype, resolve
 from .model_folders import kind_folders
 from .values import (CONDITIONING, CONTROL_NET, IMAGE, Conditioning, Control, ControlNet, Image, Latent, Model)
 
@@ -77,11 +76,8 @@ def LoadControlNet(
     target = pick_device(device)
     path = resolve(name, folders_of(ctx.settings.models_dir), suffixes, is_folder, builtins)
     torch_dtype = pick_dtype(dtype, target)
-    try:
-        module, family = (load_controlnet_folder if path.is_dir() else load_controlnet_file)(path, torch_dtype)
-    except checkpoints.CheckpointError as error:
-        raise NodeInputError("name", f"{name} cannot be loaded: {error}",
-                             expected="an SD 1.x, SD 2.x or SDXL ControlNet", received=path.name) from None
+    read = load_controlnet_folder if path.is_dir() else load_controlnet_file
+    module, family = load_or_name_error(name, path, lambda: read(path, torch_dtype), "an SD 1.x, SD 2.x or SDXL ControlNet")
     return ControlNet(module=module.to(target), family=family, name=name)
 
 

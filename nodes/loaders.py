@@ -57,7 +57,8 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 TOY_SHAPES = PACKAGE_MODELS / "toy-shapes"
 # Built-in models made from a fixed seed: their name and version identify their weights.
-DETERMINISTIC_BUILTINS = ("tiny-sd", "tiny-sd-inpainting", TINY_CONTROLNET_NAME)
+BUILTIN_VERSIONS = {"tiny-sd": TINY_VERSION, "tiny-sd-inpainting": TINY_VERSION, TINY_CONTROLNET_NAME: TINY_VERSION,
+                    **dict.fromkeys((*TINY_SDXL_NAMES, TINY_SDXL_CONTROLNET_NAME), TINY_SDXL_VERSION)}
 # Annotated descriptions keep plain Python defaults, so the node functions stay directly callable.
 Dtype = Annotated[Literal["auto", "float32", "float16", "bfloat16"],
                   Field(description="weight precision; auto = float16 on a GPU, float32 on the CPU")]
@@ -186,15 +187,16 @@ def file_identity(path: Path) -> str:
     return "|".join(parts)
 
 
-def model_fingerprint(folders_of, suffixes: tuple[str, ...], is_folder, builtins=builtin_folders):
-    """A node fingerprint: the identity of the file or folder ``name`` resolves to."""
+def model_fingerprint(folders_of, suffixes: tuple[str, ...], is_folder, builtins=builtin_folders,
+                      versions: dict[str, int] | None = None):
+    """A node fingerprint: the identity of the file or folder ``name`` resolves to; for a deterministic built-in
+    (BUILTIN_VERSIONS, plus a loader's own ``versions``) its name and version."""
+    deterministic = {**BUILTIN_VERSIONS, **(versions or {})}
 
     def fingerprint(literals: dict[str, Any], settings: Settings) -> str:
         name = literals.get("name", "")
-        if name in DETERMINISTIC_BUILTINS:
-            return f"builtin:{name}:v{TINY_VERSION}"  # deterministic: no need to build it just to fingerprint
-        if name in TINY_SDXL_NAMES or name == TINY_SDXL_CONTROLNET_NAME:
-            return f"builtin:{name}:v{TINY_SDXL_VERSION}"
+        if name in deterministic:  # no need to build it just to fingerprint
+            return f"builtin:{name}:v{deterministic[name]}"
         return file_identity(resolve(name, folders_of(settings.models_dir), suffixes, is_folder, builtins))
 
     return fingerprint
@@ -218,6 +220,15 @@ def pick_dtype(dtype: str, device: "torch.device") -> "torch.dtype":
     if dtype == "auto":
         return torch.float32 if device.type == "cpu" else torch.float16
     return getattr(torch, dtype)  # a name of the Dtype literal: torch.float32, torch.float16, torch.bfloat16
+
+
+def load_or_name_error(name: str, path: Path, load, expected: str):
+    """``load()`` of the model ``name`` resolved to (``path``); a file that cannot be read is the loader node's
+    one-line error on its ``name`` input, saying what was expected."""
+    try:
+        return load()
+    except checkpoints.CheckpointError as error:
+        raise NodeInputError("name", f"{name} cannot be loaded: {error}", expected=expected, received=path.name) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -253,15 +264,9 @@ def LoadCheckpoint(
     target = pick_device(device)
     check_offload(offload, target)
     torch_dtype = pick_dtype(dtype, target)
-    try:
-        if path.is_dir():
-            parts = checkpoints.load_diffusers_folder(path, prediction_type, torch_dtype)
-        else:
-            parts = checkpoints.load_single_file(path, prediction_type, torch_dtype)
-    except checkpoints.CheckpointError as error:
-        raise NodeInputError("name", f"{name} cannot be loaded: {error}",
-                             expected=f"a {checkpoints.loadable_titles()} checkpoint (or an inpainting variant)",
-                             received=path.name) from None
+    read = checkpoints.load_diffusers_folder if path.is_dir() else checkpoints.load_single_file
+    parts = load_or_name_error(name, path, lambda: read(path, prediction_type, torch_dtype),
+                               f"a {checkpoints.loadable_titles()} checkpoint (or an inpainting variant)")
     home = "cpu" if offload != "none" else target  # offloaded weights rest in CPU memory
     unet, text_encoder, vae = parts.unet.to(home), parts.text_encoder.to(home), parts.vae.to(home)
     second = parts.text_encoder_2.to(home) if parts.text_encoder_2 is not None else None
@@ -296,13 +301,7 @@ def LoadVAE(
     path = resolve(name, vae_dirs(ctx.settings.models_dir), VAE_SUFFIXES, is_vae_folder)
     target = pick_device(device)
     torch_dtype = pick_dtype(dtype, target)
-    try:
-        if path.is_dir():
-            folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
-            vae = checkpoints.load_diffusers_vae(folder, torch_dtype)
-        else:
-            vae = checkpoints.load_vae_file(path, torch_dtype)
-    except checkpoints.CheckpointError as error:
-        raise NodeInputError("name", f"{name} cannot be loaded: {error}", expected="a VAE file or folder",
-                             received=path.name) from None
+    source = path / "vae" if path.is_dir() and (path / "vae" / "config.json").is_file() else path  # a pipeline's vae/
+    read = checkpoints.load_diffusers_vae if path.is_dir() else checkpoints.load_vae_file
+    vae = load_or_name_error(name, path, lambda: read(source, torch_dtype), "a VAE file or folder")
     return Vae(vae=vae.to(target), name=name)

@@ -33,12 +33,11 @@ from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
 from graphflow.paths import atomic_folder
 
-from . import checkpoints
 from .builtin_models import TINY_SEED, TINY_VERSION, cache_dir, tiny_sd_folder
 from .builtin_sdxl import TINY_SDXL_VERSION, tiny_sdxl_folder
 from .checkpoints.common import read_json
 from .checkpoints.t2i_adapter import XL_UNSHUFFLE, is_adapter_folder, load_adapter_file, load_adapter_folder
-from .loaders import Device, Dtype, model_fingerprint, model_preflight, pick_device, pick_dtype, resolve
+from .loaders import Device, Dtype, load_or_name_error, model_fingerprint, model_preflight, pick_device, pick_dtype, resolve
 from .model_folders import kind_folders
 from .unet_inputs import UNetInputs
 from .values import (CONDITIONING, IMAGE, T2I_ADAPTER, AdapterControl, Conditioning, Image, Latent, Model,
@@ -136,20 +135,8 @@ def adapter_dirs(models_dir: Path) -> list[Path]:
 _SEARCH = (adapter_dirs, ADAPTER_SUFFIXES, is_adapter_folder, builtin_adapters)
 
 
-def _fingerprint():
-    by_file = model_fingerprint(*_SEARCH)
-
-    def fingerprint(literals: dict[str, Any], settings) -> str:
-        name = literals.get("name", "")
-        if name in BUILTIN_VERSIONS:  # deterministic: no need to build it just to fingerprint
-            return f"builtin:{name}:v{BUILTIN_VERSIONS[name]}"
-        return by_file(literals, settings)
-
-    return fingerprint
-
-
-@node(outputs={"t2i_adapter": T2I_ADAPTER}, category="loaders", pool="model", fingerprint=_fingerprint(),
-      preflight=model_preflight(*_SEARCH))
+@node(outputs={"t2i_adapter": T2I_ADAPTER}, category="loaders", pool="model",
+      fingerprint=model_fingerprint(*_SEARCH, versions=BUILTIN_VERSIONS), preflight=model_preflight(*_SEARCH))
 def LoadT2IAdapter(
     name: Annotated[str, Field(description="built-in name, or a diffusers folder / file in models/t2i_adapter/ or models/controlnet/")] = TINY_SD_ADAPTER,
     dtype: Dtype = "auto",
@@ -162,11 +149,8 @@ def LoadT2IAdapter(
     target = pick_device(device)
     path = resolve(name, folders_of(ctx.settings.models_dir), suffixes, is_folder, builtins)
     torch_dtype = pick_dtype(dtype, target)
-    try:
-        module = (load_adapter_folder if path.is_dir() else load_adapter_file)(path, torch_dtype)
-    except checkpoints.CheckpointError as error:
-        raise NodeInputError("name", f"{name} cannot be loaded: {error}", expected="a T2I-Adapter",
-                             received=path.name) from None
+    read = load_adapter_folder if path.is_dir() else load_adapter_file
+    module = load_or_name_error(name, path, lambda: read(path, torch_dtype), "a T2I-Adapter")
     return T2IAdapter(module=module.to(target), name=name)
 
 
