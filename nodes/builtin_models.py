@@ -125,11 +125,16 @@ def save_diffusers_folder(components: dict, folder: Path) -> Path:
     """Write components as a diffusers StableDiffusionPipeline folder (atomically: no half-written folder)."""
     from diffusers import StableDiffusionPipeline
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
     pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return save_built(pipe, folder)
+
+
+def save_built(model, folder: Path) -> Path:
+    """``model.save_pretrained`` into ``folder``, atomically (no half-written folder): how every built-in is written."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
     try:
-        atomic_folder(folder, lambda staging: pipe.save_pretrained(staging, safe_serialization=True))
-    except FileExistsError:  # another process finished first; its copy is identical
+        atomic_folder(folder, lambda staging: model.save_pretrained(staging, safe_serialization=True))
+    except FileExistsError:  # another process finished first; its copy is identical (same seed)
         pass
     return folder
 
@@ -182,10 +187,5 @@ def tiny_controlnet_folder() -> Path:
     """Path of the built-in tiny ControlNet's diffusers folder, building it on first use."""
     folder = cache_dir() / "builtin" / f"{TINY_CONTROLNET_NAME}-v{TINY_VERSION}"
     if not (folder / "config.json").exists():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        controlnet = build_tiny_controlnet()
-        try:
-            atomic_folder(folder, lambda staging: controlnet.save_pretrained(staging, safe_serialization=True))
-        except FileExistsError:  # another process finished first; its copy is identical
-            pass
+        save_built(build_tiny_controlnet(), folder)
     return folder

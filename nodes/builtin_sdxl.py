@@ -17,10 +17,8 @@ from pathlib import Path
 
 import torch
 
-from graphflow.paths import atomic_folder
-
 from .builtin_models import (PACKAGE_MODELS, TINY_SEED, cache_dir, clip_text_encoder, clip_tokenizer,
-                             randomized_output_convolutions)
+                             randomized_output_convolutions, save_built)
 
 TINY_SDXL_VERSION = 2  # 2: the 8x VAE and a three-level UNet (1: a 2x VAE)
 TINY_SDXL_NAMES = ("tiny-sdxl", "tiny-sdxl-refiner")
@@ -92,12 +90,7 @@ def tiny_sdxl_folder(refiner: bool = False) -> Path:
     name = TINY_SDXL_NAMES[1 if refiner else 0]
     folder = cache_dir() / "builtin" / f"{name}-v{TINY_SDXL_VERSION}"
     if not (folder / "model_index.json").exists():
-        pipe = sdxl_pipeline(build_tiny_sdxl_components(refiner))
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            atomic_folder(folder, lambda staging: pipe.save_pretrained(staging, safe_serialization=True))
-        except FileExistsError:  # another process finished first; its copy is identical
-            pass
+        save_built(sdxl_pipeline(build_tiny_sdxl_components(refiner)), folder)
     return folder
 
 
@@ -127,10 +120,5 @@ def tiny_sdxl_controlnet_folder() -> Path:
     """Path of the built-in tiny SDXL ControlNet's diffusers folder, building it on first use."""
     folder = cache_dir() / "builtin" / f"{TINY_SDXL_CONTROLNET_NAME}-v{TINY_SDXL_VERSION}"
     if not (folder / "config.json").exists():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        controlnet = build_tiny_sdxl_controlnet()
-        try:
-            atomic_folder(folder, lambda staging: controlnet.save_pretrained(staging, safe_serialization=True))
-        except FileExistsError:  # another process finished first; its copy is identical
-            pass
+        save_built(build_tiny_sdxl_controlnet(), folder)
     return folder

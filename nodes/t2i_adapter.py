@@ -31,9 +31,8 @@ from pydantic import Field
 from graphflow.context import RunContext
 from graphflow.errors import NodeInputError
 from graphflow.node import Input, node
-from graphflow.paths import atomic_folder
 
-from .builtin_models import TINY_SEED, TINY_VERSION, cache_dir, tiny_sd_folder
+from .builtin_models import TINY_SEED, TINY_VERSION, cache_dir, save_built, tiny_sd_folder
 from .builtin_sdxl import TINY_SDXL_VERSION, tiny_sdxl_folder
 from .checkpoints.common import read_json
 from .checkpoints.t2i_adapter import XL_UNSHUFFLE, is_adapter_folder, load_adapter_file, load_adapter_folder
@@ -99,11 +98,7 @@ def tiny_adapter_folder(sdxl: bool) -> Path:
         base = model()
         adapter = build_tiny_adapter(read_json(base / "unet" / "config.json"), read_json(base / "vae" / "config.json"),
                                      seed=TINY_SEED + (107 if sdxl else 7))
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            atomic_folder(folder, lambda staging: adapter.save_pretrained(staging, safe_serialization=True))
-        except FileExistsError:  # another process finished first; its copy is identical
-            pass
+        save_built(adapter, folder)
     return folder
 
 
