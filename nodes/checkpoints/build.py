@@ -2,6 +2,7 @@
 weights have that the architecture does not use, is an error — never a silently random tensor."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,6 +66,16 @@ def checked(result: tuple[Any, dict[str, list]], component: str) -> Any:
         detail = "; ".join(f"{kind.replace('_', ' ')}: {list_keys([str(k) for k in keys])}" for kind, keys in problems.items() if keys)
         raise CheckpointError(f"{component} weights do not match its config: {detail}")
     return model.eval()
+
+
+def from_folder(model_class, folder: Path, dtype: torch.dtype | None, component: str) -> Any:
+    """A diffusers model folder (config.json + weights) read offline and strictly (:func:`checked`); a folder
+    that cannot be read is one CheckpointError naming the ``component`` and the folder."""
+    try:
+        result = model_class.from_pretrained(folder, torch_dtype=dtype, local_files_only=True, output_loading_info=True)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot load the {component} folder {Path(folder).name}: {error}") from None
+    return checked(result, component)
 
 
 def cast(module: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .build import cast, checked, load_exact
+from .build import cast, from_folder, load_exact
 from .common import CONFIGS, METADATA_PREFIX, CheckpointError, indices, read_json, shape, take_prefix
 from .configs import size_defaults, stored_config
 from .families import SDXL, SDXL_REFINER, family_named, family_of
@@ -173,10 +173,6 @@ def load_controlnet_folder(folder: Path, dtype: torch.dtype | None = None) -> tu
     """A diffusers ControlNetModel folder (config.json + weights): (ControlNetModel, family)."""
     from diffusers import ControlNetModel
 
-    try:
-        result = ControlNetModel.from_pretrained(folder, torch_dtype=dtype, local_files_only=True, output_loading_info=True)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"cannot load the ControlNet folder {Path(folder).name}: {error}") from None
-    module = checked(result, "ControlNet")
+    module = from_folder(ControlNetModel, folder, dtype, "ControlNet")
     config = module.config
     return module, controlnet_family(int(config.cross_attention_dim), config.addition_embed_type == "text_time")

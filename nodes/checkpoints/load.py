@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ..builtin_models import clip_tokenizer
-from .build import cast, checked, text_encoder_from_weights, unet_from_weights, vae_from_weights
+from .build import cast, checked, from_folder, text_encoder_from_weights, unet_from_weights, vae_from_weights
 from .common import CONFIGS, CheckpointError, Components, read_json, take_prefix
 from .configs import assemble_config, stored_config
 from .families import (config_folder, detect, family_named, family_of, guess_prediction_type, split_components,
@@ -86,11 +86,7 @@ def load_diffusers_vae(folder: Path, dtype: torch.dtype | None = None) -> torch.
     """An AutoencoderKL folder (config.json + weights)."""
     from diffusers import AutoencoderKL
 
-    try:
-        result = AutoencoderKL.from_pretrained(folder, torch_dtype=dtype, local_files_only=True, output_loading_info=True)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"cannot load the VAE folder {Path(folder).name}: {error}") from None
-    return checked(result, "VAE")
+    return from_folder(AutoencoderKL, folder, dtype, "VAE")
 
 
 def load_diffusers_folder(folder: Path, prediction_type: str = "auto", dtype: torch.dtype | None = None) -> Components:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .build import cast, checked, load_exact
+from .build import cast, from_folder, load_exact
 from .common import CONFIGS, CheckpointError, indices, read_json, shape
 from .keymap import Rule, rename_all
 from .reading import read_state_dict
@@ -143,8 +143,4 @@ def load_adapter_folder(folder: Path, dtype: torch.dtype | None = None) -> torch
     """A diffusers T2IAdapter folder (config.json + weights)."""
     from diffusers import T2IAdapter
 
-    try:
-        result = T2IAdapter.from_pretrained(folder, torch_dtype=dtype, local_files_only=True, output_loading_info=True)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"cannot load the T2I-Adapter folder {Path(folder).name}: {error}") from None
-    return checked(result, "T2I-Adapter")
+    return from_folder(T2IAdapter, folder, dtype, "T2I-Adapter")
