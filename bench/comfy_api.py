@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import summary
-from bench.server_bench import TERMINAL, free_port
+from bench.server_bench import TERMINAL, ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_PACK = "nodes.comfy,tests.server.comfytoys"
@@ -47,19 +46,14 @@ def remark(detail: dict[str, Any]) -> str:
 def measure(pairs: int, threads: int, scratch: Path) -> dict[str, Any]:
     from tests.server import comfytoys
 
-    port = free_port()
-    data_dir = Path(tempfile.mkdtemp(prefix="comfy-api-", dir=scratch))
     env = {**os.environ, "GRAPHFLOW_NODES": TOY_PACK, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("GRAPHFLOW_TOKEN", None)
-    with open(data_dir / "server.log", "w") as log:
-        process = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(port), "--data-dir",
-                                    str(data_dir / "d")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            timings = asyncio.run(_pairs(f"http://127.0.0.1:{port}", pairs, comfytoys.prompt))
-        finally:
-            process.terminate()
-            process.wait(30)
+    server = ServerProcess(scratch, [], env, prefix="comfy-api-")
+    try:
+        timings = asyncio.run(_pairs(server, pairs, comfytoys.prompt))
+    finally:
+        server.stop()
     prompt_ms = [1000 * t for t in timings["prompt"]]
     jobs_ms = [1000 * t for t in timings["jobs"]]
     return {"extra_ms": summary([p - j for p, j in zip(prompt_ms, jobs_ms)]), "prompt_ms": summary(prompt_ms),
@@ -67,11 +61,11 @@ def measure(pairs: int, threads: int, scratch: Path) -> dict[str, Any]:
             "pairs": [{"prompt_ms": round(p, 3), "jobs_ms": round(j, 3)} for p, j in zip(prompt_ms, jobs_ms)]}
 
 
-async def _pairs(url: str, pairs: int, prompt_of) -> dict[str, Any]:
+async def _pairs(server: ServerProcess, pairs: int, prompt_of) -> dict[str, Any]:
     import aiohttp
 
-    async with aiohttp.ClientSession(url) as http:
-        await _ready(http)
+    async with aiohttp.ClientSession(server.url) as http:
+        await server.wait_ready(http)
         async with http.ws_connect("/ws?clientId=bench") as comfy_ws, http.ws_connect("/ws") as graphflow_ws:
             await comfy_ws.receive()  # the greeting status
             result: dict[str, Any] = {"prompt": [], "jobs": [], "submit": {"prompt": [], "jobs": []}}
@@ -120,19 +114,6 @@ async def _via_jobs(http, ws, prompt: dict) -> tuple[float, float]:
         job = await response.json()
     assert job["status"] == "succeeded", job
     return time.perf_counter() - started, submitted - started
-
-
-async def _ready(http, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            async with http.get("/health") as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"server not answering /health after {timeout:.0f} s")
 
 
 if __name__ == "__main__":  # python -m bench.comfy_api [PAIRS]: a quick look without the rest of the bench

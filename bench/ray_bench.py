@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.server_bench import TERMINAL, free_port, percentile  # noqa: E402
+from bench.server_bench import TERMINAL, ServerProcess, percentile  # noqa: E402
 
 NODES = "nodes,tests.engine.toynodes,tests.server.toywait"
 SETUPS = {"in-process": [], "Ray, 1 worker": ["--ray", "--workers", "1", "--worker-cpus", "0.5"],
@@ -65,28 +64,12 @@ def txt2img_job(i: int) -> dict:
 WORKLOADS = {"sleep": sleep_job, "txt2img": txt2img_job, "noop": noop_job}
 
 
-class Server:
-    def __init__(self, extra: list[str], scratch: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.data_dir = Path(tempfile.mkdtemp(prefix="ray-bench-", dir=scratch))
-        env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
-        env.update(RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", GRAPHFLOW_CHECK_MUTATIONS="0", HF_HUB_OFFLINE="1",
-                   GRAPHFLOW_NODES=NODES, GRAPHFLOW_TOKEN="",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-        self.log = open(self.data_dir / "server.log", "w")
-        self.process = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(self.port),
-                                         "--data-dir", str(self.data_dir), "--max-queued", "100000", *extra],
-                                        cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
+def start_server(extra: list[str], scratch: Path) -> ServerProcess:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", GRAPHFLOW_CHECK_MUTATIONS="0", HF_HUB_OFFLINE="1",
+               GRAPHFLOW_NODES=NODES, GRAPHFLOW_TOKEN="",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    return ServerProcess(scratch, ["--max-queued", "100000", *extra], env, prefix="ray-bench-")
 
 
 async def batch(http, ws_events: dict[str, list[dict]], workflows: list[dict]) -> tuple[list[str], float]:
@@ -109,22 +92,10 @@ async def batch(http, ws_events: dict[str, list[dict]], workflows: list[dict]) -
 async def measure_setup(extra: list[str], workers: int, sizes: dict[str, int], scratch: Path) -> dict[str, Any]:
     import aiohttp
 
-    server = Server(extra, scratch)
+    server = start_server(extra, scratch)
     try:
         async with aiohttp.ClientSession(server.url) as http:
-            deadline = time.monotonic() + 300
-            while True:
-                if server.process.poll() is not None:
-                    raise RuntimeError(f"server exited; see {server.data_dir / 'server.log'}")
-                try:
-                    async with http.get("/health") as response:
-                        if response.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("server not answering")
-                await asyncio.sleep(0.2)
+            await server.wait_ready(http, timeout=300)  # a Ray cluster starts first
             events: dict[str, list[dict]] = {}
             async with http.ws_connect("/ws", max_msg_size=0) as ws:
                 async def listen() -> None:
@@ -155,7 +126,7 @@ async def measure_setup(extra: list[str], workers: int, sizes: dict[str, int], s
                 listener.cancel()
         return results
     finally:
-        server.stop()
+        server.stop(timeout=60)
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:

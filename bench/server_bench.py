@@ -46,19 +46,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class ServerProcess:
-    """``python server.py`` on a free 127.0.0.1 port with a temporary data directory, until ``stop()``."""
+    """``python server.py ARGS`` on a free 127.0.0.1 port with a temporary data directory (named ``prefix``...) in
+    ``scratch`` and its log there, until ``stop()``: the one server launcher of every bench that drives one."""
 
-    def __init__(self, threads: int, models_dir: Path, scratch: Path):
+    def __init__(self, scratch: Path, args: list[str], env: dict[str, str], prefix: str = "server-"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.data_dir = Path(tempfile.mkdtemp(prefix="server-", dir=scratch))
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-               "GRAPHFLOW_CHECK_MUTATIONS": "0", "HF_HUB_OFFLINE": "1"}
-        env.pop("GRAPHFLOW_TOKEN", None)
+        self.data_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch))
         self.log = open(self.data_dir / "server.log", "w")
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "server.py"), "--port", str(self.port), "--data-dir", str(self.data_dir),
-             "--models-dir", str(models_dir), "--max-queued", "100000"],
+            [sys.executable, str(ROOT / "server.py"), "--port", str(self.port), "--data-dir", str(self.data_dir), *args],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     async def wait_ready(self, http, timeout: float = 120.0) -> None:
@@ -75,10 +72,10 @@ class ServerProcess:
             await asyncio.sleep(0.2)
         raise RuntimeError(f"server not answering /health after {timeout:.0f} s")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30) -> None:
         self.process.terminate()
         try:
-            self.process.wait(30)
+            self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
@@ -165,7 +162,10 @@ def measure(jobs: int, workflow_for_seed, threads: int, models_dir: Path, scratc
     analysed timings."""
     import aiohttp
 
-    server = ServerProcess(threads, models_dir, scratch)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "GRAPHFLOW_CHECK_MUTATIONS": "0", "HF_HUB_OFFLINE": "1"}
+    env.pop("GRAPHFLOW_TOKEN", None)
+    server = ServerProcess(scratch, ["--models-dir", str(models_dir), "--max-queued", "100000"], env)
 
     async def go() -> dict[str, Any]:
         async with aiohttp.ClientSession(server.url) as http:
