@@ -31,19 +31,12 @@ MODEL_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")  # what spandrel's loa
 
 
 @dataclass(frozen=True, eq=False)
-class UpscaleModel(SocketValue):
-    """UPSCALE_MODEL: a loaded image-to-image model (spandrel ``ImageModelDescriptor``) and its file name."""
+class SpandrelModel(SocketValue):
+    """A model spandrel loaded (its ``ImageModelDescriptor``) and its file name: what the upscaler and face
+    restoration sockets carry; its weights are its size and, with the name, its digest."""
 
     descriptor: Any
     name: str
-
-    @property
-    def scale(self) -> int:
-        return int(self.descriptor.scale)
-
-    @property
-    def architecture(self) -> str:
-        return str(self.descriptor.architecture.name)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -55,6 +48,19 @@ class UpscaleModel(SocketValue):
 
     def __graphflow_digest__(self) -> str:
         return digest_of((self.name, self.module))
+
+
+@dataclass(frozen=True, eq=False)
+class UpscaleModel(SpandrelModel):
+    """UPSCALE_MODEL: a loaded image-to-image model (spandrel ``ImageModelDescriptor``) and its file name."""
+
+    @property
+    def scale(self) -> int:
+        return int(self.descriptor.scale)
+
+    @property
+    def architecture(self) -> str:
+        return str(self.descriptor.architecture.name)
 
 
 # ---------------------------------------------------------------------------------------------- loading

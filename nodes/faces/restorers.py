@@ -16,7 +16,7 @@ import torch
 
 from graphflow.errors import NodeInputError
 
-from ..values import SocketValue, digest_of, nbytes_of
+from ..upscale import SpandrelModel
 from .requirements import installed, require_package
 
 FACE_RESTORE_MODEL = "FACE_RESTORE_MODEL"
@@ -27,22 +27,12 @@ CODEFORMER_KEYS = ("position_emb", "idx_pred_layer.1.weight", "quantize.embeddin
 
 
 @dataclass(frozen=True, eq=False)
-class FaceRestoreModel(SocketValue):
+class FaceRestoreModel(SpandrelModel):
     """FACE_RESTORE_MODEL: a spandrel ``ImageModelDescriptor`` of a face model and its file name."""
-
-    descriptor: Any
-    name: str
 
     @property
     def architecture(self) -> str:
         return str(self.descriptor.architecture.id)
-
-    @property
-    def nbytes(self) -> int:
-        return nbytes_of(self.descriptor.model)
-
-    def __graphflow_digest__(self) -> str:
-        return digest_of((self.name, self.descriptor.model))
 
 
 def face_registry():
